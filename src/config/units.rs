@@ -1,0 +1,1 @@
+//! Duration and size units.

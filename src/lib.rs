@@ -1,0 +1,9 @@
+//! tether: a Layer-7 reverse proxy and sticky-session load balancer for WebSocket-heavy
+//! services, with a bundled reference STOMP-over-WebSocket backend.
+//!
+//! # Layout
+//! - [`config`]: YAML -> validated, typed [`config::Config`] (the only place config is parsed).
+//!
+//! The map grows with the crate; every module's `//!` says what it owns and what it must not do.
+
+pub mod config;
