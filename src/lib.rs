@@ -3,7 +3,17 @@
 //!
 //! # Layout
 //! - [`config`]: YAML -> validated, typed [`config::Config`] (the only place config is parsed).
+//! - [`server`]: listeners, TLS, accept loop, per-connection timeouts; hands requests to `proxy`.
+//! - [`proxy`]: the request path: routing, header rules, forwarding, starting tunnels.
+//! - [`upstream`]: backends at run time: connection pools, counters, membership.
+//! - [`tunnel`]: WebSocket tunnels after the upgrade: the byte relay and the open-tunnel registry.
 //!
-//! The map grows with the crate; every module's `//!` says what it owns and what it must not do.
+//! A request flows `server::listener` -> `proxy::ConnService` -> `proxy::routes` ->
+//! `upstream` (candidates, pooled connection) -> backend, and the response streams back through
+//! `proxy::body::ClientBody`; a WebSocket upgrade ends in `tunnel::relay`.
 
 pub mod config;
+pub mod proxy;
+pub mod server;
+pub mod tunnel;
+pub mod upstream;

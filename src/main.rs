@@ -1,12 +1,19 @@
 //! The `tether` binary: clap subcommands mapped onto library entry points. This is the only
-//! place that turns errors into exit codes.
+//! place that installs signal handlers, sets up logging and turns errors into exit codes.
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tether::config::{self, AccessLogFormat};
 
 #[derive(Parser)]
-#[command(name = "tether", version, about = "Sticky-session L7 proxy for WebSocket services")]
+#[command(
+    name = "tether",
+    version,
+    about = "Sticky-session L7 proxy for WebSocket services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,29 +21,130 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the reverse proxy.
+    Proxy {
+        /// Path to the YAML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Validate a config file: exit 0, or print every problem found and exit 1.
     Check {
         /// Path to the YAML config file.
         #[arg(short, long, value_name = "FILE")]
-        config: std::path::PathBuf,
+        config: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match tether::config::load(&config) {
-            Ok(loaded) => {
-                for warning in &loaded.warnings {
-                    eprintln!("warning: {warning}");
-                }
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+        Command::Check { config } => check(&config),
+        Command::Proxy { config } => proxy(&config),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
             }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::FAILURE
-            }
-        },
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn proxy(path: &Path) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(loaded.config.access_log.format);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown_timeout = loaded.config.shutdown.timeout;
+        let running = tether::server::start(loaded.config).await?;
+        announce(&running.addrs);
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        if !running.shutdown(shutdown_timeout).await {
+            tracing::warn!("shutdown timeout reached with work still in flight");
+        }
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One `listening <name> <addr>` line per bound listener: scripts and tests bind port 0 and
+/// read the real port from here.
+fn announce(addrs: &[(String, std::net::SocketAddr)]) {
+    let mut out = std::io::stdout().lock();
+    for (name, addr) in addrs {
+        let _ = writeln!(out, "listening {name} {addr}");
+    }
+    let _ = out.flush();
+}
+
+/// Logs go to stderr (stdout carries only the `listening` lines): JSON unless the config asks
+/// for text. `RUST_LOG` overrides the default level.
+fn init_logging(format: AccessLogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if format == AccessLogFormat::Off {
+        if let Ok(directive) = "tether::access=off".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == AccessLogFormat::Text {
+        builder.init();
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can only be killed; wait forever.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }

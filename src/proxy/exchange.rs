@@ -1,0 +1,113 @@
+//! One request/response exchange, from the parsed head to the last body byte.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::Method;
+
+use super::ClientConn;
+use super::access_log::{AccessLog, RequestRecord};
+use crate::upstream::Backend;
+use crate::upstream::pool::Sender;
+
+/// Everything that must happen when a request ends, however it ends: the access log line,
+/// backend counters, returning the backend connection to its pool (only after a complete
+/// body), and telling the client connection it is idle again. Runs exactly once, on
+/// [`Exchange::finish`] or on drop.
+pub struct Exchange {
+    started: Instant,
+    client: Arc<ClientConn>,
+    method: Method,
+    pub host: Option<Box<str>>,
+    pub path_and_query: Box<str>,
+    pub status: u16,
+    /// Request body bytes sent upstream (shared with the upstream body that counts them).
+    pub bytes_in: Arc<AtomicU64>,
+    pub upstream: Option<Arc<str>>,
+    pub backend: Option<Arc<Backend>>,
+    /// The backend connection, reusable once the response body was read to its end.
+    pub reusable: Option<Sender>,
+    log: Arc<AccessLog>,
+    finished: bool,
+}
+
+impl Exchange {
+    pub fn new(
+        client: Arc<ClientConn>,
+        method: Method,
+        host: Option<Box<str>>,
+        path_and_query: Box<str>,
+        log: Arc<AccessLog>,
+    ) -> Self {
+        Self {
+            started: Instant::now(),
+            client,
+            method,
+            host,
+            path_and_query,
+            status: 0,
+            bytes_in: Arc::default(),
+            upstream: None,
+            backend: None,
+            reusable: None,
+            log,
+            finished: false,
+        }
+    }
+
+    pub fn client(&self) -> &Arc<ClientConn> {
+        &self.client
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The response body ended (`complete`) or was abandoned after `bytes_out` bytes.
+    pub fn finish(mut self, bytes_out: u64, complete: bool) {
+        self.run(bytes_out, complete);
+    }
+
+    fn run(&mut self, bytes_out: u64, complete: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        if let Some(backend) = &self.backend {
+            backend
+                .stats
+                .bytes_in
+                .fetch_add(bytes_in, Ordering::Relaxed);
+            backend
+                .stats
+                .bytes_out
+                .fetch_add(bytes_out, Ordering::Relaxed);
+            if let (true, Some(sender)) = (complete, self.reusable.take()) {
+                backend.pool.put(sender);
+            }
+        }
+        self.client.state.request_finished();
+        self.log.request(&RequestRecord {
+            client: self.client.peer,
+            listener: &self.client.listener,
+            method: self.method.as_str(),
+            host: self.host.as_deref(),
+            path_and_query: &self.path_and_query,
+            status: self.status,
+            bytes_in,
+            bytes_out,
+            duration: self.started.elapsed(),
+            upstream: self.upstream.as_deref(),
+            backend: self.backend.as_ref().map(|b| &*b.id),
+            complete,
+        });
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.run(0, false);
+    }
+}

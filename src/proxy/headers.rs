@@ -1,0 +1,384 @@
+//! Header rules for forwarding, as pure functions over `http` types.
+//!
+//! Owns: hop-by-hop removal (RFC 9110 section 7.6.1), `X-Forwarded-*`, WebSocket upgrade
+//! detection, and the request-shape checks that keep a backend from ever seeing an ambiguous
+//! request. Must not: do I/O or decide where a request goes.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Version};
+use ipnet::IpNet;
+
+/// Headers that describe one hop and never travel further (RFC 9110 7.6.1), plus the de-facto
+/// `Proxy-Connection` and `Keep-Alive`.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// True for an HTTP/1.1 `GET` asking to switch to WebSocket (RFC 6455 4.1). Only this upgrade
+/// is ever tunnelled; any other `Upgrade` (such as `h2c`) is stripped as a hop-by-hop header.
+pub fn wants_websocket<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.method() == Method::GET
+        && connection_has_token(req.headers(), "upgrade")
+        && req
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|v| list_has_token(v, "websocket"))
+}
+
+/// True if a `101 Switching Protocols` response confirms the WebSocket upgrade.
+pub fn confirms_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| list_has_token(v, "websocket"))
+}
+
+fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| list_has_token(v, token))
+}
+
+fn list_has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+/// Remove hop-by-hop headers, including every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect the names listed in Connection first: removing Connection loses them.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        if let Ok(s) = value.to_str() {
+            for token in s.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                    listed.push(name);
+                }
+            }
+        }
+    }
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Put back the two headers a WebSocket upgrade needs on the next hop, after
+/// [`remove_hop_by_hop`] took them out.
+pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// What the proxy knows about the client side of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientFacts<'a> {
+    pub peer: IpAddr,
+    pub is_tls: bool,
+    /// The host the client asked for (Host header, or the URI authority for HTTP/2).
+    pub host: Option<&'a str>,
+}
+
+/// Set `X-Forwarded-For`, `-Proto` and `-Host`. When the peer is a trusted proxy its values are
+/// kept and the peer is appended to `X-Forwarded-For`; otherwise all three are replaced, so a
+/// client cannot make the backend believe a forged address.
+pub fn set_forwarded(headers: &mut HeaderMap, client: ClientFacts<'_>, trusted: &[IpNet]) {
+    let peer = client.peer.to_canonical();
+    let is_trusted = trusted.iter().any(|net| net.contains(&peer));
+    let peer_text = peer.to_string();
+    let proto = if client.is_tls { "https" } else { "http" };
+
+    if is_trusted {
+        let prior: Vec<String> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut chain = prior.join(", ");
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        chain.push_str(&peer_text);
+        set_text(headers, X_FORWARDED_FOR, &chain);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(host) = client.host {
+                set_text(headers, X_FORWARDED_HOST, host);
+            }
+        }
+    } else {
+        set_text(headers, X_FORWARDED_FOR, &peer_text);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        headers.remove(&X_FORWARDED_HOST);
+        if let Some(host) = client.host {
+            set_text(headers, X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+fn set_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    headers.remove(&name);
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// Why a request is refused before it reaches any backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("conflicting Content-Length and Transfer-Encoding")]
+    LengthConflict,
+    #[error("invalid Content-Length")]
+    BadContentLength,
+    #[error("invalid Host header")]
+    BadHost,
+    #[error("several Host headers")]
+    ManyHosts,
+}
+
+/// Checks hyper does not make for us. hyper already rejects differing Content-Lengths and a
+/// non-chunked Transfer-Encoding; it *accepts* Content-Length together with Transfer-Encoding
+/// (dropping the former), which [`crate::server::conn`] detects on the wire and reports here as
+/// `saw_length_conflict`.
+pub fn check_request<B>(req: &Request<B>, saw_length_conflict: bool) -> Result<(), Malformed> {
+    if saw_length_conflict {
+        return Err(Malformed::LengthConflict);
+    }
+    let headers = req.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(Malformed::LengthConflict);
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        let valid = |v: &HeaderValue| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 19 && b.iter().all(u8::is_ascii_digit)
+        };
+        if !valid(first) || lengths.any(|v| v != first) {
+            return Err(Malformed::BadContentLength);
+        }
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if let Some(host) = hosts.next() {
+        if hosts.next().is_some() {
+            return Err(Malformed::ManyHosts);
+        }
+        if host_name(host.as_bytes()).is_none() {
+            return Err(Malformed::BadHost);
+        }
+    }
+    Ok(())
+}
+
+/// The host part of a Host header or URI authority (`name`, `name:port`, `[v6]:port`),
+/// lowercased, or None if it is not a plausible host.
+pub fn host_name(raw: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(raw).ok()?.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let host = if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        &s[..end + 2]
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, port)) if is_port(port) => h,
+            Some(_) => return None,
+            None => s,
+        }
+    };
+    let ok = !host.is_empty()
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
+        });
+    ok.then(|| host.to_ascii_lowercase())
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Headers a request must not carry to the backend beyond the hop-by-hop set: `Expect` was
+/// already answered by this hop (hyper sends `100 Continue` when the body is first read).
+pub fn remove_request_only(headers: &mut HeaderMap) {
+    headers.remove(header::EXPECT);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder()
+            .method("GET")
+            .uri("/")
+            .version(Version::HTTP_11);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn websocket_upgrade_is_recognised_with_token_lists_and_case() {
+        assert!(wants_websocket(&req(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket")
+        ])));
+        assert!(!wants_websocket(&req(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+        assert!(!wants_websocket(&req(&[("upgrade", "websocket")])));
+        let mut post = req(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        *post.method_mut() = Method::POST;
+        assert!(!wants_websocket(&post));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_listed_ones_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn untrusted_peer_gets_forwarded_headers_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil"));
+        let facts = ClientFacts {
+            peer: "10.0.0.9".parse().unwrap(),
+            is_tls: false,
+            host: Some("app.test"),
+        };
+        set_forwarded(&mut h, facts, &[]);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "app.test");
+    }
+
+    #[test]
+    fn trusted_peer_has_its_chain_appended_and_values_kept() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let facts = ClientFacts {
+            peer: "10.1.2.3".parse().unwrap(),
+            is_tls: false,
+            host: Some("h"),
+        };
+        set_forwarded(&mut h, facts, &trusted);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "h");
+    }
+
+    #[test]
+    fn ipv4_mapped_peer_matches_ipv4_trust_and_is_logged_as_ipv4() {
+        let mut h = HeaderMap::new();
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
+        let facts = ClientFacts {
+            peer: "::ffff:127.0.0.1".parse().unwrap(),
+            is_tls: true,
+            host: None,
+        };
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("9.9.9.9"));
+        set_forwarded(&mut h, facts, &trusted);
+        assert_eq!(h[X_FORWARDED_FOR], "9.9.9.9, 127.0.0.1");
+    }
+
+    #[test]
+    fn ambiguous_framing_and_hosts_are_malformed() {
+        assert_eq!(
+            check_request(&req(&[]), true),
+            Err(Malformed::LengthConflict)
+        );
+        assert_eq!(
+            check_request(
+                &req(&[("content-length", "5"), ("transfer-encoding", "chunked")]),
+                false
+            ),
+            Err(Malformed::LengthConflict)
+        );
+        assert_eq!(
+            check_request(&req(&[("content-length", "+5")]), false),
+            Err(Malformed::BadContentLength)
+        );
+        assert_eq!(
+            check_request(&req(&[("host", "a"), ("host", "b")]), false),
+            Err(Malformed::ManyHosts)
+        );
+        assert_eq!(
+            check_request(&req(&[("host", "a b")]), false),
+            Err(Malformed::BadHost)
+        );
+        assert_eq!(
+            check_request(&req(&[("host", "a:99x")]), false),
+            Err(Malformed::BadHost)
+        );
+        assert_eq!(
+            check_request(
+                &req(&[("host", "App.Test:8080"), ("content-length", "0")]),
+                false
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn host_names_are_normalised() {
+        assert_eq!(
+            host_name(b"Example.COM:443").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(host_name(b"[::1]:8080").as_deref(), Some("[::1]"));
+        assert_eq!(host_name(b"localhost").as_deref(), Some("localhost"));
+        assert_eq!(host_name(b"").as_deref(), None);
+        assert_eq!(host_name(b"[::1]x").as_deref(), None);
+    }
+}

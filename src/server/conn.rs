@@ -1,0 +1,238 @@
+//! One client connection's I/O wrapper and the facts the proxy needs about it.
+//!
+//! Owns: [`ConnIo`], which counts bytes and notices when a request head starts and ends, and
+//! [`ConnState`], shared with the request handler, which says whether the connection is idle,
+//! reading a head, or serving requests. The accept loop turns those phases into the `idle` and
+//! `header_read` timeouts. hyper's own `header_read_timeout` is not used because it also runs
+//! while a keep-alive connection waits for its next request, which would make `idle` no longer
+//! than `header_read`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::sniff::HeadSniffer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No request in flight and no byte of the next one seen: the `idle` timeout applies.
+    Idle,
+    /// Bytes of a request head are arriving: the `header_read` timeout applies.
+    Head,
+    /// At least one request is being served: no connection-level timeout.
+    Busy,
+}
+
+/// Shared between the connection's I/O, its request handler and its timeout watchdog.
+#[derive(Debug)]
+pub struct ConnState {
+    epoch: Instant,
+    phase: AtomicU8,
+    /// Milliseconds after `epoch` when `phase` last changed.
+    phase_since_ms: AtomicU64,
+    in_flight: AtomicU32,
+    length_conflict: AtomicBool,
+    /// HTTP/2 has no "head being read" phase: frames of other streams flow at any time.
+    is_http1: bool,
+}
+
+impl ConnState {
+    pub fn new(is_http1: bool) -> Self {
+        Self {
+            epoch: Instant::now(),
+            phase: AtomicU8::new(Phase::Idle as u8),
+            phase_since_ms: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            length_conflict: AtomicBool::new(false),
+            is_http1,
+        }
+    }
+
+    pub fn phase(&self) -> (Phase, Instant) {
+        let phase = match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Idle,
+            1 => Phase::Head,
+            _ => Phase::Busy,
+        };
+        let since = self.epoch + Duration::from_millis(self.phase_since_ms.load(Ordering::Acquire));
+        (phase, since)
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.phase_since_ms.store(ms, Ordering::Release);
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// A request head was parsed and handed to the proxy.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.set_phase(Phase::Busy);
+    }
+
+    /// A response was fully written (or abandoned).
+    pub fn request_finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.set_phase(Phase::Idle);
+        }
+    }
+
+    /// Whether the head of the request just parsed carried both Content-Length and
+    /// Transfer-Encoding (see [`super::sniff`]); reading clears it.
+    pub fn take_length_conflict(&self) -> bool {
+        self.length_conflict.swap(false, Ordering::AcqRel)
+    }
+
+    fn on_bytes_read(&self, sniffer: &mut HeadSniffer, bytes: &[u8]) {
+        if !self.is_http1 || bytes.is_empty() {
+            return;
+        }
+        let (phase, _) = self.phase();
+        // Pipelined heads that arrive while a request is in flight are not scanned: hyper still
+        // normalises them, so the backend never sees an ambiguous request either way.
+        if phase == Phase::Busy {
+            return;
+        }
+        if phase == Phase::Idle {
+            self.set_phase(Phase::Head);
+        }
+        if let Some((_, facts)) = sniffer.feed(bytes) {
+            if facts.is_length_conflict() {
+                self.length_conflict.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// The client stream as hyper sees it.
+pub struct ConnIo<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    sniffer: HeadSniffer,
+    /// Bytes read before hyper took over (while telling HTTP/2 from HTTP/1), replayed first.
+    prefix: Vec<u8>,
+    prefix_read: usize,
+}
+
+impl<S> ConnIo<S> {
+    pub fn new(inner: S, state: Arc<ConnState>) -> Self {
+        Self::with_prefix(inner, state, Vec::new())
+    }
+
+    pub fn with_prefix(inner: S, state: Arc<ConnState>, prefix: Vec<u8>) -> Self {
+        Self {
+            inner,
+            state,
+            sniffer: HeadSniffer::new(),
+            prefix,
+            prefix_read: 0,
+        }
+    }
+
+    /// The stream, once hyper hands it back after a WebSocket upgrade.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        if this.prefix_read < this.prefix.len() {
+            let n = (this.prefix.len() - this.prefix_read).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.prefix_read..this.prefix_read + n]);
+            this.prefix_read += n;
+            if this.prefix_read == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.prefix_read = 0;
+            }
+            this.state
+                .on_bytes_read(&mut this.sniffer, &buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
+        }
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            let new = &buf.filled()[before..];
+            this.state.on_bytes_read(&mut this.sniffer, new);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_follow_bytes_and_requests() {
+        let state = ConnState::new(true);
+        let mut sniffer = HeadSniffer::new();
+        assert_eq!(state.phase().0, Phase::Idle);
+        state.on_bytes_read(&mut sniffer, b"GET / HTTP/1.1\r\n");
+        assert_eq!(state.phase().0, Phase::Head);
+        state.on_bytes_read(
+            &mut sniffer,
+            b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        state.request_started();
+        assert_eq!(state.phase().0, Phase::Busy);
+        assert!(state.take_length_conflict());
+        assert!(!state.take_length_conflict());
+        state.request_finished();
+        assert_eq!(state.phase().0, Phase::Idle);
+    }
+
+    #[test]
+    fn http2_connections_have_no_head_phase() {
+        let state = ConnState::new(false);
+        let mut sniffer = HeadSniffer::new();
+        state.on_bytes_read(&mut sniffer, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert_eq!(state.phase().0, Phase::Idle);
+        state.request_started();
+        state.request_started();
+        state.request_finished();
+        assert_eq!(state.phase().0, Phase::Busy);
+        state.request_finished();
+        assert_eq!(state.phase().0, Phase::Idle);
+    }
+}

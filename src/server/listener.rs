@@ -1,0 +1,292 @@
+//! Accepting client connections and serving HTTP on them.
+//!
+//! Owns: the accept loop (connection limit, back-off on descriptor exhaustion), the TLS
+//! handshake, HTTP/1.1 vs HTTP/2 selection, and the per-connection `idle` / `header_read`
+//! watchdog. Must not: look at requests (that is `proxy`).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::conn::{ConnIo, ConnState, Phase};
+use crate::config::Timeouts;
+use crate::proxy::{ClientConn, ConnService, Proxy};
+use crate::tunnel::relay::ClientStream;
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Sent to a client over `limits.max_connections` before closing it.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 34\r\nconnection: close\r\n\r\ntoo many connections, retry later\n";
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// One listener's settings.
+pub struct ListenerCtx {
+    pub name: Arc<str>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accept until `shutdown`; each connection is served on a task owned by `conns`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ListenerCtx>,
+    proxy: Arc<Proxy>,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    conns: TaskTracker,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (ctx, proxy, shutdown) = (ctx.clone(), proxy.clone(), shutdown.clone());
+                        conns.spawn(serve_conn(stream, peer, ctx, proxy, permit, shutdown));
+                    }
+                    Err(_) => refuse(stream, ctx.tls.is_some()),
+                }
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                // Spinning on EMFILE would burn a core and starve the connections we have.
+                tracing::warn!(listener = %ctx.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+            Err(e) => tracing::debug!(listener = %ctx.name, error = %e, "accept failed"),
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Over the connection limit: a plain client gets a 503 it can read; a TLS client only a
+/// close, since answering would need a handshake we are refusing to afford.
+fn refuse(stream: TcpStream, is_tls: bool) {
+    tracing::warn!("connection refused: limits.max_connections reached");
+    if !is_tls {
+        let _ = stream.try_write(OVERLOADED);
+    }
+}
+
+async fn serve_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ListenerCtx>,
+    proxy: Arc<Proxy>,
+    permit: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let timeouts = proxy.runtime().config.timeouts.clone();
+    match &ctx.tls {
+        Some(acceptor) => {
+            let tls =
+                match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(
+                tls,
+                Vec::new(),
+                is_h2,
+                true,
+                peer,
+                &ctx,
+                proxy,
+                permit,
+                &timeouts,
+                shutdown,
+            )
+            .await;
+        }
+        None => {
+            let mut stream = stream;
+            let (prefix, is_h2) =
+                match tokio::time::timeout(timeouts.header_read, read_preface(&mut stream)).await {
+                    Ok(Ok(found)) => found,
+                    Ok(Err(_)) | Err(_) => return,
+                };
+            serve_http(
+                stream, prefix, is_h2, false, peer, &ctx, proxy, permit, &timeouts, shutdown,
+            )
+            .await;
+        }
+    }
+}
+
+/// Read just enough of a plain connection to tell HTTP/2 prior knowledge (RFC 9113 3.3) from
+/// HTTP/1: bytes are read until they stop matching the preface, and replayed to hyper.
+async fn read_preface(stream: &mut TcpStream) -> io::Result<(Vec<u8>, bool)> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < buf.len() {
+        let read = stream.read(&mut buf[n..]).await?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        n += read;
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((buf[..n].to_vec(), false));
+        }
+    }
+    Ok((buf.to_vec(), true))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http<S: ClientStream>(
+    stream: S,
+    prefix: Vec<u8>,
+    is_h2: bool,
+    is_tls: bool,
+    peer: SocketAddr,
+    ctx: &ListenerCtx,
+    proxy: Arc<Proxy>,
+    permit: OwnedSemaphorePermit,
+    timeouts: &Timeouts,
+    shutdown: CancellationToken,
+) {
+    let max_header_bytes = proxy.runtime().config.limits.max_header_bytes;
+    let state = Arc::new(ConnState::new(!is_h2));
+    let client = Arc::new(ClientConn {
+        peer,
+        listener: ctx.name.clone(),
+        is_tls,
+        state: state.clone(),
+        permit: Mutex::new(Some(permit)),
+    });
+    let io = TokioIo::new(ConnIo::with_prefix(stream, state.clone(), prefix));
+    let service = ConnService::<S>::new(proxy, client);
+    if is_h2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+            .serve_connection(io, service);
+        watch(conn, &state, timeouts, &shutdown).await;
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            // Replaced by the watchdog below; see `server::conn`.
+            .header_read_timeout(None)
+            .max_buf_size(max_header_bytes)
+            .serve_connection(io, service)
+            .with_upgrades();
+        watch(conn, &state, timeouts, &shutdown).await;
+    }
+}
+
+/// A hyper connection that can be asked to finish gracefully.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn begin_graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, B, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    Self: Future<Output = hyper::Result<()>>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn begin_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, B, S, E> Graceful for http2::Connection<I, S, E>
+where
+    Self: Future<Output = hyper::Result<()>>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn begin_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drive `conn`, enforcing `idle` (no request in flight) and `header_read` (a head that
+/// started arriving must complete), and finishing gracefully on shutdown.
+async fn watch<C: Graceful>(
+    conn: C,
+    state: &ConnState,
+    timeouts: &Timeouts,
+    shutdown: &CancellationToken,
+) {
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let (phase, since) = state.phase();
+        let since = Instant::from_std(since);
+        let limit = match phase {
+            Phase::Idle => Some(timeouts.idle),
+            Phase::Head => Some(timeouts.header_read),
+            Phase::Busy => None,
+        };
+        // Phases change without waking us: re-check at least every `header_read`.
+        let recheck = Instant::now() + timeouts.header_read;
+        let deadline = limit.map_or(recheck, |l| (since + l).min(recheck));
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let (phase, since) = state.phase();
+                let waited = since.elapsed();
+                match phase {
+                    // Slowloris: the head never completed. Nothing useful can be answered.
+                    Phase::Head if waited >= timeouts.header_read => return,
+                    Phase::Idle if waited >= timeouts.idle && !closing => {
+                        closing = true;
+                        conn.as_mut().begin_graceful_shutdown();
+                    }
+                    _ => {}
+                }
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().begin_graceful_shutdown();
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Which tunnels are open on a backend, so they can be counted, and closed gracefully on drain.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+/// The handle a drain uses to ask one tunnel to close.
+#[derive(Debug)]
+pub struct TunnelControl {
+    id: u64,
+    /// WebSocket close code requested; 0 while none is.
+    close_code: AtomicU16,
+    notify: Notify,
+    /// The affinity key the tunnel was routed by, for rebalancing.
+    key: Option<Box<str>>,
+}
+
+impl TunnelControl {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// Ask the tunnel to end with a WebSocket Close carrying `code`. Later requests do not
+    /// change the code of a close already under way.
+    pub fn request_close(&self, code: u16) {
+        if self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn close_requested(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    /// Resolves once a close has been requested (immediately if one already was).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.close_requested().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Open tunnels of one backend.
+#[derive(Debug, Default)]
+pub struct TunnelRegistry {
+    open: Mutex<HashMap<u64, Arc<TunnelControl>>>,
+    next_id: AtomicU64,
+    /// Tunnels ever opened, for metrics.
+    opened: AtomicU64,
+}
+
+impl TunnelRegistry {
+    /// Register a new tunnel; it is removed when the returned guard drops.
+    pub fn register(self: &Arc<Self>, key: Option<&str>) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let control = Arc::new(TunnelControl {
+            id,
+            close_code: AtomicU16::new(0),
+            notify: Notify::new(),
+            key: key.map(Into::into),
+        });
+        self.lock().insert(id, control.clone());
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Registration {
+            registry: self.clone(),
+            control,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn opened_total(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// The open tunnels, oldest first.
+    pub fn snapshot(&self) -> Vec<Arc<TunnelControl>> {
+        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<TunnelControl>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Keeps a tunnel listed while it is open.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<TunnelRegistry>,
+    control: Arc<TunnelControl>,
+}
+
+impl Registration {
+    pub fn control(&self) -> &Arc<TunnelControl> {
+        &self.control
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.control.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_are_listed_until_dropped() {
+        let registry = Arc::new(TunnelRegistry::default());
+        let a = registry.register(Some("alice"));
+        let b = registry.register(None);
+        assert_eq!(registry.len(), 2);
+        assert_eq!(registry.snapshot()[0].key(), Some("alice"));
+        drop(a);
+        assert_eq!(registry.len(), 1);
+        drop(b);
+        assert!(registry.is_empty());
+        assert_eq!(registry.opened_total(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_first_close_request_wins_and_wakes_the_tunnel() {
+        let registry = Arc::new(TunnelRegistry::default());
+        let reg = registry.register(None);
+        let control = reg.control().clone();
+        let waiter = tokio::spawn(async move { control.closed().await });
+        reg.control().request_close(1001);
+        reg.control().request_close(1012);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reg.control().close_requested(), Some(1001));
+    }
+}
