@@ -1,0 +1,8 @@
+//! WebSocket tunnels: upgraded connections relayed byte for byte between a client and a backend.
+//!
+//! Owns: everything that happens to a connection after the `101 Switching Protocols`, including
+//! finding frame boundaries so a draining tunnel can be ended with a clean Close. Must not: pick
+//! backends (that is `balance`), decide when a tunnel is closed (that is `lifecycle`), or parse,
+//! copy or alter the payload it relays.
+
+pub mod frames;
