@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use super::frames::{self, FrameTracker};
 use super::registry::TunnelControl;
 
 /// Stack buffer per read: one TLS record's worth of plaintext.
@@ -22,6 +23,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Reads per direction before yielding, so one busy tunnel cannot starve the others on its
 /// worker thread.
 const READS_PER_TURN: usize = 16;
+/// How long a graceful close waits for the frames in flight to end and for both peers to answer
+/// our Close frames before it cuts the connection. A frame can be arbitrarily long, so this must
+/// be bounded; a few seconds finish any reasonable frame on a live connection.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// The reason text sent with a proxy-initiated Close.
+const CLOSE_REASON: &str = "tether: backend draining";
 
 /// One end of a tunnel.
 pub enum Side {
@@ -106,8 +113,19 @@ impl Side {
     }
 }
 
+/// Where a direction stands in a proxy-initiated close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Not closing: forward everything.
+    No,
+    /// Write a Close with this code at the next frame boundary, then stop forwarding.
+    At(u16),
+    /// Our Close went out (or the source had already sent its own): from now on the source's
+    /// bytes are read only to see its Close answer, and are not forwarded.
+    Sent,
+}
+
 /// One direction of a tunnel.
-#[derive(Default)]
 struct Flow {
     /// Bytes read but not yet accepted by the destination. Empty, and unallocated, except
     /// under backpressure.
@@ -121,6 +139,13 @@ struct Flow {
     /// The source reached end of stream and the destination's write side was shut.
     eof: bool,
     bytes: u64,
+    /// Frame boundaries of the bytes forwarded in this direction.
+    frames: FrameTracker,
+    closing: Closing,
+    /// Frames towards a backend must be masked (RFC 6455 5.1).
+    towards_backend: bool,
+    /// The source sent a Close after ours went out (or ended its stream).
+    answered: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,12 +161,53 @@ enum Step {
 }
 
 impl Flow {
-    fn new(already_read: &[u8]) -> Self {
+    fn new(already_read: &[u8], towards_backend: bool) -> Self {
         Self {
-            pending: already_read.to_vec(),
+            pending: Vec::new(),
+            written: 0,
+            needs_flush: false,
             may_read: true,
-            ..Self::default()
+            eof: false,
+            bytes: 0,
+            frames: FrameTracker::new(),
+            closing: Closing::No,
+            towards_backend,
+            answered: false,
         }
+        .with_early(already_read)
+    }
+
+    fn with_early(mut self, already_read: &[u8]) -> Self {
+        self.frames.advance(already_read, |_| {});
+        self.bytes = already_read.len() as u64;
+        self.pending = already_read.to_vec();
+        self
+    }
+
+    /// Start a graceful close of this direction: the Close goes out now if the stream is
+    /// between frames, otherwise once the frame in flight has been forwarded.
+    fn begin_close(&mut self, dst: &mut Side, code: u16) -> io::Result<()> {
+        if self.closing != Closing::No {
+            return Ok(());
+        }
+        if self.frames.close_seen() || self.eof {
+            // The peer is already closing on its own; a second Close would break the protocol.
+            self.closing = Closing::Sent;
+            self.answered = self.eof;
+            return Ok(());
+        }
+        self.closing = Closing::At(code);
+        if self.frames.is_at_boundary() {
+            self.inject_close(dst, code)?;
+        }
+        Ok(())
+    }
+
+    fn inject_close(&mut self, dst: &mut Side, code: u16) -> io::Result<()> {
+        let mask = self.towards_backend.then(rand::random::<[u8; 4]>);
+        let frame = frames::close_frame(code, CLOSE_REASON, mask);
+        self.closing = Closing::Sent;
+        self.write_or_keep(dst, frame.as_ref())
     }
 
     /// Move as many bytes as possible without waiting. Returns what to wait for next and
@@ -162,13 +228,14 @@ impl Flow {
             match src.try_read(&mut buf) {
                 Ok(0) => {
                     self.eof = true;
+                    self.answered = true;
                     dst.shutdown_write();
                     return Ok((Step::Done, moved));
                 }
                 Ok(n) => {
                     moved = true;
                     self.bytes += n as u64;
-                    self.write_or_keep(dst, &buf[..n])?;
+                    self.forward(dst, &buf[..n])?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.may_read = false;
@@ -181,8 +248,49 @@ impl Flow {
         Ok((Step::Again, moved))
     }
 
+    /// Forward freshly read bytes, honouring a close in progress.
+    fn forward(&mut self, dst: &mut Side, data: &[u8]) -> io::Result<()> {
+        match self.closing {
+            Closing::No => {
+                self.frames.advance(data, |_| {});
+                self.write_or_keep(dst, data)
+            }
+            Closing::At(code) => match self.frames.next_boundary_within(data) {
+                Some(cut) => {
+                    let (head, rest) = data.split_at(cut);
+                    self.frames.advance(head, |_| {});
+                    self.write_or_keep(dst, head)?;
+                    self.inject_close(dst, code)?;
+                    self.watch_for_answer(rest);
+                    Ok(())
+                }
+                None => {
+                    self.frames.advance(data, |_| {});
+                    self.write_or_keep(dst, data)
+                }
+            },
+            Closing::Sent => {
+                self.watch_for_answer(data);
+                Ok(())
+            }
+        }
+    }
+
+    /// After our Close: the source's bytes are dropped, but its Close is noted.
+    fn watch_for_answer(&mut self, data: &[u8]) {
+        let mut answered = self.answered;
+        self.frames
+            .advance(data, |header| answered |= header.is_close());
+        self.answered = answered;
+    }
+
     /// Write what the destination takes now; keep the rest in `pending`.
     fn write_or_keep(&mut self, dst: &mut Side, mut data: &[u8]) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            // Order matters: never overtake bytes still waiting.
+            self.pending.extend_from_slice(data);
+            return Ok(());
+        }
         while !data.is_empty() {
             match dst.try_write(data) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -229,6 +337,14 @@ impl Flow {
         }
         Ok(true)
     }
+
+    /// Our Close is out and the source answered with its own (or hung up).
+    fn is_closed(&self) -> bool {
+        self.closing == Closing::Sent
+            && self.answered
+            && self.pending.is_empty()
+            && !self.needs_flush
+    }
 }
 
 /// How a tunnel ended.
@@ -237,8 +353,11 @@ pub enum End {
     ClientClosed,
     BackendClosed,
     IdleTimeout,
-    /// A close was requested through the tunnel's control (drain, shutdown, rebalance).
-    CloseRequested,
+    /// Closed gracefully at the proxy's request (drain, shutdown, rebalance), with the close
+    /// handshake completed on both sides.
+    ClosedByProxy,
+    /// A close was requested but a peer did not finish its frame or answer in time.
+    CloseTimedOut,
     Error,
 }
 
@@ -248,7 +367,8 @@ impl End {
             End::ClientClosed => "client_closed",
             End::BackendClosed => "backend_closed",
             End::IdleTimeout => "idle_timeout",
-            End::CloseRequested => "close_requested",
+            End::ClosedByProxy => "closed_by_proxy",
+            End::CloseTimedOut => "close_timed_out",
             End::Error => "error",
         }
     }
@@ -262,18 +382,25 @@ pub struct Report {
     pub bytes_up: u64,
     /// Backend -> client.
     pub bytes_down: u64,
+    /// The close code sent to both peers, when the proxy closed the tunnel.
+    pub close_code: Option<u16>,
 }
 
 enum Wake {
     Readable(io::Result<()>, bool),
     Writable(io::Result<()>),
     Close,
-    Idle,
+    Timer,
 }
 
 /// Join `client` and `backend` byte for byte until both directions end (half-closes are
 /// passed on), either side fails, nothing moves for `idle`, or `control` asks for a close.
 /// `client_early` / `backend_early` are bytes hyper had already read past the HTTP exchange.
+///
+/// A requested close is graceful: each direction is followed frame by frame, so the Close
+/// (unmasked to the client, masked to the backend) is written between frames, never inside
+/// one; after it nothing more is forwarded, and the tunnel ends once both peers answered with
+/// their own Close, or after [`CLOSE_GRACE`].
 pub async fn relay(
     mut client: Side,
     mut backend: Side,
@@ -282,12 +409,14 @@ pub async fn relay(
     control: &TunnelControl,
     idle: Duration,
 ) -> Report {
-    let mut up = Flow::new(client_early);
-    let mut down = Flow::new(backend_early);
+    let mut up = Flow::new(client_early, true);
+    let mut down = Flow::new(backend_early, false);
     let mut last_activity = Instant::now();
-    let idle_timer = tokio::time::sleep(idle);
-    tokio::pin!(idle_timer);
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
     let mut first_eof: Option<End> = None;
+    let mut close_deadline: Option<Instant> = None;
+    let mut close_code = None;
 
     let end = loop {
         let (s_up, moved_up) = match up.pump(&mut client, &mut backend) {
@@ -301,6 +430,9 @@ pub async fn relay(
         if moved_up || moved_down {
             last_activity = Instant::now();
         }
+        if close_deadline.is_some() && up.is_closed() && down.is_closed() {
+            break End::ClosedByProxy;
+        }
         if s_up == Step::Done && first_eof.is_none() {
             first_eof = Some(End::ClientClosed);
         }
@@ -308,7 +440,11 @@ pub async fn relay(
             first_eof = Some(End::BackendClosed);
         }
         if s_up == Step::Done && s_down == Step::Done {
-            break first_eof.unwrap_or(End::ClientClosed);
+            break if close_deadline.is_some() {
+                End::ClosedByProxy
+            } else {
+                first_eof.unwrap_or(End::ClientClosed)
+            };
         }
         if s_up == Step::Again || s_down == Step::Again {
             tokio::task::yield_now().await;
@@ -317,12 +453,12 @@ pub async fn relay(
 
         let wake = tokio::select! {
             biased;
-            _ = control.closed() => Wake::Close,
+            _ = control.closed(), if close_deadline.is_none() => Wake::Close,
             r = client.tcp().readable(), if s_up == Step::WaitRead => Wake::Readable(r, true),
             r = backend.tcp().readable(), if s_down == Step::WaitRead => Wake::Readable(r, false),
             r = backend.tcp().writable(), if s_up == Step::WaitWrite => Wake::Writable(r),
             r = client.tcp().writable(), if s_down == Step::WaitWrite => Wake::Writable(r),
-            _ = &mut idle_timer => Wake::Idle,
+            _ = &mut timer => Wake::Timer,
         };
         match wake {
             Wake::Readable(Ok(()), is_up) => {
@@ -335,18 +471,34 @@ pub async fn relay(
             // Writability needs no flag: the next pump retries the pending bytes.
             Wake::Writable(Ok(())) => {}
             Wake::Readable(Err(_), _) | Wake::Writable(Err(_)) => break End::Error,
-            Wake::Close => break End::CloseRequested,
-            Wake::Idle => {
-                if last_activity.elapsed() >= idle {
-                    break End::IdleTimeout;
+            Wake::Close => {
+                let code = control.close_requested().unwrap_or(1001);
+                close_code = Some(code);
+                let deadline = Instant::now() + CLOSE_GRACE;
+                close_deadline = Some(deadline);
+                timer.as_mut().reset(deadline.into());
+                if down.begin_close(&mut client, code).is_err()
+                    || up.begin_close(&mut backend, code).is_err()
+                {
+                    break End::Error;
                 }
-                idle_timer.as_mut().reset((last_activity + idle).into());
             }
+            Wake::Timer => match close_deadline {
+                Some(deadline) if Instant::now() >= deadline => break End::CloseTimedOut,
+                Some(deadline) => timer.as_mut().reset(deadline.into()),
+                None if last_activity.elapsed() >= idle => break End::IdleTimeout,
+                None => timer.as_mut().reset((last_activity + idle).into()),
+            },
         }
     };
+    if matches!(end, End::ClosedByProxy | End::CloseTimedOut) {
+        client.shutdown_write();
+        backend.shutdown_write();
+    }
     Report {
         end,
         bytes_up: up.bytes,
         bytes_down: down.bytes,
+        close_code,
     }
 }

@@ -3,3 +3,4 @@
 mod support;
 
 mod proxy_core;
+mod tunnel_close;
