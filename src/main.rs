@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tether", version, about = "Sticky-session L7 proxy for WebSocket services")]
+#[command(
+    name = "tether",
+    version,
+    about = "Sticky-session L7 proxy for WebSocket services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
