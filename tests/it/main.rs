@@ -1,0 +1,5 @@
+//! tether's integration tests: one binary, one module per area.
+
+mod support;
+
+mod config_check;
