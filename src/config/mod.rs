@@ -6,8 +6,9 @@
 //! keys (that happens where they are used), or keep any runtime state.
 //!
 //! Layout: `file` is the serde mirror of the YAML (`deny_unknown_fields`), `source` turns text
-//! into a positioned, env-expanded tree, `validate` turns the mirror into these types, and
-//! `error` formats problems as `file:line:column: field.path: message`.
+//! into a positioned, env-expanded tree, `validate` turns the mirror into these types (with
+//! `units` for durations and sizes, `values` for names and addresses, `tls` for certificate
+//! files), and `error` formats problems as `file:line:column: field.path: message`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,11 +21,14 @@ use ipnet::IpNet;
 mod error;
 mod file;
 mod source;
+mod tls;
 pub mod units;
 mod validate;
+mod values;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use validate::{load, parse};
+pub use values::AddressError;
 
 /// A validated configuration plus the text it came from.
 #[derive(Debug, Clone)]
@@ -147,6 +151,16 @@ impl std::fmt::Display for BackendAddress {
         } else {
             write!(f, "{}:{}", self.host, self.port)
         }
+    }
+}
+
+impl std::str::FromStr for BackendAddress {
+    type Err = AddressError;
+
+    /// `host:port` as accepted in the config (`127.0.0.1:9001`, `[::1]:9001`, `app:8080`);
+    /// a name is not resolved.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        values::parse_backend_address(text)
     }
 }
 

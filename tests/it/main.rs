@@ -2,5 +2,6 @@
 
 mod support;
 
+mod config_check;
 mod proxy_core;
 mod tunnel_close;

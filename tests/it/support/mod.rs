@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod check;
 pub mod http;
 pub mod proxy;
 pub mod tls;
