@@ -113,10 +113,10 @@ fn announce(addrs: &[(String, std::net::SocketAddr)]) {
 fn init_logging(format: AccessLogFormat) {
     use tracing_subscriber::EnvFilter;
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if format == AccessLogFormat::Off {
-        if let Ok(directive) = "tether::access=off".parse() {
-            filter = filter.add_directive(directive);
-        }
+    if format == AccessLogFormat::Off
+        && let Ok(directive) = "tether::access=off".parse()
+    {
+        filter = filter.add_directive(directive);
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -124,10 +124,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: ClientFacts<'_>, trusted: 
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            if let Some(host) = client.host {
-                set_text(headers, X_FORWARDED_HOST, host);
-            }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = client.host
+        {
+            set_text(headers, X_FORWARDED_HOST, host);
         }
     } else {
         set_text(headers, X_FORWARDED_FOR, &peer_text);

@@ -471,10 +471,10 @@ fn respond(
     if upgrade {
         headers::set_websocket_upgrade(&mut parts.headers);
     }
-    if rt.config.debug.backend_header {
-        if let Ok(v) = HeaderValue::from_str(&backend.id) {
-            parts.headers.insert(X_TETHER_BACKEND, v);
-        }
+    if rt.config.debug.backend_header
+        && let Ok(v) = HeaderValue::from_str(&backend.id)
+    {
+        parts.headers.insert(X_TETHER_BACKEND, v);
     }
     parts.version = Version::HTTP_11;
     backend

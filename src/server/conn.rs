@@ -101,10 +101,10 @@ impl ConnState {
         if phase == Phase::Idle {
             self.set_phase(Phase::Head);
         }
-        if let Some((_, facts)) = sniffer.feed(bytes) {
-            if facts.is_length_conflict() {
-                self.length_conflict.store(true, Ordering::Release);
-            }
+        if let Some((_, facts)) = sniffer.feed(bytes)
+            && facts.is_length_conflict()
+        {
+            self.length_conflict.store(true, Ordering::Release);
         }
     }
 }

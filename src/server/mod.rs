@@ -145,7 +145,7 @@ fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 /// `configured`, clamped to what `nofile` descriptors can carry (a tunnel costs two: the

@@ -51,10 +51,10 @@ impl SniResolver {
         if let Some(cert) = self.exact.get(&name) {
             return cert.clone();
         }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(cert) = self.wildcard.get(parent) {
-                return cert.clone();
-            }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(cert) = self.wildcard.get(parent)
+        {
+            return cert.clone();
         }
         self.default.clone()
     }

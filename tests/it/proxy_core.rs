@@ -60,7 +60,7 @@ upstreams:
     let cases = [
         ("api.test", "/v2/users", StatusCode::OK, "api-v2"),
         ("API.test:8080", "/v1/users", StatusCode::OK, "api"),
-        ("eu.ws.test", "/ws", StatusCode::OK, "sockets"),
+        ("eu.ws.test", "/chat", StatusCode::OK, "sockets"),
         ("other.test", "/static/app.js", StatusCode::OK, "fallback"),
     ];
     let mut client = H1::connect(addr).await;
@@ -502,11 +502,11 @@ async fn websocket_echo_through_the_proxy_over_ws() {
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(resp.headers().get("x-backend-id").unwrap(), "app-1");
     ws_echo_roundtrip(&mut ws).await;
+    drop(ws);
     within("tunnel to be unregistered", async {
-        while proxy.running.proxy().runtime().upstreams["app"].backends()[0]
+        while !proxy.running.proxy().runtime().upstreams["app"].backends()[0]
             .tunnels
-            .len()
-            > 0
+            .is_empty()
         {
             tokio::task::yield_now().await;
         }

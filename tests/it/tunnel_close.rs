@@ -70,7 +70,7 @@ async fn a_requested_close_lands_between_frames_on_both_sides() {
         let mut seq = 0u32;
         loop {
             let sending = async {
-                if seq % 2 == 0 {
+                if seq.is_multiple_of(2) {
                     sink.send(Message::binary(payload(seq, 300 * 1024))).await
                 } else {
                     let body = payload(seq, 3 * 40 * 1024);
@@ -116,7 +116,7 @@ async fn a_requested_close_lands_between_frames_on_both_sides() {
             match client.next().await {
                 Some(Ok(Message::Binary(data))) => {
                     let seq = u32::from_be_bytes(data[..4].try_into().unwrap());
-                    let len = if seq % 2 == 0 {
+                    let len = if seq.is_multiple_of(2) {
                         300 * 1024
                     } else {
                         3 * 40 * 1024

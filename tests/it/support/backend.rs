@@ -209,15 +209,12 @@ impl Ctx {
             let _ = ws
                 .send(Message::text(format!("hello from {}", ctx.id)))
                 .await;
+            // After a Close, tungstenite sends the answer on the next poll and then ends the
+            // stream, so the loop runs until `None`.
             while let Some(Ok(msg)) = ws.next().await {
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if ws.send(msg).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => break,
-                    _ => {}
+                let is_data = matches!(msg, Message::Text(_) | Message::Binary(_));
+                if is_data && ws.send(msg).await.is_err() {
+                    break;
                 }
             }
             ctx.sockets.fetch_sub(1, Ordering::SeqCst);
