@@ -3,7 +3,10 @@
 //!
 //! # Layout
 //! - [`config`]: YAML -> validated, typed [`config::Config`] (the only place config is parsed).
+//! - [`balance`]: the pure routing decision: backend set and hash ring, affinity keys, signed
+//!   sticky cookie, bounded loads, fallbacks ([`balance::route`]).
 //!
 //! The map grows with the crate; every module's `//!` says what it owns and what it must not do.
 
+pub mod balance;
 pub mod config;
