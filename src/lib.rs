@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: YAML -> validated, typed [`config::Config`] (the only place config is parsed).
+//! - [`balance`]: the pure routing decision: backend set and hash ring, affinity keys, signed
+//!   sticky cookie, bounded loads, fallbacks ([`balance::route`]).
 //! - [`server`]: listeners, TLS, accept loop, per-connection timeouts; hands requests to `proxy`.
 //! - [`proxy`]: the request path: routing, header rules, forwarding, starting tunnels.
 //! - [`upstream`]: backends at run time: connection pools, counters, membership.
@@ -16,6 +18,7 @@
 //! `upstream` (candidates, pooled connection) -> backend, and the response streams back through
 //! `proxy::body::ClientBody`; a WebSocket upgrade ends in `tunnel::relay`.
 
+pub mod balance;
 pub mod config;
 pub mod lifecycle;
 pub mod proxy;

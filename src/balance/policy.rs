@@ -1,0 +1,187 @@
+//! The affinity policy of one upstream, prepared once from its config.
+//!
+//! Owns: the key sources, the bounded-load factor, the fallback, and the sticky cookie's name,
+//! key and pre-rendered `Set-Cookie` attributes. Must not: hold per-request state or read the
+//! environment. Cheap to share behind an `Arc`; rebuilt only when the config changes.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+
+use super::cookie::{CookieKey, CookieTag};
+use crate::config::{AffinityConfig, CookieConfig, Fallback, KeySource, SameSite, SecureMode};
+
+/// A config value that cannot be rendered into a `Set-Cookie` header. Config validation should
+/// reject these first; this keeps the decision total if it does not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cookie name {0:?} is not an RFC 6265 token")]
+    CookieName(String),
+    #[error("cookie {attribute} {value:?} contains ';' or a control character")]
+    CookieAttribute {
+        attribute: &'static str,
+        value: String,
+    },
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub struct AffinityPolicy {
+    pub(crate) keys: Vec<KeySource>,
+    /// `Some(c)` with `c >= 1` when bounded loads are on.
+    pub(crate) balance_factor: Option<f64>,
+    pub(crate) fallback: Fallback,
+    pub(crate) cookie: Option<StickyCookie>,
+    pub(crate) cookie_key: CookieKey,
+}
+
+#[derive(Debug)]
+pub(crate) struct StickyCookie {
+    pub(crate) name: String,
+    /// Whole seconds, rounded up; 0 = session cookie.
+    ttl_secs: u64,
+    /// Everything after the value, without and with `Secure`.
+    attributes_plain: String,
+    attributes_tls: String,
+}
+
+impl AffinityPolicy {
+    /// Prepare `config` for routing. `cookie_key` must be the key the
+    /// [`BackendSet`](super::BackendSet)s are built with (take it from
+    /// [`AffinityPolicy::cookie_key`]).
+    ///
+    /// A `balance_factor` of 0 (or negative, or NaN) turns bounded loads off; a factor between
+    /// 0 and 1 is raised to 1, the smallest factor with which some backend is always under
+    /// the bound.
+    pub fn new(config: &AffinityConfig, cookie_key: CookieKey) -> Result<Self, PolicyError> {
+        let factor = config.hash.balance_factor;
+        let balance_factor = (factor > 0.0).then(|| factor.max(1.0));
+        let cookie = config.cookie.as_ref().map(StickyCookie::new).transpose()?;
+        Ok(Self {
+            keys: config.keys.clone(),
+            balance_factor,
+            fallback: config.fallback,
+            cookie,
+            cookie_key,
+        })
+    }
+
+    pub fn cookie_key(&self) -> &CookieKey {
+        &self.cookie_key
+    }
+
+    /// The sticky cookie's name, if one is configured.
+    pub fn cookie_name(&self) -> Option<&str> {
+        self.cookie.as_ref().map(|c| c.name.as_str())
+    }
+
+    pub fn fallback(&self) -> Fallback {
+        self.fallback
+    }
+
+    /// The effective bounded-load factor, `None` when bounded loads are off.
+    pub fn balance_factor(&self) -> Option<f64> {
+        self.balance_factor
+    }
+}
+
+impl StickyCookie {
+    fn new(config: &CookieConfig) -> Result<Self, PolicyError> {
+        if config.name.is_empty() || !config.name.bytes().all(is_token_byte) {
+            return Err(PolicyError::CookieName(config.name.clone()));
+        }
+        let check = |attribute: &'static str, value: &str| {
+            if value
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b';')
+            {
+                Ok(())
+            } else {
+                Err(PolicyError::CookieAttribute {
+                    attribute,
+                    value: value.to_owned(),
+                })
+            }
+        };
+        check("path", &config.path)?;
+        let ttl_secs = whole_seconds_up(config.ttl);
+        let mut common = String::new();
+        if !config.path.is_empty() {
+            common.push_str("; Path=");
+            common.push_str(&config.path);
+        }
+        if let Some(domain) = &config.domain {
+            check("domain", domain)?;
+            common.push_str("; Domain=");
+            common.push_str(domain);
+        }
+        if ttl_secs > 0 {
+            common.push_str(&format!("; Max-Age={ttl_secs}"));
+        }
+        let mut tail = String::new();
+        if config.http_only {
+            tail.push_str("; HttpOnly");
+        }
+        // Browsers drop `SameSite=None` without `Secure`; config validation is the place to
+        // warn about `same_site: none` with `secure: never`.
+        tail.push_str(match config.same_site {
+            SameSite::Lax => "; SameSite=Lax",
+            SameSite::Strict => "; SameSite=Strict",
+            SameSite::None => "; SameSite=None",
+        });
+        let (plain_secure, tls_secure) = match config.secure {
+            SecureMode::Auto => (false, true),
+            SecureMode::Always => (true, true),
+            SecureMode::Never => (false, false),
+        };
+        let render =
+            |secure: bool| format!("{common}{}{tail}", if secure { "; Secure" } else { "" });
+        Ok(Self {
+            name: config.name.clone(),
+            ttl_secs,
+            attributes_plain: render(plain_secure),
+            attributes_tls: render(tls_secure),
+        })
+    }
+
+    /// The full `Set-Cookie` value pinning to `tag`, issued at `now`.
+    pub(crate) fn render(
+        &self,
+        key: &CookieKey,
+        tag: &CookieTag,
+        now: SystemTime,
+        is_tls: bool,
+    ) -> Option<HeaderValue> {
+        let expiry = (self.ttl_secs > 0).then(|| unix_secs(now).saturating_add(self.ttl_secs));
+        let value = key.encode(tag, expiry);
+        let attributes = if is_tls {
+            &self.attributes_tls
+        } else {
+            &self.attributes_plain
+        };
+        let mut header =
+            String::with_capacity(self.name.len() + 1 + value.len() + attributes.len());
+        header.push_str(&self.name);
+        header.push('=');
+        header.push_str(&value);
+        header.push_str(attributes);
+        // Every part was checked to be visible ASCII when the policy was built.
+        HeaderValue::from_str(&header).ok()
+    }
+}
+
+/// RFC 7230 `tchar` (the RFC 6265 cookie-name token).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn whole_seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Seconds since the Unix epoch; a clock before 1970 reads as 0.
+pub(crate) fn unix_secs(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
