@@ -10,12 +10,8 @@ use http::header::{COOKIE, HeaderName};
 use http::{HeaderMap, HeaderValue};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng};
-use tether::balance::{
-    AffinityPolicy, Availability, BackendSet, CookieKey, Member, RequestFacts, route,
-};
-use tether::config::{
-    AffinityConfig, CookieConfig, Fallback, HashConfig, KeySource, SameSite, SecureMode,
-};
+use tether::balance::{AffinityPolicy, Availability, BackendSet, CookieKey, Member, RequestFacts, route};
+use tether::config::{AffinityConfig, CookieConfig, Fallback, HashConfig, KeySource, SameSite, SecureMode};
 
 const BACKENDS: usize = 100;
 const VNODES: u32 = 1000;
@@ -31,25 +27,16 @@ fn key() -> CookieKey {
 }
 
 fn hash(balance_factor: f64) -> HashConfig {
-    HashConfig {
-        vnodes: VNODES,
-        balance_factor,
-    }
+    HashConfig { vnodes: VNODES, balance_factor }
 }
 
 fn members() -> Vec<Member> {
-    (0..BACKENDS)
-        .map(|i| Member::new(format!("backend-{i}"), 1, Availability::Active))
-        .collect()
+    (0..BACKENDS).map(|i| Member::new(format!("backend-{i}"), 1, Availability::Active)).collect()
 }
 
 fn policy(with_key: bool, with_cookie: bool, balance_factor: f64) -> AffinityPolicy {
     let config = AffinityConfig {
-        keys: if with_key {
-            vec![KeySource::Header(HeaderName::from_static("x-user-id"))]
-        } else {
-            vec![]
-        },
+        keys: if with_key { vec![KeySource::Header(HeaderName::from_static("x-user-id"))] } else { vec![] },
         hash: hash(balance_factor),
         cookie: with_cookie.then(|| CookieConfig {
             name: "TETHER_AFFINITY".into(),
@@ -84,31 +71,16 @@ fn cookie_requests(policy: &AffinityPolicy, set: &BackendSet) -> Vec<HeaderMap> 
     (0..REQUESTS)
         .map(|i| {
             let d = route(
-                &RequestFacts {
-                    headers: &HeaderMap::new(),
-                    query: None,
-                    is_tls: false,
-                },
+                &RequestFacts { headers: &HeaderMap::new(), query: None, is_tls: false },
                 policy,
                 set,
                 now(),
                 &mut rng,
             );
-            let pin = d
-                .set_cookie(policy, set, i % BACKENDS, now(), false)
-                .expect("cookie configured");
-            let pair = pin
-                .to_str()
-                .expect("ASCII")
-                .split(';')
-                .next()
-                .expect("pair")
-                .to_owned();
+            let pin = d.set_cookie(policy, set, i % BACKENDS, now(), false).expect("cookie configured");
+            let pair = pin.to_str().expect("ASCII").split(';').next().expect("pair").to_owned();
             let mut h = HeaderMap::new();
-            h.insert(
-                COOKIE,
-                HeaderValue::from_str(&format!("theme=dark; {pair}")).expect("ASCII"),
-            );
+            h.insert(COOKIE, HeaderValue::from_str(&format!("theme=dark; {pair}")).expect("ASCII"));
             h
         })
         .collect()
@@ -121,11 +93,7 @@ fn bench_decision(c: &mut Criterion, name: &str, policy: &AffinityPolicy, reques
     c.bench_function(name, |b| {
         b.iter(|| {
             i = (i + 1) % requests.len();
-            let facts = RequestFacts {
-                headers: &requests[i],
-                query: None,
-                is_tls: false,
-            };
+            let facts = RequestFacts { headers: &requests[i], query: None, is_tls: false };
             let mut decision = route(&facts, policy, &set, now(), &mut rng);
             black_box(decision.next_candidate(&set).map(|(index, _guard)| index))
         })
@@ -137,12 +105,7 @@ fn decisions(c: &mut Criterion) {
     bench_decision(c, "route/header_key/100_backends", &keyed, &key_requests());
 
     let bounded = policy(true, false, 1.25);
-    bench_decision(
-        c,
-        "route/header_key_bounded_loads/100_backends",
-        &bounded,
-        &key_requests(),
-    );
+    bench_decision(c, "route/header_key_bounded_loads/100_backends", &bounded, &key_requests());
 
     let set = BackendSet::new(members(), &hash(0.0), &key());
     let cookies = cookie_requests(&keyed, &set);

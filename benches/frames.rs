@@ -61,13 +61,8 @@ fn large_frames() -> Vec<u8> {
 
 fn bench_advance(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame_tracker_advance");
-    group
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
-    for (name, stream) in [
-        ("many_small_frames", many_small_frames()),
-        ("large_frames", large_frames()),
-    ] {
+    group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for (name, stream) in [("many_small_frames", many_small_frames()), ("large_frames", large_frames())] {
         group.throughput(Throughput::Bytes(stream.len() as u64));
         group.bench_function(name, |b| {
             b.iter(|| {

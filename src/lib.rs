@@ -18,9 +18,11 @@
 //! `upstream` (candidates, pooled connection) -> backend, and the response streams back through
 //! `proxy::body::ClientBody`; a WebSocket upgrade ends in `tunnel::relay`.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod lifecycle;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod tunnel;

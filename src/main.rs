@@ -9,11 +9,7 @@ use clap::{Parser, Subcommand};
 use tether::config::{self, AccessLogFormat};
 
 #[derive(Parser)]
-#[command(
-    name = "tether",
-    version,
-    about = "Sticky-session L7 proxy for WebSocket services"
-)]
+#[command(name = "tether", version, about = "Sticky-session L7 proxy for WebSocket services")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,14 +75,12 @@ fn proxy(path: &Path) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let shutdown_timeout = loaded.config.shutdown.timeout;
         let running = tether::server::start(loaded.config).await?;
-        announce(&running.addrs);
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        if !running.shutdown(shutdown_timeout).await {
-            tracing::warn!("shutdown timeout reached with work still in flight");
+        announce(&running.addrs());
+        if let Err(e) = running.watch_config() {
+            tracing::warn!(error = %format!("{e:#}"), "config file watching is off; reload with SIGHUP or POST /admin/reload");
         }
+        serve_until_signalled(&running).await;
         anyhow::Ok(())
     });
     match result {
@@ -94,6 +88,46 @@ fn proxy(path: &Path) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP reloads; the first SIGTERM or SIGINT runs the graceful shutdown sequence; a second
+/// one exits at once.
+async fn serve_until_signalled(running: &tether::server::Running) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers; running until killed");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = running.reload().await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    let shutdown = running.shutdown();
+    tokio::select! {
+        finished = shutdown => {
+            if !finished {
+                tracing::warn!("shutdown timeout reached with work still in flight");
+            }
+        }
+        _ = term.recv() => {
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(1);
+        }
+        _ = int.recv() => {
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(1);
         }
     }
 }
@@ -118,33 +152,10 @@ fn init_logging(format: AccessLogFormat) {
     {
         filter = filter.add_directive(directive);
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == AccessLogFormat::Text {
         builder.init();
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init();
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process can only be killed; wait forever.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
     }
 }

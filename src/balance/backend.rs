@@ -122,10 +122,7 @@ pub struct Live {
 
 impl Live {
     pub fn new(availability: Availability) -> Self {
-        Self {
-            state: AtomicU8::new(availability as u8),
-            load: AtomicU32::new(0),
-        }
+        Self { state: AtomicU8::new(availability as u8), load: AtomicU32::new(0) }
     }
 
     pub fn availability(&self) -> Availability {
@@ -154,10 +151,7 @@ impl Live {
 
 impl fmt::Debug for Live {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Live")
-            .field("availability", &self.availability())
-            .field("load", &self.load())
-            .finish()
+        f.debug_struct("Live").field("availability", &self.availability()).field("load", &self.load()).finish()
     }
 }
 
@@ -179,9 +173,7 @@ impl LoadGuard {
         // Relaxed: the counter is an independent statistic; nothing else is published
         // through it.
         live.load.fetch_add(1, Ordering::Relaxed);
-        Self {
-            live: Arc::clone(live),
-        }
+        Self { live: Arc::clone(live) }
     }
 
     /// Count one more unit of load only if the load, counting it, stays <= `bound`. The
@@ -193,16 +185,9 @@ impl LoadGuard {
             if current >= bound {
                 return None;
             }
-            match live.load.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            match live.load.compare_exchange_weak(current, current + 1, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => {
-                    return Some(Self {
-                        live: Arc::clone(live),
-                    });
+                    return Some(Self { live: Arc::clone(live) });
                 }
                 Err(actual) => current = actual,
             }
@@ -236,11 +221,7 @@ pub struct Member {
 impl Member {
     /// A member with a fresh [`Live`] in state `availability`.
     pub fn new(id: impl Into<BackendId>, weight: u32, availability: Availability) -> Self {
-        Self {
-            id: id.into(),
-            weight,
-            live: Arc::new(Live::new(availability)),
-        }
+        Self { id: id.into(), weight, live: Arc::new(Live::new(availability)) }
     }
 }
 
@@ -267,15 +248,9 @@ mod tests {
     #[test]
     fn transition_only_applies_from_the_expected_state() {
         let live = Live::new(Availability::Draining);
-        assert_eq!(
-            live.transition(Availability::Down, Availability::Active),
-            Err(Availability::Draining)
-        );
+        assert_eq!(live.transition(Availability::Down, Availability::Active), Err(Availability::Draining));
         assert_eq!(live.availability(), Availability::Draining);
-        assert_eq!(
-            live.transition(Availability::Draining, Availability::Active),
-            Ok(())
-        );
+        assert_eq!(live.transition(Availability::Draining, Availability::Active), Ok(()));
         assert_eq!(live.availability(), Availability::Active);
     }
 

@@ -18,9 +18,7 @@ impl Bits {
             return self.inline & (1u128 << index) != 0;
         }
         let i = index - INLINE;
-        self.spill
-            .get(i / 64)
-            .is_some_and(|word| word & (1u64 << (i % 64)) != 0)
+        self.spill.get(i / 64).is_some_and(|word| word & (1u64 << (i % 64)) != 0)
     }
 
     /// Insert `index`; true if it was not present.

@@ -74,8 +74,7 @@ impl CookieKey {
         if secret.len() < Self::MIN_LEN {
             return Err(CookieKeyError::TooShort { len: secret.len() });
         }
-        let mac = HmacSha256::new_from_slice(secret)
-            .map_err(|_| CookieKeyError::TooShort { len: secret.len() })?;
+        let mac = HmacSha256::new_from_slice(secret).map_err(|_| CookieKeyError::TooShort { len: secret.len() })?;
         Ok(Self { mac })
     }
 
@@ -83,9 +82,7 @@ impl CookieKey {
     pub fn random() -> Self {
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
-        Self {
-            mac: HmacSha256::new_from_slice(&secret).expect("HMAC accepts keys of any length"),
-        }
+        Self { mac: HmacSha256::new_from_slice(&secret).expect("HMAC accepts keys of any length") }
     }
 
     pub(crate) fn tag(&self, id: &str) -> CookieTag {
@@ -165,10 +162,7 @@ impl fmt::Debug for CookieKey {
 /// read leniently: pairs without `=` are skipped, spaces around names and values trimmed, one
 /// pair of surrounding double quotes removed from values).
 pub(crate) fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|value| split_pairs(value.as_bytes()))
+    headers.get_all(COOKIE).iter().flat_map(|value| split_pairs(value.as_bytes()))
 }
 
 fn split_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
@@ -186,9 +180,7 @@ fn split_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 
 fn names_cookie(pair: &[u8], name: &[u8]) -> bool {
     let pair = pair.trim_ascii();
-    pair.iter()
-        .position(|&b| b == b'=')
-        .is_some_and(|eq| pair[..eq].trim_ascii() == name)
+    pair.iter().position(|&b| b == b'=').is_some_and(|eq| pair[..eq].trim_ascii() == name)
 }
 
 /// Remove our sticky cookie from the request's `Cookie` header(s) before forwarding, so the
@@ -200,11 +192,7 @@ pub fn strip_sticky_cookie(policy: &AffinityPolicy, headers: &mut HeaderMap) {
         return;
     };
     let name = name.as_bytes();
-    let carries = |v: &HeaderValue| {
-        v.as_bytes()
-            .split(|&b| b == b';')
-            .any(|p| names_cookie(p, name))
-    };
+    let carries = |v: &HeaderValue| v.as_bytes().split(|&b| b == b';').any(|p| names_cookie(p, name));
     if !headers.get_all(COOKIE).iter().any(carries) {
         return;
     }
@@ -244,10 +232,7 @@ mod tests {
 
     #[test]
     fn short_keys_are_refused() {
-        assert_eq!(
-            CookieKey::from_bytes(&[7; 31]).err(),
-            Some(CookieKeyError::TooShort { len: 31 })
-        );
+        assert_eq!(CookieKey::from_bytes(&[7; 31]).err(), Some(CookieKeyError::TooShort { len: 31 }));
         assert!(CookieKey::from_bytes(&[7; 32]).is_ok());
     }
 
@@ -322,15 +307,6 @@ mod tests {
         headers.append(COOKIE, HeaderValue::from_static("a=1; b = 2 ;c=\"3\""));
         headers.append(COOKIE, HeaderValue::from_static("noequals; d=; e=x=y"));
         let pairs: Vec<(&[u8], &[u8])> = cookie_pairs(&headers).collect();
-        assert_eq!(
-            pairs,
-            vec![
-                (&b"a"[..], &b"1"[..]),
-                (b"b", b"2"),
-                (b"c", b"3"),
-                (b"d", b""),
-                (b"e", b"x=y"),
-            ]
-        );
+        assert_eq!(pairs, vec![(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"3"), (b"d", b""), (b"e", b"x=y"),]);
     }
 }

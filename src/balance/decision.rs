@@ -87,14 +87,8 @@ pub struct Decision {
 
 #[derive(Debug)]
 enum Plan {
-    Ring {
-        walk: RingWalk,
-        bounded: Option<Bounded>,
-    },
-    Pinned {
-        member: Option<usize>,
-        rest: Picker,
-    },
+    Ring { walk: RingWalk, bounded: Option<Bounded> },
+    Pinned { member: Option<usize>, rest: Picker },
     Fallback(Picker),
 }
 
@@ -125,10 +119,7 @@ pub fn route(
     if let Some(key) = extract_key(facts.headers, facts.query, &policy.keys) {
         let key = truncate_key(&key);
         let bounded = match (policy.balance_factor, state) {
-            (Some(factor), Some(state)) => Some(Bounded {
-                factor,
-                bound: load_bound(set, state, factor),
-            }),
+            (Some(factor), Some(state)) => Some(Bounded { factor, bound: load_bound(set, state, factor) }),
             _ => None,
         };
         return Decision {
@@ -136,10 +127,7 @@ pub fn route(
             key: Some(Arc::from(key)),
             cookie_member: None,
             state,
-            plan: Plan::Ring {
-                walk: RingWalk::new(ring::hash_str(key)),
-                bounded,
-            },
+            plan: Plan::Ring { walk: RingWalk::new(ring::hash_str(key)), bounded },
             returned: Bits::default(),
             skips: 0,
         };
@@ -155,30 +143,17 @@ pub fn route(
         if let Some(tag) = carried {
             cookie_member = set.index_of_tag(&tag);
             reason = match (cookie_member, state) {
-                (Some(i), Some(state)) if set.members()[i].live.availability() == state => {
-                    Reason::Cookie
-                }
+                (Some(i), Some(state)) if set.members()[i].live.availability() == state => Reason::Cookie,
                 _ => Reason::Repin,
             };
         }
     }
     let rest = Picker::new(policy.fallback, rng.next_u64());
     let plan = match (reason, cookie_member) {
-        (Reason::Cookie, Some(member)) => Plan::Pinned {
-            member: Some(member),
-            rest,
-        },
+        (Reason::Cookie, Some(member)) => Plan::Pinned { member: Some(member), rest },
         _ => Plan::Fallback(rest),
     };
-    Decision {
-        reason,
-        key: None,
-        cookie_member,
-        state,
-        plan,
-        returned: Bits::default(),
-        skips: 0,
-    }
+    Decision { reason, key: None, cookie_member, state, plan, returned: Bits::default(), skips: 0 }
 }
 
 impl Decision {
@@ -212,17 +187,8 @@ impl Decision {
     pub fn next_candidate(&mut self, set: &BackendSet) -> Option<(usize, LoadGuard)> {
         let state = self.state?;
         let members = set.members();
-        let usable = |i: usize| {
-            members
-                .get(i)
-                .is_some_and(|m| m.live.availability() == state)
-        };
-        let Self {
-            plan,
-            returned,
-            skips,
-            ..
-        } = self;
+        let usable = |i: usize| members.get(i).is_some_and(|m| m.live.availability() == state);
+        let Self { plan, returned, skips, .. } = self;
         let take = |returned: &mut Bits, i: usize, guard: LoadGuard| {
             returned.insert(i);
             Some((i, guard))
@@ -314,15 +280,7 @@ struct Picker {
 
 impl Picker {
     fn new(kind: Fallback, seed: u64) -> Self {
-        Self {
-            kind,
-            seed,
-            started: false,
-            start: 0,
-            cursor: 0,
-            pair: [None, None],
-            offered: 0,
-        }
+        Self { kind, seed, started: false, start: 0, cursor: 0, pair: [None, None], offered: 0 }
     }
 
     fn next(&mut self, set: &BackendSet, state: Availability, returned: &Bits) -> Option<usize> {
@@ -369,12 +327,7 @@ impl Picker {
 
 /// Two distinct random open members (one if only one is open), the less loaded first (the
 /// first drawn on a tie).
-fn two_choices(
-    set: &BackendSet,
-    state: Availability,
-    returned: &Bits,
-    seed: u64,
-) -> [Option<usize>; 2] {
+fn two_choices(set: &BackendSet, state: Availability, returned: &Bits, seed: u64) -> [Option<usize>; 2] {
     let members = set.members();
     let open = |i: &usize| !returned.contains(*i) && members[*i].live.availability() == state;
     let count = (0..members.len()).filter(open).count();
@@ -401,21 +354,13 @@ fn two_choices(
 /// The open member with the lowest load; ties broken by a per-decision pseudo-random order
 /// (`seed`), so sequential requests on an idle upstream spread instead of all landing on the
 /// first member.
-fn least_loaded(
-    set: &BackendSet,
-    state: Availability,
-    returned: &Bits,
-    seed: u64,
-) -> Option<usize> {
+fn least_loaded(set: &BackendSet, state: Availability, returned: &Bits, seed: u64) -> Option<usize> {
     let mut best: Option<(u32, u64, usize)> = None;
     for (i, member) in set.members().iter().enumerate() {
         if returned.contains(i) || member.live.availability() != state {
             continue;
         }
-        let rank = (
-            member.live.load(),
-            mix64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        );
+        let rank = (member.live.load(), mix64(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
         if best.is_none_or(|(load, tie, _)| rank < (load, tie)) {
             best = Some((rank.0, rank.1, i));
         }

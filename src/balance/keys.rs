@@ -41,9 +41,7 @@ pub(crate) fn extract_key<'a>(
         KeySource::Query(name) => query_value(query, name),
         KeySource::JwtClaim { from, claim } => {
             let token: Cow<'a, str> = match from {
-                TokenSource::Header(name) => {
-                    Cow::Borrowed(strip_bearer(header_value(headers, name)?)?)
-                }
+                TokenSource::Header(name) => Cow::Borrowed(strip_bearer(header_value(headers, name)?)?),
                 TokenSource::Cookie(name) => Cow::Borrowed(cookie_value(headers, name)?),
                 TokenSource::Query(name) => query_value(query, name)?,
             };
@@ -67,9 +65,7 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The first non-empty value of query parameter `name`, form-urlencoded decoded.
 fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(n, v)| n == name && !v.is_empty())
-        .map(|(_, v)| v)
+    form_urlencoded::parse(query?.as_bytes()).find(|(n, v)| n == name && !v.is_empty()).map(|(_, v)| v)
 }
 
 /// `Bearer <token>` -> `<token>` (scheme case-insensitive); a bare token is taken as is; a
@@ -113,11 +109,7 @@ mod tests {
     use http::header::{AUTHORIZATION, COOKIE};
 
     fn jwt(payload: &str) -> String {
-        format!(
-            "{}.{}.c2ln",
-            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
-            URL_SAFE_NO_PAD.encode(payload)
-        )
+        format!("{}.{}.c2ln", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), URL_SAFE_NO_PAD.encode(payload))
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -136,10 +128,7 @@ mod tests {
             KeySource::Header(HeaderName::from_static("x-user-id")),
             KeySource::Cookie("user_id".into()),
             KeySource::Query("user_id".into()),
-            KeySource::JwtClaim {
-                from: TokenSource::Header(AUTHORIZATION),
-                claim: "sub".into(),
-            },
+            KeySource::JwtClaim { from: TokenSource::Header(AUTHORIZATION), claim: "sub".into() },
         ]
     }
 
@@ -149,45 +138,23 @@ mod tests {
 
     #[test]
     fn each_source_yields_its_value() {
-        assert_eq!(
-            key(&headers(&[("x-user-id", "alice")]), None).as_deref(),
-            Some("alice")
-        );
-        assert_eq!(
-            key(&headers(&[("cookie", "a=1; user_id=bob")]), None).as_deref(),
-            Some("bob")
-        );
-        assert_eq!(
-            key(&HeaderMap::new(), Some("x=1&user_id=carol%20d+e")).as_deref(),
-            Some("carol d e")
-        );
+        assert_eq!(key(&headers(&[("x-user-id", "alice")]), None).as_deref(), Some("alice"));
+        assert_eq!(key(&headers(&[("cookie", "a=1; user_id=bob")]), None).as_deref(), Some("bob"));
+        assert_eq!(key(&HeaderMap::new(), Some("x=1&user_id=carol%20d+e")).as_deref(), Some("carol d e"));
         let bearer = format!("Bearer {}", jwt(r#"{"sub":"dave"}"#));
-        assert_eq!(
-            key(&headers(&[("authorization", &bearer)]), None).as_deref(),
-            Some("dave")
-        );
+        assert_eq!(key(&headers(&[("authorization", &bearer)]), None).as_deref(), Some("dave"));
         assert_eq!(key(&HeaderMap::new(), None), None);
     }
 
     #[test]
     fn sources_are_tried_in_order_and_empty_values_are_skipped() {
         let bearer = format!("Bearer {}", jwt(r#"{"sub":"dave"}"#));
-        let all = headers(&[
-            ("x-user-id", "alice"),
-            ("cookie", "user_id=bob"),
-            ("authorization", &bearer),
-        ]);
+        let all = headers(&[("x-user-id", "alice"), ("cookie", "user_id=bob"), ("authorization", &bearer)]);
         assert_eq!(key(&all, Some("user_id=carol")).as_deref(), Some("alice"));
         let no_header = headers(&[("x-user-id", ""), ("cookie", "user_id=bob")]);
-        assert_eq!(
-            key(&no_header, Some("user_id=carol")).as_deref(),
-            Some("bob")
-        );
+        assert_eq!(key(&no_header, Some("user_id=carol")).as_deref(), Some("bob"));
         let empty_cookie = headers(&[("cookie", "user_id=; user_id=")]);
-        assert_eq!(
-            key(&empty_cookie, Some("user_id=&user_id=carol")).as_deref(),
-            Some("carol")
-        );
+        assert_eq!(key(&empty_cookie, Some("user_id=&user_id=carol")).as_deref(), Some("carol"));
         let only_jwt = headers(&[("cookie", "user_id=\"\""), ("authorization", &bearer)]);
         assert_eq!(key(&only_jwt, Some("user_id=")).as_deref(), Some("dave"));
     }
@@ -201,12 +168,8 @@ mod tests {
     #[test]
     fn bearer_prefix_is_case_insensitive_and_optional() {
         let token = jwt(r#"{"sub":"erin"}"#);
-        for value in [
-            format!("Bearer {token}"),
-            format!("bearer {token}"),
-            format!("BEARER   {token}"),
-            token.clone(),
-        ] {
+        for value in [format!("Bearer {token}"), format!("bearer {token}"), format!("BEARER   {token}"), token.clone()]
+        {
             let h = headers(&[("authorization", &value)]);
             assert_eq!(key(&h, None).as_deref(), Some("erin"), "{value}");
         }
@@ -217,43 +180,20 @@ mod tests {
     #[test]
     fn jwt_claims_can_come_from_cookies_and_queries() {
         let token = jwt(r#"{"uid":"frank"}"#);
-        let from_cookie = [KeySource::JwtClaim {
-            from: TokenSource::Cookie("session".into()),
-            claim: "uid".into(),
-        }];
+        let from_cookie = [KeySource::JwtClaim { from: TokenSource::Cookie("session".into()), claim: "uid".into() }];
         let h = headers(&[("cookie", &format!("session={token}"))]);
-        assert_eq!(
-            extract_key(&h, None, &from_cookie).as_deref(),
-            Some("frank")
-        );
-        let from_query = [KeySource::JwtClaim {
-            from: TokenSource::Query("access_token".into()),
-            claim: "uid".into(),
-        }];
+        assert_eq!(extract_key(&h, None, &from_cookie).as_deref(), Some("frank"));
+        let from_query = [KeySource::JwtClaim { from: TokenSource::Query("access_token".into()), claim: "uid".into() }];
         let q = format!("access_token={token}");
-        assert_eq!(
-            extract_key(&HeaderMap::new(), Some(&q), &from_query).as_deref(),
-            Some("frank")
-        );
+        assert_eq!(extract_key(&HeaderMap::new(), Some(&q), &from_query).as_deref(), Some("frank"));
     }
 
     #[test]
     fn numeric_claims_render_as_json_text_and_other_types_yield_nothing() {
-        assert_eq!(
-            jwt_claim(&jwt(r#"{"sub":42}"#), "sub").as_deref(),
-            Some("42")
-        );
-        assert_eq!(
-            jwt_claim(&jwt(r#"{"sub":-1.5}"#), "sub").as_deref(),
-            Some("-1.5")
-        );
-        for payload in [
-            r#"{"sub":true}"#,
-            r#"{"sub":null}"#,
-            r#"{"sub":["a"]}"#,
-            r#"{"sub":{"a":1}}"#,
-            r#"{"sub":""}"#,
-        ] {
+        assert_eq!(jwt_claim(&jwt(r#"{"sub":42}"#), "sub").as_deref(), Some("42"));
+        assert_eq!(jwt_claim(&jwt(r#"{"sub":-1.5}"#), "sub").as_deref(), Some("-1.5"));
+        for payload in [r#"{"sub":true}"#, r#"{"sub":null}"#, r#"{"sub":["a"]}"#, r#"{"sub":{"a":1}}"#, r#"{"sub":""}"#]
+        {
             assert_eq!(jwt_claim(&jwt(payload), "sub"), None, "{payload}");
         }
     }
@@ -279,19 +219,13 @@ mod tests {
             assert_eq!(jwt_claim(token, "sub"), None, "{token:.60}");
         }
         // Padding is tolerated.
-        assert_eq!(
-            jwt_claim(&format!("h.{good_payload}==.s"), "sub").as_deref(),
-            Some("x")
-        );
+        assert_eq!(jwt_claim(&format!("h.{good_payload}==.s"), "sub").as_deref(), Some("x"));
     }
 
     #[test]
     fn non_utf8_header_values_yield_no_key_from_that_source() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "x-user-id",
-            HeaderValue::from_bytes(b"\xff\xfe").expect("obs-text is allowed"),
-        );
+        h.insert("x-user-id", HeaderValue::from_bytes(b"\xff\xfe").expect("obs-text is allowed"));
         h.insert(COOKIE, HeaderValue::from_static("user_id=bob"));
         assert_eq!(key(&h, None).as_deref(), Some("bob"));
     }

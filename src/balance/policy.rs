@@ -18,10 +18,7 @@ pub enum PolicyError {
     #[error("cookie name {0:?} is not an RFC 6265 token")]
     CookieName(String),
     #[error("cookie {attribute} {value:?} contains ';' or a control character")]
-    CookieAttribute {
-        attribute: &'static str,
-        value: String,
-    },
+    CookieAttribute { attribute: &'static str, value: String },
 }
 
 /// See the module doc.
@@ -57,13 +54,7 @@ impl AffinityPolicy {
         let factor = config.hash.balance_factor;
         let balance_factor = (factor > 0.0).then(|| factor.max(1.0));
         let cookie = config.cookie.as_ref().map(StickyCookie::new).transpose()?;
-        Ok(Self {
-            keys: config.keys.clone(),
-            balance_factor,
-            fallback: config.fallback,
-            cookie,
-            cookie_key,
-        })
+        Ok(Self { keys: config.keys.clone(), balance_factor, fallback: config.fallback, cookie, cookie_key })
     }
 
     pub fn cookie_key(&self) -> &CookieKey {
@@ -91,16 +82,10 @@ impl StickyCookie {
             return Err(PolicyError::CookieName(config.name.clone()));
         }
         let check = |attribute: &'static str, value: &str| {
-            if value
-                .bytes()
-                .all(|b| (0x20..0x7f).contains(&b) && b != b';')
-            {
+            if value.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';') {
                 Ok(())
             } else {
-                Err(PolicyError::CookieAttribute {
-                    attribute,
-                    value: value.to_owned(),
-                })
+                Err(PolicyError::CookieAttribute { attribute, value: value.to_owned() })
             }
         };
         check("path", &config.path)?;
@@ -134,8 +119,7 @@ impl StickyCookie {
             SecureMode::Always => (true, true),
             SecureMode::Never => (false, false),
         };
-        let render =
-            |secure: bool| format!("{common}{}{tail}", if secure { "; Secure" } else { "" });
+        let render = |secure: bool| format!("{common}{}{tail}", if secure { "; Secure" } else { "" });
         Ok(Self {
             name: config.name.clone(),
             ttl_secs,
@@ -154,13 +138,8 @@ impl StickyCookie {
     ) -> Option<HeaderValue> {
         let expiry = (self.ttl_secs > 0).then(|| unix_secs(now).saturating_add(self.ttl_secs));
         let value = key.encode(tag, expiry);
-        let attributes = if is_tls {
-            &self.attributes_tls
-        } else {
-            &self.attributes_plain
-        };
-        let mut header =
-            String::with_capacity(self.name.len() + 1 + value.len() + attributes.len());
+        let attributes = if is_tls { &self.attributes_tls } else { &self.attributes_plain };
+        let mut header = String::with_capacity(self.name.len() + 1 + value.len() + attributes.len());
         header.push_str(&self.name);
         header.push('=');
         header.push_str(&value);
@@ -181,7 +160,5 @@ fn whole_seconds_up(d: Duration) -> u64 {
 
 /// Seconds since the Unix epoch; a clock before 1970 reads as 0.
 pub(crate) fn unix_secs(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -101,17 +101,11 @@ impl Ring {
             }
         }
         entries.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| members[a.1 as usize].0.cmp(members[b.1 as usize].0))
-                .then_with(|| a.1.cmp(&b.1))
+            a.0.cmp(&b.0).then_with(|| members[a.1 as usize].0.cmp(members[b.1 as usize].0)).then_with(|| a.1.cmp(&b.1))
         });
         entries.dedup_by_key(|e| e.0);
         let (points, owners): (Vec<u64>, Vec<u32>) = entries.into_iter().unzip();
-        Self {
-            points: points.into_boxed_slice(),
-            owners: owners.into_boxed_slice(),
-            members: members.len(),
-        }
+        Self { points: points.into_boxed_slice(), owners: owners.into_boxed_slice(), members: members.len() }
     }
 
     /// Number of points (virtual nodes) on the ring.
@@ -146,11 +140,7 @@ pub(crate) struct RingWalk {
 
 impl RingWalk {
     pub(crate) fn new(key_hash: u64) -> Self {
-        Self {
-            hash: key_hash,
-            emitted: 0,
-            seen: Bits::default(),
-        }
+        Self { hash: key_hash, emitted: 0, seen: Bits::default() }
     }
 
     /// The next member in the key's ring order, or `None` once every member was emitted.
@@ -234,10 +224,7 @@ mod tests {
     fn default_vnodes_ring_equals_the_crate_for_app_names() {
         let ids = ["app-1", "app-2", "app-3"];
         let ring = Ring::build(&ids.map(|id| (id, 1000)));
-        let reference = RingBuilder::new(RingHasher)
-            .vnodes(1000)
-            .nodes_iter(ids.iter().map(|s| s.to_string()))
-            .build();
+        let reference = RingBuilder::new(RingHasher).vnodes(1000).nodes_iter(ids.iter().map(|s| s.to_string())).build();
         for i in 0..2000 {
             let key = format!("user-{i}");
             let ours: Vec<&str> = order(&ring, &key).into_iter().map(|m| ids[m]).collect();

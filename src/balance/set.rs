@@ -33,20 +33,11 @@ impl BackendSet {
     /// duplicate of an id is a shadow that receives no keys and no cookies.
     /// `cookie_key` must be the policy's key ([`super::AffinityPolicy::cookie_key`]).
     pub fn new(members: Vec<Member>, hash: &HashConfig, cookie_key: &CookieKey) -> Self {
-        let spec: Vec<(&str, u64)> = members
-            .iter()
-            .map(|m| (m.id.as_str(), ring::vnode_count(hash.vnodes, m.weight)))
-            .collect();
+        let spec: Vec<(&str, u64)> =
+            members.iter().map(|m| (m.id.as_str(), ring::vnode_count(hash.vnodes, m.weight))).collect();
         let ring = Ring::build(&spec);
-        let member_tags: Box<[CookieTag]> = members
-            .iter()
-            .map(|m| cookie_key.tag(m.id.as_str()))
-            .collect();
-        let mut tags: Vec<(CookieTag, usize)> = member_tags
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (*t, i))
-            .collect();
+        let member_tags: Box<[CookieTag]> = members.iter().map(|m| cookie_key.tag(m.id.as_str())).collect();
+        let mut tags: Vec<(CookieTag, usize)> = member_tags.iter().enumerate().map(|(i, t)| (*t, i)).collect();
         // Stable by index, so on a (duplicate-id) tag clash the first member wins.
         tags.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
         tags.dedup_by_key(|t| t.0);
@@ -81,10 +72,7 @@ impl BackendSet {
     }
 
     pub fn index_of(&self, id: &str) -> Option<usize> {
-        self.by_id
-            .binary_search_by(|&i| self.members[i].id.as_str().cmp(id))
-            .ok()
-            .map(|pos| self.by_id[pos])
+        self.by_id.binary_search_by(|&i| self.members[i].id.as_str().cmp(id)).ok().map(|pos| self.by_id[pos])
     }
 
     /// Every member in `key`'s ring order (distinct, complete), ignoring availability: for the
@@ -99,8 +87,7 @@ impl BackendSet {
     /// receives new sessions (bounded loads aside). `None` when no member is usable.
     pub fn home_of(&self, key: &str) -> Option<usize> {
         let state = self.new_session_state()?;
-        self.ring_order(key)
-            .find(|&i| self.members[i].live.availability() == state)
+        self.ring_order(key).find(|&i| self.members[i].live.availability() == state)
     }
 
     /// The availability that receives new sessions now: `Active`, or `Draining` in panic mode
@@ -123,10 +110,7 @@ impl BackendSet {
     }
 
     pub(crate) fn index_of_tag(&self, tag: &CookieTag) -> Option<usize> {
-        self.tags
-            .binary_search_by(|(t, _)| t.cmp(tag))
-            .ok()
-            .map(|pos| self.tags[pos].1)
+        self.tags.binary_search_by(|(t, _)| t.cmp(tag)).ok().map(|pos| self.tags[pos].1)
     }
 
     pub(crate) fn tag_of(&self, index: usize) -> Option<&CookieTag> {
@@ -141,9 +125,6 @@ impl BackendSet {
 
 impl fmt::Debug for BackendSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendSet")
-            .field("members", &self.members)
-            .field("vnodes", &self.ring.len())
-            .finish()
+        f.debug_struct("BackendSet").field("members", &self.members).field("vnodes", &self.ring.len()).finish()
     }
 }

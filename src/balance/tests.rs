@@ -15,10 +15,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::*;
-use crate::config::{
-    AffinityConfig, CookieConfig, Fallback, HashConfig, KeySource, SameSite, SecureMode,
-    TokenSource,
-};
+use crate::config::{AffinityConfig, CookieConfig, Fallback, HashConfig, KeySource, SameSite, SecureMode, TokenSource};
 
 const DEFAULT_VNODES: u32 = 1000;
 const COOKIE_NAME: &str = "TETHER_AFFINITY";
@@ -32,24 +29,15 @@ fn cookie_key() -> CookieKey {
 }
 
 fn hash_config(vnodes: u32, balance_factor: f64) -> HashConfig {
-    HashConfig {
-        vnodes,
-        balance_factor,
-    }
+    HashConfig { vnodes, balance_factor }
 }
 
 fn members(ids: &[&str]) -> Vec<Member> {
-    ids.iter()
-        .map(|id| Member::new(*id, 1, Availability::Active))
-        .collect()
+    ids.iter().map(|id| Member::new(*id, 1, Availability::Active)).collect()
 }
 
 fn set_of(ids: &[&str]) -> BackendSet {
-    BackendSet::new(
-        members(ids),
-        &hash_config(DEFAULT_VNODES, 0.0),
-        &cookie_key(),
-    )
+    BackendSet::new(members(ids), &hash_config(DEFAULT_VNODES, 0.0), &cookie_key())
 }
 
 fn cookie_config() -> CookieConfig {
@@ -75,22 +63,12 @@ fn policy(
     fallback: Fallback,
     balance_factor: f64,
 ) -> AffinityPolicy {
-    let config = AffinityConfig {
-        keys,
-        hash: hash_config(DEFAULT_VNODES, balance_factor),
-        cookie,
-        fallback,
-    };
+    let config = AffinityConfig { keys, hash: hash_config(DEFAULT_VNODES, balance_factor), cookie, fallback };
     AffinityPolicy::new(&config, cookie_key()).expect("valid test policy")
 }
 
 fn key_policy() -> AffinityPolicy {
-    policy(
-        vec![user_header()],
-        Some(cookie_config()),
-        Fallback::LeastConnections,
-        0.0,
-    )
+    policy(vec![user_header()], Some(cookie_config()), Fallback::LeastConnections, 0.0)
 }
 
 fn cookie_policy(fallback: Fallback) -> AffinityPolicy {
@@ -115,11 +93,7 @@ fn decide_at(
     at: SystemTime,
     rng: &mut StdRng,
 ) -> Decision {
-    let facts = RequestFacts {
-        headers,
-        query: None,
-        is_tls: false,
-    };
+    let facts = RequestFacts { headers, query: None, is_tls: false };
     route(&facts, policy, set, at, rng)
 }
 
@@ -146,9 +120,7 @@ fn primary(set: &BackendSet, key: &str) -> usize {
 
 fn random_keys(seed: u64, count: usize) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..count)
-        .map(|_| format!("u{:x}", rng.next_u64()))
-        .collect()
+    (0..count).map(|_| format!("u{:x}", rng.next_u64())).collect()
 }
 
 /// max/mean of the primaries of `keys`.
@@ -267,10 +239,7 @@ fn independently_built_sets_map_every_key_identically_whatever_the_member_order(
     let reversed = set_of(&reversed_ids);
     for key in random_keys(3, 5_000) {
         let a: Vec<&str> = forward.ring_order(&key).map(|i| id(&forward, i)).collect();
-        let b: Vec<&str> = reversed
-            .ring_order(&key)
-            .map(|i| id(&reversed, i))
-            .collect();
+        let b: Vec<&str> = reversed.ring_order(&key).map(|i| id(&reversed, i)).collect();
         assert_eq!(a, b, "key {key}");
     }
 }
@@ -300,14 +269,8 @@ const GOLDEN: [(&str, [&str; 5]); 14] = [
     ("user-3", ["app-1", "app-4", "app-5", "app-2", "app-3"]),
     ("42", ["app-3", "app-4", "app-1", "app-2", "app-5"]),
     ("élodie", ["app-2", "app-1", "app-5", "app-4", "app-3"]),
-    (
-        "a-much-longer-user-identifier-0001",
-        ["app-1", "app-3", "app-5", "app-4", "app-2"],
-    ),
-    (
-        "tenant:7/user:99",
-        ["app-3", "app-4", "app-2", "app-1", "app-5"],
-    ),
+    ("a-much-longer-user-identifier-0001", ["app-1", "app-3", "app-5", "app-4", "app-2"]),
+    ("tenant:7/user:99", ["app-3", "app-4", "app-2", "app-1", "app-5"]),
 ];
 
 #[test]
@@ -343,12 +306,7 @@ fn unusable_primary_yields_the_next_ring_candidate_and_the_key_returns_when_acti
     let policy = key_policy();
     let h = headers(&[("x-user-id", "alice")]);
     let order: Vec<usize> = set.ring_order("alice").collect();
-    for state in [
-        Availability::Down,
-        Availability::Ejected,
-        Availability::Joining,
-        Availability::Draining,
-    ] {
+    for state in [Availability::Down, Availability::Ejected, Availability::Joining, Availability::Draining] {
         set.members()[order[0]].live.set_availability(state);
         let mut d = decide(&policy, &set, &h);
         assert_eq!(d.reason(), Reason::Key);
@@ -356,9 +314,7 @@ fn unusable_primary_yields_the_next_ring_candidate_and_the_key_returns_when_acti
         assert!(!d.is_panic());
         assert_eq!(first(&mut d, &set), Some(order[1]), "primary {state}");
         assert_eq!(set.home_of("alice"), Some(order[1]));
-        set.members()[order[0]]
-            .live
-            .set_availability(Availability::Active);
+        set.members()[order[0]].live.set_availability(Availability::Active);
         let mut d = decide(&policy, &set, &h);
         assert_eq!(first(&mut d, &set), Some(order[0]), "back after {state}");
     }
@@ -368,9 +324,7 @@ fn unusable_primary_yields_the_next_ring_candidate_and_the_key_returns_when_acti
 fn fail_over_walks_the_usable_ring_order_once_with_loads_reserved() {
     let set = set_of(&["app-1", "app-2", "app-3", "app-4"]);
     let order: Vec<usize> = set.ring_order("bob").collect();
-    set.members()[order[2]]
-        .live
-        .set_availability(Availability::Down);
+    set.members()[order[2]].live.set_availability(Availability::Down);
     let mut d = decide(&key_policy(), &set, &headers(&[("x-user-id", "bob")]));
     let mut held = Vec::new();
     while let Some((i, guard)) = d.next_candidate(&set) {
@@ -387,12 +341,7 @@ fn fail_over_walks_the_usable_ring_order_once_with_loads_reserved() {
 fn panic_mode_uses_draining_members_only_when_none_is_active() {
     let set = set_of(&["app-1", "app-2", "app-3", "app-4"]);
     let order: Vec<usize> = set.ring_order("carol").collect();
-    let states = [
-        Availability::Draining,
-        Availability::Down,
-        Availability::Draining,
-        Availability::Ejected,
-    ];
+    let states = [Availability::Draining, Availability::Down, Availability::Draining, Availability::Ejected];
     for (i, state) in order.iter().zip(states) {
         set.members()[*i].live.set_availability(state);
     }
@@ -401,19 +350,13 @@ fn panic_mode_uses_draining_members_only_when_none_is_active() {
     assert!(d.is_panic());
     assert_eq!(all_candidates(&mut d, &set), vec![order[0], order[2]]);
 
-    let mut d = decide(
-        &cookie_policy(Fallback::LeastConnections),
-        &set,
-        &HeaderMap::new(),
-    );
+    let mut d = decide(&cookie_policy(Fallback::LeastConnections), &set, &HeaderMap::new());
     assert!(d.is_panic());
     let got: BTreeSet<usize> = all_candidates(&mut d, &set).into_iter().collect();
     assert_eq!(got, BTreeSet::from([order[0], order[2]]));
 
     // One Active member ends panic mode: the draining ones get nothing new.
-    set.members()[order[3]]
-        .live
-        .set_availability(Availability::Active);
+    set.members()[order[3]].live.set_availability(Availability::Active);
     let mut d = decide(&key_policy(), &set, &headers(&[("x-user-id", "carol")]));
     assert!(!d.is_panic());
     assert_eq!(all_candidates(&mut d, &set), vec![order[3]]);
@@ -422,20 +365,12 @@ fn panic_mode_uses_draining_members_only_when_none_is_active() {
 #[test]
 fn nothing_usable_gives_no_candidate_at_once() {
     let set = set_of(&["app-1", "app-2", "app-3"]);
-    let states = [
-        Availability::Down,
-        Availability::Ejected,
-        Availability::Joining,
-    ];
+    let states = [Availability::Down, Availability::Ejected, Availability::Joining];
     for (m, state) in set.members().iter().zip(states) {
         m.live.set_availability(state);
     }
     assert_eq!(set.new_session_state(), None);
-    for fallback in [
-        Fallback::LeastConnections,
-        Fallback::RoundRobin,
-        Fallback::RandomTwoChoices,
-    ] {
+    for fallback in [Fallback::LeastConnections, Fallback::RoundRobin, Fallback::RandomTwoChoices] {
         let policy = cookie_policy(fallback);
         for h in [headers(&[("x-user-id", "dave")]), HeaderMap::new()] {
             let mut d = decide(&policy, &set, &h);
@@ -497,14 +432,8 @@ fn bounded_loads_keep_every_backend_under_the_bound_one_reservation_at_a_time() 
     }
     let loads: Vec<u32> = set.members().iter().map(|m| m.live.load()).collect();
     assert_eq!(loads.iter().sum::<u32>(), 300);
-    assert!(
-        loads.iter().all(|&l| u64::from(l) <= bound_125(299, 3)),
-        "{loads:?}"
-    );
-    assert!(
-        skips >= 300 - u64::from(loads[hot]),
-        "skips {skips}, loads {loads:?}"
-    );
+    assert!(loads.iter().all(|&l| u64::from(l) <= bound_125(299, 3)), "{loads:?}");
+    assert!(skips >= 300 - u64::from(loads[hot]), "skips {skips}, loads {loads:?}");
 }
 
 #[test]
@@ -520,8 +449,7 @@ fn bounded_loads_hold_under_300_concurrent_reservations_of_one_hot_key() {
     let checked = Barrier::new(THREADS + 1);
     std::thread::scope(|scope| {
         for t in 0..THREADS {
-            let (set, policy, start, all_held, checked, skips) =
-                (&set, &policy, &start, &all_held, &checked, &skips);
+            let (set, policy, start, all_held, checked, skips) = (&set, &policy, &start, &all_held, &checked, &skips);
             scope.spawn(move || {
                 let h = headers(&[("x-user-id", "hot")]);
                 let mut rng = StdRng::seed_from_u64(t as u64);
@@ -530,10 +458,7 @@ fn bounded_loads_hold_under_300_concurrent_reservations_of_one_hot_key() {
                 for _ in 0..PER_THREAD {
                     let mut d = decide_at(policy, set, &h, now(), &mut rng);
                     held.push(d.next_candidate(set).expect("usable"));
-                    skips.fetch_add(
-                        u64::from(d.bounded_skips()),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    skips.fetch_add(u64::from(d.bounded_skips()), std::sync::atomic::Ordering::Relaxed);
                 }
                 all_held.wait();
                 checked.wait();
@@ -547,14 +472,8 @@ fn bounded_loads_hold_under_300_concurrent_reservations_of_one_hot_key() {
         checked.wait();
         assert_eq!(loads.iter().sum::<u32>(), 300);
         let bound = bound_125(299, 3);
-        assert!(
-            loads.iter().all(|&l| u64::from(l) <= bound),
-            "loads {loads:?} bound {bound}"
-        );
-        assert!(
-            skips >= 300 - u64::from(loads[hot]),
-            "skips {skips}, loads {loads:?}"
-        );
+        assert!(loads.iter().all(|&l| u64::from(l) <= bound), "loads {loads:?} bound {bound}");
+        assert!(skips >= 300 - u64::from(loads[hot]), "skips {skips}, loads {loads:?}");
     });
     assert!(set.members().iter().all(|m| m.live.load() == 0));
 }
@@ -589,13 +508,8 @@ fn sticky_cookie_round_trip_pins_and_is_only_written_when_the_pin_changes() {
     let mut d = decide(&policy, &set, &HeaderMap::new());
     assert_eq!(d.reason(), Reason::Fallback);
     let served = first(&mut d, &set).expect("usable");
-    let set_cookie = d
-        .set_cookie(&policy, &set, served, now(), false)
-        .expect("new pin");
-    let h = headers(&[(
-        "cookie",
-        &format!("a=1; {}", as_request_cookie(&set_cookie)),
-    )]);
+    let set_cookie = d.set_cookie(&policy, &set, served, now(), false).expect("new pin");
+    let h = headers(&[("cookie", &format!("a=1; {}", as_request_cookie(&set_cookie)))]);
     for _ in 0..20 {
         let mut d = decide(&policy, &set, &h);
         assert_eq!(d.reason(), Reason::Cookie);
@@ -603,9 +517,7 @@ fn sticky_cookie_round_trip_pins_and_is_only_written_when_the_pin_changes() {
         assert_eq!(d.set_cookie(&policy, &set, served, now(), false), None);
         // Served elsewhere (fail-over): the pin changes, so the cookie is rewritten.
         let other = (served + 1) % 3;
-        let rewritten = d
-            .set_cookie(&policy, &set, other, now(), false)
-            .expect("re-pin");
+        let rewritten = d.set_cookie(&policy, &set, other, now(), false).expect("re-pin");
         assert_ne!(rewritten, set_cookie);
     }
 }
@@ -656,10 +568,7 @@ fn a_valid_cookie_among_invalid_duplicates_still_pins() {
     let policy = cookie_policy(Fallback::LeastConnections);
     let d = decide(&policy, &set, &HeaderMap::new());
     let good = as_request_cookie(&d.set_cookie(&policy, &set, 2, now(), false).expect("pin"));
-    let h = headers(&[
-        ("cookie", &format!("{COOKIE_NAME}=junk")),
-        ("cookie", &good),
-    ]);
+    let h = headers(&[("cookie", &format!("{COOKIE_NAME}=junk")), ("cookie", &good)]);
     let mut d = decide(&policy, &set, &h);
     assert_eq!(d.reason(), Reason::Cookie);
     assert_eq!(first(&mut d, &set), Some(2));
@@ -694,20 +603,10 @@ fn a_cookie_signed_with_another_key_is_absent() {
     };
     let foreign_key = CookieKey::from_bytes(&[9; 32]).expect("32 bytes");
     let foreign_policy = AffinityPolicy::new(&config, foreign_key.clone()).expect("valid");
-    let foreign_set = BackendSet::new(
-        members(&["app-1", "app-2", "app-3"]),
-        &config.hash,
-        &foreign_key,
-    );
+    let foreign_set = BackendSet::new(members(&["app-1", "app-2", "app-3"]), &config.hash, &foreign_key);
     let d = decide(&foreign_policy, &foreign_set, &HeaderMap::new());
-    let foreign = d
-        .set_cookie(&foreign_policy, &foreign_set, 0, now(), false)
-        .expect("pin");
-    let d = decide(
-        &policy,
-        &set,
-        &headers(&[("cookie", &as_request_cookie(&foreign))]),
-    );
+    let foreign = d.set_cookie(&foreign_policy, &foreign_set, 0, now(), false).expect("pin");
+    let d = decide(&policy, &set, &headers(&[("cookie", &as_request_cookie(&foreign))]));
     assert_eq!(d.reason(), Reason::Fallback);
 }
 
@@ -717,14 +616,8 @@ fn replicas_sharing_the_key_honour_each_others_cookies() {
     let replica_a = set_of(&["app-1", "app-2", "app-3"]);
     let replica_b = set_of(&["app-3", "app-1", "app-2"]);
     let d = decide(&policy, &replica_a, &HeaderMap::new());
-    let pin = d
-        .set_cookie(&policy, &replica_a, 1, now(), false)
-        .expect("pin");
-    let mut d = decide(
-        &policy,
-        &replica_b,
-        &headers(&[("cookie", &as_request_cookie(&pin))]),
-    );
+    let pin = d.set_cookie(&policy, &replica_a, 1, now(), false).expect("pin");
+    let mut d = decide(&policy, &replica_b, &headers(&[("cookie", &as_request_cookie(&pin))]));
     assert_eq!(d.reason(), Reason::Cookie);
     let served = first(&mut d, &replica_b).expect("usable");
     assert_eq!(id(&replica_b, served), "app-2");
@@ -742,17 +635,9 @@ fn a_cookie_for_a_removed_or_unusable_backend_is_repinned() {
     let mut d = decide(&policy, &without, &h);
     assert_eq!(d.reason(), Reason::Repin);
     let served = first(&mut d, &without).expect("usable");
-    assert!(
-        d.set_cookie(&policy, &without, served, now(), false)
-            .is_some()
-    );
+    assert!(d.set_cookie(&policy, &without, served, now(), false).is_some());
 
-    for state in [
-        Availability::Draining,
-        Availability::Down,
-        Availability::Ejected,
-        Availability::Joining,
-    ] {
+    for state in [Availability::Draining, Availability::Down, Availability::Ejected, Availability::Joining] {
         set.members()[1].live.set_availability(state);
         let mut d = decide(&policy, &set, &h);
         assert_eq!(d.reason(), Reason::Repin, "{state}");
@@ -773,10 +658,7 @@ fn a_cookie_for_a_removed_or_unusable_backend_is_repinned() {
 
 #[test]
 fn the_cookie_value_reveals_neither_id_nor_length_of_it_and_is_short() {
-    let ids = [
-        "app-1",
-        "a-backend-with-a-very-distinctive-and-long-name-0123456789",
-    ];
+    let ids = ["app-1", "a-backend-with-a-very-distinctive-and-long-name-0123456789"];
     let set = set_of(&ids);
     for ttl in [0, 3600] {
         let mut config = cookie_config();
@@ -809,14 +691,8 @@ fn set_cookie_attributes_follow_the_config() {
         assert!(pair.starts_with(&format!("{}=", policy.cookie_name().expect("configured"))));
         attributes.to_owned()
     };
-    assert_eq!(
-        render(cookie_config(), false),
-        " Path=/; HttpOnly; SameSite=Lax"
-    );
-    assert_eq!(
-        render(cookie_config(), true),
-        " Path=/; Secure; HttpOnly; SameSite=Lax"
-    );
+    assert_eq!(render(cookie_config(), false), " Path=/; HttpOnly; SameSite=Lax");
+    assert_eq!(render(cookie_config(), true), " Path=/; Secure; HttpOnly; SameSite=Lax");
     let custom = CookieConfig {
         name: "pin".into(),
         ttl: Duration::from_millis(3_600_500),
@@ -827,19 +703,9 @@ fn set_cookie_attributes_follow_the_config() {
         domain: Some("example.com".into()),
         key_env: None,
     };
-    assert_eq!(
-        render(custom.clone(), false),
-        " Path=/app; Domain=example.com; Max-Age=3601; Secure; SameSite=Strict"
-    );
-    let never = CookieConfig {
-        secure: SecureMode::Never,
-        same_site: SameSite::None,
-        ..custom
-    };
-    assert_eq!(
-        render(never, true),
-        " Path=/app; Domain=example.com; Max-Age=3601; SameSite=None"
-    );
+    assert_eq!(render(custom.clone(), false), " Path=/app; Domain=example.com; Max-Age=3601; Secure; SameSite=Strict");
+    let never = CookieConfig { secure: SecureMode::Never, same_site: SameSite::None, ..custom };
+    assert_eq!(render(never, true), " Path=/app; Domain=example.com; Max-Age=3601; SameSite=None");
 }
 
 #[test]
@@ -854,34 +720,13 @@ fn cookie_names_and_attributes_that_cannot_be_rendered_are_refused() {
         AffinityPolicy::new(&affinity, cookie_key()).err()
     };
     for name in ["", "a;b", "a b", "a=b", "é"] {
-        let config = CookieConfig {
-            name: name.into(),
-            ..cookie_config()
-        };
+        let config = CookieConfig { name: name.into(), ..cookie_config() };
         assert_eq!(build(config), Some(PolicyError::CookieName(name.into())));
     }
-    let config = CookieConfig {
-        path: "/a;b".into(),
-        ..cookie_config()
-    };
-    assert!(matches!(
-        build(config),
-        Some(PolicyError::CookieAttribute {
-            attribute: "path",
-            ..
-        })
-    ));
-    let config = CookieConfig {
-        domain: Some("x\u{7f}".into()),
-        ..cookie_config()
-    };
-    assert!(matches!(
-        build(config),
-        Some(PolicyError::CookieAttribute {
-            attribute: "domain",
-            ..
-        })
-    ));
+    let config = CookieConfig { path: "/a;b".into(), ..cookie_config() };
+    assert!(matches!(build(config), Some(PolicyError::CookieAttribute { attribute: "path", .. })));
+    let config = CookieConfig { domain: Some("x\u{7f}".into()), ..cookie_config() };
+    assert!(matches!(build(config), Some(PolicyError::CookieAttribute { attribute: "domain", .. })));
 }
 
 #[test]
@@ -890,9 +735,7 @@ fn keys_take_precedence_over_cookies_and_need_no_cookie() {
     let policy = key_policy();
     let d = decide(&policy, &set, &HeaderMap::new());
     let other = (primary(&set, "erin") + 1) % 3;
-    let pin = d
-        .set_cookie(&policy, &set, other, now(), false)
-        .expect("pin");
+    let pin = d.set_cookie(&policy, &set, other, now(), false).expect("pin");
     let h = headers(&[("x-user-id", "erin"), ("cookie", &as_request_cookie(&pin))]);
     let mut d = decide(&policy, &set, &h);
     assert_eq!(d.reason(), Reason::Key);
@@ -922,24 +765,14 @@ fn without_a_cookie_config_no_cookie_is_read_or_written() {
 fn strip_sticky_cookie_removes_only_ours() {
     let policy = cookie_policy(Fallback::LeastConnections);
     let mut h = headers(&[
-        (
-            "cookie",
-            "a=1; TETHER_AFFINITY=abc; TETHER_AFFINITY2=keep;b=2",
-        ),
+        ("cookie", "a=1; TETHER_AFFINITY=abc; TETHER_AFFINITY2=keep;b=2"),
         ("cookie", "TETHER_AFFINITY=only"),
         ("cookie", "c=3;  d=\"4\""),
         ("x-other", "x"),
     ]);
     strip_sticky_cookie(&policy, &mut h);
-    let cookies: Vec<&str> = h
-        .get_all(COOKIE)
-        .iter()
-        .map(|v| v.to_str().expect("ASCII"))
-        .collect();
-    assert_eq!(
-        cookies,
-        vec!["a=1; TETHER_AFFINITY2=keep; b=2", "c=3;  d=\"4\""]
-    );
+    let cookies: Vec<&str> = h.get_all(COOKIE).iter().map(|v| v.to_str().expect("ASCII")).collect();
+    assert_eq!(cookies, vec!["a=1; TETHER_AFFINITY2=keep; b=2", "c=3;  d=\"4\""]);
     assert_eq!(h.get("x-other").map(|v| v.as_bytes()), Some(&b"x"[..]));
 
     let mut only = headers(&[("cookie", " TETHER_AFFINITY=abc ")]);
@@ -962,16 +795,10 @@ fn every_key_source_routes_to_the_keys_ring_position() {
         user_header(),
         KeySource::Cookie("user_id".into()),
         KeySource::Query("user_id".into()),
-        KeySource::JwtClaim {
-            from: TokenSource::Header(AUTHORIZATION),
-            claim: "sub".into(),
-        },
+        KeySource::JwtClaim { from: TokenSource::Header(AUTHORIZATION), claim: "sub".into() },
     ];
     let policy = policy(keys, Some(cookie_config()), Fallback::LeastConnections, 0.0);
-    let token = format!(
-        "Bearer e30.{}.sig",
-        URL_SAFE_NO_PAD.encode(br#"{"sub":"frank"}"#)
-    );
+    let token = format!("Bearer e30.{}.sig", URL_SAFE_NO_PAD.encode(br#"{"sub":"frank"}"#));
     let cases: [(HeaderMap, Option<&str>); 4] = [
         (headers(&[("x-user-id", "frank")]), None),
         (headers(&[("cookie", "user_id=frank")]), None),
@@ -979,11 +806,7 @@ fn every_key_source_routes_to_the_keys_ring_position() {
         (headers(&[("authorization", &token)]), None),
     ];
     for (h, query) in &cases {
-        let facts = RequestFacts {
-            headers: h,
-            query: *query,
-            is_tls: false,
-        };
+        let facts = RequestFacts { headers: h, query: *query, is_tls: false };
         let mut d = route(&facts, &policy, &set, now(), &mut StdRng::seed_from_u64(1));
         assert_eq!(d.reason(), Reason::Key);
         assert_eq!(d.key(), Some("frank"));
@@ -1009,28 +832,16 @@ fn least_connections_breaks_ties_randomly_so_sequential_requests_spread() {
         let mut d = decide_at(&policy, &set, &HeaderMap::new(), now(), &mut rng);
         counts[first(&mut d, &set).expect("usable")] += 1;
     }
-    assert!(
-        counts.iter().all(|&c| (70..=130).contains(&c)),
-        "{counts:?}"
-    );
+    assert!(counts.iter().all(|&c| (70..=130).contains(&c)), "{counts:?}");
 }
 
 #[test]
 fn least_connections_orders_by_load() {
     let set = set_of(&["app-1", "app-2", "app-3"]);
     let policy = policy(vec![], None, Fallback::LeastConnections, 0.0);
-    let _busy: Vec<LoadGuard> = [0, 0, 1]
-        .iter()
-        .map(|&i| LoadGuard::acquire(&set.members()[i].live))
-        .collect();
+    let _busy: Vec<LoadGuard> = [0, 0, 1].iter().map(|&i| LoadGuard::acquire(&set.members()[i].live)).collect();
     for seed in 0..20 {
-        let mut d = decide_at(
-            &policy,
-            &set,
-            &HeaderMap::new(),
-            now(),
-            &mut StdRng::seed_from_u64(seed),
-        );
+        let mut d = decide_at(&policy, &set, &HeaderMap::new(), now(), &mut StdRng::seed_from_u64(seed));
         assert_eq!(all_candidates(&mut d, &set), vec![2, 1, 0]);
     }
 }
@@ -1039,14 +850,12 @@ fn least_connections_orders_by_load() {
 fn round_robin_cycles_and_skips_unusable_members() {
     let set = set_of(&["app-1", "app-2", "app-3"]);
     let policy = policy(vec![], None, Fallback::RoundRobin, 0.0);
-    let picks: Vec<usize> = (0..6)
-        .map(|_| first(&mut decide(&policy, &set, &HeaderMap::new()), &set).expect("usable"))
-        .collect();
+    let picks: Vec<usize> =
+        (0..6).map(|_| first(&mut decide(&policy, &set, &HeaderMap::new()), &set).expect("usable")).collect();
     assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     set.members()[1].live.set_availability(Availability::Down);
-    let picks: Vec<usize> = (0..6)
-        .map(|_| first(&mut decide(&policy, &set, &HeaderMap::new()), &set).expect("usable"))
-        .collect();
+    let picks: Vec<usize> =
+        (0..6).map(|_| first(&mut decide(&policy, &set, &HeaderMap::new()), &set).expect("usable")).collect();
     assert_eq!(picks, vec![0, 2, 2, 0, 2, 2]);
     let mut d = decide(&policy, &set, &HeaderMap::new());
     assert_eq!(all_candidates(&mut d, &set), vec![0, 2]);
@@ -1056,11 +865,8 @@ fn round_robin_cycles_and_skips_unusable_members() {
 fn random_two_choices_picks_the_less_loaded_of_two() {
     let set = set_of(&["app-1", "app-2", "app-3"]);
     let policy = policy(vec![], None, Fallback::RandomTwoChoices, 0.0);
-    let _busy: Vec<LoadGuard> = (0..50)
-        .map(|_| 1)
-        .chain((0..100).map(|_| 2))
-        .map(|i| LoadGuard::acquire(&set.members()[i].live))
-        .collect();
+    let _busy: Vec<LoadGuard> =
+        (0..50).map(|_| 1).chain((0..100).map(|_| 2)).map(|i| LoadGuard::acquire(&set.members()[i].live)).collect();
     let mut rng = StdRng::seed_from_u64(5);
     let mut firsts = [0usize; 3];
     for _ in 0..300 {
@@ -1068,10 +874,7 @@ fn random_two_choices_picks_the_less_loaded_of_two() {
         let order = all_candidates(&mut d, &set);
         assert_eq!(order.len(), 3);
         let (a, b) = (order[0], order[1]);
-        assert!(
-            set.members()[a].live.load() < set.members()[b].live.load(),
-            "{order:?}"
-        );
+        assert!(set.members()[a].live.load() < set.members()[b].live.load(), "{order:?}");
         firsts[a] += 1;
     }
     // The most loaded is never preferred; the middle one wins exactly when paired with it.
@@ -1084,15 +887,7 @@ fn random_two_choices_picks_the_less_loaded_of_two() {
 
 fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(
-        prop_oneof![
-            Just(b';'),
-            Just(b'='),
-            Just(b'.'),
-            Just(b' '),
-            Just(b'"'),
-            0x21u8..0x7f,
-            0x80u8..=0xff,
-        ],
+        prop_oneof![Just(b';'), Just(b'='), Just(b'.'), Just(b' '), Just(b'"'), 0x21u8..0x7f, 0x80u8..=0xff,],
         0..200,
     )
 }

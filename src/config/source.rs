@@ -112,11 +112,7 @@ fn parent(path: &str) -> Option<&str> {
 }
 
 fn child_path(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{parent}.{key}")
-    }
+    if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") }
 }
 
 fn position(mark: &Marker) -> Position {
@@ -128,10 +124,7 @@ fn position(mark: &Marker) -> Position {
 ///
 /// A YAML syntax error stops at once; duplicate keys, bad tags and environment problems are
 /// collected so they can be reported together.
-pub(super) fn parse(
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Document, Vec<SourceError>> {
+pub(super) fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Document, Vec<SourceError>> {
     let mut builder = Builder {
         env,
         stack: Vec::new(),
@@ -157,10 +150,7 @@ pub(super) fn parse(
         }
     }
     if builder.errors.is_empty() {
-        Ok(Document {
-            value: builder.root.unwrap_or(Value::Null),
-            index: builder.index,
-        })
+        Ok(Document { value: builder.root.unwrap_or(Value::Null), index: builder.index })
     } else {
         Err(builder.errors)
     }
@@ -240,13 +230,7 @@ impl Builder<'_> {
                 };
                 let value = self.scalar(&slot.path, value_position, text, style, tag.as_ref());
                 self.count(1, &slot.path, value_position)?;
-                self.index.insert(
-                    slot.path.clone(),
-                    Entry {
-                        key: slot.key_position,
-                        value: value_position,
-                    },
-                );
+                self.index.insert(slot.path.clone(), Entry { key: slot.key_position, value: value_position });
                 if anchor != 0 {
                     self.anchors.insert(anchor, (slot.path, value.clone(), 1));
                 }
@@ -268,13 +252,7 @@ impl Builder<'_> {
                     let path = format!("{}{}", slot.path, &path[defined_at.len()..]);
                     self.index.insert(path, entry);
                 }
-                self.index.insert(
-                    slot.path,
-                    Entry {
-                        key: slot.key_position,
-                        value: at,
-                    },
-                );
+                self.index.insert(slot.path, Entry { key: slot.key_position, value: at });
                 self.attach(value);
                 Ok(())
             }
@@ -288,17 +266,10 @@ impl Builder<'_> {
                     FrameKind::Seq(items) => Value::Sequence(items),
                     FrameKind::Map { map, .. } => Value::Mapping(map),
                 };
-                self.index.insert(
-                    frame.path.clone(),
-                    Entry {
-                        key: frame.key_position,
-                        value: frame.position,
-                    },
-                );
+                self.index.insert(frame.path.clone(), Entry { key: frame.key_position, value: frame.position });
                 if frame.anchor != 0 {
                     let nodes = self.nodes - frame.nodes_before;
-                    self.anchors
-                        .insert(frame.anchor, (frame.path, value.clone(), nodes));
+                    self.anchors.insert(frame.anchor, (frame.path, value.clone(), nodes));
                 }
                 self.attach(value);
                 Ok(())
@@ -332,11 +303,7 @@ impl Builder<'_> {
         }
         self.count(1, &slot.path, at)?;
         let kind = if is_map {
-            FrameKind::Map {
-                map: Mapping::new(),
-                pending: None,
-                keys_seen: 0,
-            }
+            FrameKind::Map { map: Mapping::new(), pending: None, keys_seen: 0 }
         } else {
             FrameKind::Seq(Vec::new())
         };
@@ -352,13 +319,7 @@ impl Builder<'_> {
     }
 
     fn expects_key(&self) -> bool {
-        matches!(
-            self.stack.last(),
-            Some(Frame {
-                kind: FrameKind::Map { pending: None, .. },
-                ..
-            })
-        )
+        matches!(self.stack.last(), Some(Frame { kind: FrameKind::Map { pending: None, .. }, .. }))
     }
 
     fn on_key(&mut self, event: Event, mark: Marker) -> Result<(), SourceError> {
@@ -366,12 +327,7 @@ impl Builder<'_> {
         let Some(frame) = self.stack.last_mut() else {
             return Ok(());
         };
-        let FrameKind::Map {
-            map,
-            pending,
-            keys_seen,
-        } = &mut frame.kind
-        else {
+        let FrameKind::Map { map, pending, keys_seen } = &mut frame.kind else {
             return Ok(());
         };
         match event {
@@ -393,25 +349,16 @@ impl Builder<'_> {
                 *keys_seen += 1;
                 let discard = map.contains_key(key.as_str());
                 if discard {
-                    let first = self
-                        .index
-                        .entries
-                        .get(&child_path(&frame.path, &key))
-                        .and_then(|e| e.key);
-                    let first = first
-                        .map(|(line, column)| format!(" (first defined at {line}:{column})"))
-                        .unwrap_or_default();
+                    let first = self.index.entries.get(&child_path(&frame.path, &key)).and_then(|e| e.key);
+                    let first =
+                        first.map(|(line, column)| format!(" (first defined at {line}:{column})")).unwrap_or_default();
                     self.errors.push(SourceError {
                         position: Some(at),
                         path: child_path(&frame.path, &key),
                         message: format!("duplicate key {key:?}{first}"),
                     });
                 }
-                *pending = Some(PendingKey {
-                    key,
-                    position: at,
-                    discard,
-                });
+                *pending = Some(PendingKey { key, position: at, discard });
                 Ok(())
             }
             _ => Err(SourceError {
@@ -424,31 +371,13 @@ impl Builder<'_> {
 
     fn slot(&self) -> Slot {
         match self.stack.last() {
-            None => Slot {
-                path: String::new(),
-                key_position: None,
-            },
-            Some(Frame {
-                path,
-                kind: FrameKind::Seq(items),
-                ..
-            }) => Slot {
-                path: format!("{path}[{}]", items.len()),
-                key_position: None,
-            },
-            Some(Frame {
-                path,
-                kind: FrameKind::Map { pending, .. },
-                ..
-            }) => match pending {
-                Some(key) => Slot {
-                    path: child_path(path, &key.key),
-                    key_position: Some(key.position),
-                },
-                None => Slot {
-                    path: path.clone(),
-                    key_position: None,
-                },
+            None => Slot { path: String::new(), key_position: None },
+            Some(Frame { path, kind: FrameKind::Seq(items), .. }) => {
+                Slot { path: format!("{path}[{}]", items.len()), key_position: None }
+            }
+            Some(Frame { path, kind: FrameKind::Map { pending, .. }, .. }) => match pending {
+                Some(key) => Slot { path: child_path(path, &key.key), key_position: Some(key.position) },
+                None => Slot { path: path.clone(), key_position: None },
             },
         }
     }
@@ -456,14 +385,8 @@ impl Builder<'_> {
     fn attach(&mut self, value: Value) {
         match self.stack.last_mut() {
             None => self.root = Some(value),
-            Some(Frame {
-                kind: FrameKind::Seq(items),
-                ..
-            }) => items.push(value),
-            Some(Frame {
-                kind: FrameKind::Map { map, pending, .. },
-                ..
-            }) => {
+            Some(Frame { kind: FrameKind::Seq(items), .. }) => items.push(value),
+            Some(Frame { kind: FrameKind::Map { map, pending, .. }, .. }) => {
                 if let Some(key) = pending.take()
                     && !key.discard
                 {
@@ -479,30 +402,17 @@ impl Builder<'_> {
             return Err(SourceError {
                 position: Some(at),
                 path: path.to_owned(),
-                message: format!(
-                    "the document holds more than {MAX_NODES} values (counting alias copies)"
-                ),
+                message: format!("the document holds more than {MAX_NODES} values (counting alias copies)"),
             });
         }
         Ok(())
     }
 
-    fn scalar(
-        &mut self,
-        path: &str,
-        at: Position,
-        text: String,
-        style: TScalarStyle,
-        tag: Option<&Tag>,
-    ) -> Value {
+    fn scalar(&mut self, path: &str, at: Position, text: String, style: TScalarStyle, tag: Option<&Tag>) -> Value {
         let text = match expand(&text, self.env) {
             Ok(text) => text,
             Err(e) => {
-                self.errors.push(SourceError {
-                    position: Some(at),
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                });
+                self.errors.push(SourceError { position: Some(at), path: path.to_owned(), message: e.to_string() });
                 return Value::String(text);
             }
         };
@@ -556,11 +466,7 @@ fn is_core_tag(tag: &Tag, suffix: &str) -> bool {
 }
 
 fn tag_name(tag: &Tag) -> String {
-    if tag.handle == CORE_TAG_HANDLE {
-        format!("!!{}", tag.suffix)
-    } else {
-        format!("{}{}", tag.handle, tag.suffix)
-    }
+    if tag.handle == CORE_TAG_HANDLE { format!("!!{}", tag.suffix) } else { format!("{}{}", tag.handle, tag.suffix) }
 }
 
 /// A plain scalar's type per the YAML 1.2 core schema; anything else is a string.
@@ -649,10 +555,7 @@ pub(super) enum ExpandError {
 ///
 /// As in the shell, `${VAR:-default}` uses the default when `VAR` is unset or empty, and
 /// `${VAR}` of a set but empty variable is empty. Defaults are taken literally (no nesting).
-pub(super) fn expand(
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ExpandError> {
+pub(super) fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
     if !text.contains("${") {
         return Ok(text.to_owned());
     }
@@ -692,9 +595,7 @@ pub(super) fn expand(
 /// `[A-Za-z_][A-Za-z0-9_]*`: what a POSIX shell accepts as a variable name.
 pub(super) fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -703,12 +604,7 @@ mod tests {
     use super::*;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
     }
 
     fn no_env(_: &str) -> Option<String> {
@@ -732,15 +628,9 @@ mod tests {
         assert_eq!(expand("${EMPTY:-d}", &env), Ok("d".into()));
         assert_eq!(expand("[${EMPTY}]", &env), Ok("[]".into()));
         assert_eq!(expand("${PORT:-}", &env), Ok("".into()));
-        assert_eq!(
-            expand("${HOST}-${HOST}", &env),
-            Ok("10.0.0.1-10.0.0.1".into())
-        );
+        assert_eq!(expand("${HOST}-${HOST}", &env), Ok("10.0.0.1-10.0.0.1".into()));
         assert_eq!(expand("${D:-a:-b}", &env), Ok("a:-b".into()));
-        assert_eq!(
-            expand("no refs $ here {}", &env),
-            Ok("no refs $ here {}".into())
-        );
+        assert_eq!(expand("no refs $ here {}", &env), Ok("no refs $ here {}".into()));
     }
 
     #[test]
@@ -751,15 +641,9 @@ mod tests {
 
     #[test]
     fn expansion_errors_name_the_problem() {
-        assert_eq!(
-            expand("${NOPE}", &no_env),
-            Err(ExpandError::Unset("NOPE".into()))
-        );
+        assert_eq!(expand("${NOPE}", &no_env), Err(ExpandError::Unset("NOPE".into())));
         assert_eq!(expand("x${A", &no_env), Err(ExpandError::Unterminated));
-        assert_eq!(
-            expand("${1A}", &no_env),
-            Err(ExpandError::BadName("1A".into()))
-        );
+        assert_eq!(expand("${1A}", &no_env), Err(ExpandError::BadName("1A".into())));
         assert_eq!(expand("${}", &no_env), Err(ExpandError::BadName("".into())));
         assert_eq!(
             ExpandError::Unset("NOPE".into()).to_string(),
@@ -859,10 +743,7 @@ upstreams:
 
     #[test]
     fn unset_variables_are_located_at_their_value_and_all_reported() {
-        let errs = errors(
-            "a: x\nb: \"${ONE}\"\nc:\n  - ok\n  - pre${TWO}post\n",
-            &no_env,
-        );
+        let errs = errors("a: x\nb: \"${ONE}\"\nc:\n  - ok\n  - pre${TWO}post\n", &no_env);
         assert_eq!(
             errs,
             vec![
@@ -904,11 +785,7 @@ upstreams:
     fn syntax_errors_stop_at_the_first_with_a_position() {
         let errs = errors("a: [1, 2\nb: 3\n", &no_env);
         assert_eq!(errs.len(), 1);
-        assert!(
-            errs[0].message.starts_with("YAML syntax error: "),
-            "{:?}",
-            errs[0]
-        );
+        assert!(errs[0].message.starts_with("YAML syntax error: "), "{:?}", errs[0]);
         assert!(errs[0].position.is_some());
     }
 
@@ -941,10 +818,7 @@ b: *shared
         }
         let errs = errors(&text, &no_env);
         assert_eq!(errs.len(), 1);
-        assert!(
-            errs[0].message.contains("more than 100000 values"),
-            "{errs:?}"
-        );
+        assert!(errs[0].message.contains("more than 100000 values"), "{errs:?}");
     }
 
     #[test]
@@ -952,10 +826,7 @@ b: *shared
         let text = "[".repeat(200) + &"]".repeat(200);
         let errs = errors(&text, &no_env);
         assert_eq!(errs.len(), 1, "{errs:?}");
-        let deep = "a:\n".to_owned()
-            + &(1..100)
-                .map(|i| format!("{}a:\n", "  ".repeat(i)))
-                .collect::<String>();
+        let deep = "a:\n".to_owned() + &(1..100).map(|i| format!("{}a:\n", "  ".repeat(i))).collect::<String>();
         let errs = errors(&deep, &no_env);
         assert_eq!(errs[0].message, "nested deeper than 64 levels");
     }
@@ -964,11 +835,7 @@ b: *shared
     fn merge_keys_and_unknown_tags_are_clear_errors() {
         let errs = errors("a: &a {x: 1}\nb:\n  <<: *a\n", &no_env);
         assert_eq!(errs[0].position, Some((3, 3)));
-        assert!(
-            errs[0]
-                .message
-                .starts_with("merge keys (<<) are not supported")
-        );
+        assert!(errs[0].message.starts_with("merge keys (<<) are not supported"));
         let errs = errors("a: !custom x\n", &no_env);
         assert_eq!(errs[0].message, "unsupported tag !custom");
         assert_eq!(errs[0].position, Some((1, 12)));
@@ -987,11 +854,7 @@ b: *shared
     #[test]
     fn non_string_keys_are_refused() {
         let errs = errors("? [a]\n: 1\n", &no_env);
-        assert!(
-            errs[0]
-                .message
-                .starts_with("mapping keys must be plain text")
-        );
+        assert!(errs[0].message.starts_with("mapping keys must be plain text"));
     }
 
     #[test]

@@ -29,25 +29,13 @@ pub(super) enum CertificateError {
     #[error("{what} does not exist")]
     Missing { file: PemFile, what: String },
     #[error("cannot read {what}: {source}")]
-    Read {
-        file: PemFile,
-        what: String,
-        source: std::io::Error,
-    },
+    Read { file: PemFile, what: String, source: std::io::Error },
     #[error("{what} is not valid PEM: {source}")]
-    Pem {
-        file: PemFile,
-        what: String,
-        source: rustls_pki_types::pem::Error,
-    },
+    Pem { file: PemFile, what: String, source: rustls_pki_types::pem::Error },
     #[error("{what} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
     NoCertificate { what: String },
     #[error("{what}: certificate #{index} does not parse: {reason}")]
-    BadCertificate {
-        what: String,
-        index: usize,
-        reason: String,
-    },
+    BadCertificate { what: String, index: usize, reason: String },
     #[error("{what} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey { what: String },
     #[error("private key {key:?} does not match certificate {cert:?}")]
@@ -88,68 +76,39 @@ pub(super) fn load_certificate(
     let ((chain, names), private_key) = match (chain, private_key) {
         (Ok(chain), Ok(key)) => (chain, key),
         (Err(first), Err(second)) => {
-            return Err(Box::new(CertificateProblems {
-                first,
-                second: Some(second),
-            }));
+            return Err(Box::new(CertificateProblems { first, second: Some(second) }));
         }
         (Err(first), Ok(_)) | (Ok(_), Err(first)) => {
-            return Err(Box::new(CertificateProblems {
-                first,
-                second: None,
-            }));
+            return Err(Box::new(CertificateProblems { first, second: None }));
         }
     };
     let certified = CertifiedKey::from_der(chain, private_key, provider).map_err(|e| {
         let first = match e {
-            rustls::Error::InconsistentKeys(_) => CertificateError::Mismatch {
-                cert: cert.to_owned(),
-                key: key.to_owned(),
-            },
-            source => CertificateError::UnusableKey {
-                key: key.to_owned(),
-                source,
-            },
+            rustls::Error::InconsistentKeys(_) => {
+                CertificateError::Mismatch { cert: cert.to_owned(), key: key.to_owned() }
+            }
+            source => CertificateError::UnusableKey { key: key.to_owned(), source },
         };
-        Box::new(CertificateProblems {
-            first,
-            second: None,
-        })
+        Box::new(CertificateProblems { first, second: None })
     })?;
-    Ok(CertificateConfig {
-        cert_path,
-        key_path,
-        certified: Arc::new(certified),
-        names,
-    })
+    Ok(CertificateConfig { cert_path, key_path, certified: Arc::new(certified), names })
 }
 
 /// The PEM chain in `resolved` and the leaf's DNS names.
-fn read_chain(
-    written: &str,
-    resolved: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, Vec<String>), CertificateError> {
+fn read_chain(written: &str, resolved: &Path) -> Result<(Vec<CertificateDer<'static>>, Vec<String>), CertificateError> {
     let what = format!("certificate file {}", describe(written, resolved));
     let pem = read(PemFile::Cert, &what, resolved)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| CertificateError::Pem {
-            file: PemFile::Cert,
-            what: what.clone(),
-            source,
-        })?;
+        .map_err(|source| CertificateError::Pem { file: PemFile::Cert, what: what.clone(), source })?;
     if chain.is_empty() {
         return Err(CertificateError::NoCertificate { what });
     }
     let mut names = Vec::new();
     for (i, der) in chain.iter().enumerate() {
-        let parsed = x509_parser::parse_x509_certificate(der.as_ref())
-            .map(|(_, parsed)| parsed)
-            .map_err(|e| CertificateError::BadCertificate {
-                what: what.clone(),
-                index: i + 1,
-                reason: e.to_string(),
-            })?;
+        let parsed = x509_parser::parse_x509_certificate(der.as_ref()).map(|(_, parsed)| parsed).map_err(|e| {
+            CertificateError::BadCertificate { what: what.clone(), index: i + 1, reason: e.to_string() }
+        })?;
         if i == 0 {
             names = dns_names(&parsed);
         }
@@ -162,25 +121,14 @@ fn read_key(written: &str, resolved: &Path) -> Result<PrivateKeyDer<'static>, Ce
     let pem = read(PemFile::Key, &what, resolved)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => CertificateError::NoKey { what },
-        source => CertificateError::Pem {
-            file: PemFile::Key,
-            what,
-            source,
-        },
+        source => CertificateError::Pem { file: PemFile::Key, what, source },
     })
 }
 
 fn read(file: PemFile, what: &str, resolved: &Path) -> Result<Vec<u8>, CertificateError> {
     std::fs::read(resolved).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => CertificateError::Missing {
-            file,
-            what: what.to_owned(),
-        },
-        _ => CertificateError::Read {
-            file,
-            what: what.to_owned(),
-            source,
-        },
+        std::io::ErrorKind::NotFound => CertificateError::Missing { file, what: what.to_owned() },
+        _ => CertificateError::Read { file, what: what.to_owned(), source },
     })
 }
 
@@ -190,10 +138,7 @@ fn describe(written: &str, resolved: &Path) -> String {
     if Path::new(written) == resolved {
         format!("{written:?}")
     } else {
-        format!(
-            "{written:?} (resolved to {:?})",
-            resolved.display().to_string()
-        )
+        format!("{written:?} (resolved to {:?})", resolved.display().to_string())
     }
 }
 

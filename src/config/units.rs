@@ -27,9 +27,9 @@ pub enum UnitError {
     SizeTooLarge(String),
 }
 
-const DURATION_FORM: &str =
-    "expected a whole number followed by ms, s, m or h (e.g. 250ms, 10s, 5m, 1h)";
-const SIZE_FORM: &str = "expected a whole number followed by B, KiB, MiB or GiB (e.g. 512B, 16KiB, 1MiB), or KB, MB, GB for powers of 1000";
+const DURATION_FORM: &str = "expected a whole number followed by ms, s, m or h (e.g. 250ms, 10s, 5m, 1h)";
+const SIZE_FORM: &str =
+    "expected a whole number followed by B, KiB, MiB or GiB (e.g. 512B, 16KiB, 1MiB), or KB, MB, GB for powers of 1000";
 
 /// Parse `250ms`, `10s`, `5m`, `1h` (also `0s`, `1500ms`).
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
@@ -44,9 +44,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
         "h" => 3_600_000,
         _ => return Err(UnitError::Duration(text.to_owned())),
     };
-    let number: u64 = number
-        .parse()
-        .map_err(|_| UnitError::DurationTooLarge(text.to_owned()))?;
+    let number: u64 = number.parse().map_err(|_| UnitError::DurationTooLarge(text.to_owned()))?;
     number
         .checked_mul(millis_per_unit)
         .map(Duration::from_millis)
@@ -70,12 +68,8 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         "GB" => 1_000_000_000,
         _ => return Err(UnitError::Size(text.to_owned())),
     };
-    let number: u64 = number
-        .parse()
-        .map_err(|_| UnitError::SizeTooLarge(text.to_owned()))?;
-    number
-        .checked_mul(bytes_per_unit)
-        .ok_or_else(|| UnitError::SizeTooLarge(text.to_owned()))
+    let number: u64 = number.parse().map_err(|_| UnitError::SizeTooLarge(text.to_owned()))?;
+    number.checked_mul(bytes_per_unit).ok_or_else(|| UnitError::SizeTooLarge(text.to_owned()))
 }
 
 /// `1h`, `5m`, `10s` or `250ms`: the largest unit that shows `d` exactly (sub-millisecond
@@ -131,19 +125,15 @@ mod tests {
 
     #[test]
     fn bare_numbers_and_unknown_units_are_rejected_with_the_expected_form() {
-        for bad in [
-            "10", "", "s", "1.5s", "10 sec", "1h30m", "10S", "ten s", "1d",
-        ] {
+        for bad in ["10", "", "s", "1.5s", "10 sec", "1h30m", "10S", "ten s", "1d"] {
             let err = parse_duration(bad).expect_err(bad);
             assert_eq!(err, UnitError::Duration(bad.to_owned()), "{bad}");
         }
         assert_eq!(
             parse_duration("10").map_err(|e| e.to_string()),
-            Err(
-                "invalid duration \"10\": expected a whole number followed by ms, s, m or h \
+            Err("invalid duration \"10\": expected a whole number followed by ms, s, m or h \
                  (e.g. 250ms, 10s, 5m, 1h)"
-                    .to_owned()
-            )
+                .to_owned())
         );
     }
 
@@ -162,9 +152,7 @@ mod tests {
         );
         assert_eq!(
             parse_duration("99999999999999999999999s"),
-            Err(UnitError::DurationTooLarge(
-                "99999999999999999999999s".into()
-            ))
+            Err(UnitError::DurationTooLarge("99999999999999999999999s".into()))
         );
     }
 
@@ -200,19 +188,9 @@ mod tests {
     #[test]
     fn bad_sizes_are_rejected() {
         for bad in ["16384", "16kib", "16K", "1.5MiB", "MiB", "16 KiBs", ""] {
-            assert_eq!(
-                parse_size(bad),
-                Err(UnitError::Size(bad.to_owned())),
-                "{bad}"
-            );
+            assert_eq!(parse_size(bad), Err(UnitError::Size(bad.to_owned())), "{bad}");
         }
-        assert_eq!(
-            parse_size("-1KiB"),
-            Err(UnitError::NegativeSize("-1KiB".into()))
-        );
-        assert_eq!(
-            parse_size("20000000000GiB"),
-            Err(UnitError::SizeTooLarge("20000000000GiB".into()))
-        );
+        assert_eq!(parse_size("-1KiB"), Err(UnitError::NegativeSize("-1KiB".into())));
+        assert_eq!(parse_size("20000000000GiB"), Err(UnitError::SizeTooLarge("20000000000GiB".into())));
     }
 }

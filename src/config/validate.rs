@@ -19,23 +19,23 @@ use ipnet::IpNet;
 use rustls::crypto::CryptoProvider;
 
 use super::file::{
-    FileAccessLog, FileAdmin, FileAffinity, FileBackend, FileCertificate, FileConfig, FileCookie,
-    FileDrain, FileHealthCheck, FileKeySource, FileLimits, FileListener, FilePassive,
-    FileRebalance, FileRoute, FileShutdown, FileTimeouts, FileTls, FileUpstream, Text,
+    FileAccessLog, FileAdmin, FileAffinity, FileBackend, FileCertificate, FileConfig, FileCookie, FileDrain,
+    FileHealthCheck, FileKeySource, FileLimits, FileListener, FilePassive, FileRebalance, FileRoute, FileShutdown,
+    FileTimeouts, FileTls, FileUpstream, Text,
 };
 use super::source::{self, PositionIndex};
 use super::tls;
 use super::units::{format_duration, parse_duration, parse_size};
 use super::values::{
-    binds_conflict, has_space_or_control, invalid_name_message, is_dns_name, is_token,
-    is_valid_name, parse_backend_address, parse_host_match,
+    binds_conflict, has_space_or_control, invalid_name_message, is_dns_name, is_token, is_valid_name,
+    parse_backend_address, parse_host_match,
 };
 use super::{
-    AccessLogConfig, AccessLogFormat, AdminConfig, AffinityConfig, BackendAddress, BackendConfig,
-    CertificateConfig, Config, ConfigError, ConfigErrors, ConfigSource, CookieConfig, DebugConfig,
-    DiscoveryConfig, DrainConfig, Fallback, HashConfig, HealthCheckConfig, HostMatch, KeySource,
-    Limits, ListenerConfig, Loaded, PassiveConfig, RebalanceConfig, RouteConfig, SameSite,
-    SecureMode, ShutdownConfig, Timeouts, TlsConfig, TokenSource, UpstreamConfig,
+    AccessLogConfig, AccessLogFormat, AdminConfig, AffinityConfig, BackendAddress, BackendConfig, CertificateConfig,
+    Config, ConfigError, ConfigErrors, ConfigSource, CookieConfig, DebugConfig, DiscoveryConfig, DrainConfig, Fallback,
+    HashConfig, HealthCheckConfig, HostMatch, KeySource, Limits, ListenerConfig, Loaded, PassiveConfig,
+    RebalanceConfig, RouteConfig, SameSite, SecureMode, ShutdownConfig, Timeouts, TlsConfig, TokenSource,
+    UpstreamConfig,
 };
 
 const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
@@ -84,12 +84,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
             std::io::ErrorKind::NotFound => "file not found".to_owned(),
             _ => format!("cannot read file: {e}"),
         };
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            position: None,
-            path: String::new(),
-            message,
-        }])
+        ConfigErrors(vec![ConfigError { file: path.to_path_buf(), position: None, path: String::new(), message }])
     })?;
     parse(path, &text, &|name| std::env::var(name).ok())
 }
@@ -98,11 +93,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 ///
 /// Pure apart from reading the TLS files it names; relative TLS paths resolve against the
 /// directory of `path`.
-pub fn parse(
-    path: &Path,
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Loaded, ConfigErrors> {
+pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
     let document = source::parse(text, env).map_err(|errors| {
         ConfigErrors(
             errors
@@ -121,13 +112,12 @@ pub fn parse(
             file: path.to_path_buf(),
             position: None,
             path: String::new(),
-            message: "the file is empty; expected a mapping with listeners, routes and upstreams"
-                .into(),
+            message: "the file is empty; expected a mapping with listeners, routes and upstreams".into(),
         }]));
     }
     let index = document.index;
-    let file: FileConfig = serde_path_to_error::deserialize(document.value)
-        .map_err(|e| structural_error(path, &index, &e))?;
+    let file: FileConfig =
+        serde_path_to_error::deserialize(document.value).map_err(|e| structural_error(path, &index, &e))?;
 
     let mut validator = Validator {
         file: path,
@@ -138,15 +128,9 @@ pub fn parse(
         errors: Vec::new(),
         warnings: Vec::new(),
     };
-    let source = ConfigSource {
-        path: path.to_path_buf(),
-        text: text.to_owned(),
-    };
+    let source = ConfigSource { path: path.to_path_buf(), text: text.to_owned() };
     match validator.config(&file, source) {
-        Ok(config) if validator.errors.is_empty() => Ok(Loaded {
-            config,
-            warnings: validator.warnings,
-        }),
+        Ok(config) if validator.errors.is_empty() => Ok(Loaded { config, warnings: validator.warnings }),
         _ => {
             let mut errors = validator.errors;
             // Top to bottom, as a reader scans the file; unlocated problems last.
@@ -176,19 +160,11 @@ fn structural_error(
         (index.key(&path), format!("unknown key {key:?}; {allowed}"))
     } else if let Some(rest) = raw.strip_prefix("missing field `") {
         let field = rest.trim_end_matches('`');
-        (
-            index.value(&path),
-            format!("missing required key {field:?}"),
-        )
+        (index.value(&path), format!("missing required key {field:?}"))
     } else {
         (index.value(&path), raw.replace("unit value", "empty value"))
     };
-    ConfigErrors(vec![ConfigError {
-        file: file.to_path_buf(),
-        position,
-        path,
-        message,
-    }])
+    ConfigErrors(vec![ConfigError { file: file.to_path_buf(), position, path, message }])
 }
 
 /// The same text `serde_path_to_error::Path` displays, except that the root is empty.
@@ -236,12 +212,7 @@ impl Validator<'_> {
         self.error_at(path, position, message)
     }
 
-    fn error_at(
-        &mut self,
-        path: &str,
-        position: Option<(usize, usize)>,
-        message: impl Into<String>,
-    ) -> Reported {
+    fn error_at(&mut self, path: &str, position: Option<(usize, usize)>, message: impl Into<String>) -> Reported {
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
             position,
@@ -263,11 +234,7 @@ impl Validator<'_> {
 
     fn config(&mut self, file: &FileConfig, source: ConfigSource) -> Checked<Config> {
         let listeners = self.listeners(&file.listeners);
-        let admin = file
-            .admin
-            .as_ref()
-            .map(|a| self.admin(a, &file.listeners))
-            .transpose();
+        let admin = file.admin.as_ref().map(|a| self.admin(a, &file.listeners)).transpose();
         let routes = self.routes(&file.routes, file);
         let upstreams = self.upstreams(file);
         let timeouts = self.timeouts(file.timeouts.as_ref());
@@ -275,13 +242,7 @@ impl Validator<'_> {
         let trusted_proxies = self.trusted_proxies(file.trusted_proxies.as_deref());
         let access_log = self.access_log(file.access_log.as_ref());
         let shutdown = self.shutdown(file.shutdown.as_ref());
-        let debug = DebugConfig {
-            backend_header: file
-                .debug
-                .as_ref()
-                .and_then(|d| d.backend_header)
-                .unwrap_or(false),
-        };
+        let debug = DebugConfig { backend_header: file.debug.as_ref().and_then(|d| d.backend_header).unwrap_or(false) };
         Ok(Config {
             source,
             listeners: listeners?,
@@ -317,27 +278,18 @@ impl Validator<'_> {
                 None => Ok(name),
             });
             let bind = self.socket_addr(&format!("{path}.bind"), &listener.bind);
-            let bind = bind.and_then(|bind| {
-                match binds.iter().find(|(other, _)| binds_conflict(bind, *other)) {
-                    Some((_, first)) => Err(self.error(
-                        &format!("{path}.bind"),
-                        format!("bind {bind} is also used by listeners[{first}]"),
-                    )),
-                    None => {
-                        binds.push((bind, i));
-                        Ok(bind)
-                    }
+            let bind = bind.and_then(|bind| match binds.iter().find(|(other, _)| binds_conflict(bind, *other)) {
+                Some((_, first)) => {
+                    Err(self.error(&format!("{path}.bind"), format!("bind {bind} is also used by listeners[{first}]")))
+                }
+                None => {
+                    binds.push((bind, i));
+                    Ok(bind)
                 }
             });
-            let tls = listener
-                .tls
-                .as_ref()
-                .map(|tls| self.tls(&format!("{path}.tls"), tls))
-                .transpose();
+            let tls = listener.tls.as_ref().map(|tls| self.tls(&format!("{path}.tls"), tls)).transpose();
             match (name, bind, tls, &mut out) {
-                (Ok(name), Ok(bind), Ok(tls), Ok(out)) => {
-                    out.push(ListenerConfig { name, bind, tls })
-                }
+                (Ok(name), Ok(bind), Ok(tls), Ok(out)) => out.push(ListenerConfig { name, bind, tls }),
                 (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) => out = Err(r),
                 (_, _, _, Err(_)) => {}
             }
@@ -347,10 +299,7 @@ impl Validator<'_> {
 
     fn tls(&mut self, path: &str, tls: &FileTls) -> Checked<TlsConfig> {
         if tls.certificates.is_empty() {
-            return Err(self.error(
-                &format!("{path}.certificates"),
-                "at least one certificate is required",
-            ));
+            return Err(self.error(&format!("{path}.certificates"), "at least one certificate is required"));
         }
         let mut certificates = Ok(Vec::new());
         for (i, certificate) in tls.certificates.iter().enumerate() {
@@ -361,18 +310,11 @@ impl Validator<'_> {
                 (Ok(_), Err(_)) => {}
             }
         }
-        Ok(TlsConfig {
-            certificates: certificates?,
-        })
+        Ok(TlsConfig { certificates: certificates? })
     }
 
     fn certificate(&mut self, path: &str, file: &FileCertificate) -> Checked<CertificateConfig> {
-        let loaded = tls::load_certificate(
-            &self.provider,
-            &self.base_dir,
-            file.cert.as_str(),
-            file.key.as_str(),
-        );
+        let loaded = tls::load_certificate(&self.provider, &self.base_dir, file.cert.as_str(), file.key.as_str());
         loaded.map_err(|problems| {
             let tls::CertificateProblems { first, second } = *problems;
             let reported = self.certificate_error(path, &first);
@@ -395,11 +337,7 @@ impl Validator<'_> {
 
     fn admin(&mut self, admin: &FileAdmin, listeners: &[FileListener]) -> Checked<AdminConfig> {
         let bind = self.socket_addr("admin.bind", &admin.bind);
-        let token_env = admin
-            .token_env
-            .as_ref()
-            .map(|name| self.env_name("admin.token_env", name))
-            .transpose();
+        let token_env = admin.token_env.as_ref().map(|name| self.env_name("admin.token_env", name)).transpose();
         if let Ok(name) = &token_env {
             match name.as_deref().map(|n| (n, (self.env)(n))) {
                 Some((name, None)) => self.warn(
@@ -420,17 +358,12 @@ impl Validator<'_> {
             }
         }
         let bind = bind.and_then(|bind| {
-            let conflict = listeners.iter().enumerate().find(|(_, l)| {
-                l.bind
-                    .as_str()
-                    .parse::<SocketAddr>()
-                    .is_ok_and(|other| binds_conflict(bind, other))
-            });
+            let conflict = listeners
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.bind.as_str().parse::<SocketAddr>().is_ok_and(|other| binds_conflict(bind, other)));
             if let Some((i, _)) = conflict {
-                return Err(self.error(
-                    "admin.bind",
-                    format!("admin bind {bind} is also used by listeners[{i}]"),
-                ));
+                return Err(self.error("admin.bind", format!("admin bind {bind} is also used by listeners[{i}]")));
             }
             if !bind.ip().is_loopback() && admin.token_env.is_none() {
                 return Err(self.error(
@@ -443,10 +376,7 @@ impl Validator<'_> {
             }
             Ok(bind)
         });
-        Ok(AdminConfig {
-            bind: bind?,
-            token_env: token_env?,
-        })
+        Ok(AdminConfig { bind: bind?, token_env: token_env? })
     }
 
     // ----- routes ------------------------------------------------------------------------
@@ -460,8 +390,9 @@ impl Validator<'_> {
             let path = format!("routes[{i}]");
             let host = match &route.host {
                 None => Ok(HostMatch::Any),
-                Some(host) => parse_host_match(host.as_str())
-                    .map_err(|message| self.error(&format!("{path}.host"), message)),
+                Some(host) => {
+                    parse_host_match(host.as_str()).map_err(|message| self.error(&format!("{path}.host"), message))
+                }
             };
             let path_prefix = match &route.path_prefix {
                 None => Ok("/".to_owned()),
@@ -471,28 +402,18 @@ impl Validator<'_> {
             let upstream = if file.upstreams.0.iter().any(|(name, _)| name == upstream) {
                 Ok(upstream.to_owned())
             } else {
-                let defined: Vec<&str> = file
-                    .upstreams
-                    .0
-                    .iter()
-                    .map(|(name, _)| name.as_str())
-                    .collect();
+                let defined: Vec<&str> = file.upstreams.0.iter().map(|(name, _)| name.as_str()).collect();
                 let defined = if defined.is_empty() {
                     "no upstreams are defined".to_owned()
                 } else {
                     format!("defined upstreams: {}", defined.join(", "))
                 };
-                Err(self.error(
-                    &format!("{path}.upstream"),
-                    format!("unknown upstream {upstream:?} ({defined})"),
-                ))
+                Err(self.error(&format!("{path}.upstream"), format!("unknown upstream {upstream:?} ({defined})")))
             };
             match (host, path_prefix, upstream, &mut out) {
-                (Ok(host), Ok(path_prefix), Ok(upstream), Ok(out)) => out.push(RouteConfig {
-                    host,
-                    path_prefix,
-                    upstream,
-                }),
+                (Ok(host), Ok(path_prefix), Ok(upstream), Ok(out)) => {
+                    out.push(RouteConfig { host, path_prefix, upstream })
+                }
                 (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) => out = Err(r),
                 (_, _, _, Err(_)) => {}
             }
@@ -536,23 +457,13 @@ impl Validator<'_> {
                     d.interval.as_ref(),
                     DEFAULT_DISCOVERY_INTERVAL,
                 );
-                Ok(DiscoveryConfig {
-                    dns: dns?,
-                    interval: interval?,
-                })
+                Ok(DiscoveryConfig { dns: dns?, interval: interval? })
             })
             .transpose();
-        let backends = self.backends(
-            &path,
-            upstream.backends.as_deref(),
-            upstream.discovery.is_some(),
-        );
+        let backends = self.backends(&path, upstream.backends.as_deref(), upstream.discovery.is_some());
         let affinity = self.affinity(&format!("{path}.affinity"), upstream.affinity.as_ref());
-        let health_check = upstream
-            .health_check
-            .as_ref()
-            .map(|h| self.health_check(&format!("{path}.health_check"), h))
-            .transpose();
+        let health_check =
+            upstream.health_check.as_ref().map(|h| self.health_check(&format!("{path}.health_check"), h)).transpose();
         let passive = self.passive(&format!("{path}.passive"), upstream.passive.as_ref());
         let drain = self.drain(&format!("{path}.drain"), upstream.drain.as_ref());
         let rebalance = self.rebalance(&format!("{path}.rebalance"), upstream.rebalance.as_ref());
@@ -577,38 +488,28 @@ impl Validator<'_> {
         let path = format!("{upstream}.backends");
         let backends = backends.unwrap_or_default();
         if backends.is_empty() && !has_discovery {
-            return Err(self.error(
-                &path,
-                "at least one backend is required unless discovery is set",
-            ));
+            return Err(self.error(&path, "at least one backend is required unless discovery is set"));
         }
         let mut out = Ok(Vec::with_capacity(backends.len()));
         let mut ids: HashMap<&str, usize> = HashMap::new();
         for (i, backend) in backends.iter().enumerate() {
             let item = format!("{path}[{i}]");
             let id = self.name(&format!("{item}.id"), &backend.id, "backend id");
-            let id = id.and_then(|id| match ids.insert(backend.id.as_str(), i) {
-                Some(first) => Err(self.error(
-                    &format!("{item}.id"),
-                    format!("duplicate backend id {id:?} (also {path}[{first}])"),
-                )),
-                None => Ok(id),
-            });
+            let id =
+                id.and_then(|id| match ids.insert(backend.id.as_str(), i) {
+                    Some(first) => Err(self
+                        .error(&format!("{item}.id"), format!("duplicate backend id {id:?} (also {path}[{first}])"))),
+                    None => Ok(id),
+                });
             let address = self.backend_address(&format!("{item}.address"), &backend.address);
             let weight = match backend.weight {
                 None => Ok(1),
                 Some(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(w),
-                Some(w) => Err(self.error(
-                    &format!("{item}.weight"),
-                    format!("weight must be between 1 and {MAX_WEIGHT}, got {w}"),
-                )),
+                Some(w) => Err(self
+                    .error(&format!("{item}.weight"), format!("weight must be between 1 and {MAX_WEIGHT}, got {w}"))),
             };
             match (id, address, weight, &mut out) {
-                (Ok(id), Ok(address), Ok(weight), Ok(out)) => out.push(BackendConfig {
-                    id,
-                    address,
-                    weight,
-                }),
+                (Ok(id), Ok(address), Ok(weight), Ok(out)) => out.push(BackendConfig { id, address, weight }),
                 (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) => out = Err(r),
                 (_, _, _, Err(_)) => {}
             }
@@ -620,22 +521,13 @@ impl Validator<'_> {
         let Some(affinity) = affinity else {
             return Ok(AffinityConfig {
                 keys: Vec::new(),
-                hash: HashConfig {
-                    vnodes: DEFAULT_VNODES,
-                    balance_factor: 0.0,
-                },
+                hash: HashConfig { vnodes: DEFAULT_VNODES, balance_factor: 0.0 },
                 cookie: None,
                 fallback: Fallback::default(),
             });
         };
         let mut keys = Ok(Vec::new());
-        for (i, key) in affinity
-            .key
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
+        for (i, key) in affinity.key.as_deref().unwrap_or_default().iter().enumerate() {
             let checked = self.key_source(&format!("{path}.key[{i}]"), key);
             match (checked, &mut keys) {
                 (Ok(k), Ok(all)) => all.push(k),
@@ -647,10 +539,8 @@ impl Validator<'_> {
         let vnodes = match hash.and_then(|h| h.vnodes) {
             None => Ok(DEFAULT_VNODES),
             Some(v) if (1..=MAX_VNODES).contains(&v) => Ok(v),
-            Some(v) => Err(self.error(
-                &format!("{path}.hash.vnodes"),
-                format!("vnodes must be between 1 and {MAX_VNODES}, got {v}"),
-            )),
+            Some(v) => Err(self
+                .error(&format!("{path}.hash.vnodes"), format!("vnodes must be between 1 and {MAX_VNODES}, got {v}"))),
         };
         let balance_factor = match hash.and_then(|h| h.balance_factor) {
             None => Ok(0.0),
@@ -660,11 +550,7 @@ impl Validator<'_> {
                 format!("balance_factor must be 0 (off) or greater than 1.0 (e.g. 1.25), got {f}"),
             )),
         };
-        let cookie = affinity
-            .cookie
-            .as_ref()
-            .map(|c| self.cookie(&format!("{path}.cookie"), c))
-            .transpose();
+        let cookie = affinity.cookie.as_ref().map(|c| self.cookie(&format!("{path}.cookie"), c)).transpose();
         let fallback = match affinity.fallback.as_ref() {
             None => Ok(Fallback::default()),
             Some(f) => match f.as_str().to_ascii_lowercase().as_str() {
@@ -683,10 +569,7 @@ impl Validator<'_> {
         };
         Ok(AffinityConfig {
             keys: keys?,
-            hash: HashConfig {
-                vnodes: vnodes?,
-                balance_factor: balance_factor?,
-            },
+            hash: HashConfig { vnodes: vnodes?, balance_factor: balance_factor? },
             cookie: cookie?,
             fallback: fallback?,
         })
@@ -703,37 +586,23 @@ impl Validator<'_> {
         .flatten()
         .collect();
         if set.len() != 1 {
-            let found = if set.is_empty() {
-                "none".to_owned()
-            } else {
-                set.join(" and ")
-            };
-            return Err(self.error(
-                path,
-                format!("set exactly one of header, cookie, query or jwt_claim (found {found})"),
-            ));
+            let found = if set.is_empty() { "none".to_owned() } else { set.join(" and ") };
+            return Err(
+                self.error(path, format!("set exactly one of header, cookie, query or jwt_claim (found {found})"))
+            );
         }
         if let Some(header) = &key.header {
-            return self
-                .header_name(&format!("{path}.header"), header.as_str())
-                .map(KeySource::Header);
+            return self.header_name(&format!("{path}.header"), header.as_str()).map(KeySource::Header);
         }
         if let Some(cookie) = &key.cookie {
-            return self
-                .cookie_name(&format!("{path}.cookie"), cookie.as_str())
-                .map(KeySource::Cookie);
+            return self.cookie_name(&format!("{path}.cookie"), cookie.as_str()).map(KeySource::Cookie);
         }
         if let Some(query) = &key.query {
-            return self
-                .query_name(&format!("{path}.query"), query.as_str())
-                .map(KeySource::Query);
+            return self.query_name(&format!("{path}.query"), query.as_str()).map(KeySource::Query);
         }
         let Some(jwt) = &key.jwt_claim else {
             // `set.len() == 1` and the three other sources were handled above.
-            return Err(self.error(
-                path,
-                "set exactly one of header, cookie, query or jwt_claim",
-            ));
+            return Err(self.error(path, "set exactly one of header, cookie, query or jwt_claim"));
         };
         let from_path = format!("{path}.jwt_claim.from");
         let from = match jwt.from.as_str().split_once(':') {
@@ -749,17 +618,11 @@ impl Validator<'_> {
             )),
         };
         let claim = if jwt.claim.as_str().is_empty() {
-            Err(self.error(
-                &format!("{path}.jwt_claim.claim"),
-                "claim must not be empty",
-            ))
+            Err(self.error(&format!("{path}.jwt_claim.claim"), "claim must not be empty"))
         } else {
             Ok(jwt.claim.0.clone())
         };
-        Ok(KeySource::JwtClaim {
-            from: from?,
-            claim: claim?,
-        })
+        Ok(KeySource::JwtClaim { from: from?, claim: claim? })
     }
 
     fn cookie(&mut self, path: &str, cookie: &FileCookie) -> Checked<CookieConfig> {
@@ -768,33 +631,22 @@ impl Validator<'_> {
             Some(name) => self.cookie_name(&format!("{path}.name"), name.as_str()),
         };
         let ttl = self.duration(&format!("{path}.ttl"), cookie.ttl.as_ref(), Duration::ZERO);
-        let secure = match cookie
-            .secure
-            .as_ref()
-            .map(|s| s.as_str().to_ascii_lowercase())
-        {
-            None => Ok(SecureMode::Auto),
-            Some(s) if s == "auto" => Ok(SecureMode::Auto),
-            Some(s) if s == "true" => Ok(SecureMode::Always),
-            Some(s) if s == "false" => Ok(SecureMode::Never),
-            Some(s) => Err(self.error(
-                &format!("{path}.secure"),
-                format!("invalid secure {s:?}; expected auto, true or false"),
-            )),
-        };
-        let same_site = match cookie
-            .same_site
-            .as_ref()
-            .map(|s| s.as_str().to_ascii_lowercase())
-        {
+        let secure =
+            match cookie.secure.as_ref().map(|s| s.as_str().to_ascii_lowercase()) {
+                None => Ok(SecureMode::Auto),
+                Some(s) if s == "auto" => Ok(SecureMode::Auto),
+                Some(s) if s == "true" => Ok(SecureMode::Always),
+                Some(s) if s == "false" => Ok(SecureMode::Never),
+                Some(s) => Err(self
+                    .error(&format!("{path}.secure"), format!("invalid secure {s:?}; expected auto, true or false"))),
+            };
+        let same_site = match cookie.same_site.as_ref().map(|s| s.as_str().to_ascii_lowercase()) {
             None => Ok(SameSite::Lax),
             Some(s) if s == "lax" => Ok(SameSite::Lax),
             Some(s) if s == "strict" => Ok(SameSite::Strict),
             Some(s) if s == "none" => Ok(SameSite::None),
-            Some(s) => Err(self.error(
-                &format!("{path}.same_site"),
-                format!("invalid same_site {s:?}; expected lax, strict or none"),
-            )),
+            Some(s) => Err(self
+                .error(&format!("{path}.same_site"), format!("invalid same_site {s:?}; expected lax, strict or none"))),
         };
         let same_site = match (same_site, secure) {
             (Ok(SameSite::None), Ok(SecureMode::Never)) => Err(self.error(
@@ -818,19 +670,12 @@ impl Validator<'_> {
                 if is_dns_name(domain.strip_prefix('.').unwrap_or(&domain)) {
                     Ok(domain)
                 } else {
-                    Err(self.error(
-                        &format!("{path}.domain"),
-                        format!("invalid cookie domain {:?}", d.as_str()),
-                    ))
+                    Err(self.error(&format!("{path}.domain"), format!("invalid cookie domain {:?}", d.as_str())))
                 }
             })
             .transpose();
         let key_path = format!("{path}.key_env");
-        let key_env = cookie
-            .key_env
-            .as_ref()
-            .map(|name| self.env_name(&key_path, name))
-            .transpose();
+        let key_env = cookie.key_env.as_ref().map(|name| self.env_name(&key_path, name)).transpose();
         let key_env = key_env.and_then(|name| {
             let Some(name) = name else { return Ok(None) };
             match (self.env)(&name) {
@@ -872,37 +717,19 @@ impl Validator<'_> {
             None => Ok(DEFAULT_HEALTH_PATH.to_owned()),
             Some(p) => self.url_path(&format!("{path}.path"), p),
         };
-        let interval = self.positive_duration(
-            &format!("{path}.interval"),
-            h.interval.as_ref(),
-            DEFAULT_HEALTH_INTERVAL,
-        );
-        let timeout = self.positive_duration(
-            &format!("{path}.timeout"),
-            h.timeout.as_ref(),
-            DEFAULT_HEALTH_TIMEOUT,
-        );
+        let interval =
+            self.positive_duration(&format!("{path}.interval"), h.interval.as_ref(), DEFAULT_HEALTH_INTERVAL);
+        let timeout = self.positive_duration(&format!("{path}.timeout"), h.timeout.as_ref(), DEFAULT_HEALTH_TIMEOUT);
         let timeout = match (timeout, interval) {
             (Ok(t), Ok(i)) if t >= i => Err(self.error(
                 &format!("{path}.timeout"),
-                format!(
-                    "timeout ({}) must be shorter than interval ({})",
-                    format_duration(t),
-                    format_duration(i)
-                ),
+                format!("timeout ({}) must be shorter than interval ({})", format_duration(t), format_duration(i)),
             )),
             (t, _) => t,
         };
-        let healthy_after = self.at_least_one(
-            &format!("{path}.healthy_after"),
-            h.healthy_after,
-            DEFAULT_HEALTHY_AFTER,
-        );
-        let unhealthy_after = self.at_least_one(
-            &format!("{path}.unhealthy_after"),
-            h.unhealthy_after,
-            DEFAULT_UNHEALTHY_AFTER,
-        );
+        let healthy_after = self.at_least_one(&format!("{path}.healthy_after"), h.healthy_after, DEFAULT_HEALTHY_AFTER);
+        let unhealthy_after =
+            self.at_least_one(&format!("{path}.unhealthy_after"), h.unhealthy_after, DEFAULT_UNHEALTHY_AFTER);
         Ok(HealthCheckConfig {
             path: check_path?,
             interval: interval?,
@@ -918,11 +745,8 @@ impl Validator<'_> {
             p.and_then(|p| p.consecutive_failures),
             DEFAULT_CONSECUTIVE_FAILURES,
         );
-        let ejection = self.positive_duration(
-            &format!("{path}.ejection"),
-            p.and_then(|p| p.ejection.as_ref()),
-            DEFAULT_EJECTION,
-        );
+        let ejection =
+            self.positive_duration(&format!("{path}.ejection"), p.and_then(|p| p.ejection.as_ref()), DEFAULT_EJECTION);
         let max_ejection = self.positive_duration(
             &format!("{path}.max_ejection"),
             p.and_then(|p| p.max_ejection.as_ref()),
@@ -947,11 +771,8 @@ impl Validator<'_> {
     }
 
     fn drain(&mut self, path: &str, d: Option<&FileDrain>) -> Checked<DrainConfig> {
-        let timeout = self.duration(
-            &format!("{path}.timeout"),
-            d.and_then(|d| d.timeout.as_ref()),
-            DEFAULT_DRAIN_TIMEOUT,
-        );
+        let timeout =
+            self.duration(&format!("{path}.timeout"), d.and_then(|d| d.timeout.as_ref()), DEFAULT_DRAIN_TIMEOUT);
         let close_spread = self.duration(
             &format!("{path}.close_spread"),
             d.and_then(|d| d.close_spread.as_ref()),
@@ -973,16 +794,10 @@ impl Validator<'_> {
             Some(code @ (1001 | 1012)) => Ok(code),
             Some(code) => Err(self.error(
                 &format!("{path}.close_code"),
-                format!(
-                    "close_code must be 1001 (going away) or 1012 (service restart), got {code}"
-                ),
+                format!("close_code must be 1001 (going away) or 1012 (service restart), got {code}"),
             )),
         };
-        Ok(DrainConfig {
-            timeout: timeout?,
-            close_spread: close_spread?,
-            close_code: close_code?,
-        })
+        Ok(DrainConfig { timeout: timeout?, close_spread: close_spread?, close_code: close_code? })
     }
 
     fn rebalance(&mut self, path: &str, r: Option<&FileRebalance>) -> Checked<RebalanceConfig> {
@@ -1000,31 +815,13 @@ impl Validator<'_> {
     // ----- global sections ---------------------------------------------------------------
 
     fn timeouts(&mut self, t: Option<&FileTimeouts>) -> Checked<Timeouts> {
-        let connect = self.positive_duration(
-            "timeouts.connect",
-            t.and_then(|t| t.connect.as_ref()),
-            DEFAULT_CONNECT,
-        );
-        let header_read = self.positive_duration(
-            "timeouts.header_read",
-            t.and_then(|t| t.header_read.as_ref()),
-            DEFAULT_HEADER_READ,
-        );
-        let request = self.positive_duration(
-            "timeouts.request",
-            t.and_then(|t| t.request.as_ref()),
-            DEFAULT_REQUEST,
-        );
-        let idle = self.positive_duration(
-            "timeouts.idle",
-            t.and_then(|t| t.idle.as_ref()),
-            DEFAULT_IDLE,
-        );
-        let tunnel_idle = self.positive_duration(
-            "timeouts.tunnel_idle",
-            t.and_then(|t| t.tunnel_idle.as_ref()),
-            DEFAULT_TUNNEL_IDLE,
-        );
+        let connect = self.positive_duration("timeouts.connect", t.and_then(|t| t.connect.as_ref()), DEFAULT_CONNECT);
+        let header_read =
+            self.positive_duration("timeouts.header_read", t.and_then(|t| t.header_read.as_ref()), DEFAULT_HEADER_READ);
+        let request = self.positive_duration("timeouts.request", t.and_then(|t| t.request.as_ref()), DEFAULT_REQUEST);
+        let idle = self.positive_duration("timeouts.idle", t.and_then(|t| t.idle.as_ref()), DEFAULT_IDLE);
+        let tunnel_idle =
+            self.positive_duration("timeouts.tunnel_idle", t.and_then(|t| t.tunnel_idle.as_ref()), DEFAULT_TUNNEL_IDLE);
         Ok(Timeouts {
             connect: connect?,
             header_read: header_read?,
@@ -1052,12 +849,7 @@ impl Validator<'_> {
             },
         };
         let max_header_bytes = max_header_bytes.and_then(|size| {
-            usize::try_from(size).map_err(|_| {
-                self.error(
-                    header_path,
-                    "max_header_bytes is too large for this machine",
-                )
-            })
+            usize::try_from(size).map_err(|_| self.error(header_path, "max_header_bytes is too large for this machine"))
         });
         let connections_path = "limits.max_connections";
         let max_connections = match l.and_then(|l| l.max_connections) {
@@ -1066,27 +858,17 @@ impl Validator<'_> {
             Some(n) => Ok(n),
         };
         let max_connections = max_connections.and_then(|n| {
-            usize::try_from(n).map_err(|_| {
-                self.error(
-                    connections_path,
-                    "max_connections is too large for this machine",
-                )
-            })
+            usize::try_from(n)
+                .map_err(|_| self.error(connections_path, "max_connections is too large for this machine"))
         });
-        Ok(Limits {
-            max_header_bytes: max_header_bytes?,
-            max_connections: max_connections?,
-        })
+        Ok(Limits { max_header_bytes: max_header_bytes?, max_connections: max_connections? })
     }
 
     fn trusted_proxies(&mut self, proxies: Option<&[Text]>) -> Checked<Vec<IpNet>> {
         let mut out = Ok(Vec::new());
         for (i, text) in proxies.unwrap_or_default().iter().enumerate() {
             let s = text.as_str();
-            let net = s
-                .parse::<IpNet>()
-                .map(|net| net.trunc())
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
+            let net = s.parse::<IpNet>().map(|net| net.trunc()).or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
             match (net, &mut out) {
                 (Ok(net), Ok(all)) => all.push(net),
                 (Err(_), _) => {
@@ -1113,10 +895,7 @@ impl Validator<'_> {
                 "off" => Ok(AccessLogFormat::Off),
                 _ => Err(self.error(
                     "access_log.format",
-                    format!(
-                        "unknown access log format {:?}; expected json, text or off",
-                        f.as_str()
-                    ),
+                    format!("unknown access log format {:?}; expected json, text or off", f.as_str()),
                 )),
             },
         };
@@ -1125,8 +904,7 @@ impl Validator<'_> {
             Some(names) => {
                 let mut out = Ok(Vec::with_capacity(names.len()));
                 for (i, name) in names.iter().enumerate() {
-                    let checked =
-                        self.query_name(&format!("access_log.redact_query[{i}]"), name.as_str());
+                    let checked = self.query_name(&format!("access_log.redact_query[{i}]"), name.as_str());
                     match (checked, &mut out) {
                         (Ok(n), Ok(all)) => all.push(n),
                         (Err(r), _) => out = Err(r),
@@ -1136,62 +914,32 @@ impl Validator<'_> {
                 out
             }
         };
-        Ok(AccessLogConfig {
-            format: format?,
-            redact_query: redact_query?,
-        })
+        Ok(AccessLogConfig { format: format?, redact_query: redact_query? })
     }
 
     fn shutdown(&mut self, s: Option<&FileShutdown>) -> Checked<ShutdownConfig> {
-        let delay = self.duration(
-            "shutdown.delay",
-            s.and_then(|s| s.delay.as_ref()),
-            DEFAULT_SHUTDOWN_DELAY,
-        );
-        let timeout = self.duration(
-            "shutdown.timeout",
-            s.and_then(|s| s.timeout.as_ref()),
-            DEFAULT_SHUTDOWN_TIMEOUT,
-        );
+        let delay = self.duration("shutdown.delay", s.and_then(|s| s.delay.as_ref()), DEFAULT_SHUTDOWN_DELAY);
+        let timeout = self.duration("shutdown.timeout", s.and_then(|s| s.timeout.as_ref()), DEFAULT_SHUTDOWN_TIMEOUT);
         let timeout = match (timeout, delay) {
             (Ok(t), Ok(d)) if t <= d => Err(self.error(
                 "shutdown.timeout",
-                format!(
-                    "timeout ({}) must be longer than delay ({})",
-                    format_duration(t),
-                    format_duration(d)
-                ),
+                format!("timeout ({}) must be longer than delay ({})", format_duration(t), format_duration(d)),
             )),
             (t, _) => t,
         };
-        Ok(ShutdownConfig {
-            delay: delay?,
-            timeout: timeout?,
-        })
+        Ok(ShutdownConfig { delay: delay?, timeout: timeout? })
     }
 
     // ----- value checks ------------------------------------------------------------------
 
-    fn duration(
-        &mut self,
-        path: &str,
-        text: Option<&Text>,
-        default: Duration,
-    ) -> Checked<Duration> {
+    fn duration(&mut self, path: &str, text: Option<&Text>, default: Duration) -> Checked<Duration> {
         match text {
             None => Ok(default),
-            Some(text) => {
-                parse_duration(text.as_str()).map_err(|e| self.error(path, e.to_string()))
-            }
+            Some(text) => parse_duration(text.as_str()).map_err(|e| self.error(path, e.to_string())),
         }
     }
 
-    fn positive_duration(
-        &mut self,
-        path: &str,
-        text: Option<&Text>,
-        default: Duration,
-    ) -> Checked<Duration> {
+    fn positive_duration(&mut self, path: &str, text: Option<&Text>, default: Duration) -> Checked<Duration> {
         match self.duration(path, text, default)? {
             Duration::ZERO => Err(self.error(path, "must be greater than 0s")),
             d => Ok(d),
@@ -1227,12 +975,8 @@ impl Validator<'_> {
     }
 
     fn backend_address(&mut self, path: &str, text: &Text) -> Checked<BackendAddress> {
-        parse_backend_address(text.as_str()).map_err(|e| {
-            self.error(
-                path,
-                format!("invalid socket address {:?}: {e}", text.as_str()),
-            )
-        })
+        parse_backend_address(text.as_str())
+            .map_err(|e| self.error(path, format!("invalid socket address {:?}: {e}", text.as_str())))
     }
 
     fn env_name(&mut self, path: &str, name: &Text) -> Checked<String> {
@@ -1251,8 +995,7 @@ impl Validator<'_> {
     }
 
     fn header_name(&mut self, path: &str, name: &str) -> Checked<HeaderName> {
-        HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| self.error(path, format!("invalid header name {name:?}")))
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| self.error(path, format!("invalid header name {name:?}")))
     }
 
     fn cookie_name(&mut self, path: &str, name: &str) -> Checked<String> {
@@ -1283,21 +1026,14 @@ impl Validator<'_> {
         if !s.starts_with('/') {
             Err(self.error(path, format!("{s:?} must start with \"/\"")))
         } else if has_space_or_control(s) {
-            Err(self.error(
-                path,
-                format!("{s:?} must not contain spaces or control characters"),
-            ))
+            Err(self.error(path, format!("{s:?} must not contain spaces or control characters")))
         } else {
             Ok(s.to_owned())
         }
     }
 
     fn cookie_attribute(&mut self, path: &str, value: String) -> Checked<String> {
-        if value.contains(';') {
-            Err(self.error(path, format!("{value:?} must not contain \";\"")))
-        } else {
-            Ok(value)
-        }
+        if value.contains(';') { Err(self.error(path, format!("{value:?} must not contain \";\""))) } else { Ok(value) }
     }
 }
 

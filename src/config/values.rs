@@ -23,9 +23,7 @@ pub(super) fn binds_conflict(a: SocketAddr, b: SocketAddr) -> bool {
 pub(super) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 pub(super) fn invalid_name_message(what: &str, name: &str) -> String {
@@ -71,9 +69,7 @@ pub(super) fn is_dns_name(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -94,21 +90,15 @@ pub(super) fn parse_host_match(host: &str) -> Result<HostMatch, String> {
              (e.g. \"*.example.com\")"
         ));
     }
-    let is_ipv6 = lower
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .is_some_and(|h| h.parse::<Ipv6Addr>().is_ok());
+    let is_ipv6 =
+        lower.strip_prefix('[').and_then(|h| h.strip_suffix(']')).is_some_and(|h| h.parse::<Ipv6Addr>().is_ok());
     if is_ipv6 || is_dns_name(&lower) {
         return Ok(HostMatch::Exact(lower));
     }
     if lower.contains(':') {
-        return Err(format!(
-            "invalid host {host:?}; write the host name without a port"
-        ));
+        return Err(format!("invalid host {host:?}; write the host name without a port"));
     }
-    Err(format!(
-        "invalid host {host:?}; expected an exact name, \"*.example.com\" or \"*\""
-    ))
+    Err(format!("invalid host {host:?}; expected an exact name, \"*.example.com\" or \"*\""))
 }
 
 /// Why a backend address was rejected (shown after `invalid socket address "..."`).
@@ -133,8 +123,7 @@ pub enum AddressError {
 pub(super) fn parse_backend_address(text: &str) -> Result<BackendAddress, AddressError> {
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, port) = rest.split_once("]:").ok_or(AddressError::Form)?;
-        host.parse::<Ipv6Addr>()
-            .map_err(|_| AddressError::BadHost(host.to_owned()))?;
+        host.parse::<Ipv6Addr>().map_err(|_| AddressError::BadHost(host.to_owned()))?;
         (host, port)
     } else {
         let (host, port) = text.rsplit_once(':').ok_or(AddressError::Form)?;
@@ -155,10 +144,7 @@ pub(super) fn parse_backend_address(text: &str) -> Result<BackendAddress, Addres
         return Err(AddressError::PortNotNumber(port.to_owned()));
     }
     match port.parse::<u16>() {
-        Ok(number) if number != 0 => Ok(BackendAddress {
-            host: host.to_ascii_lowercase(),
-            port: number,
-        }),
+        Ok(number) if number != 0 => Ok(BackendAddress { host: host.to_ascii_lowercase(), port: number }),
         _ => Err(AddressError::PortOutOfRange(port.to_owned())),
     }
 }
@@ -173,27 +159,13 @@ mod tests {
             ("127.0.0.1:9001", "127.0.0.1", 9001),
             ("[::1]:8080", "::1", 8080),
             ("App:80", "app", 80),
-            (
-                "app_1.svc.cluster.local:65535",
-                "app_1.svc.cluster.local",
-                65535,
-            ),
+            ("app_1.svc.cluster.local:65535", "app_1.svc.cluster.local", 65535),
         ];
         for (text, host, port) in cases {
             let address = parse_backend_address(text).expect(text);
-            assert_eq!(
-                address,
-                BackendAddress {
-                    host: host.into(),
-                    port
-                },
-                "{text}"
-            );
+            assert_eq!(address, BackendAddress { host: host.into(), port }, "{text}");
         }
-        assert_eq!(
-            parse_backend_address("[::1]:8080").map(|a| a.to_string()),
-            Ok("[::1]:8080".to_owned())
-        );
+        assert_eq!(parse_backend_address("[::1]:8080").map(|a| a.to_string()), Ok("[::1]:8080".to_owned()));
     }
 
     #[test]
@@ -201,27 +173,15 @@ mod tests {
         let cases = [
             ("127.0.0.1:99999", "port 99999 is out of range (1-65535)"),
             ("127.0.0.1:0", "port 0 is out of range (1-65535)"),
-            (
-                "127.0.0.1",
-                "expected host:port (e.g. \"127.0.0.1:9001\", \"[::1]:9001\" or \"app:8080\")",
-            ),
+            ("127.0.0.1", "expected host:port (e.g. \"127.0.0.1:9001\", \"[::1]:9001\" or \"app:8080\")"),
             (":80", "the host is empty"),
-            (
-                "::1:80",
-                "IPv6 addresses must be in brackets (e.g. \"[::1]:8080\")",
-            ),
+            ("::1:80", "IPv6 addresses must be in brackets (e.g. \"[::1]:8080\")"),
             ("[zz]:80", "\"zz\" is neither an IP address nor a DNS name"),
-            (
-                "999.1.1.1:80",
-                "\"999.1.1.1\" is neither an IP address nor a DNS name",
-            ),
+            ("999.1.1.1:80", "\"999.1.1.1\" is neither an IP address nor a DNS name"),
             ("a b:80", "\"a b\" is neither an IP address nor a DNS name"),
             ("app:http", "the port \"http\" is not a number"),
             ("app:", "the port \"\" is not a number"),
-            (
-                "app:99999999999999999999999",
-                "port 99999999999999999999999 is out of range (1-65535)",
-            ),
+            ("app:99999999999999999999999", "port 99999999999999999999999 is out of range (1-65535)"),
         ];
         for (text, reason) in cases {
             let err = parse_backend_address(text).expect_err(text);
@@ -232,40 +192,18 @@ mod tests {
     #[test]
     fn host_patterns() {
         assert_eq!(parse_host_match("*"), Ok(HostMatch::Any));
-        assert_eq!(
-            parse_host_match("*.Example.COM"),
-            Ok(HostMatch::Suffix(".example.com".into()))
-        );
-        assert_eq!(
-            parse_host_match("Api.Example.com"),
-            Ok(HostMatch::Exact("api.example.com".into()))
-        );
-        assert_eq!(
-            parse_host_match("10.0.0.1"),
-            Ok(HostMatch::Exact("10.0.0.1".into()))
-        );
-        assert_eq!(
-            parse_host_match("[::1]"),
-            Ok(HostMatch::Exact("[::1]".into()))
-        );
-        for bad in [
-            "",
-            "*.",
-            "**",
-            "a.*.com",
-            "*example.com",
-            "a b",
-            "host:80",
-            "a..b",
-        ] {
+        assert_eq!(parse_host_match("*.Example.COM"), Ok(HostMatch::Suffix(".example.com".into())));
+        assert_eq!(parse_host_match("Api.Example.com"), Ok(HostMatch::Exact("api.example.com".into())));
+        assert_eq!(parse_host_match("10.0.0.1"), Ok(HostMatch::Exact("10.0.0.1".into())));
+        assert_eq!(parse_host_match("[::1]"), Ok(HostMatch::Exact("[::1]".into())));
+        for bad in ["", "*.", "**", "a.*.com", "*example.com", "a b", "host:80", "a..b"] {
             assert!(parse_host_match(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn binds_conflict_on_the_same_port_unless_it_is_zero() {
-        let conflict =
-            |a: &str, b: &str| binds_conflict(a.parse().expect("addr"), b.parse().expect("addr"));
+        let conflict = |a: &str, b: &str| binds_conflict(a.parse().expect("addr"), b.parse().expect("addr"));
         assert!(conflict("127.0.0.1:80", "127.0.0.1:80"));
         assert!(conflict("0.0.0.0:80", "127.0.0.1:80"));
         assert!(conflict("127.0.0.1:80", "0.0.0.0:80"));

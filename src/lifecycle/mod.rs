@@ -1,7 +1,9 @@
-//! Lifecycle: draining, rebalancing and shutdown decisions over time.
+//! Lifecycle of backends and of the proxy: drains, rebalancing, and their timing.
 //!
-//! Owns: when things end (which tunnel is closed when, how long a drain may take). Must not:
-//! move bytes or touch sockets itself; the relays and listeners act on what it decides, and
-//! every decision takes the current `Instant` as an argument instead of reading the clock.
+//! Owns: when tunnels are asked to close ([`drain`], [`rebalance`]) and the pure schedules that
+//! space those closes out ([`schedule`]). Must not: move bytes (the tunnel relay writes the
+//! Close frames) or decide availability (that is `upstream::health`).
 
+pub mod drain;
+pub mod rebalance;
 pub mod schedule;

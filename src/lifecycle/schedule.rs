@@ -41,26 +41,14 @@ impl CloseSchedule {
     /// `spread * (n - 1) / n`, at least half of `spread` for `n >= 2`. `n = 0` yields nothing;
     /// a zero `spread` closes everything at `start`.
     pub fn spread(start: Instant, spread: Duration, n: usize) -> Self {
-        Self {
-            start,
-            pace: Pace::Spread {
-                total: spread.as_nanos(),
-            },
-            len: n,
-            next: 0,
-        }
+        Self { start, pace: Pace::Spread { total: spread.as_nanos() }, len: n, next: 0 }
     }
 
     /// At most `per_second` closes in any one-second window `[t, t + 1s)`: close `i` at
     /// `start + i / per_second` seconds (exact to the nanosecond, floored). `per_second = 0`
     /// honours the limit literally: no close is ever due (config validation should reject 0).
     pub fn rate_limited(start: Instant, per_second: u32, n: usize) -> Self {
-        Self {
-            start,
-            pace: Pace::Rate { per_second },
-            len: n,
-            next: 0,
-        }
+        Self { start, pace: Pace::Rate { per_second }, len: n, next: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -142,23 +130,14 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn all_times(schedule: &CloseSchedule) -> Vec<Instant> {
-        (0..schedule.len())
-            .map(|i| {
-                schedule
-                    .at(i)
-                    .expect("every index below len is due at some instant")
-            })
-            .collect()
+        (0..schedule.len()).map(|i| schedule.at(i).expect("every index below len is due at some instant")).collect()
     }
 
     #[test]
     fn four_closes_over_two_seconds_are_half_a_second_apart() {
         let start = Instant::now();
         let schedule = CloseSchedule::spread(start, Duration::from_secs(2), 4);
-        assert_eq!(
-            all_times(&schedule),
-            [0, 500, 1000, 1500].map(|ms| start + ms * MS)
-        );
+        assert_eq!(all_times(&schedule), [0, 500, 1000, 1500].map(|ms| start + ms * MS));
         assert_eq!(schedule.at(4), None);
     }
 
@@ -166,10 +145,7 @@ mod tests {
     fn uneven_division_floors_each_instant_to_the_nanosecond() {
         let start = Instant::now();
         let schedule = CloseSchedule::spread(start, Duration::from_nanos(10), 3);
-        let offsets: Vec<Duration> = all_times(&schedule)
-            .iter()
-            .map(|t| t.duration_since(start))
-            .collect();
+        let offsets: Vec<Duration> = all_times(&schedule).iter().map(|t| t.duration_since(start)).collect();
         assert_eq!(offsets, [0, 3, 6].map(Duration::from_nanos));
     }
 
@@ -200,11 +176,7 @@ mod tests {
         assert_eq!(schedule.due(start + 499 * MS), 0..2);
         assert_eq!(schedule.next_due(), Some(start + 500 * MS));
         assert_eq!(schedule.due(start + 499 * MS), 2..2);
-        assert_eq!(
-            schedule.due(start + 100 * MS),
-            2..2,
-            "time going back returns nothing"
-        );
+        assert_eq!(schedule.due(start + 100 * MS), 2..2, "time going back returns nothing");
         assert_eq!(schedule.due(start + 500 * MS), 2..3);
         assert_eq!(schedule.due(start + Duration::from_secs(60)), 3..4);
         assert_eq!(schedule.next_due(), None);
@@ -215,10 +187,7 @@ mod tests {
     fn rate_limit_paces_closes_at_exact_intervals() {
         let start = Instant::now();
         let mut schedule = CloseSchedule::rate_limited(start, 4, 6);
-        assert_eq!(
-            all_times(&schedule),
-            [0, 250, 500, 750, 1000, 1250].map(|ms| start + ms * MS)
-        );
+        assert_eq!(all_times(&schedule), [0, 250, 500, 750, 1000, 1250].map(|ms| start + ms * MS));
         assert_eq!(schedule.due(start + 999 * MS), 0..4);
         assert_eq!(schedule.due(start + 1000 * MS), 4..5);
     }
@@ -249,12 +218,7 @@ mod tests {
     }
 
     fn proptest_config(cases: u32, seed: u64) -> ProptestConfig {
-        ProptestConfig {
-            cases,
-            rng_seed: RngSeed::Fixed(seed),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
+        ProptestConfig { cases, rng_seed: RngSeed::Fixed(seed), failure_persistence: None, ..ProptestConfig::default() }
     }
 
     /// Spreads from 0 to 1000 s, weighted to the seconds-long windows drains use.

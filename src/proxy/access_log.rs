@@ -52,10 +52,7 @@ pub struct TunnelRecord<'a> {
 
 impl AccessLog {
     pub fn new(config: &AccessLogConfig) -> Self {
-        Self {
-            enabled: config.format != AccessLogFormat::Off,
-            redact_query: config.redact_query.clone(),
-        }
+        Self { enabled: config.format != AccessLogFormat::Off, redact_query: config.redact_query.clone() }
     }
 
     pub fn request(&self, r: &RequestRecord<'_>) {
@@ -123,9 +120,7 @@ pub fn redact_query<'a>(path_and_query: &'a str, names: &[String]) -> Cow<'a, st
                 Some((n, _)) => (n, true),
                 None => (pair, false),
             };
-            let name: String = form_urlencoded::parse(raw_name.as_bytes())
-                .map(|(k, _)| k.into_owned())
-                .collect();
+            let name: String = form_urlencoded::parse(raw_name.as_bytes()).map(|(k, _)| k.into_owned()).collect();
             if has_value && names.iter().any(|n| n == &name) {
                 changed = true;
                 Cow::Owned(format!("{raw_name}=REDACTED"))
@@ -154,26 +149,17 @@ mod tests {
             redact_query("/ws?room=a%20b&access_token=s3cr3t&x", &names()),
             "/ws?room=a%20b&access_token=REDACTED&x"
         );
-        assert_eq!(
-            redact_query("/ws?token=1&token=2", &names()),
-            "/ws?token=REDACTED&token=REDACTED"
-        );
+        assert_eq!(redact_query("/ws?token=1&token=2", &names()), "/ws?token=REDACTED&token=REDACTED");
     }
 
     #[test]
     fn encoded_parameter_names_are_caught() {
-        assert_eq!(
-            redact_query("/?acc%65ss_token=abc", &names()),
-            "/?acc%65ss_token=REDACTED"
-        );
+        assert_eq!(redact_query("/?acc%65ss_token=abc", &names()), "/?acc%65ss_token=REDACTED");
     }
 
     #[test]
     fn paths_without_sensitive_parameters_are_untouched() {
-        assert!(matches!(
-            redact_query("/a?tokenized=1", &names()),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(redact_query("/a?tokenized=1", &names()), Cow::Borrowed(_)));
         assert!(matches!(redact_query("/a", &names()), Cow::Borrowed(_)));
         assert!(matches!(redact_query("/a?", &names()), Cow::Borrowed(_)));
     }

@@ -20,17 +20,11 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     pub fn new(inner: Incoming, counted: Arc<AtomicU64>) -> Self {
-        Self {
-            inner: Some(inner),
-            counted,
-        }
+        Self { inner: Some(inner), counted }
     }
 
     pub fn empty() -> Self {
-        Self {
-            inner: None,
-            counted: Arc::default(),
-        }
+        Self { inner: None, counted: Arc::default() }
     }
 }
 
@@ -38,10 +32,7 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -59,9 +50,7 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -81,21 +70,13 @@ pub struct ClientBody {
 
 impl ClientBody {
     pub fn upstream(body: Incoming, exchange: Exchange) -> Self {
-        Self {
-            source: Source::Upstream(body),
-            bytes: 0,
-            exchange: Some(exchange),
-        }
+        Self { source: Source::Upstream(body), bytes: 0, exchange: Some(exchange) }
     }
 
     pub fn full(bytes: impl Into<Bytes>, exchange: Option<Exchange>) -> Self {
         let bytes = bytes.into();
         let source = Source::Full((!bytes.is_empty()).then_some(bytes));
-        Self {
-            source,
-            bytes: 0,
-            exchange,
-        }
+        Self { source, bytes: 0, exchange }
     }
 
     fn finish(&mut self, complete: bool) {
@@ -109,10 +90,7 @@ impl Body for ClientBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -140,9 +118,7 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            Source::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Source::Upstream(body) => body.size_hint(),
         }
     }

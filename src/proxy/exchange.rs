@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::Method;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::ClientConn;
 use super::access_log::{AccessLog, RequestRecord};
-use crate::upstream::Backend;
+use crate::balance::LoadGuard;
 use crate::upstream::pool::Sender;
+use crate::upstream::{Backend, Upstream};
 
 /// Everything that must happen when a request ends, however it ends: the access log line,
 /// backend counters, returning the backend connection to its pool (only after a complete
@@ -28,6 +30,9 @@ pub struct Exchange {
     pub backend: Option<Arc<Backend>>,
     /// The backend connection, reusable once the response body was read to its end.
     pub reusable: Option<Sender>,
+    /// The backend's load unit, released when the response ends.
+    pub guard: Option<LoadGuard>,
+    latency: Option<Histogram>,
     log: Arc<AccessLog>,
     finished: bool,
 }
@@ -51,9 +56,16 @@ impl Exchange {
             upstream: None,
             backend: None,
             reusable: None,
+            guard: None,
+            latency: None,
             log,
             finished: false,
         }
+    }
+
+    pub fn set_upstream(&mut self, upstream: &Upstream) {
+        self.upstream = Some(upstream.name.clone());
+        self.latency = Some(upstream.request_duration.clone());
     }
 
     pub fn client(&self) -> &Arc<ClientConn> {
@@ -76,17 +88,16 @@ impl Exchange {
         self.finished = true;
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         if let Some(backend) = &self.backend {
-            backend
-                .stats
-                .bytes_in
-                .fetch_add(bytes_in, Ordering::Relaxed);
-            backend
-                .stats
-                .bytes_out
-                .fetch_add(bytes_out, Ordering::Relaxed);
+            backend.metrics.request(self.status);
+            backend.metrics.bytes_in.inc_by(bytes_in);
+            backend.metrics.bytes_out.inc_by(bytes_out);
             if let (true, Some(sender)) = (complete, self.reusable.take()) {
                 backend.pool.put(sender);
             }
+        }
+        self.guard = None;
+        if let Some(latency) = &self.latency {
+            latency.observe(self.started.elapsed().as_secs_f64());
         }
         self.client.state.request_finished();
         self.log.request(&RequestRecord {

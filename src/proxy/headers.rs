@@ -32,33 +32,20 @@ pub fn wants_websocket<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.method() == Method::GET
         && connection_has_token(req.headers(), "upgrade")
-        && req
-            .headers()
-            .get_all(header::UPGRADE)
-            .iter()
-            .any(|v| list_has_token(v, "websocket"))
+        && req.headers().get_all(header::UPGRADE).iter().any(|v| list_has_token(v, "websocket"))
 }
 
 /// True if a `101 Switching Protocols` response confirms the WebSocket upgrade.
 pub fn confirms_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|v| list_has_token(v, "websocket"))
+    headers.get_all(header::UPGRADE).iter().any(|v| list_has_token(v, "websocket"))
 }
 
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| list_has_token(v, token))
+    headers.get_all(header::CONNECTION).iter().any(|v| list_has_token(v, token))
 }
 
 fn list_has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        .unwrap_or(false)
+    value.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false)
 }
 
 /// Remove hop-by-hop headers, including every header named in `Connection`.
@@ -168,9 +155,7 @@ pub fn check_request<B>(req: &Request<B>, saw_length_conflict: bool) -> Result<(
         return Err(Malformed::LengthConflict);
     }
     let headers = req.headers();
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
         return Err(Malformed::LengthConflict);
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
@@ -217,9 +202,7 @@ pub fn host_name(raw: &[u8]) -> Option<String> {
         }
     };
     let ok = !host.is_empty()
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
-        });
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
     ok.then(|| host.to_ascii_lowercase())
 }
 
@@ -238,10 +221,7 @@ mod tests {
     use super::*;
 
     fn req(headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::builder()
-            .method("GET")
-            .uri("/")
-            .version(Version::HTTP_11);
+        let mut b = Request::builder().method("GET").uri("/").version(Version::HTTP_11);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -250,14 +230,8 @@ mod tests {
 
     #[test]
     fn websocket_upgrade_is_recognised_with_token_lists_and_case() {
-        assert!(wants_websocket(&req(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "WebSocket")
-        ])));
-        assert!(!wants_websocket(&req(&[
-            ("connection", "upgrade"),
-            ("upgrade", "h2c")
-        ])));
+        assert!(wants_websocket(&req(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")])));
+        assert!(!wants_websocket(&req(&[("connection", "upgrade"), ("upgrade", "h2c")])));
         assert!(!wants_websocket(&req(&[("upgrade", "websocket")])));
         let mut post = req(&[("connection", "upgrade"), ("upgrade", "websocket")]);
         *post.method_mut() = Method::POST;
@@ -267,10 +241,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_connection_listed_ones_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("close, x-secret-hop"),
-        );
+        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -289,11 +260,7 @@ mod tests {
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil"));
-        let facts = ClientFacts {
-            peer: "10.0.0.9".parse().unwrap(),
-            is_tls: false,
-            host: Some("app.test"),
-        };
+        let facts = ClientFacts { peer: "10.0.0.9".parse().unwrap(), is_tls: false, host: Some("app.test") };
         set_forwarded(&mut h, facts, &[]);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
@@ -307,11 +274,7 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let facts = ClientFacts {
-            peer: "10.1.2.3".parse().unwrap(),
-            is_tls: false,
-            host: Some("h"),
-        };
+        let facts = ClientFacts { peer: "10.1.2.3".parse().unwrap(), is_tls: false, host: Some("h") };
         set_forwarded(&mut h, facts, &trusted);
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
@@ -322,11 +285,7 @@ mod tests {
     fn ipv4_mapped_peer_matches_ipv4_trust_and_is_logged_as_ipv4() {
         let mut h = HeaderMap::new();
         let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
-        let facts = ClientFacts {
-            peer: "::ffff:127.0.0.1".parse().unwrap(),
-            is_tls: true,
-            host: None,
-        };
+        let facts = ClientFacts { peer: "::ffff:127.0.0.1".parse().unwrap(), is_tls: true, host: None };
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("9.9.9.9"));
         set_forwarded(&mut h, facts, &trusted);
         assert_eq!(h[X_FORWARDED_FOR], "9.9.9.9, 127.0.0.1");
@@ -334,48 +293,21 @@ mod tests {
 
     #[test]
     fn ambiguous_framing_and_hosts_are_malformed() {
+        assert_eq!(check_request(&req(&[]), true), Err(Malformed::LengthConflict));
         assert_eq!(
-            check_request(&req(&[]), true),
+            check_request(&req(&[("content-length", "5"), ("transfer-encoding", "chunked")]), false),
             Err(Malformed::LengthConflict)
         );
-        assert_eq!(
-            check_request(
-                &req(&[("content-length", "5"), ("transfer-encoding", "chunked")]),
-                false
-            ),
-            Err(Malformed::LengthConflict)
-        );
-        assert_eq!(
-            check_request(&req(&[("content-length", "+5")]), false),
-            Err(Malformed::BadContentLength)
-        );
-        assert_eq!(
-            check_request(&req(&[("host", "a"), ("host", "b")]), false),
-            Err(Malformed::ManyHosts)
-        );
-        assert_eq!(
-            check_request(&req(&[("host", "a b")]), false),
-            Err(Malformed::BadHost)
-        );
-        assert_eq!(
-            check_request(&req(&[("host", "a:99x")]), false),
-            Err(Malformed::BadHost)
-        );
-        assert_eq!(
-            check_request(
-                &req(&[("host", "App.Test:8080"), ("content-length", "0")]),
-                false
-            ),
-            Ok(())
-        );
+        assert_eq!(check_request(&req(&[("content-length", "+5")]), false), Err(Malformed::BadContentLength));
+        assert_eq!(check_request(&req(&[("host", "a"), ("host", "b")]), false), Err(Malformed::ManyHosts));
+        assert_eq!(check_request(&req(&[("host", "a b")]), false), Err(Malformed::BadHost));
+        assert_eq!(check_request(&req(&[("host", "a:99x")]), false), Err(Malformed::BadHost));
+        assert_eq!(check_request(&req(&[("host", "App.Test:8080"), ("content-length", "0")]), false), Ok(()));
     }
 
     #[test]
     fn host_names_are_normalised() {
-        assert_eq!(
-            host_name(b"Example.COM:443").as_deref(),
-            Some("example.com")
-        );
+        assert_eq!(host_name(b"Example.COM:443").as_deref(), Some("example.com"));
         assert_eq!(host_name(b"[::1]:8080").as_deref(), Some("[::1]"));
         assert_eq!(host_name(b"localhost").as_deref(), Some("localhost"));
         assert_eq!(host_name(b"").as_deref(), None);

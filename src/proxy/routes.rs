@@ -10,9 +10,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(routes: &[RouteConfig]) -> Self {
-        Self {
-            routes: routes.to_vec(),
-        }
+        Self { routes: routes.to_vec() }
     }
 
     /// The upstream of the first route matching `host` (lowercase, without port; None when the
@@ -30,9 +28,7 @@ fn host_matches(rule: &HostMatch, host: Option<&str>) -> bool {
         (HostMatch::Any, _) => true,
         (HostMatch::Exact(name), Some(h)) => name == h,
         // "*.example.com" matches "a.example.com" and "a.b.example.com", not "example.com".
-        (HostMatch::Suffix(suffix), Some(h)) => {
-            h.len() > suffix.len() && h.ends_with(suffix.as_str())
-        }
+        (HostMatch::Suffix(suffix), Some(h)) => h.len() > suffix.len() && h.ends_with(suffix.as_str()),
         (_, None) => false,
     }
 }
@@ -42,11 +38,7 @@ mod tests {
     use super::*;
 
     fn route(host: HostMatch, prefix: &str, upstream: &str) -> RouteConfig {
-        RouteConfig {
-            host,
-            path_prefix: prefix.into(),
-            upstream: upstream.into(),
-        }
+        RouteConfig { host, path_prefix: prefix.into(), upstream: upstream.into() }
     }
 
     fn table() -> RouteTable {

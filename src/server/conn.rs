@@ -125,13 +125,7 @@ impl<S> ConnIo<S> {
     }
 
     pub fn with_prefix(inner: S, state: Arc<ConnState>, prefix: Vec<u8>) -> Self {
-        Self {
-            inner,
-            state,
-            sniffer: HeadSniffer::new(),
-            prefix,
-            prefix_read: 0,
-        }
+        Self { inner, state, sniffer: HeadSniffer::new(), prefix, prefix_read: 0 }
     }
 
     /// The stream, once hyper hands it back after a WebSocket upgrade.
@@ -141,11 +135,7 @@ impl<S> ConnIo<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         if this.prefix_read < this.prefix.len() {
@@ -156,8 +146,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
                 this.prefix = Vec::new();
                 this.prefix_read = 0;
             }
-            this.state
-                .on_bytes_read(&mut this.sniffer, &buf.filled()[before..]);
+            this.state.on_bytes_read(&mut this.sniffer, &buf.filled()[before..]);
             return Poll::Ready(Ok(()));
         }
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -170,11 +159,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -210,10 +195,7 @@ mod tests {
         assert_eq!(state.phase().0, Phase::Idle);
         state.on_bytes_read(&mut sniffer, b"GET / HTTP/1.1\r\n");
         assert_eq!(state.phase().0, Phase::Head);
-        state.on_bytes_read(
-            &mut sniffer,
-            b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        );
+        state.on_bytes_read(&mut sniffer, b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
         state.request_started();
         assert_eq!(state.phase().0, Phase::Busy);
         assert!(state.take_length_conflict());

@@ -11,8 +11,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -32,36 +35,44 @@ const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: te
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// One listener's settings.
+/// One listener's settings. TLS settings are swapped in place when a reload re-reads the
+/// certificates; connections already open keep the settings they started with.
 pub struct ListenerCtx {
     pub name: Arc<str>,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<ArcSwap<rustls::ServerConfig>>,
+    pub open: Gauge,
+    pub refused: Counter,
 }
 
-/// Accept until `shutdown`; each connection is served on a task owned by `conns`.
+/// Accept until `stop`; each connection is served on a task owned by `conns`, and finishes
+/// gracefully when `conns_stop` fires.
 pub async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ListenerCtx>,
     proxy: Arc<Proxy>,
     slots: Arc<Semaphore>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
+    conns_stop: CancellationToken,
     conns: TaskTracker,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 match slots.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let (ctx, proxy, shutdown) = (ctx.clone(), proxy.clone(), shutdown.clone());
-                        conns.spawn(serve_conn(stream, peer, ctx, proxy, permit, shutdown));
+                        let (ctx, proxy, conns_stop) = (ctx.clone(), proxy.clone(), conns_stop.clone());
+                        conns.spawn(serve_conn(stream, peer, ctx, proxy, permit, conns_stop));
                     }
-                    Err(_) => refuse(stream, ctx.tls.is_some()),
+                    Err(_) => {
+                        ctx.refused.inc();
+                        refuse(stream, ctx.tls.is_some());
+                    }
                 }
             }
             Err(e) if is_resource_exhaustion(&e) => {
@@ -69,7 +80,7 @@ pub async fn accept_loop(
                 tracing::warn!(listener = %ctx.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return,
+                    _ = stop.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
@@ -79,10 +90,7 @@ pub async fn accept_loop(
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// Over the connection limit: a plain client gets a 503 it can read; a TLS client only a
@@ -104,47 +112,42 @@ async fn serve_conn(
 ) {
     let _ = stream.set_nodelay(true);
     let timeouts = proxy.runtime().config.timeouts.clone();
+    ctx.open.inc();
+    let _open = OpenConn(&ctx.open);
     match &ctx.tls {
-        Some(acceptor) => {
-            let tls =
-                match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
+        Some(tls) => {
+            let acceptor = TlsAcceptor::from(tls.load_full());
+            let tls = match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
             let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_http(
-                tls,
-                Vec::new(),
-                is_h2,
-                true,
-                peer,
-                &ctx,
-                proxy,
-                permit,
-                &timeouts,
-                shutdown,
-            )
-            .await;
+            serve_http(tls, Vec::new(), is_h2, true, peer, &ctx, proxy, permit, &timeouts, shutdown).await;
         }
         None => {
             let mut stream = stream;
-            let (prefix, is_h2) =
-                match tokio::time::timeout(timeouts.header_read, read_preface(&mut stream)).await {
-                    Ok(Ok(found)) => found,
-                    Ok(Err(_)) | Err(_) => return,
-                };
-            serve_http(
-                stream, prefix, is_h2, false, peer, &ctx, proxy, permit, &timeouts, shutdown,
-            )
-            .await;
+            let (prefix, is_h2) = match tokio::time::timeout(timeouts.header_read, read_preface(&mut stream)).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(_)) | Err(_) => return,
+            };
+            serve_http(stream, prefix, is_h2, false, peer, &ctx, proxy, permit, &timeouts, shutdown).await;
         }
+    }
+}
+
+/// Decrements the open-connections gauge when the connection task ends, however it ends.
+struct OpenConn<'a>(&'a Gauge);
+
+impl Drop for OpenConn<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -244,12 +247,7 @@ where
 
 /// Drive `conn`, enforcing `idle` (no request in flight) and `header_read` (a head that
 /// started arriving must complete), and finishing gracefully on shutdown.
-async fn watch<C: Graceful>(
-    conn: C,
-    state: &ConnState,
-    timeouts: &Timeouts,
-    shutdown: &CancellationToken,
-) {
+async fn watch<C: Graceful>(conn: C, state: &ConnState, timeouts: &Timeouts, shutdown: &CancellationToken) {
     tokio::pin!(conn);
     let mut closing = false;
     loop {

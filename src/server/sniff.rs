@@ -133,24 +133,20 @@ mod tests {
 
     #[test]
     fn header_names_that_only_start_alike_do_not_count() {
-        let (_, facts) = sniff_all(
-            b"GET / HTTP/1.1\r\nContent-Lengthy: 1\r\nX-Transfer-Encoding: chunked\r\n\r\n",
-        )
-        .unwrap();
+        let (_, facts) =
+            sniff_all(b"GET / HTTP/1.1\r\nContent-Lengthy: 1\r\nX-Transfer-Encoding: chunked\r\n\r\n").unwrap();
         assert_eq!(facts, HeadFacts::default());
     }
 
     #[test]
     fn values_mentioning_the_names_do_not_count() {
-        let (_, facts) =
-            sniff_all(b"GET /content-length: HTTP/1.1\r\nX: transfer-encoding:\r\n\r\n").unwrap();
+        let (_, facts) = sniff_all(b"GET /content-length: HTTP/1.1\r\nX: transfer-encoding:\r\n\r\n").unwrap();
         assert_eq!(facts, HeadFacts::default());
     }
 
     #[test]
     fn any_split_of_the_input_gives_the_same_answer() {
-        let head =
-            b"\r\nPUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        let head = b"\r\nPUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
         for split in 0..head.len() {
             let mut s = HeadSniffer::new();
             let first = s.feed(&head[..split]);
@@ -164,12 +160,8 @@ mod tests {
     #[test]
     fn consecutive_heads_are_judged_separately() {
         let mut s = HeadSniffer::new();
-        let (_, first) = s
-            .feed(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-            .unwrap();
-        let (_, second) = s
-            .feed(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .unwrap();
+        let (_, first) = s.feed(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let (_, second) = s.feed(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
         assert!(!first.is_length_conflict() && !second.is_length_conflict());
     }
 }

@@ -28,20 +28,12 @@ impl SniResolver {
             for name in &cert.names {
                 // Earlier certificates win for a name listed twice, like "first is default".
                 match name.strip_prefix("*.") {
-                    Some(parent) => wildcard
-                        .entry(parent.to_owned())
-                        .or_insert_with(|| cert.certified.clone()),
-                    None => exact
-                        .entry(name.clone())
-                        .or_insert_with(|| cert.certified.clone()),
+                    Some(parent) => wildcard.entry(parent.to_owned()).or_insert_with(|| cert.certified.clone()),
+                    None => exact.entry(name.clone()).or_insert_with(|| cert.certified.clone()),
                 };
             }
         }
-        Some(Self {
-            exact,
-            wildcard,
-            default,
-        })
+        Some(Self { exact, wildcard, default })
     }
 
     fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
@@ -68,8 +60,7 @@ impl ResolvesServerCert for SniResolver {
 
 /// The rustls server settings of one TLS listener.
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let resolver = SniResolver::new(tls)
-        .ok_or_else(|| rustls::Error::General("no certificate configured".into()))?;
+    let resolver = SniResolver::new(tls).ok_or_else(|| rustls::Error::General("no certificate configured".into()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?

@@ -109,12 +109,7 @@ pub struct FrameTracker {
 impl FrameTracker {
     /// A tracker at the start of a stream, which is a frame boundary.
     pub const fn new() -> Self {
-        Self {
-            remaining: 0,
-            partial: [0; MAX_HEADER_LEN],
-            partial_len: 0,
-            close_seen: false,
-        }
+        Self { remaining: 0, partial: [0; MAX_HEADER_LEN], partial_len: 0, close_seen: false }
     }
 
     /// Account for `bytes` being forwarded. Calls `on_header` for every frame header completed
@@ -184,11 +179,7 @@ impl FrameTracker {
             }
         }
         let have = usize::from(self.partial_len);
-        let want = if have < 2 {
-            2
-        } else {
-            header_len(self.partial[1])
-        };
+        let want = if have < 2 { 2 } else { header_len(self.partial[1]) };
         // `want > have` by the `partial_len` invariant, so at least one byte is taken.
         let take = (want - have).min(bytes.len());
         self.partial[have..have + take].copy_from_slice(&bytes[..take]);
@@ -316,9 +307,7 @@ mod tests {
     use proptest::sample::Index;
     use proptest::test_runner::{Config as ProptestConfig, RngSeed};
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::{
-        Frame, FrameHeader as TFrameHeader, FrameSocket,
-    };
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader as TFrameHeader, FrameSocket};
     use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
     use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::ProtocolError};
 
@@ -332,13 +321,7 @@ mod tests {
     }
 
     fn header(fin: bool, opcode: u8, masked: bool, payload_len: u64) -> FrameHeader {
-        FrameHeader {
-            fin,
-            rsv: 0,
-            opcode,
-            masked,
-            payload_len,
-        }
+        FrameHeader { fin, rsv: 0, opcode, masked, payload_len }
     }
 
     /// Feeding `stream` whole, and one byte at a time, must both report `expected` and end at a
@@ -353,12 +336,7 @@ mod tests {
         assert!(bytewise.is_at_boundary());
         for (i, byte) in stream.iter().enumerate() {
             bytewise.advance(std::slice::from_ref(byte), |h| seen.push(h));
-            assert_eq!(
-                bytewise.is_at_boundary(),
-                boundaries.contains(&(i + 1)),
-                "after byte {}",
-                i + 1
-            );
+            assert_eq!(bytewise.is_at_boundary(), boundaries.contains(&(i + 1)), "after byte {}", i + 1);
         }
         assert_eq!(seen, expected);
     }
@@ -384,11 +362,7 @@ mod tests {
             let mut stream = vec![0x82, 126];
             stream.extend_from_slice(&(len as u16).to_be_bytes());
             stream.resize(4 + len as usize, 0x81);
-            check_stream(
-                &stream,
-                &[header(true, opcode::BINARY, false, len)],
-                &[stream.len()],
-            );
+            check_stream(&stream, &[header(true, opcode::BINARY, false, len)], &[stream.len()]);
         }
     }
 
@@ -400,10 +374,7 @@ mod tests {
         stream.extend_from_slice(&[1, 2, 3, 4]);
         stream.resize(14 + len as usize, 0x88);
         let mut tracker = FrameTracker::new();
-        assert_eq!(
-            headers_of(&mut tracker, &stream[..14]),
-            [header(false, opcode::BINARY, true, len)]
-        );
+        assert_eq!(headers_of(&mut tracker, &stream[..14]), [header(false, opcode::BINARY, true, len)]);
         assert!(!tracker.is_at_boundary());
         assert_eq!(tracker.next_boundary_within(&stream[14..]), Some(65536));
         assert_eq!(tracker.next_boundary_within(&stream[14..100]), None);
@@ -486,10 +457,7 @@ mod tests {
     fn close_seen_is_set_by_the_close_header_only() {
         let mut tracker = FrameTracker::new();
         tracker.advance(&[0x82, 0x02, 0x88, 0x00], |_| {});
-        assert!(
-            !tracker.close_seen(),
-            "0x88 inside a payload is not a Close"
-        );
+        assert!(!tracker.close_seen(), "0x88 inside a payload is not a Close");
         tracker.advance(&[0x88], |_| {});
         assert!(!tracker.close_seen(), "half a header is not a Close yet");
         tracker.advance(&[0x02, 0x03], |_| {});
@@ -517,10 +485,7 @@ mod tests {
         let mut stream = vec![0x82, 127];
         stream.extend_from_slice(&u64::MAX.to_be_bytes());
         let mut tracker = FrameTracker::new();
-        assert_eq!(
-            headers_of(&mut tracker, &stream),
-            [header(true, opcode::BINARY, false, u64::MAX)]
-        );
+        assert_eq!(headers_of(&mut tracker, &stream), [header(true, opcode::BINARY, false, u64::MAX)]);
         let junk = vec![0x88; 1 << 20];
         assert_eq!(tracker.next_boundary_within(&junk), None);
         assert!(headers_of(&mut tracker, &junk).is_empty());
@@ -575,10 +540,7 @@ mod tests {
     fn masked_close_is_read_by_a_tungstenite_server() {
         let key = [0xA1, 0x00, 0x5C, 0xFF];
         let frame = close_frame(1012, "restart", Some(key));
-        assert_eq!(
-            frame.as_ref()[..6],
-            [0x88, 0x80 | 9, 0xA1, 0x00, 0x5C, 0xFF]
-        );
+        assert_eq!(frame.as_ref()[..6], [0x88, 0x80 | 9, 0xA1, 0x00, 0x5C, 0xFF]);
         let (code, reason) = expect_close(receive(frame.as_ref(), Role::Server));
         assert_eq!((code, reason.as_str()), (CloseCode::Restart, "restart"));
     }
@@ -634,11 +596,7 @@ mod tests {
     #[test]
     fn sendable_close_codes_match_what_tungstenite_accepts() {
         for code in 0..=u16::MAX {
-            assert_eq!(
-                is_sendable_close_code(code),
-                CloseCode::from(code).is_allowed(),
-                "code {code}"
-            );
+            assert_eq!(is_sendable_close_code(code), CloseCode::from(code).is_allowed(), "code {code}");
         }
         assert!(is_sendable_close_code(1001) && is_sendable_close_code(1012));
     }
@@ -646,12 +604,7 @@ mod tests {
     // ---- property tests -------------------------------------------------------------------
 
     fn proptest_config(cases: u32, seed: u64) -> ProptestConfig {
-        ProptestConfig {
-            cases,
-            rng_seed: RngSeed::Fixed(seed),
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
+        ProptestConfig { cases, rng_seed: RngSeed::Fixed(seed), failure_persistence: None, ..ProptestConfig::default() }
     }
 
     /// A frame to serialise: header fields plus a payload length filled from `fill`.
@@ -701,9 +654,7 @@ mod tests {
                 opcode: OpCode::from(self.opcode),
                 mask: self.mask,
             };
-            header
-                .format(self.len as u64, out)
-                .expect("writing to a Vec cannot fail");
+            header.format(self.len as u64, out).expect("writing to a Vec cannot fail");
             out.extend_from_slice(&self.payload());
         }
     }
@@ -718,25 +669,9 @@ mod tests {
         ]
     }
 
-    fn spec(
-        opcode: u8,
-        fin: bool,
-        len: impl Strategy<Value = usize>,
-    ) -> impl Strategy<Value = Spec> {
-        (
-            0u8..8,
-            proptest::option::of(any::<[u8; 4]>()),
-            len,
-            any::<u64>(),
-        )
-            .prop_map(move |(rsv, mask, len, fill)| Spec {
-                fin,
-                rsv,
-                opcode,
-                mask,
-                len,
-                fill,
-            })
+    fn spec(opcode: u8, fin: bool, len: impl Strategy<Value = usize>) -> impl Strategy<Value = Spec> {
+        (0u8..8, proptest::option::of(any::<[u8; 4]>()), len, any::<u64>())
+            .prop_map(move |(rsv, mask, len, fill)| Spec { fin, rsv, opcode, mask, len, fill })
     }
 
     fn control() -> impl Strategy<Value = Spec> {
@@ -747,10 +682,7 @@ mod tests {
     /// One message: a lone control frame, or a data message of 1-4 fragments (text or
     /// binary, then continuations, FIN on the last) with control frames between fragments.
     fn message() -> impl Strategy<Value = Vec<Spec>> {
-        let data = (
-            prop_oneof![Just(opcode::TEXT), Just(opcode::BINARY)],
-            1usize..=4,
-        )
+        let data = (prop_oneof![Just(opcode::TEXT), Just(opcode::BINARY)], 1usize..=4)
             .prop_flat_map(|(first, count)| {
                 let fragments = (0..count)
                     .map(|i| {
@@ -758,10 +690,7 @@ mod tests {
                         spec(op, i + 1 == count, data_len())
                     })
                     .collect::<Vec<_>>();
-                (
-                    fragments,
-                    proptest::collection::vec(proptest::option::of(control()), count),
-                )
+                (fragments, proptest::collection::vec(proptest::option::of(control()), count))
             })
             .prop_map(|(fragments, controls)| {
                 let mut frames = Vec::new();
@@ -792,12 +721,7 @@ mod tests {
 
     /// Chunk limits: cuts near boundaries (so headers split at every offset, down to single
     /// bytes) and cuts anywhere, sorted, deduplicated, ending at the stream's end.
-    fn cut_points(
-        len: usize,
-        boundaries: &[usize],
-        near: &[(Index, usize)],
-        anywhere: &[Index],
-    ) -> Vec<usize> {
+    fn cut_points(len: usize, boundaries: &[usize], near: &[(Index, usize)], anywhere: &[Index]) -> Vec<usize> {
         let mut cuts: Vec<usize> = near
             .iter()
             .map(|(b, offset)| (boundaries[b.index(boundaries.len())] + offset).min(len))
@@ -820,21 +744,14 @@ mod tests {
             frames.push(frame);
         }
         let (cursor, leftover) = socket.into_inner();
-        assert_eq!(
-            (cursor.position(), leftover.len()),
-            (total, 0),
-            "trailing bytes"
-        );
+        assert_eq!((cursor.position(), leftover.len()), (total, 0), "trailing bytes");
         frames
     }
 
     fn assert_frame_is(frame: &Frame, spec: &Spec) {
         let h = frame.header();
         let rsv = u8::from(h.rsv1) << 2 | u8::from(h.rsv2) << 1 | u8::from(h.rsv3);
-        assert_eq!(
-            (h.is_final, rsv, u8::from(h.opcode), h.mask),
-            (spec.fin, spec.rsv, spec.opcode, spec.mask)
-        );
+        assert_eq!((h.is_final, rsv, u8::from(h.opcode), h.mask), (spec.fin, spec.rsv, spec.opcode, spec.mask));
         assert_eq!(frame.payload(), spec.payload().as_slice());
     }
 

@@ -14,7 +14,7 @@ pub struct TunnelControl {
     close_code: AtomicU16,
     notify: Notify,
     /// The affinity key the tunnel was routed by, for rebalancing.
-    key: Option<Box<str>>,
+    key: Option<Arc<str>>,
 }
 
 impl TunnelControl {
@@ -29,11 +29,7 @@ impl TunnelControl {
     /// Ask the tunnel to end with a WebSocket Close carrying `code`. Later requests do not
     /// change the code of a close already under way.
     pub fn request_close(&self, code: u16) {
-        if self
-            .close_code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.notify.notify_one();
         }
     }
@@ -68,20 +64,12 @@ pub struct TunnelRegistry {
 
 impl TunnelRegistry {
     /// Register a new tunnel; it is removed when the returned guard drops.
-    pub fn register(self: &Arc<Self>, key: Option<&str>) -> Registration {
+    pub fn register(self: &Arc<Self>, key: Option<Arc<str>>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let control = Arc::new(TunnelControl {
-            id,
-            close_code: AtomicU16::new(0),
-            notify: Notify::new(),
-            key: key.map(Into::into),
-        });
+        let control = Arc::new(TunnelControl { id, close_code: AtomicU16::new(0), notify: Notify::new(), key });
         self.lock().insert(id, control.clone());
         self.opened.fetch_add(1, Ordering::Relaxed);
-        Registration {
-            registry: self.clone(),
-            control,
-        }
+        Registration { registry: self.clone(), control }
     }
 
     pub fn len(&self) -> usize {
@@ -134,7 +122,7 @@ mod tests {
     #[test]
     fn registrations_are_listed_until_dropped() {
         let registry = Arc::new(TunnelRegistry::default());
-        let a = registry.register(Some("alice"));
+        let a = registry.register(Some("alice".into()));
         let b = registry.register(None);
         assert_eq!(registry.len(), 2);
         assert_eq!(registry.snapshot()[0].key(), Some("alice"));
@@ -153,10 +141,7 @@ mod tests {
         let waiter = tokio::spawn(async move { control.closed().await });
         reg.control().request_close(1001);
         reg.control().request_close(1012);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
         assert_eq!(reg.control().close_requested(), Some(1001));
     }
 }

@@ -81,9 +81,7 @@ impl Side {
             Side::Plain(s) => s.try_read(buf),
             Side::Tls(s) => poll_now(|cx| {
                 let mut rb = ReadBuf::new(buf);
-                Pin::new(&mut **s)
-                    .poll_read(cx, &mut rb)
-                    .map_ok(|()| rb.filled().len())
+                Pin::new(&mut **s).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
             }),
         }
     }
@@ -279,8 +277,7 @@ impl Flow {
     /// After our Close: the source's bytes are dropped, but its Close is noted.
     fn watch_for_answer(&mut self, data: &[u8]) {
         let mut answered = self.answered;
-        self.frames
-            .advance(data, |header| answered |= header.is_close());
+        self.frames.advance(data, |header| answered |= header.is_close());
         self.answered = answered;
     }
 
@@ -340,10 +337,7 @@ impl Flow {
 
     /// Our Close is out and the source answered with its own (or hung up).
     fn is_closed(&self) -> bool {
-        self.closing == Closing::Sent
-            && self.answered
-            && self.pending.is_empty()
-            && !self.needs_flush
+        self.closing == Closing::Sent && self.answered && self.pending.is_empty() && !self.needs_flush
     }
 }
 
@@ -440,11 +434,7 @@ pub async fn relay(
             first_eof = Some(End::BackendClosed);
         }
         if s_up == Step::Done && s_down == Step::Done {
-            break if close_deadline.is_some() {
-                End::ClosedByProxy
-            } else {
-                first_eof.unwrap_or(End::ClientClosed)
-            };
+            break if close_deadline.is_some() { End::ClosedByProxy } else { first_eof.unwrap_or(End::ClientClosed) };
         }
         if s_up == Step::Again || s_down == Step::Again {
             tokio::task::yield_now().await;
@@ -477,9 +467,7 @@ pub async fn relay(
                 let deadline = Instant::now() + CLOSE_GRACE;
                 close_deadline = Some(deadline);
                 timer.as_mut().reset(deadline.into());
-                if down.begin_close(&mut client, code).is_err()
-                    || up.begin_close(&mut backend, code).is_err()
-                {
+                if down.begin_close(&mut client, code).is_err() || up.begin_close(&mut backend, code).is_err() {
                     break End::Error;
                 }
             }
@@ -495,10 +483,5 @@ pub async fn relay(
         client.shutdown_write();
         backend.shutdown_write();
     }
-    Report {
-        end,
-        bytes_up: up.bytes,
-        bytes_down: down.bytes,
-        close_code,
-    }
+    Report { end, bytes_up: up.bytes, bytes_down: down.bytes, close_code }
 }

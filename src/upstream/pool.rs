@@ -81,10 +81,7 @@ impl Pool {
 }
 
 /// Resolve and connect, trying each resolved address in turn, all within `timeout`.
-pub async fn connect_tcp(
-    address: &BackendAddress,
-    timeout: Duration,
-) -> Result<TcpStream, ConnectError> {
+pub async fn connect_tcp(address: &BackendAddress, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let text = address.to_string();
     let attempt = async {
         let addrs: Vec<SocketAddr> = match address.host.parse::<IpAddr>() {
@@ -110,9 +107,7 @@ pub async fn connect_tcp(
             None => ConnectError::NoAddress(text.clone()),
         })
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| Err(ConnectError::Timeout(text.clone())))
+    tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err(ConnectError::Timeout(text.clone())))
 }
 
 /// A new HTTP/1.1 connection. Its driver task is owned by `tasks`; with `upgrades` it hands

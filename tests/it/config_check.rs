@@ -11,11 +11,7 @@ use crate::support::check::{CheckRun, ConfigDir, run_check};
 
 /// A failed check: nothing on stdout, exactly `errors` (one per line) on stderr, exit 1.
 fn failed(errors: &[&str]) -> CheckRun {
-    CheckRun {
-        code: Some(1),
-        stdout: String::new(),
-        stderr: errors.iter().map(|e| format!("{e}\n")).collect(),
-    }
+    CheckRun { code: Some(1), stdout: String::new(), stderr: errors.iter().map(|e| format!("{e}\n")).collect() }
 }
 
 fn passed(file: &str, warnings: &[&str]) -> CheckRun {
@@ -48,10 +44,8 @@ upstreams:
 ";
     assert_eq!(
         check_text(text, &[]).await,
-        failed(&[
-            "config.yaml:6:5: routes[0].path: unknown key \"path\"; allowed keys: host, \
-             path_prefix, upstream"
-        ])
+        failed(&["config.yaml:6:5: routes[0].path: unknown key \"path\"; allowed keys: host, \
+             path_prefix, upstream"])
     );
 }
 
@@ -75,10 +69,8 @@ upstreams:
 ";
     assert_eq!(
         check_text(text, &[]).await,
-        failed(&[
-            "config.yaml:14:18: upstreams.app.backends[1].address: invalid socket address \
-             \"127.0.0.1:99999\": port 99999 is out of range (1-65535)"
-        ])
+        failed(&["config.yaml:14:18: upstreams.app.backends[1].address: invalid socket address \
+             \"127.0.0.1:99999\": port 99999 is out of range (1-65535)"])
     );
 }
 
@@ -129,10 +121,8 @@ upstreams:
 ";
     assert_eq!(
         check_text(text, &[]).await,
-        failed(&[
-            "config.yaml:5:42: routes[0].upstream: unknown upstream \"api\" (defined upstreams: \
-             app, web)"
-        ])
+        failed(&["config.yaml:5:42: routes[0].upstream: unknown upstream \"api\" (defined upstreams: \
+             app, web)"])
     );
 }
 
@@ -152,10 +142,8 @@ upstreams:
 ";
     assert_eq!(
         check_text(text, &[]).await,
-        failed(&[
-            "config.yaml:10:15: upstreams.app.backends[1].id: duplicate backend id \"app-1\" \
-             (also upstreams.app.backends[0])"
-        ])
+        failed(&["config.yaml:10:15: upstreams.app.backends[1].id: duplicate backend id \"app-1\" \
+             (also upstreams.app.backends[0])"])
     );
 }
 
@@ -175,10 +163,8 @@ timeouts: { connect: 2s, idle: 90 }
 ";
     assert_eq!(
         check_text(text, &[]).await,
-        failed(&[
-            "config.yaml:10:32: timeouts.idle: invalid duration \"90\": expected a whole number \
-             followed by ms, s, m or h (e.g. 250ms, 10s, 5m, 1h)"
-        ])
+        failed(&["config.yaml:10:32: timeouts.idle: invalid duration \"90\": expected a whole number \
+             followed by ms, s, m or h (e.g. 250ms, 10s, 5m, 1h)"])
     );
 }
 
@@ -250,10 +236,8 @@ upstreams:
 async fn an_unset_variable_without_default_is_located_at_its_value() {
     assert_eq!(
         check_text(ENV_CONFIG, &[]).await,
-        failed(&[
-            "config.yaml:9:31: upstreams.app.backends[0].address: environment variable APP_ADDR \
-             is not set (write ${APP_ADDR:-default} to give a default)"
-        ])
+        failed(&["config.yaml:9:31: upstreams.app.backends[0].address: environment variable APP_ADDR \
+             is not set (write ${APP_ADDR:-default} to give a default)"])
     );
 }
 
@@ -276,11 +260,7 @@ async fn variables_and_defaults_expand_end_to_end() {
     let dir = ConfigDir::new();
     let text = ENV_CONFIG.replace("$${literal}", "${SECOND_HOST:-app-2.internal}");
     let path = dir.write("config.yaml", &text);
-    assert_eq!(
-        dir.check("config.yaml", &[("APP_ADDR", "10.1.2.3:9001")])
-            .await,
-        passed("config.yaml", &[])
-    );
+    assert_eq!(dir.check("config.yaml", &[("APP_ADDR", "10.1.2.3:9001")]).await, passed("config.yaml", &[]));
     let env = |name: &str| match name {
         "APP_ADDR" => Some("10.1.2.3:9001".to_owned()),
         "BIND" => Some("127.0.0.1:7000".to_owned()),
@@ -288,15 +268,8 @@ async fn variables_and_defaults_expand_end_to_end() {
     };
     let loaded = config::parse(&path, &text, &env).expect("valid");
     let c = loaded.config;
-    assert_eq!(
-        c.listeners[0].bind,
-        "127.0.0.1:7000".parse::<SocketAddr>().unwrap()
-    );
-    let addresses: Vec<String> = c.upstreams[0]
-        .backends
-        .iter()
-        .map(|b| b.address.to_string())
-        .collect();
+    assert_eq!(c.listeners[0].bind, "127.0.0.1:7000".parse::<SocketAddr>().unwrap());
+    let addresses: Vec<String> = c.upstreams[0].backends.iter().map(|b| b.address.to_string()).collect();
     assert_eq!(addresses, ["10.1.2.3:9001", "app-2.internal:80"]);
     // The source keeps the text as written, for /admin/config.
     assert_eq!(c.source.text, text);
@@ -327,10 +300,8 @@ upstreams:
     );
     assert_eq!(
         dir.check("config.yaml", &[]).await,
-        failed(&[
-            "config.yaml:7:31: listeners[0].tls.certificates[1].key: private key \"b.key\" does \
-             not match certificate \"a.crt\""
-        ])
+        failed(&["config.yaml:7:31: listeners[0].tls.certificates[1].key: private key \"b.key\" does \
+             not match certificate \"a.crt\""])
     );
 }
 
@@ -354,10 +325,7 @@ upstreams:
 #[tokio::test]
 async fn a_missing_config_file_is_named() {
     let dir = ConfigDir::new();
-    assert_eq!(
-        dir.check("absent.yaml", &[]).await,
-        failed(&["absent.yaml: file not found"])
-    );
+    assert_eq!(dir.check("absent.yaml", &[]).await, failed(&["absent.yaml: file not found"]));
 }
 
 fn repo_root() -> &'static Path {
@@ -370,28 +338,17 @@ async fn the_example_config_passes_with_an_empty_environment() {
     let (line, column) = text
         .lines()
         .enumerate()
-        .find_map(|(i, l)| {
-            l.find("key_env: TETHER_COOKIE_KEY")
-                .map(|c| (i + 1, c + 10))
-        })
+        .find_map(|(i, l)| l.find("key_env: TETHER_COOKIE_KEY").map(|c| (i + 1, c + 10)))
         .expect("the example names TETHER_COOKIE_KEY");
     let warning = format!(
         "config.example.yaml:{line}:{column}: upstreams.app.affinity.cookie.key_env: \
          environment variable TETHER_COOKIE_KEY is not set; replicas will not share sticky \
          cookies; a random per-process key will be used"
     );
-    assert_eq!(
-        run_check(repo_root(), "config.example.yaml", &[]).await,
-        passed("config.example.yaml", &[&warning])
-    );
+    assert_eq!(run_check(repo_root(), "config.example.yaml", &[]).await, passed("config.example.yaml", &[&warning]));
     let key = "0123456789abcdef0123456789abcdef";
     assert_eq!(
-        run_check(
-            repo_root(),
-            "config.example.yaml",
-            &[("TETHER_COOKIE_KEY", key)]
-        )
-        .await,
+        run_check(repo_root(), "config.example.yaml", &[("TETHER_COOKIE_KEY", key)]).await,
         passed("config.example.yaml", &[])
     );
 }
@@ -400,25 +357,16 @@ async fn the_example_config_passes_with_an_empty_environment() {
 fn loading_the_example_yields_its_listeners_and_upstreams() {
     let loaded = config::load(&repo_root().join("config.example.yaml")).expect("example loads");
     let c = loaded.config;
-    let listeners: Vec<(&str, SocketAddr, bool)> = c
-        .listeners
-        .iter()
-        .map(|l| (l.name.as_str(), l.bind, l.tls.is_some()))
-        .collect();
+    let listeners: Vec<(&str, SocketAddr, bool)> =
+        c.listeners.iter().map(|l| (l.name.as_str(), l.bind, l.tls.is_some())).collect();
     assert_eq!(
         listeners,
-        [
-            ("public", "0.0.0.0:8080".parse().unwrap(), false),
-            ("public-tls", "0.0.0.0:8443".parse().unwrap(), true),
-        ]
+        [("public", "0.0.0.0:8080".parse().unwrap(), false), ("public-tls", "0.0.0.0:8443".parse().unwrap(), true),]
     );
     let tls = c.listeners[1].tls.as_ref().expect("tls");
     assert_eq!(tls.certificates.len(), 1);
     assert_eq!(tls.certificates[0].names, ["localhost"]);
-    assert_eq!(
-        tls.certificates[0].cert_path,
-        repo_root().join("docker/tls/localhost.crt")
-    );
+    assert_eq!(tls.certificates[0].cert_path, repo_root().join("docker/tls/localhost.crt"));
     assert!(tls.certificates[0].certified.keys_match().is_ok());
 
     let admin = c.admin.as_ref().expect("admin");
@@ -431,24 +379,10 @@ fn loading_the_example_yields_its_listeners_and_upstreams() {
 
     assert_eq!(c.upstreams.len(), 1);
     let app = c.upstream("app").expect("upstream app");
-    let backends: Vec<(&str, String, u32)> = app
-        .backends
-        .iter()
-        .map(|b| (b.id.as_str(), b.address.to_string(), b.weight))
-        .collect();
-    assert_eq!(
-        backends,
-        [
-            ("app-1", "127.0.0.1:9001".to_owned(), 1),
-            ("app-2", "127.0.0.1:9002".to_owned(), 1),
-        ]
-    );
-    assert_eq!(
-        app.affinity.keys,
-        [KeySource::Header(http::HeaderName::from_static(
-            "x-user-id"
-        ))]
-    );
+    let backends: Vec<(&str, String, u32)> =
+        app.backends.iter().map(|b| (b.id.as_str(), b.address.to_string(), b.weight)).collect();
+    assert_eq!(backends, [("app-1", "127.0.0.1:9001".to_owned(), 1), ("app-2", "127.0.0.1:9002".to_owned(), 1),]);
+    assert_eq!(app.affinity.keys, [KeySource::Header(http::HeaderName::from_static("x-user-id"))]);
     let cookie = app.affinity.cookie.as_ref().expect("sticky cookie");
     assert_eq!(cookie.name, "TETHER_AFFINITY");
     assert_eq!(cookie.secure, SecureMode::Auto);

@@ -65,25 +65,11 @@ upstreams:
     ];
     let mut client = H1::connect(addr).await;
     for (host, path, status, backend) in cases {
-        let reply = client
-            .send(
-                Request::get(path)
-                    .header("host", host)
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await;
+        let reply = client.send(Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap()).await;
         assert_eq!(reply.status, status, "{host}{path}");
         assert_eq!(reply.header("x-backend-id"), Some(backend), "{host}{path}");
     }
-    let reply = client
-        .send(
-            Request::get("/x")
-                .header("host", "ws.test")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
+    let reply = client.send(Request::get("/x").header("host", "ws.test").body(Full::new(Bytes::new())).unwrap()).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.text(), "no route for this host and path\n");
 }
@@ -112,18 +98,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_replaced() {
     assert_eq!(seen["uri"], "/headers?q=1");
     assert_eq!(seen["version"], "HTTP/1.1");
     let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
-    let get = |name: &str| {
-        headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect::<Vec<_>>()
-    };
+    let get = |name: &str| headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
     for hop in ["x-hop", "keep-alive", "te", "upgrade"] {
-        assert!(
-            get(hop).is_empty(),
-            "{hop} must not reach the backend: {headers:?}"
-        );
+        assert!(get(hop).is_empty(), "{hop} must not reach the backend: {headers:?}");
     }
     assert_eq!(get("host"), ["app.test"]);
     assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
@@ -135,32 +112,16 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxies_keep_their_forwarded_chain() {
     let backend = TestBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(
-        &[("app-1", backend.addr)],
-        "trusted_proxies: [\"127.0.0.0/8\"]\n",
-    ))
-    .await;
+    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "trusted_proxies: [\"127.0.0.0/8\"]\n")).await;
     let reply = client::get(
         proxy.addr("public"),
         "/headers",
-        &[
-            ("x-forwarded-for", "203.0.113.7"),
-            ("x-forwarded-proto", "https"),
-        ],
+        &[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https")],
     )
     .await;
-    let headers: Vec<(String, String)> =
-        serde_json::from_value(reply.json()["headers"].clone()).unwrap();
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    assert_eq!(
-        get("x-forwarded-for").as_deref(),
-        Some("203.0.113.7, 127.0.0.1")
-    );
+    let headers: Vec<(String, String)> = serde_json::from_value(reply.json()["headers"].clone()).unwrap();
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(get("x-forwarded-for").as_deref(), Some("203.0.113.7, 127.0.0.1"));
     assert_eq!(get("x-forwarded-proto").as_deref(), Some("https"));
 }
 
@@ -176,18 +137,11 @@ async fn a_dead_backend_gets_502_and_a_slow_one_504() {
     let addr = proxy.addr("public");
     let reply = client::get(addr, "/dead", &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    assert!(
-        !reply.text().contains(&dead.to_string()),
-        "no backend address in client-visible bodies"
-    );
+    assert!(!reply.text().contains(&dead.to_string()), "no backend address in client-visible bodies");
     let started = Instant::now();
     let reply = client::get(addr, "/slow?ms=5000", &[]).await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "504 came after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(4), "504 came after {:?}", started.elapsed());
     // The proxy still serves normally afterwards.
     assert_eq!(client::get(addr, "/", &[]).await.text(), "slow");
 }
@@ -204,24 +158,14 @@ async fn malformed_requests_are_answered_400_and_never_reach_a_backend() {
             "two different Content-Lengths",
             b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
         ),
-        (
-            "non-chunked Transfer-Encoding",
-            b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
-        ),
+        ("non-chunked Transfer-Encoding", b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
         ("garbage request line", b"GARBAGE\r\n\r\n"),
-        (
-            "two Host headers",
-            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-        ),
+        ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
     ];
     for (what, bytes) in cases {
         let reply = client::raw(addr, bytes).await;
         assert!(reply.starts_with("HTTP/1.1 400"), "{what}: {reply:?}");
-        assert_eq!(
-            reply.matches("HTTP/1.1").count(),
-            1,
-            "{what}: exactly one response: {reply:?}"
-        );
+        assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{what}: exactly one response: {reply:?}");
     }
     assert_eq!(
         backend.requests.load(std::sync::atomic::Ordering::SeqCst),
@@ -240,88 +184,50 @@ async fn an_h2c_upgrade_is_stripped_and_served_as_http1() {
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(
-        !reply.to_ascii_lowercase().contains("\"upgrade\""),
-        "Upgrade must not reach the backend: {reply}"
-    );
-    assert!(
-        !reply.to_ascii_lowercase().contains("http2-settings"),
-        "{reply}"
-    );
+    assert!(!reply.to_ascii_lowercase().contains("\"upgrade\""), "Upgrade must not reach the backend: {reply}");
+    assert!(!reply.to_ascii_lowercase().contains("http2-settings"), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed_after_header_read() {
     let backend = TestBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(
-        &[("app-1", backend.addr)],
-        "timeouts: { header_read: 500ms, idle: 30s }\n",
-    ))
-    .await;
+    let proxy =
+        TestProxy::start(&config(&[("app-1", backend.addr)], "timeouts: { header_read: 500ms, idle: 30s }\n")).await;
     let mut stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
-        .await
-        .unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 64];
-    let n = within("the proxy to close a slow head", stream.read(&mut buf))
-        .await
-        .unwrap_or(0);
+    let n = within("the proxy to close a slow head", stream.read(&mut buf)).await.unwrap_or(0);
     assert_eq!(n, 0, "closed without a response");
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
-        "closed after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(5), "closed after {waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_live_for_idle_not_header_read() {
     let backend = TestBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(
-        &[("app-1", backend.addr)],
-        "timeouts: { header_read: 300ms, idle: 1500ms }\n",
-    ))
-    .await;
+    let proxy =
+        TestProxy::start(&config(&[("app-1", backend.addr)], "timeouts: { header_read: 300ms, idle: 1500ms }\n")).await;
     let mut stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = within("first response", stream.read(&mut buf))
-        .await
-        .unwrap();
+    let n = within("first response", stream.read(&mut buf)).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let idle_from = Instant::now();
     // Far longer than header_read: an idle keep-alive connection must still be open.
     let mut probe = [0u8; 1];
     let early = tokio::time::timeout(Duration::from_millis(800), stream.read(&mut probe)).await;
-    assert!(
-        early.is_err(),
-        "closed after {:?}, before `idle`",
-        idle_from.elapsed()
-    );
-    let n = within("idle close", stream.read(&mut probe))
-        .await
-        .unwrap_or(0);
+    assert!(early.is_err(), "closed after {:?}, before `idle`", idle_from.elapsed());
+    let n = within("idle close", stream.read(&mut probe)).await.unwrap_or(0);
     assert_eq!(n, 0);
     let waited = idle_from.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(6),
-        "idle close after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(6), "idle close after {waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_max_connections_are_refused_with_503() {
     let backend = TestBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(
-        &[("app-1", backend.addr)],
-        "limits: { max_connections: 2 }\n",
-    ))
-    .await;
+    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "limits: { max_connections: 2 }\n")).await;
     let addr = proxy.addr("public");
     let mut a = H1::connect(addr).await;
     let mut b = H1::connect(addr).await;
@@ -333,11 +239,7 @@ async fn connections_over_max_connections_are_refused_with_503() {
     // The slot frees once the first connection is gone.
     within("a freed slot", async {
         loop {
-            let reply = client::raw(
-                addr,
-                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            )
-            .await;
+            let reply = client::raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
             if reply.starts_with("HTTP/1.1 200") {
                 break;
             }
@@ -360,18 +262,13 @@ async fn h2c_prior_knowledge_works_on_a_plain_listener() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    let req = Request::get("http://h2c.test/headers")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = Request::get("http://h2c.test/headers").body(Full::new(Bytes::new())).unwrap();
     let reply = client::send_h2(&mut sender, req).await;
     assert_eq!(reply.status, StatusCode::OK);
     let seen = reply.json();
     assert_eq!(seen["version"], "HTTP/1.1", "backends always get HTTP/1.1");
     let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
-    assert!(
-        headers.contains(&("host".into(), "h2c.test".into())),
-        "{headers:?}"
-    );
+    assert!(headers.contains(&("host".into(), "h2c.test".into())), "{headers:?}");
 }
 
 /// Upload and download 128 MiB through the real binary: the proxy's peak RSS must grow by only
@@ -380,19 +277,10 @@ async fn h2c_prior_knowledge_works_on_a_plain_listener() {
 async fn large_bodies_stream_both_ways_in_bounded_memory() {
     const SIZE: u64 = 128 * 1024 * 1024;
     let backend = TestBackend::start("app-1").await;
-    let proxy = ProxyProcess::start(&config(
-        &[("app-1", backend.addr)],
-        "access_log: { format: off }\n",
-    ));
+    let proxy = ProxyProcess::start(&config(&[("app-1", backend.addr)], "access_log: { format: off }\n"));
     let addr = proxy.addr("public");
     // Warm up allocator and connection pool before the baseline.
-    assert_eq!(
-        client::get(addr, "/download?bytes=65536", &[])
-            .await
-            .body
-            .len(),
-        65536
-    );
+    assert_eq!(client::get(addr, "/download?bytes=65536", &[]).await.body.len(), 65536);
     let (_, baseline) = proxy.rss_kib();
 
     let mut client = H1::connect(addr).await;
@@ -400,9 +288,7 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
     let reply = within("download", async {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
         let resp = sender
             .send_request(
@@ -425,15 +311,12 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
 
     // Upload: a streamed request body of SIZE bytes; the backend answers how much it got.
     let chunk = Bytes::from(vec![b'u'; 1024 * 1024]);
-    let chunks =
-        futures_util::stream::iter((0..SIZE / chunk.len() as u64).map(move |_| {
-            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone()))
-        }));
+    let chunks = futures_util::stream::iter(
+        (0..SIZE / chunk.len() as u64)
+            .map(move |_| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone()))),
+    );
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let req = Request::post("/upload")
         .header("host", "a")
@@ -441,13 +324,7 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
         .body(http_body_util::StreamBody::new(chunks))
         .unwrap();
     let resp = within("upload", sender.send_request(req)).await.unwrap();
-    let body = within(
-        "upload answer",
-        http_body_util::BodyExt::collect(resp.into_body()),
-    )
-    .await
-    .unwrap()
-    .to_bytes();
+    let body = within("upload answer", http_body_util::BodyExt::collect(resp.into_body())).await.unwrap().to_bytes();
     assert_eq!(String::from_utf8_lossy(&body), SIZE.to_string());
 
     let (_, peak) = proxy.rss_kib();
@@ -467,20 +344,12 @@ where
     let hello = within("greeting", ws.next()).await.unwrap().unwrap();
     assert_eq!(hello, Message::text("hello from app-1"));
     ws.send(Message::text("ping")).await.unwrap();
-    assert_eq!(
-        within("echo", ws.next()).await.unwrap().unwrap(),
-        Message::text("ping")
-    );
+    assert_eq!(within("echo", ws.next()).await.unwrap().unwrap(), Message::text("ping"));
     let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
     ws.send(Message::binary(big.clone())).await.unwrap();
     let echoed = within("1 MiB echo", ws.next()).await.unwrap().unwrap();
     assert_eq!(echoed.into_data(), big, "1 MiB message comes back intact");
-    ws.close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "bye".into(),
-    }))
-    .await
-    .unwrap();
+    ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).await.unwrap();
     // The close handshake completes: the backend's Close comes back, then the stream ends.
     loop {
         match within("close handshake", ws.next()).await {
@@ -496,18 +365,13 @@ async fn websocket_echo_through_the_proxy_over_ws() {
     let backend = TestBackend::start("app-1").await;
     let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
     let url = format!("ws://{}/ws", proxy.addr("public"));
-    let (mut ws, resp) = within("ws connect", tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap();
+    let (mut ws, resp) = within("ws connect", tokio_tungstenite::connect_async(url)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(resp.headers().get("x-backend-id").unwrap(), "app-1");
     ws_echo_roundtrip(&mut ws).await;
     drop(ws);
     within("tunnel to be unregistered", async {
-        while !proxy.running.proxy().runtime().upstreams["app"].backends()[0]
-            .tunnels
-            .is_empty()
-        {
+        while !proxy.running.proxy().runtime().upstreams["app"].membership().backends[0].tunnels.is_empty() {
             tokio::task::yield_now().await;
         }
     })
@@ -544,16 +408,12 @@ async fn websocket_echo_through_the_proxy_over_wss() {
     let proxy = TestProxy::start_in(dir, &yaml).await;
     let addr = proxy.addr("tls");
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let request = format!("wss://localhost:{}/ws", addr.port())
-        .into_client_request()
-        .unwrap();
+    let request = format!("wss://localhost:{}/ws", addr.port()).into_client_request().unwrap();
     let connector = tokio_tungstenite::Connector::Rustls(ca.client_config(&[b"http/1.1"]));
-    let (mut ws, resp) = within(
-        "wss connect",
-        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector)),
-    )
-    .await
-    .unwrap();
+    let (mut ws, resp) =
+        within("wss connect", tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector)))
+            .await
+            .unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     ws_echo_roundtrip(&mut ws).await;
 }
@@ -565,32 +425,18 @@ async fn http2_over_tls_is_negotiated_by_alpn_and_proxied_as_http1() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = tls_config(backend.addr, dir.path(), &ca, "");
     let proxy = TestProxy::start_in(dir, &yaml).await;
-    let (mut sender, alpn) = client::h2_tls(
-        proxy.addr("tls"),
-        "a.test",
-        ca.client_config(&[b"h2", b"http/1.1"]),
-    )
-    .await;
+    let (mut sender, alpn) = client::h2_tls(proxy.addr("tls"), "a.test", ca.client_config(&[b"h2", b"http/1.1"])).await;
     assert_eq!(alpn, b"h2");
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let req = Request::get("https://a.test/headers")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let req = Request::get("https://a.test/headers").body(Full::new(Bytes::new())).unwrap();
         let reply = client::send_h2(&mut sender, req).await;
         assert_eq!(reply.status, StatusCode::OK);
         let seen = reply.json();
         assert_eq!(seen["version"], "HTTP/1.1");
-        let headers: Vec<(String, String)> =
-            serde_json::from_value(seen["headers"].clone()).unwrap();
-        assert!(
-            headers.contains(&("x-forwarded-proto".into(), "https".into())),
-            "{headers:?}"
-        );
-        assert!(
-            headers.contains(&("host".into(), "a.test".into())),
-            "{headers:?}"
-        );
+        let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+        assert!(headers.contains(&("x-forwarded-proto".into(), "https".into())), "{headers:?}");
+        assert!(headers.contains(&("host".into(), "a.test".into())), "{headers:?}");
         ids.push(seen["backend"].as_str().unwrap().to_owned());
     }
     assert_eq!(ids, ["app-1"; 3]);
@@ -612,10 +458,7 @@ async fn sni_selects_the_matching_certificate_and_the_first_is_the_default() {
             // Verification is by name, so a wrong pick would fail the handshake for b.test names.
             let tcp = TcpStream::connect(addr).await.unwrap();
             let connector = tokio_rustls::TlsConnector::from(config);
-            let tls = connector
-                .connect(rustls::pki_types::ServerName::try_from(name).unwrap(), tcp)
-                .await
-                .unwrap();
+            let tls = connector.connect(rustls::pki_types::ServerName::try_from(name).unwrap(), tcp).await.unwrap();
             tls.get_ref().1.peer_certificates().unwrap()[0].clone()
         }
     };
@@ -637,20 +480,12 @@ async fn sni_selects_the_matching_certificate_and_the_first_is_the_default() {
     // An IP literal sends no SNI: the first certificate is the default.
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut config = (*ca.client_config(&[])).clone();
-    config
-        .dangerous()
-        .set_certificate_verifier(std::sync::Arc::new(AcceptAny));
+    config.dangerous().set_certificate_verifier(std::sync::Arc::new(AcceptAny));
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
-            tcp,
-        )
+        .connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp)
         .await
         .unwrap();
-    assert_eq!(
-        pem_of(tls.get_ref().1.peer_certificates().unwrap()[0].clone()),
-        "a"
-    );
+    assert_eq!(pem_of(tls.get_ref().1.peer_certificates().unwrap()[0].clone()), "a");
 }
 
 /// Accepts any server certificate: only for asking "which certificate was presented".
@@ -688,9 +523,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -699,20 +532,10 @@ async fn access_log_lines_are_json_with_redacted_query_parameters() {
     let backend = TestBackend::start("app-1").await;
     let proxy = ProxyProcess::start(&config(&[("app-1", backend.addr)], ""));
     let addr = proxy.addr("public");
-    assert_eq!(
-        client::get(addr, "/login?user=bob&access_token=s3cr3t", &[])
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(client::get(addr, "/login?user=bob&access_token=s3cr3t", &[]).await.status, StatusCode::OK);
     let line = within("access log line", async {
         loop {
-            if let Some(line) = proxy
-                .stderr()
-                .lines()
-                .find(|l| l.contains("\"kind\":\"request\""))
-                .map(str::to_owned)
-            {
+            if let Some(line) = proxy.stderr().lines().find(|l| l.contains("\"kind\":\"request\"")).map(str::to_owned) {
                 return line;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -728,8 +551,5 @@ async fn access_log_lines_are_json_with_redacted_query_parameters() {
     assert_eq!(record["listener"], "public");
     assert!(record["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(record["timestamp"].is_string());
-    assert!(
-        !proxy.stderr().contains("s3cr3t"),
-        "the token never reaches the log"
-    );
+    assert!(!proxy.stderr().contains("s3cr3t"), "the token never reaches the log");
 }

@@ -32,11 +32,7 @@ fn payload(seq: u32, len: usize) -> Vec<u8> {
 }
 
 fn raw_frame(opcode: OpCode, fin: bool, data: Vec<u8>) -> Message {
-    let header = FrameHeader {
-        is_final: fin,
-        opcode,
-        ..FrameHeader::default()
-    };
+    let header = FrameHeader { is_final: fin, opcode, ..FrameHeader::default() };
     Message::Frame(Frame::from_payload(header, data.into()))
 }
 
@@ -74,15 +70,10 @@ async fn a_requested_close_lands_between_frames_on_both_sides() {
                     sink.send(Message::binary(payload(seq, 300 * 1024))).await
                 } else {
                     let body = payload(seq, 3 * 40 * 1024);
-                    let parts: Vec<Vec<u8>> =
-                        body.chunks(40 * 1024 + 2).map(<[u8]>::to_vec).collect();
+                    let parts: Vec<Vec<u8>> = body.chunks(40 * 1024 + 2).map(<[u8]>::to_vec).collect();
                     let last = parts.len() - 1;
                     for (i, part) in parts.into_iter().enumerate() {
-                        let opcode = if i == 0 {
-                            OpCode::Data(Data::Binary)
-                        } else {
-                            OpCode::Data(Data::Continue)
-                        };
+                        let opcode = if i == 0 { OpCode::Data(Data::Binary) } else { OpCode::Data(Data::Continue) };
                         sink.feed(raw_frame(opcode, i == last, part)).await?;
                     }
                     sink.flush().await
@@ -116,15 +107,8 @@ async fn a_requested_close_lands_between_frames_on_both_sides() {
             match client.next().await {
                 Some(Ok(Message::Binary(data))) => {
                     let seq = u32::from_be_bytes(data[..4].try_into().unwrap());
-                    let len = if seq.is_multiple_of(2) {
-                        300 * 1024
-                    } else {
-                        3 * 40 * 1024
-                    };
-                    assert_eq!(
-                        seq, received,
-                        "messages arrive in order, none lost before the Close"
-                    );
+                    let len = if seq.is_multiple_of(2) { 300 * 1024 } else { 3 * 40 * 1024 };
+                    assert_eq!(seq, received, "messages arrive in order, none lost before the Close");
                     assert_eq!(&data[..], &payload(seq, len)[..], "message {seq} intact");
                     received += 1;
                     if received == 5 {
@@ -146,11 +130,7 @@ async fn a_requested_close_lands_between_frames_on_both_sides() {
     while let Some(Ok(_)) = within("client stream end", client.next()).await {}
 
     let backend_close = within("backend task", backend_task).await.unwrap();
-    assert_eq!(
-        backend_close,
-        Some(1012),
-        "the backend got a (masked) Close with the same code"
-    );
+    assert_eq!(backend_close, Some(1012), "the backend got a (masked) Close with the same code");
     let report = within("relay end", relay_task).await.unwrap();
     assert_eq!(report.end, End::ClosedByProxy);
     assert_eq!(report.close_code, Some(1012));
@@ -185,9 +165,5 @@ async fn an_idle_tunnel_closes_at_once_and_a_silent_peer_is_cut_after_the_grace(
     }
     let _ = client.close(None).await;
     let report = within("relay end", relay_task).await.unwrap();
-    assert_eq!(
-        report.end,
-        End::CloseTimedOut,
-        "the backend never answered its Close"
-    );
+    assert_eq!(report.end, End::CloseTimedOut, "the backend never answered its Close");
 }

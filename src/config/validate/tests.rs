@@ -23,13 +23,8 @@ upstreams:
 ";
 
 fn check_with(text: &str, env: &[(&str, &str)]) -> Result<Loaded, Vec<String>> {
-    let lookup = |name: &str| {
-        env.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    };
-    parse(Path::new("c.yaml"), text, &lookup)
-        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+    let lookup = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+    parse(Path::new("c.yaml"), text, &lookup).map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
 }
 
 fn ok(text: &str) -> Loaded {
@@ -61,30 +56,17 @@ fn a_minimal_config_gets_every_default() {
     assert_eq!(c.source.text, BASE);
     assert_eq!(c.listeners.len(), 1);
     assert_eq!(c.listeners[0].name, "public");
-    assert_eq!(
-        c.listeners[0].bind,
-        "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
-    );
+    assert_eq!(c.listeners[0].bind, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert!(c.listeners[0].tls.is_none());
     assert!(c.admin.is_none());
-    assert_eq!(
-        c.routes,
-        vec![RouteConfig {
-            host: HostMatch::Any,
-            path_prefix: "/".into(),
-            upstream: "app".into()
-        }]
-    );
+    assert_eq!(c.routes, vec![RouteConfig { host: HostMatch::Any, path_prefix: "/".into(), upstream: "app".into() }]);
     let u = &c.upstreams[0];
     assert_eq!(u.name, "app");
     assert_eq!(
         u.backends,
         vec![BackendConfig {
             id: "app-1".into(),
-            address: BackendAddress {
-                host: "127.0.0.1".into(),
-                port: 9001
-            },
+            address: BackendAddress { host: "127.0.0.1".into(), port: 9001 },
             weight: 1
         }]
     );
@@ -93,10 +75,7 @@ fn a_minimal_config_gets_every_default() {
         u.affinity,
         AffinityConfig {
             keys: vec![],
-            hash: HashConfig {
-                vnodes: 1000,
-                balance_factor: 0.0
-            },
+            hash: HashConfig { vnodes: 1000, balance_factor: 0.0 },
             cookie: None,
             fallback: Fallback::LeastConnections,
         }
@@ -112,19 +91,9 @@ fn a_minimal_config_gets_every_default() {
     );
     assert_eq!(
         u.drain,
-        DrainConfig {
-            timeout: Duration::from_secs(25),
-            close_spread: Duration::from_secs(5),
-            close_code: 1001
-        }
+        DrainConfig { timeout: Duration::from_secs(25), close_spread: Duration::from_secs(5), close_code: 1001 }
     );
-    assert_eq!(
-        u.rebalance,
-        RebalanceConfig {
-            enabled: false,
-            max_closes_per_second: 50
-        }
-    );
+    assert_eq!(u.rebalance, RebalanceConfig { enabled: false, max_closes_per_second: 50 });
     assert_eq!(
         c.timeouts,
         Timeouts {
@@ -135,33 +104,16 @@ fn a_minimal_config_gets_every_default() {
             tunnel_idle: Duration::from_secs(3600),
         }
     );
-    assert_eq!(
-        c.limits,
-        Limits {
-            max_header_bytes: 16384,
-            max_connections: 100_000
-        }
-    );
+    assert_eq!(c.limits, Limits { max_header_bytes: 16384, max_connections: 100_000 });
     assert!(c.trusted_proxies.is_empty());
     assert_eq!(
         c.access_log,
         AccessLogConfig {
             format: AccessLogFormat::Json,
-            redact_query: vec![
-                "access_token".into(),
-                "token".into(),
-                "jwt".into(),
-                "password".into()
-            ],
+            redact_query: vec!["access_token".into(), "token".into(), "jwt".into(), "password".into()],
         }
     );
-    assert_eq!(
-        c.shutdown,
-        ShutdownConfig {
-            delay: Duration::from_secs(5),
-            timeout: Duration::from_secs(25)
-        }
-    );
+    assert_eq!(c.shutdown, ShutdownConfig { delay: Duration::from_secs(5), timeout: Duration::from_secs(25) });
     assert!(!c.debug.backend_header);
 }
 
@@ -185,18 +137,9 @@ fn an_unknown_key_is_located_at_the_key_and_lists_the_allowed_keys() {
 
 #[test]
 fn a_missing_required_key_points_at_the_enclosing_mapping() {
-    let text = BASE.replace(
-        "{ id: app-1, address: \"127.0.0.1:9001\" }",
-        "{ id: app-1 }",
-    );
-    assert_eq!(
-        errors(&text),
-        vec!["c.yaml:9:9: upstreams.app.backends[0]: missing required key \"address\""]
-    );
-    assert_eq!(
-        errors("listeners: []\nroutes: []\n"),
-        vec!["c.yaml:1:1: missing required key \"upstreams\""]
-    );
+    let text = BASE.replace("{ id: app-1, address: \"127.0.0.1:9001\" }", "{ id: app-1 }");
+    assert_eq!(errors(&text), vec!["c.yaml:9:9: upstreams.app.backends[0]: missing required key \"address\""]);
+    assert_eq!(errors("listeners: []\nroutes: []\n"), vec!["c.yaml:1:1: missing required key \"upstreams\""]);
 }
 
 #[test]
@@ -205,10 +148,7 @@ fn a_wrong_type_stops_with_its_path() {
         errors(&format!("{BASE}limits: {{ max_connections: many }}\n")),
         vec!["c.yaml:10:28: limits.max_connections: invalid type: string \"many\", expected u64"]
     );
-    assert_eq!(
-        errors("listeners: {}\n"),
-        vec!["c.yaml:1:12: listeners: invalid type: map, expected a sequence"]
-    );
+    assert_eq!(errors("listeners: {}\n"), vec!["c.yaml:1:12: listeners: invalid type: map, expected a sequence"]);
 }
 
 #[test]
@@ -224,10 +164,7 @@ fn numbers_where_text_is_expected_get_the_semantic_message() {
 
 #[test]
 fn the_empty_file_is_an_error() {
-    assert_eq!(
-        errors(""),
-        vec!["c.yaml: the file is empty; expected a mapping with listeners, routes and upstreams"]
-    );
+    assert_eq!(errors(""), vec!["c.yaml: the file is empty; expected a mapping with listeners, routes and upstreams"]);
 }
 
 // ----- listeners -----------------------------------------------------------------------------
@@ -313,10 +250,7 @@ fn an_unset_admin_token_is_a_warning_and_a_set_one_is_silent() {
              proxy will refuse to start until it is set"
         ]
     );
-    assert_eq!(
-        loaded.config.admin.expect("admin").token_env.as_deref(),
-        Some("ADMIN_TOKEN")
-    );
+    assert_eq!(loaded.config.admin.expect("admin").token_env.as_deref(), Some("ADMIN_TOKEN"));
     let loaded = check_with(&text, &[("ADMIN_TOKEN", "secret")]).expect("valid");
     assert!(loaded.warnings.is_empty());
 }
@@ -332,9 +266,7 @@ fn the_admin_bind_must_differ_from_listener_binds() {
 #[test]
 fn token_env_must_be_a_variable_name() {
     assert_eq!(
-        errors(&format!(
-            "{BASE}admin: {{ bind: \"127.0.0.1:9\", token_env: \"A-B\" }}\n"
-        )),
+        errors(&format!("{BASE}admin: {{ bind: \"127.0.0.1:9\", token_env: \"A-B\" }}\n")),
         vec![
             "c.yaml:10:42: admin.token_env: invalid environment variable name \"A-B\"; expected \
              letters, digits and _ (not starting with a digit)"
@@ -411,15 +343,7 @@ fn backend_addresses_accept_ips_and_names_without_resolving() {
     );
     let backends = &ok(&text).config.upstreams[0].backends;
     let addresses: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
-    assert_eq!(
-        addresses,
-        [
-            "10.0.0.1:80",
-            "[::1]:8080",
-            "app_1.internal:9000",
-            "no-such-host.invalid:1"
-        ]
-    );
+    assert_eq!(addresses, ["10.0.0.1:80", "[::1]:8080", "app_1.internal:9000", "no-such-host.invalid:1"]);
     assert_eq!(backends[1].address.host, "::1");
 }
 
@@ -453,17 +377,12 @@ fn an_upstream_needs_backends_unless_discovery_is_set() {
     assert_eq!(
         u.discovery,
         Some(DiscoveryConfig {
-            dns: BackendAddress {
-                host: "app".into(),
-                port: 8080
-            },
+            dns: BackendAddress { host: "app".into(), port: 8080 },
             interval: Duration::from_secs(5)
         })
     );
     assert_eq!(
-        errors(&upstream_with(
-            "    discovery: { dns: app, interval: 0s }\n"
-        )),
+        errors(&upstream_with("    discovery: { dns: app, interval: 0s }\n")),
         vec![
             "c.yaml:8:23: upstreams.app.discovery.dns: invalid socket address \"app\": expected \
              host:port (e.g. \"127.0.0.1:9001\", \"[::1]:9001\" or \"app:8080\")",
@@ -482,12 +401,7 @@ upstreams:
   alpha: { backends: [{ id: a, address: \"127.0.0.1:3\" }] }
   mid: { backends: [{ id: m, address: \"127.0.0.1:4\" }] }
 ";
-    let names: Vec<String> = ok(text)
-        .config
-        .upstreams
-        .into_iter()
-        .map(|u| u.name)
-        .collect();
+    let names: Vec<String> = ok(text).config.upstreams.into_iter().map(|u| u.name).collect();
     assert_eq!(names, ["zeta", "alpha", "mid"]);
 }
 
@@ -515,23 +429,11 @@ fn affinity_keys_of_every_kind() {
                 from: TokenSource::Header(HeaderName::from_static("authorization")),
                 claim: "sub".into()
             },
-            KeySource::JwtClaim {
-                from: TokenSource::Cookie("jwt".into()),
-                claim: "sub".into()
-            },
-            KeySource::JwtClaim {
-                from: TokenSource::Query("access_token".into()),
-                claim: "uid".into()
-            },
+            KeySource::JwtClaim { from: TokenSource::Cookie("jwt".into()), claim: "sub".into() },
+            KeySource::JwtClaim { from: TokenSource::Query("access_token".into()), claim: "uid".into() },
         ]
     );
-    assert_eq!(
-        a.hash,
-        HashConfig {
-            vnodes: 40,
-            balance_factor: 1.25
-        }
-    );
+    assert_eq!(a.hash, HashConfig { vnodes: 40, balance_factor: 1.25 });
     assert_eq!(a.fallback, Fallback::RoundRobin);
     assert_eq!(a.cookie, None);
 }
@@ -571,29 +473,20 @@ fn affinity_problems_are_all_reported() {
 #[test]
 fn balance_factor_between_zero_and_one_is_rejected() {
     for bad in ["0.5", "-1", "1", ".nan"] {
-        let text = upstream_with(&format!(
-            "{ONE_BACKEND}    affinity: {{ hash: {{ balance_factor: {bad} }} }}\n"
-        ));
+        let text = upstream_with(&format!("{ONE_BACKEND}    affinity: {{ hash: {{ balance_factor: {bad} }} }}\n"));
         let errs = errors(&text);
         assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
-        assert!(
-            errs[0].contains("balance_factor must be 0 (off) or greater than 1.0"),
-            "{bad}"
-        );
+        assert!(errs[0].contains("balance_factor must be 0 (off) or greater than 1.0"), "{bad}");
     }
     for good in ["0", "1.01", "2"] {
-        let text = upstream_with(&format!(
-            "{ONE_BACKEND}    affinity: {{ hash: {{ balance_factor: {good} }} }}\n"
-        ));
+        let text = upstream_with(&format!("{ONE_BACKEND}    affinity: {{ hash: {{ balance_factor: {good} }} }}\n"));
         ok(&text);
     }
 }
 
 #[test]
 fn cookie_defaults_and_explicit_values() {
-    let defaults = ok(&upstream_with(&format!(
-        "{ONE_BACKEND}    affinity: {{ cookie: {{}} }}\n"
-    )));
+    let defaults = ok(&upstream_with(&format!("{ONE_BACKEND}    affinity: {{ cookie: {{}} }}\n")));
     assert_eq!(
         defaults.config.upstreams[0].affinity.cookie,
         Some(CookieConfig {
@@ -632,9 +525,8 @@ fn cookie_defaults_and_explicit_values() {
 
 #[test]
 fn same_site_none_needs_a_secure_cookie() {
-    let text = upstream_with(&format!(
-        "{ONE_BACKEND}    affinity: {{ cookie: {{ secure: false, same_site: none }} }}\n"
-    ));
+    let text =
+        upstream_with(&format!("{ONE_BACKEND}    affinity: {{ cookie: {{ secure: false, same_site: none }} }}\n"));
     assert_eq!(
         errors(&text),
         vec![
@@ -646,9 +538,7 @@ fn same_site_none_needs_a_secure_cookie() {
 
 #[test]
 fn cookie_key_env_unset_warns_and_short_is_an_error() {
-    let text = upstream_with(&format!(
-        "{ONE_BACKEND}    affinity: {{ cookie: {{ key_env: COOKIE_KEY }} }}\n"
-    ));
+    let text = upstream_with(&format!("{ONE_BACKEND}    affinity: {{ cookie: {{ key_env: COOKIE_KEY }} }}\n"));
     let loaded = check_with(&text, &[]).expect("valid");
     assert_eq!(
         loaded.warnings,
@@ -698,9 +588,7 @@ fn bad_cookie_fields_are_reported() {
 
 #[test]
 fn a_present_health_check_section_gets_field_defaults() {
-    let loaded = ok(&upstream_with(&format!(
-        "{ONE_BACKEND}    health_check: {{}}\n"
-    )));
+    let loaded = ok(&upstream_with(&format!("{ONE_BACKEND}    health_check: {{}}\n")));
     assert_eq!(
         loaded.config.upstreams[0].health_check,
         Some(HealthCheckConfig {
@@ -751,18 +639,11 @@ fn passive_drain_and_rebalance_rules() {
             "c.yaml:11:56: upstreams.app.rebalance.max_closes_per_second: must be at least 1",
         ]
     );
-    let text = upstream_with(&format!(
-        "{ONE_BACKEND}    drain: {{ close_code: 1012 }}\n    rebalance: {{ enabled: true }}\n"
-    ));
+    let text =
+        upstream_with(&format!("{ONE_BACKEND}    drain: {{ close_code: 1012 }}\n    rebalance: {{ enabled: true }}\n"));
     let u = ok(&text).config.upstreams.remove(0);
     assert_eq!(u.drain.close_code, 1012);
-    assert_eq!(
-        u.rebalance,
-        RebalanceConfig {
-            enabled: true,
-            max_closes_per_second: 50
-        }
-    );
+    assert_eq!(u.rebalance, RebalanceConfig { enabled: true, max_closes_per_second: 50 });
 }
 
 // ----- global sections -----------------------------------------------------------------------
@@ -780,11 +661,7 @@ fn timeouts_must_be_positive() {
             "c.yaml:10:80: timeouts.tunnel_idle: must be greater than 0s",
         ]
     );
-    let t = ok(&format!(
-        "{BASE}timeouts: {{ request: 250ms, tunnel_idle: 2h }}\n"
-    ))
-    .config
-    .timeouts;
+    let t = ok(&format!("{BASE}timeouts: {{ request: 250ms, tunnel_idle: 2h }}\n")).config.timeouts;
     assert_eq!(t.request, Duration::from_millis(250));
     assert_eq!(t.tunnel_idle, Duration::from_secs(7200));
     assert_eq!(t.connect, Duration::from_secs(2));
@@ -793,9 +670,7 @@ fn timeouts_must_be_positive() {
 #[test]
 fn limits_have_floors() {
     assert_eq!(
-        errors(&format!(
-            "{BASE}limits: {{ max_header_bytes: 4KiB, max_connections: 0 }}\n"
-        )),
+        errors(&format!("{BASE}limits: {{ max_header_bytes: 4KiB, max_connections: 0 }}\n")),
         vec![
             "c.yaml:10:29: limits.max_header_bytes: max_header_bytes must be at least 8KiB \
              (hyper's smallest read buffer), got \"4KiB\"",
@@ -810,31 +685,15 @@ fn limits_have_floors() {
              powers of 1000"
         ]
     );
-    let l = ok(&format!(
-        "{BASE}limits: {{ max_header_bytes: 8KiB, max_connections: 7 }}\n"
-    ))
-    .config
-    .limits;
-    assert_eq!(
-        l,
-        Limits {
-            max_header_bytes: 8192,
-            max_connections: 7
-        }
-    );
+    let l = ok(&format!("{BASE}limits: {{ max_header_bytes: 8KiB, max_connections: 7 }}\n")).config.limits;
+    assert_eq!(l, Limits { max_header_bytes: 8192, max_connections: 7 });
 }
 
 #[test]
 fn trusted_proxies_take_cidrs_and_bare_ips() {
-    let c = ok(&format!(
-        "{BASE}trusted_proxies: [10.1.2.3/8, 192.168.0.7, \"::1\", \"fd00::/8\"]\n"
-    ))
-    .config;
+    let c = ok(&format!("{BASE}trusted_proxies: [10.1.2.3/8, 192.168.0.7, \"::1\", \"fd00::/8\"]\n")).config;
     let nets: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
-    assert_eq!(
-        nets,
-        ["10.0.0.0/8", "192.168.0.7/32", "::1/128", "fd00::/8"]
-    );
+    assert_eq!(nets, ["10.0.0.0/8", "192.168.0.7/32", "::1/128", "fd00::/8"]);
     assert_eq!(
         errors(&format!("{BASE}trusted_proxies: [10.0.0.0/33, proxy]\n")),
         vec![
@@ -853,20 +712,8 @@ fn access_log_shutdown_and_debug() {
          timeout: 1s }}\ndebug: {{ backend_header: true }}\n"
     ))
     .config;
-    assert_eq!(
-        c.access_log,
-        AccessLogConfig {
-            format: AccessLogFormat::Text,
-            redact_query: vec!["sig".into()]
-        }
-    );
-    assert_eq!(
-        c.shutdown,
-        ShutdownConfig {
-            delay: Duration::ZERO,
-            timeout: Duration::from_secs(1)
-        }
-    );
+    assert_eq!(c.access_log, AccessLogConfig { format: AccessLogFormat::Text, redact_query: vec!["sig".into()] });
+    assert_eq!(c.shutdown, ShutdownConfig { delay: Duration::ZERO, timeout: Duration::from_secs(1) });
     assert!(c.debug.backend_header);
     assert_eq!(
         errors(&format!(
@@ -889,13 +736,8 @@ fn environment_references_expand_before_validation() {
     let text = BASE
         .replace("\"127.0.0.1:8080\"", "\"${BIND:-127.0.0.1:8081}\"")
         .replace("\"127.0.0.1:9001\"", "\"${BACKEND}\"");
-    let c = check_with(&text, &[("BACKEND", "app:9009")])
-        .expect("valid")
-        .config;
-    assert_eq!(
-        c.listeners[0].bind,
-        "127.0.0.1:8081".parse::<SocketAddr>().unwrap()
-    );
+    let c = check_with(&text, &[("BACKEND", "app:9009")]).expect("valid").config;
+    assert_eq!(c.listeners[0].bind, "127.0.0.1:8081".parse::<SocketAddr>().unwrap());
     assert_eq!(c.upstreams[0].backends[0].address.to_string(), "app:9009");
     // The source keeps the text as written.
     assert!(c.source.text.contains("${BACKEND}"));
@@ -918,9 +760,7 @@ struct TlsFiles {
 impl TlsFiles {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let one =
-            rcgen::generate_simple_self_signed(vec!["One.example".into(), "*.one.example".into()])
-                .expect("cert");
+        let one = rcgen::generate_simple_self_signed(vec!["One.example".into(), "*.one.example".into()]).expect("cert");
         let two = rcgen::generate_simple_self_signed(vec!["two.example".into()]).expect("cert");
         std::fs::write(dir.path().join("one.crt"), one.cert.pem()).expect("write");
         std::fs::write(dir.path().join("one.key"), one.signing_key.serialize_pem()).expect("write");
@@ -937,8 +777,7 @@ impl TlsFiles {
              backends: [{{ id: a, address: \"127.0.0.1:1\" }}] }} }}\n"
         );
         let path = self.dir.path().join("config.yaml");
-        parse(&path, &text, &|_| None)
-            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
+        parse(&path, &text, &|_| None).map_err(|errors| errors.0.iter().map(ToString::to_string).collect())
     }
 
     fn dir(&self) -> String {
@@ -956,14 +795,8 @@ fn tls_certificates_load_with_their_dns_names_relative_to_the_config() {
     assert_eq!(tls.certificates.len(), 2);
     assert_eq!(tls.certificates[0].names, ["one.example", "*.one.example"]);
     assert_eq!(tls.certificates[1].names, ["two.example"]);
-    assert_eq!(
-        tls.certificates[0].cert_path,
-        files.dir.path().join("one.crt")
-    );
-    assert_eq!(
-        tls.certificates[1].key_path,
-        files.dir.path().join("two.key")
-    );
+    assert_eq!(tls.certificates[0].cert_path, files.dir.path().join("one.crt"));
+    assert_eq!(tls.certificates[1].key_path, files.dir.path().join("two.key"));
     assert!(tls.certificates[0].certified.keys_match().is_ok());
 }
 

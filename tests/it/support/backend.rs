@@ -38,18 +38,12 @@ pub struct TestBackend {
 
 impl TestBackend {
     pub async fn start(id: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
         let addr = listener.local_addr().expect("local addr");
         let stop = CancellationToken::new();
         let requests = Arc::new(AtomicUsize::new(0));
         let sockets = Arc::new(AtomicUsize::new(0));
-        let ctx = Arc::new(Ctx {
-            id: id.to_owned(),
-            requests: requests.clone(),
-            sockets: sockets.clone(),
-        });
+        let ctx = Arc::new(Ctx { id: id.to_owned(), requests: requests.clone(), sockets: sockets.clone() });
         let token = stop.clone();
         tokio::spawn(async move {
             loop {
@@ -74,13 +68,7 @@ impl TestBackend {
                 });
             }
         });
-        Self {
-            id: id.to_owned(),
-            addr,
-            requests,
-            sockets,
-            stop,
-        }
+        Self { id: id.to_owned(), addr, requests, sockets, stop }
     }
 
     /// Stop accepting and drop every connection: the backend is gone.
@@ -108,17 +96,12 @@ struct Ctx {
 }
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .body(Full::new(body.into()).map_err(|e| match e {}).boxed())
-        .expect("response")
+    Response::builder().status(status).body(Full::new(body.into()).map_err(|e| match e {}).boxed()).expect("response")
 }
 
 fn query_u64(req: &Request<Incoming>, name: &str) -> Option<u64> {
     let query = req.uri().query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| v.parse().ok())
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).and_then(|(_, v)| v.parse().ok())
 }
 
 impl Ctx {
@@ -129,12 +112,7 @@ impl Ctx {
                 let headers: Vec<(String, String)> = req
                     .headers()
                     .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                     .collect();
                 let body = serde_json::json!({
                     "backend": self.id,
@@ -167,10 +145,7 @@ impl Ctx {
                             return None;
                         }
                         let n = left.min(CHUNK);
-                        Some((
-                            Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))),
-                            left - n,
-                        ))
+                        Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))), left - n))
                     }
                 });
                 let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
@@ -178,18 +153,14 @@ impl Ctx {
                 resp
             }
             "/slow" => {
-                tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(1000)))
-                    .await;
+                tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(1000))).await;
                 full(StatusCode::OK, "slow")
             }
             "/refuse-upgrade" => full(StatusCode::FORBIDDEN, "no sockets here"),
             "/ws" => return self.upgrade(req),
             _ => full(StatusCode::OK, self.id.clone()),
         };
-        resp.headers_mut().insert(
-            "x-backend-id",
-            self.id.parse().expect("id is a header value"),
-        );
+        resp.headers_mut().insert("x-backend-id", self.id.parse().expect("id is a header value"));
         resp
     }
 
@@ -203,12 +174,9 @@ impl Ctx {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let mut ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             ctx.sockets.fetch_add(1, Ordering::SeqCst);
-            let _ = ws
-                .send(Message::text(format!("hello from {}", ctx.id)))
-                .await;
+            let _ = ws.send(Message::text(format!("hello from {}", ctx.id))).await;
             // After a Close, tungstenite sends the answer on the next poll and then ends the
             // stream, so the loop runs until `None`.
             while let Some(Ok(msg)) = ws.next().await {

@@ -22,9 +22,7 @@ pub struct CheckRun {
 
 impl ConfigDir {
     pub fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        Self { dir: tempfile::tempdir().expect("tempdir") }
     }
 
     pub fn path(&self) -> &Path {

@@ -32,19 +32,14 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 }
 
 async fn read_whole(resp: Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("response body").to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Reply { status: parts.status, headers: parts.headers, body }
 }
 
 /// A keep-alive HTTP/1.1 client connection.
@@ -54,12 +49,8 @@ pub struct H1 {
 
 impl H1 {
     pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = within("TCP connect", TcpStream::connect(addr))
-            .await
-            .expect("connect");
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
+        let stream = within("TCP connect", TcpStream::connect(addr)).await.expect("connect");
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("handshake");
         tokio::spawn(conn);
         Self { sender }
     }
@@ -77,8 +68,7 @@ impl H1 {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        self.send(b.body(Full::new(Bytes::new())).expect("request"))
-            .await
+        self.send(b.body(Full::new(Bytes::new())).expect("request")).await
     }
 
     pub fn is_closed(&self) -> bool {
@@ -100,21 +90,14 @@ pub async fn h2_tls(
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let connector = tokio_rustls::TlsConnector::from(config);
     let name = ServerName::try_from(server_name.to_owned()).expect("server name");
-    let tls = within("TLS handshake", connector.connect(name, tcp))
-        .await
-        .expect("TLS handshake");
+    let tls = within("TLS handshake", connector.connect(name, tcp)).await.expect("TLS handshake");
     let alpn = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
-    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .expect("h2 handshake");
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("h2 handshake");
     tokio::spawn(conn);
     (sender, alpn)
 }
 
-pub async fn send_h2(
-    sender: &mut http2::SendRequest<Full<Bytes>>,
-    req: Request<Full<Bytes>>,
-) -> Reply {
+pub async fn send_h2(sender: &mut http2::SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> Reply {
     within("HTTP/2 response", async {
         sender.ready().await.expect("h2 ready");
         read_whole(sender.send_request(req).await.expect("h2 response")).await
@@ -127,10 +110,6 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(bytes).await.expect("write");
     let mut out = Vec::new();
-    let _ = within(
-        "server to close the connection",
-        stream.read_to_end(&mut out),
-    )
-    .await;
+    let _ = within("server to close the connection", stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }

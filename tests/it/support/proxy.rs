@@ -28,16 +28,12 @@ impl TestProxy {
         std::fs::write(&path, yaml).expect("write config");
         let loaded = tether::config::parse(&path, yaml, &|name| std::env::var(name).ok())
             .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{yaml}"));
-        let running = tether::server::start(loaded.config)
-            .await
-            .expect("proxy starts");
+        let running = tether::server::start(loaded.config).await.expect("proxy starts");
         Self { running, dir }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
-        self.running
-            .addr(listener)
-            .unwrap_or_else(|| panic!("no listener named {listener}"))
+        self.running.addr(listener).unwrap_or_else(|| panic!("no listener named {listener}"))
     }
 }
 
@@ -68,11 +64,7 @@ impl ProxyProcess {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut cmd = Command::new(tether_bin());
-        cmd.arg("proxy")
-            .arg("-c")
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(stderr);
+        cmd.arg("proxy").arg("-c").arg(config).stdout(Stdio::piped()).stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -95,9 +87,7 @@ impl ProxyProcess {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     let mut parts = line.split_whitespace();
-                    if let (Some("listening"), Some(name), Some(addr)) =
-                        (parts.next(), parts.next(), parts.next())
-                    {
+                    if let (Some("listening"), Some(name), Some(addr)) = (parts.next(), parts.next(), parts.next()) {
                         addrs.push((name.to_owned(), addr.parse().expect("listening address")));
                     }
                 }
@@ -108,20 +98,11 @@ impl ProxyProcess {
                 }
             }
         }
-        Self {
-            child,
-            addrs,
-            dir,
-            stderr_path,
-        }
+        Self { child, addrs, dir, stderr_path }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
-        self.addrs
-            .iter()
-            .find(|(n, _)| n == listener)
-            .map(|(_, a)| *a)
-            .expect("listener")
+        self.addrs.iter().find(|(n, _)| n == listener).map(|(_, a)| *a).expect("listener")
     }
 
     pub fn pid(&self) -> u32 {
@@ -134,8 +115,7 @@ impl ProxyProcess {
 
     /// Resident set size now, and its peak, in KiB (from /proc).
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         let field = |name: &str| {
             status
                 .lines()
@@ -180,9 +160,6 @@ impl Drop for ProxyProcess {
 fn count_listeners(config: &Path) -> usize {
     let text = std::fs::read_to_string(config).expect("config");
     let value: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
-    let listeners = value
-        .get("listeners")
-        .and_then(|l| l.as_sequence())
-        .map_or(0, |l| l.len());
+    let listeners = value.get("listeners").and_then(|l| l.as_sequence()).map_or(0, |l| l.len());
     listeners + usize::from(value.get("admin").is_some())
 }

@@ -19,22 +19,13 @@ pub struct Leaf {
 
 impl TestCa {
     pub fn new() -> Self {
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).expect("empty SAN list is valid");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list is valid");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "tether test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.distinguished_name.push(rcgen::DnType::CommonName, "tether test CA");
         let key = KeyPair::generate().expect("key generation");
         let cert = params.self_signed(&key).expect("self-signed CA");
-        Self {
-            cert_der: cert.der().clone(),
-            issuer: Issuer::new(params, key),
-        }
+        Self { cert_der: cert.der().clone(), issuer: Issuer::new(params, key) }
     }
 
     pub fn leaf(&self, names: &[&str]) -> Leaf {
@@ -42,11 +33,7 @@ impl TestCa {
         let params = CertificateParams::new(names).expect("valid names");
         let key = KeyPair::generate().expect("key generation");
         let cert = params.signed_by(&key, &self.issuer).expect("signing");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_der: cert.der().clone(),
-        }
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), cert_der: cert.der().clone() }
     }
 
     /// Write a leaf for `names` as `<stem>.crt` / `<stem>.key` in `dir`.

@@ -1,0 +1,283 @@
+//! Prometheus metrics of the proxy (prometheus-client, text exposition format).
+//!
+//! Owns: the registry and every metric family. Hot paths never look a family up: each backend
+//! keeps its own handles ([`BackendMetrics`]), created once when the backend is created.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub upstream: Arc<str>,
+    pub backend: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub upstream: Arc<str>,
+    pub backend: Arc<str>,
+    /// `1xx` .. `5xx`.
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub upstream: Arc<str>,
+    pub backend: Arc<str>,
+    /// `in` (client to backend) or `out` (backend to client).
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub upstream: Arc<str>,
+    pub backend: Arc<str>,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub upstream: Arc<str>,
+    /// `key`, `cookie`, `fallback`, `repin`, `bounded_load_skip`, `panic`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub upstream: Arc<str>,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: Arc<str>,
+}
+
+/// Request latency buckets, seconds: 1 ms .. 60 s.
+const LATENCY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
+/// Tunnel lifetime buckets, seconds: 1 s .. 1 day.
+const LIFETIME_BUCKETS: [f64; 10] =
+    [1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0];
+
+/// Every metric tether exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<UpstreamLabels, Histogram>,
+    pub tunnels_open: Family<BackendLabels, Gauge>,
+    pub tunnels_total: Family<BackendLabels, Counter>,
+    pub tunnel_lifetime: Family<BackendLabels, Histogram>,
+    pub bytes: Family<DirectionLabels, Counter>,
+    pub affinity: Family<ReasonLabels, Counter>,
+    pub backend_state: Family<StateLabels, Gauge>,
+    pub state_changes: Family<StateLabels, Counter>,
+    pub connect_failures: Family<BackendLabels, Counter>,
+    pub drains_started: Family<BackendLabels, Counter>,
+    pub drains_finished: Family<BackendLabels, Counter>,
+    pub closes_sent: Family<CloseLabels, Counter>,
+    pub rebalance_closes: Family<UpstreamLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub config_generation: Gauge,
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    pub connections_refused: Family<ListenerLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tether");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "HTTP requests answered, by backend and status class", requests.clone());
+        let request_duration =
+            Family::<UpstreamLabels, Histogram>::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body",
+            request_duration.clone(),
+        );
+        let tunnels_open = Family::<BackendLabels, Gauge>::default();
+        registry.register("tunnels_open", "WebSocket tunnels currently open", tunnels_open.clone());
+        let tunnels_total = Family::<BackendLabels, Counter>::default();
+        registry.register("tunnels", "WebSocket tunnels opened", tunnels_total.clone());
+        let tunnel_lifetime =
+            Family::<BackendLabels, Histogram>::new_with_constructor(|| Histogram::new(LIFETIME_BUCKETS));
+        registry.register("tunnel_lifetime_seconds", "Lifetime of finished WebSocket tunnels", tunnel_lifetime.clone());
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register("bytes", "Bytes relayed (bodies and tunnel traffic), in = client to backend", bytes.clone());
+        let affinity = Family::<ReasonLabels, Counter>::default();
+        registry.register("affinity_decisions", "Routing decisions by reason", affinity.clone());
+        let backend_state = Family::<StateLabels, Gauge>::default();
+        registry.register("backend_state", "1 for the backend's current state", backend_state.clone());
+        let state_changes = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "backend_state_changes",
+            "Backend state changes, by the state entered",
+            state_changes.clone(),
+        );
+        let connect_failures = Family::<BackendLabels, Counter>::default();
+        registry.register("backend_connect_failures", "Failed connections to backends", connect_failures.clone());
+        let drains_started = Family::<BackendLabels, Counter>::default();
+        registry.register("drains_started", "Backend drains started", drains_started.clone());
+        let drains_finished = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "drains_finished",
+            "Backend drains finished with nothing left on the backend",
+            drains_finished.clone(),
+        );
+        let closes_sent = Family::<CloseLabels, Counter>::default();
+        registry.register("closes_sent", "WebSocket Close frames sent by tether, by close code", closes_sent.clone());
+        let rebalance_closes = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "rebalance_closes",
+            "Tunnels closed to move them to their new backend",
+            rebalance_closes.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("reloads", "Configuration reloads", reloads.clone());
+        let config_generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "Generation of the running configuration (1 at start)",
+            config_generation.clone(),
+        );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register("connections_open", "Client connections currently open", connections_open.clone());
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections refused over limits.max_connections",
+            connections_refused.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            tunnels_open,
+            tunnels_total,
+            tunnel_lifetime,
+            bytes,
+            affinity,
+            backend_state,
+            state_changes,
+            connect_failures,
+            drains_started,
+            drains_finished,
+            closes_sent,
+            rebalance_closes,
+            reloads,
+            config_generation,
+            connections_open,
+            connections_refused,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn backend(&self, upstream: &Arc<str>, backend: &Arc<str>) -> BackendMetrics {
+        let labels = BackendLabels { upstream: upstream.clone(), backend: backend.clone() };
+        let class = |class| {
+            self.requests.get_or_create_owned(&RequestLabels {
+                upstream: upstream.clone(),
+                backend: backend.clone(),
+                class,
+            })
+        };
+        let dir = |direction| {
+            self.bytes.get_or_create_owned(&DirectionLabels {
+                upstream: upstream.clone(),
+                backend: backend.clone(),
+                direction,
+            })
+        };
+        BackendMetrics {
+            requests: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            bytes_in: dir("in"),
+            bytes_out: dir("out"),
+            tunnels_open: self.tunnels_open.get_or_create_owned(&labels),
+            tunnels_total: self.tunnels_total.get_or_create_owned(&labels),
+            tunnel_lifetime: self.tunnel_lifetime.get_or_create_owned(&labels),
+            connect_failures: self.connect_failures.get_or_create_owned(&labels),
+            drains_started: self.drains_started.get_or_create_owned(&labels),
+            drains_finished: self.drains_finished.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Record a state change of a backend: the old state's gauge drops to 0, the new one's
+    /// rises to 1, and the change is counted.
+    pub fn state_change(&self, upstream: &Arc<str>, backend: &Arc<str>, from: Option<&'static str>, to: &'static str) {
+        let labels = |state| StateLabels { upstream: upstream.clone(), backend: backend.clone(), state };
+        if let Some(from) = from {
+            self.backend_state.get_or_create(&labels(from)).set(0);
+        }
+        self.backend_state.get_or_create(&labels(to)).set(1);
+        self.state_changes.get_or_create(&labels(to)).inc();
+    }
+
+    pub fn affinity(&self, upstream: &Arc<str>, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.affinity.get_or_create(&ReasonLabels { upstream: upstream.clone(), reason }).inc_by(n);
+        }
+    }
+
+    pub fn close_sent(&self, upstream: &Arc<str>, code: u16) {
+        self.closes_sent.get_or_create(&CloseLabels { upstream: upstream.clone(), code }).inc();
+    }
+}
+
+/// Handles for one backend's metrics.
+#[derive(Clone, Debug)]
+pub struct BackendMetrics {
+    requests: [Counter; 5],
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub tunnels_open: Gauge,
+    pub tunnels_total: Counter,
+    pub tunnel_lifetime: Histogram,
+    pub connect_failures: Counter,
+    pub drains_started: Counter,
+    pub drains_finished: Counter,
+}
+
+impl BackendMetrics {
+    pub fn request(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].inc();
+    }
+
+    pub fn requests_total(&self) -> u64 {
+        self.requests.iter().map(Counter::get).sum()
+    }
+
+    /// Answers with status 5xx.
+    pub fn errors_total(&self) -> u64 {
+        self.requests[4].get()
+    }
+}
