@@ -167,6 +167,13 @@ where
             if self.signal.reason().is_some() {
                 return self.on_signal();
             }
+            // Answers that are already known (local receipts) go out before anything queued
+            // later, so a client sees RECEIPT before the MESSAGEs its next frames cause.
+            while let Some(Some(reply)) = self.pending.next().now_or_never() {
+                if let Err(end) = self.on_reply(reply).await {
+                    return end;
+                }
+            }
             let read_deadline = match (self.state, self.expect_every) {
                 (State::AwaitingConnect, _) => self.started + CONNECT_TIMEOUT,
                 (_, Some(every)) => self.last_read + every * SILENCE_INTERVALS,

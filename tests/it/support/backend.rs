@@ -1,0 +1,207 @@
+//! `TestBackend`: an in-process `tether backend` instance on 127.0.0.1:0.
+//!
+//! `TestBackend::builder().redis(&url).spawn().await` runs `tether::backend::run_with_fanout`
+//! on its own task; `shutdown()` triggers the graceful shutdown and re-raises a failure or a
+//! panic of the instance. Dropping it aborts the instance.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tether::backend::{BackendArgs, BackendListeners, Fanout, LocalBus};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::http_client::{self, HttpResponse};
+use super::stomp_client::WAIT;
+
+pub struct TestBackendBuilder {
+    args: BackendArgs,
+    fanout: Fanout,
+    internal: bool,
+}
+
+impl TestBackendBuilder {
+    pub fn id(mut self, id: &str) -> Self {
+        self.args.id = Some(id.into());
+        self
+    }
+
+    pub fn redis(mut self, url: &str) -> Self {
+        self.fanout = Fanout::Redis(url.into());
+        self
+    }
+
+    pub fn bus(mut self, bus: &LocalBus) -> Self {
+        self.fanout = Fanout::Local(bus.clone());
+        self
+    }
+
+    pub fn heartbeat(mut self, d: Duration) -> Self {
+        self.args.heartbeat = d;
+        self
+    }
+
+    pub fn shutdown_delay(mut self, d: Duration) -> Self {
+        self.args.shutdown_delay = d;
+        self
+    }
+
+    pub fn drain_spread(mut self, d: Duration) -> Self {
+        self.args.drain_spread = d;
+        self
+    }
+
+    pub fn outbound_queue(mut self, n: usize) -> Self {
+        self.args.outbound_queue = n;
+        self
+    }
+
+    pub fn max_frame_bytes(mut self, n: usize) -> Self {
+        self.args.max_frame_bytes = n;
+        self
+    }
+
+    /// Adds an `--internal-listen` listener.
+    pub fn internal_listener(mut self) -> Self {
+        self.internal = true;
+        self
+    }
+
+    pub async fn spawn(self) -> TestBackend {
+        let main = TcpListener::bind("127.0.0.1:0").await.expect("bind main");
+        let addr = main.local_addr().expect("main addr");
+        let internal = if self.internal {
+            Some(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind internal"),
+            )
+        } else {
+            None
+        };
+        let internal_addr = internal.as_ref().map(|l| l.local_addr().expect("addr"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = BackendListeners { main, internal };
+        let task = tokio::spawn(tether::backend::run_with_fanout(
+            self.args,
+            listeners,
+            self.fanout,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestBackend {
+            addr,
+            internal: internal_addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    pub internal: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tether::backend::BackendError>>>,
+}
+
+impl TestBackend {
+    /// Test defaults: short shutdown delay and drain spread, heart-beats at 10 s (clients in
+    /// tests send `0,0` unless they test heart-beats).
+    pub fn builder() -> TestBackendBuilder {
+        let mut args = BackendArgs::new("127.0.0.1:0".parse().expect("addr"));
+        args.shutdown_delay = Duration::from_millis(200);
+        args.drain_spread = Duration::from_millis(500);
+        TestBackendBuilder {
+            args,
+            fanout: Fanout::Local(LocalBus::new()),
+            internal: false,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Where `/publish` and `/metrics` live.
+    pub fn operator_addr(&self) -> SocketAddr {
+        self.internal.unwrap_or(self.addr)
+    }
+
+    pub async fn health(&self) -> serde_json::Value {
+        let r = http_client::get(self.addr, "/healthz").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = http_client::get(self.operator_addr(), "/metrics").await;
+        assert_eq!(r.status, 200);
+        r.body
+    }
+
+    /// `POST /publish?destination=...`.
+    pub async fn publish(&self, destination: &str, body: &str) -> HttpResponse {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("destination", destination)
+            .finish();
+        http_client::post(
+            self.operator_addr(),
+            &format!("/publish?{query}"),
+            body.to_owned(),
+        )
+        .await
+    }
+
+    /// Polls `/healthz` until `redis` reports `state` (bounded by `within`).
+    pub async fn wait_redis(&self, state: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let h = self.health().await;
+            if h["redis"] == state {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis did not become {state} within {within:?}: {h}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Starts the graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and waits for `run` to return Ok; re-raises a panic of the instance.
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
+        self.join().await;
+    }
+
+    /// Waits for `run` to return after [`Self::begin_shutdown`].
+    pub async fn join(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        let grace = WAIT * 2;
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("backend failed: {e}"),
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Err(e)) => panic!("backend task failed: {e}"),
+            Err(_) => panic!("backend did not shut down within {grace:?}"),
+        }
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
