@@ -49,6 +49,15 @@ pub(crate) enum Surface {
     Internal,
 }
 
+impl Surface {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Surface::Main { .. } => "main",
+            Surface::Internal => "internal",
+        }
+    }
+}
+
 type Body = Full<Bytes>;
 
 /// Serves one TCP connection (HTTP/1.1 with upgrades) until it ends or `stop` asks it to wind
@@ -326,11 +335,18 @@ fn upgrade(inst: Arc<Instance>, req: Request<Incoming>, sessions: &TaskTracker) 
     r
 }
 
+/// Per-connection socket buffers. tungstenite's 128 KiB defaults cost ~140 KiB of RSS per idle
+/// connection; chat-sized traffic needs a few KiB, and larger frames just take more reads.
+const WS_READ_BUFFER: usize = 8 * 1024;
+const WS_WRITE_BUFFER: usize = 8 * 1024;
+
 /// WebSocket limits: a message may carry several frames (stompjs batches), so allow a few
 /// frames' worth; the STOMP decoder enforces the per-frame limit with a proper ERROR.
 fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     let max_message = (max_frame_bytes * 4).max(256 * 1024);
     WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }

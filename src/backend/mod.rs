@@ -237,7 +237,7 @@ pub async fn run_with_fanout(
     }
     for (listener, surface) in bound {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(event = "listening", instance = %inst.id, surface = ?surface, addr = %addr);
+            tracing::info!(event = "listening", instance = %inst.id, surface = surface.name(), addr = %addr);
         }
         tasks.spawn(accept_loop(
             listener,

@@ -39,6 +39,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on waiting for a broker confirmation before answering a receipt.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Receipts a client may have outstanding; more means it sends faster than the broker confirms,
+/// and the queue of pending answers would grow without bound.
+const MAX_PENDING_REPLIES: usize = 1024;
 /// MESSAGE frames written per flush.
 const WRITE_BATCH: usize = 64;
 /// SEND headers that are protocol or server-set, never passed through to MESSAGE.
@@ -288,10 +291,7 @@ where
             (State::Open, Command::Subscribe) => self.on_subscribe(&frame),
             (State::Open, Command::Unsubscribe) => self.on_unsubscribe(&frame),
             // Every subscription is auto-acknowledged: ACK/NACK are accepted and only receipted.
-            (State::Open, Command::Ack | Command::Nack) => {
-                self.receipt_now(&frame);
-                Ok(())
-            }
+            (State::Open, Command::Ack | Command::Nack) => self.receipt_now(&frame),
             (State::Open, Command::Disconnect) => {
                 self.state = State::Disconnecting;
                 let receipt = frame.get("receipt").map(str::to_owned);
@@ -375,6 +375,9 @@ where
             body: frame.body.clone(),
             published_at_ms: unix_ms(),
         };
+        if frame.get("receipt").is_some() {
+            self.check_pending(&frame)?;
+        }
         let ack = self.inst.publish(envelope, Source::Stomp);
         if let Some(receipt) = frame.get("receipt") {
             let receipt = receipt.to_owned();
@@ -421,8 +424,7 @@ where
         if let Err(e) = self.inst.subscribe(&key, sub) {
             return Err(protocol_error(frame, &e.to_string()));
         }
-        self.receipt_after_sync(frame);
-        Ok(())
+        self.receipt_after_sync(frame)
     }
 
     fn on_unsubscribe(&mut self, frame: &Frame) -> Result<(), End> {
@@ -436,16 +438,16 @@ where
         };
         // Unknown ids are not an error: the subscription may already be gone.
         self.inst.unsubscribe(self.id, id);
-        self.receipt_after_sync(frame);
-        Ok(())
+        self.receipt_after_sync(frame)
     }
 
     /// Queues a RECEIPT that is sent once the broker has applied this subscription change, so
     /// "received after the RECEIPT" holds across instances. During a Redis outage the receipt is
     /// still sent (sync fails fast): the subscription is live locally and is resubscribed on
     /// reconnect, which `/healthz` reports.
-    fn receipt_after_sync(&mut self, frame: &Frame) {
+    fn receipt_after_sync(&mut self, frame: &Frame) -> Result<(), End> {
         if let Some(receipt) = frame.get("receipt") {
+            self.check_pending(frame)?;
             let receipt = receipt.to_owned();
             let sync = self.inst.broker_sync();
             self.pending.push_back(
@@ -456,13 +458,23 @@ where
                 .boxed(),
             );
         }
+        Ok(())
     }
 
-    fn receipt_now(&mut self, frame: &Frame) {
+    fn receipt_now(&mut self, frame: &Frame) -> Result<(), End> {
         if let Some(receipt) = frame.get("receipt") {
+            self.check_pending(frame)?;
             self.pending
                 .push_back(std::future::ready(Reply::Receipt(receipt.to_owned())).boxed());
         }
+        Ok(())
+    }
+
+    fn check_pending(&self, frame: &Frame) -> Result<(), End> {
+        if self.pending.len() >= MAX_PENDING_REPLIES {
+            return Err(protocol_error(frame, "too many outstanding receipts"));
+        }
+        Ok(())
     }
 
     async fn on_reply(&mut self, reply: Reply) -> Result<(), End> {

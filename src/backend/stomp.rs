@@ -229,6 +229,18 @@ pub struct Decoder {
     limits: Limits,
     version: Version,
     failed: Option<DecodeError>,
+    /// What the last incomplete parse was waiting for. Re-parsing a partial frame from its start
+    /// on every push would make a frame trickled in tiny WebSocket messages cost O(n^2); with
+    /// this, a push that cannot complete the awaited delimiter or length is answered at once.
+    wait: Option<Wait>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    /// A `byte` not present in the buffer before offset `scanned`.
+    Byte { byte: u8, scanned: usize },
+    /// The buffer to reach `len` bytes.
+    Len(usize),
 }
 
 enum Step<T> {
@@ -245,6 +257,7 @@ impl Decoder {
             limits,
             version: Version::V1_2,
             failed: None,
+            wait: None,
         }
     }
 
@@ -269,6 +282,10 @@ impl Decoder {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
+        if self.still_waiting() {
+            return Ok(None);
+        }
+        self.wait = None;
         match self.try_decode() {
             Ok(Step::Done(item)) => Ok(Some(item)),
             Ok(Step::NeedMore) => Ok(None),
@@ -276,6 +293,25 @@ impl Decoder {
                 self.failed = Some(e.clone());
                 self.buf.clear();
                 Err(e)
+            }
+        }
+    }
+
+    /// Whether the bytes added since the last incomplete parse cannot change its outcome.
+    /// At or past the frame limit the full parse runs, so it reports `FrameTooLarge` exactly as
+    /// it would have for the same bytes pushed at once.
+    fn still_waiting(&mut self) -> bool {
+        let len = self.buf.len();
+        if len >= self.limits.max_frame_bytes {
+            return false;
+        }
+        match &mut self.wait {
+            None => false,
+            Some(Wait::Len(need)) => len < *need,
+            Some(Wait::Byte { byte, scanned }) => {
+                let found = self.buf[*scanned..].contains(byte);
+                *scanned = len;
+                !found
             }
         }
     }
@@ -340,7 +376,10 @@ impl Decoder {
                     return Err(DecodeError::FrameTooLarge { limit });
                 }
                 match self.buf.get(nul) {
-                    None => return Ok(Step::NeedMore),
+                    None => {
+                        self.wait = Some(Wait::Len(nul + 1));
+                        return Ok(Step::NeedMore);
+                    }
                     Some(0) => nul,
                     Some(_) => return Err(DecodeError::MissingNul),
                 }
@@ -362,7 +401,7 @@ impl Decoder {
     /// Index of the first `byte` at or after `from`, within the frame limit. The limit is checked
     /// against the position the delimiter would need, not the bytes received so far, so a frame
     /// fed in any chunking yields the same result as the same bytes fed at once.
-    fn find(&self, byte: u8, from: usize) -> Result<Step<usize>, DecodeError> {
+    fn find(&mut self, byte: u8, from: usize) -> Result<Step<usize>, DecodeError> {
         let limit = self.limits.max_frame_bytes;
         let end = self.buf.len().min(limit);
         if let Some(i) = self
@@ -375,6 +414,10 @@ impl Decoder {
         if self.buf.len() >= limit {
             return Err(DecodeError::FrameTooLarge { limit });
         }
+        self.wait = Some(Wait::Byte {
+            byte,
+            scanned: self.buf.len(),
+        });
         Ok(Step::NeedMore)
     }
 }
@@ -673,6 +716,40 @@ mod tests {
         assert_eq!(d.next_item(), Ok(None));
         d.push(b"\n");
         assert_eq!(d.next_item(), Ok(Some(Item::HeartBeat)));
+    }
+
+    #[test]
+    fn a_frame_trickled_byte_by_byte_decodes_without_rescanning() {
+        // Both body forms: NUL-terminated and content-length. Re-parsing from the frame start on
+        // every byte would be ~2e9 steps here; the wait hint keeps it linear.
+        for with_length in [false, true] {
+            let body = vec![b'z'; 60 * 1024];
+            let mut frame = Frame::new(Command::Send).header("destination", "/q");
+            frame = if with_length {
+                frame.body(body.clone())
+            } else {
+                Frame {
+                    body: body.clone().into(),
+                    ..frame
+                }
+            };
+            let bytes = to_bytes(&frame, Version::V1_2);
+            let started = std::time::Instant::now();
+            let mut d = Decoder::new(Limits::default());
+            let mut got = None;
+            for b in &bytes {
+                d.push(std::slice::from_ref(b));
+                if let Some(item) = d.next_item().unwrap() {
+                    got = Some(item);
+                }
+            }
+            assert_eq!(got, Some(Item::Frame(frame)));
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
     }
 
     #[test]
