@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tether::config::{self, AccessLogFormat};
 
@@ -29,6 +30,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run the reference STOMP-over-WebSocket backend.
+    Backend(tether::backend::BackendArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Proxy { config } => proxy(&config),
+        Command::Backend(args) => backend(args),
     }
 }
 
@@ -76,11 +80,13 @@ fn proxy(path: &Path) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let running = tether::server::start(loaded.config).await?;
-        announce(&running.addrs());
+        // Handlers first: a signal sent right after the `listening` lines must not kill us.
+        let signals = Signals::install()?;
         if let Err(e) = running.watch_config() {
             tracing::warn!(error = %format!("{e:#}"), "config file watching is off; reload with SIGHUP or POST /admin/reload");
         }
-        serve_until_signalled(&running).await;
+        announce(&running.addrs());
+        serve_until_signalled(&running, signals).await;
         anyhow::Ok(())
     });
     match result {
@@ -92,25 +98,34 @@ fn proxy(path: &Path) -> ExitCode {
     }
 }
 
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?,
+        })
+    }
+}
+
 /// SIGHUP reloads; the first SIGTERM or SIGINT runs the graceful shutdown sequence; a second
 /// one exits at once.
-async fn serve_until_signalled(running: &tether::server::Running) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        tracing::error!("cannot install signal handlers; running until killed");
-        std::future::pending::<()>().await;
-        return;
-    };
+async fn serve_until_signalled(running: &tether::server::Running, mut signals: Signals) {
     loop {
         tokio::select! {
-            _ = hup.recv() => {
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 let _ = running.reload().await;
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
         }
     }
     tracing::info!("shutting down");
@@ -121,11 +136,11 @@ async fn serve_until_signalled(running: &tether::server::Running) {
                 tracing::warn!("shutdown timeout reached with work still in flight");
             }
         }
-        _ = term.recv() => {
+        _ = signals.term.recv() => {
             tracing::warn!("second signal: exiting at once");
             std::process::exit(1);
         }
-        _ = int.recv() => {
+        _ = signals.int.recv() => {
             tracing::warn!("second signal: exiting at once");
             std::process::exit(1);
         }
@@ -158,4 +173,59 @@ fn init_logging(format: AccessLogFormat) {
     } else {
         builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
     }
+}
+
+/// Binds the listeners, prints `listening <name> <addr>` per listener on stdout, logs JSON lines
+/// to stderr, and maps SIGTERM/SIGINT to the backend's graceful shutdown. Exit 0 after a clean
+/// drain.
+fn backend(args: tether::backend::BackendArgs) -> ExitCode {
+    init_logging(AccessLogFormat::Json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let main = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let internal = match args.internal_listen {
+            Some(addr) => {
+                Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?)
+            }
+            None => None,
+        };
+        let mut addrs = vec![("backend".to_owned(), main.local_addr()?)];
+        if let Some(internal) = &internal {
+            addrs.push(("internal".to_owned(), internal.local_addr()?));
+        }
+        let shutdown = shutdown_signal()?;
+        announce(&addrs);
+        let listeners = tether::backend::BackendListeners { main, internal };
+        tether::backend::run(args, listeners, shutdown).await?;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT. Handlers are installed before returning so a signal
+/// that arrives right after startup is not lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::backend::{TestBackend, dead_address};
+use crate::support::echo::{EchoBackend, dead_address};
 use crate::support::http::{self as client, H1};
 use crate::support::proxy::{ProxyProcess, TestProxy};
 use crate::support::tls::TestCa;
@@ -34,10 +34,10 @@ fn config(backends: &[(&str, SocketAddr)], extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_routed_by_host_then_path_first_match_wins() {
-    let api = TestBackend::start("api").await;
-    let api_v2 = TestBackend::start("api-v2").await;
-    let sockets = TestBackend::start("sockets").await;
-    let fallback = TestBackend::start("fallback").await;
+    let api = EchoBackend::start("api").await;
+    let api_v2 = EchoBackend::start("api-v2").await;
+    let sockets = EchoBackend::start("sockets").await;
+    let fallback = EchoBackend::start("fallback").await;
     let yaml = format!(
         r#"listeners:
   - name: public
@@ -76,7 +76,7 @@ upstreams:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_removed_and_forwarded_headers_replaced() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
     let reply = client::get(
         proxy.addr("public"),
@@ -111,7 +111,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxies_keep_their_forwarded_chain() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "trusted_proxies: [\"127.0.0.0/8\"]\n")).await;
     let reply = client::get(
         proxy.addr("public"),
@@ -128,7 +128,7 @@ async fn trusted_proxies_keep_their_forwarded_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backend_gets_502_and_a_slow_one_504() {
     let dead = dead_address().await;
-    let slow = TestBackend::start("slow").await;
+    let slow = EchoBackend::start("slow").await;
     let yaml = format!(
         "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nroutes:\n  - {{ path_prefix: /dead, upstream: dead }}\n  - {{ upstream: slow }}\nupstreams:\n  dead: {{ backends: [ {{ id: d, address: \"{dead}\" }} ] }}\n  slow: {{ backends: [ {{ id: s, address: \"{}\" }} ] }}\ntimeouts: {{ connect: 1s, request: 300ms }}\n",
         slow.addr
@@ -148,7 +148,7 @@ async fn a_dead_backend_gets_502_and_a_slow_one_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_answered_400_and_never_reach_a_backend() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
     let addr = proxy.addr("public");
     let smuggle = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -176,7 +176,7 @@ async fn malformed_requests_are_answered_400_and_never_reach_a_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_is_stripped_and_served_as_http1() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
     let reply = client::raw(
         proxy.addr("public"),
@@ -190,7 +190,7 @@ async fn an_h2c_upgrade_is_stripped_and_served_as_http1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed_after_header_read() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy =
         TestProxy::start(&config(&[("app-1", backend.addr)], "timeouts: { header_read: 500ms, idle: 30s }\n")).await;
     let mut stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
@@ -205,7 +205,7 @@ async fn slowloris_connections_are_closed_after_header_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_live_for_idle_not_header_read() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy =
         TestProxy::start(&config(&[("app-1", backend.addr)], "timeouts: { header_read: 300ms, idle: 1500ms }\n")).await;
     let mut stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
@@ -226,7 +226,7 @@ async fn idle_keep_alive_connections_live_for_idle_not_header_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_max_connections_are_refused_with_503() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "limits: { max_connections: 2 }\n")).await;
     let addr = proxy.addr("public");
     let mut a = H1::connect(addr).await;
@@ -252,7 +252,7 @@ async fn connections_over_max_connections_are_refused_with_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_works_on_a_plain_listener() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
     let stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
@@ -276,7 +276,7 @@ async fn h2c_prior_knowledge_works_on_a_plain_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways_in_bounded_memory() {
     const SIZE: u64 = 128 * 1024 * 1024;
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = ProxyProcess::start(&config(&[("app-1", backend.addr)], "access_log: { format: off }\n"));
     let addr = proxy.addr("public");
     // Warm up allocator and connection pool before the baseline.
@@ -362,7 +362,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy_over_ws() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
     let url = format!("ws://{}/ws", proxy.addr("public"));
     let (mut ws, resp) = within("ws connect", tokio_tungstenite::connect_async(url)).await.unwrap();
@@ -380,7 +380,7 @@ async fn websocket_echo_through_the_proxy_over_ws() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upgrade_is_relayed_as_an_ordinary_response() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
     let url = format!("ws://{}/refuse-upgrade", proxy.addr("public"));
     match within("ws connect", tokio_tungstenite::connect_async(url)).await {
@@ -401,7 +401,7 @@ fn tls_config(backend: SocketAddr, dir: &std::path::Path, ca: &TestCa, extra: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy_over_wss() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
     let yaml = tls_config(backend.addr, dir.path(), &ca, "");
@@ -420,7 +420,7 @@ async fn websocket_echo_through_the_proxy_over_wss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_over_tls_is_negotiated_by_alpn_and_proxied_as_http1() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
     let yaml = tls_config(backend.addr, dir.path(), &ca, "");
@@ -444,7 +444,7 @@ async fn http2_over_tls_is_negotiated_by_alpn_and_proxied_as_http1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_selects_the_matching_certificate_and_the_first_is_the_default() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
     let yaml = tls_config(backend.addr, dir.path(), &ca, "");
@@ -529,7 +529,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_are_json_with_redacted_query_parameters() {
-    let backend = TestBackend::start("app-1").await;
+    let backend = EchoBackend::start("app-1").await;
     let proxy = ProxyProcess::start(&config(&[("app-1", backend.addr)], ""));
     let addr = proxy.addr("public");
     assert_eq!(client::get(addr, "/login?user=bob&access_token=s3cr3t", &[]).await.status, StatusCode::OK);

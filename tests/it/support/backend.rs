@@ -1,199 +1,177 @@
-//! A real HTTP/1.1 + WebSocket backend for proxy tests.
+//! `TestBackend`: an in-process `tether backend` instance on 127.0.0.1:0.
 //!
-//! Routes: `/headers` (JSON of what arrived), `/upload` (streams the body, answers its length),
-//! `/download?bytes=N` (streams N bytes), `/slow?ms=N`, `/ws` (WebSocket echo that greets with
-//! `hello from <id>`), `/refuse-upgrade` (answers a WebSocket upgrade with 403), anything else:
-//! `200 <id>`. Every response carries `x-backend-id`.
+//! `TestBackend::builder().redis(&url).spawn().await` runs `tether::backend::run_with_fanout`
+//! on its own task; `shutdown()` triggers the graceful shutdown and re-raises a failure or a
+//! panic of the instance. Dropping it aborts the instance.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use tether::backend::{BackendArgs, BackendListeners, Fanout, LocalBus};
 use tokio::net::TcpListener;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-type Body = BoxBody<Bytes, Infallible>;
+use super::http_client::{self, HttpResponse};
+use super::stomp_client::WAIT;
+
+pub struct TestBackendBuilder {
+    args: BackendArgs,
+    fanout: Fanout,
+    internal: bool,
+}
+
+impl TestBackendBuilder {
+    pub fn id(mut self, id: &str) -> Self {
+        self.args.id = Some(id.into());
+        self
+    }
+
+    pub fn redis(mut self, url: &str) -> Self {
+        self.fanout = Fanout::Redis(url.into());
+        self
+    }
+
+    pub fn bus(mut self, bus: &LocalBus) -> Self {
+        self.fanout = Fanout::Local(bus.clone());
+        self
+    }
+
+    pub fn heartbeat(mut self, d: Duration) -> Self {
+        self.args.heartbeat = d;
+        self
+    }
+
+    pub fn shutdown_delay(mut self, d: Duration) -> Self {
+        self.args.shutdown_delay = d;
+        self
+    }
+
+    pub fn drain_spread(mut self, d: Duration) -> Self {
+        self.args.drain_spread = d;
+        self
+    }
+
+    pub fn outbound_queue(mut self, n: usize) -> Self {
+        self.args.outbound_queue = n;
+        self
+    }
+
+    pub fn max_frame_bytes(mut self, n: usize) -> Self {
+        self.args.max_frame_bytes = n;
+        self
+    }
+
+    /// Adds an `--internal-listen` listener.
+    pub fn internal_listener(mut self) -> Self {
+        self.internal = true;
+        self
+    }
+
+    pub async fn spawn(self) -> TestBackend {
+        let main = TcpListener::bind("127.0.0.1:0").await.expect("bind main");
+        let addr = main.local_addr().expect("main addr");
+        let internal =
+            if self.internal { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind internal")) } else { None };
+        let internal_addr = internal.as_ref().map(|l| l.local_addr().expect("addr"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = BackendListeners { main, internal };
+        let task = tokio::spawn(tether::backend::run_with_fanout(self.args, listeners, self.fanout, async move {
+            let _ = stopped.await;
+        }));
+        TestBackend { addr, internal: internal_addr, stop: Some(stop), task: Some(task) }
+    }
+}
 
 pub struct TestBackend {
-    pub id: String,
     pub addr: SocketAddr,
-    /// Requests seen (including upgrades).
-    pub requests: Arc<AtomicUsize>,
-    /// WebSocket sessions currently open.
-    pub sockets: Arc<AtomicUsize>,
-    stop: CancellationToken,
+    pub internal: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tether::backend::BackendError>>>,
 }
 
 impl TestBackend {
-    pub async fn start(id: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
-        let addr = listener.local_addr().expect("local addr");
-        let stop = CancellationToken::new();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let sockets = Arc::new(AtomicUsize::new(0));
-        let ctx = Arc::new(Ctx { id: id.to_owned(), requests: requests.clone(), sockets: sockets.clone() });
-        let token = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                    _ = token.cancelled() => return,
-                };
-                let ctx = ctx.clone();
-                let token = token.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(ctx.handle(req).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades();
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = token.cancelled() => {}
-                    }
-                });
-            }
-        });
-        Self { id: id.to_owned(), addr, requests, sockets, stop }
+    /// Test defaults: short shutdown delay and drain spread, heart-beats at 10 s (clients in
+    /// tests send `0,0` unless they test heart-beats).
+    pub fn builder() -> TestBackendBuilder {
+        let mut args = BackendArgs::new("127.0.0.1:0".parse().expect("addr"));
+        args.shutdown_delay = Duration::from_millis(200);
+        args.drain_spread = Duration::from_millis(500);
+        TestBackendBuilder { args, fanout: Fanout::Local(LocalBus::new()), internal: false }
     }
 
-    /// Stop accepting and drop every connection: the backend is gone.
-    pub fn stop(&self) {
-        self.stop.cancel();
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Where `/publish` and `/metrics` live.
+    pub fn operator_addr(&self) -> SocketAddr {
+        self.internal.unwrap_or(self.addr)
+    }
+
+    pub async fn health(&self) -> serde_json::Value {
+        let r = http_client::get(self.addr, "/healthz").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = http_client::get(self.operator_addr(), "/metrics").await;
+        assert_eq!(r.status, 200);
+        r.body
+    }
+
+    /// `POST /publish?destination=...`.
+    pub async fn publish(&self, destination: &str, body: &str) -> HttpResponse {
+        let query: String =
+            form_urlencoded::Serializer::new(String::new()).append_pair("destination", destination).finish();
+        http_client::post(self.operator_addr(), &format!("/publish?{query}"), body.to_owned()).await
+    }
+
+    /// Polls `/healthz` until `redis` reports `state` (bounded by `within`).
+    pub async fn wait_redis(&self, state: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let h = self.health().await;
+            if h["redis"] == state {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "redis did not become {state} within {within:?}: {h}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Starts the graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Shuts down and waits for `run` to return Ok; re-raises a panic of the instance.
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
+        self.join().await;
+    }
+
+    /// Waits for `run` to return after [`Self::begin_shutdown`].
+    pub async fn join(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        let grace = WAIT * 2;
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("backend failed: {e}"),
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Err(e)) => panic!("backend task failed: {e}"),
+            Err(_) => panic!("backend did not shut down within {grace:?}"),
+        }
     }
 }
 
 impl Drop for TestBackend {
     fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// An address on which nothing listens (connections are refused).
-pub async fn dead_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-struct Ctx {
-    id: String,
-    requests: Arc<AtomicUsize>,
-    sockets: Arc<AtomicUsize>,
-}
-
-fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    Response::builder().status(status).body(Full::new(body.into()).map_err(|e| match e {}).boxed()).expect("response")
-}
-
-fn query_u64(req: &Request<Incoming>, name: &str) -> Option<u64> {
-    let query = req.uri().query()?;
-    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).and_then(|(_, v)| v.parse().ok())
-}
-
-impl Ctx {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        let mut resp = match req.uri().path() {
-            "/headers" => {
-                let headers: Vec<(String, String)> = req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                    .collect();
-                let body = serde_json::json!({
-                    "backend": self.id,
-                    "method": req.method().as_str(),
-                    "uri": req.uri().to_string(),
-                    "version": format!("{:?}", req.version()),
-                    "headers": headers,
-                });
-                full(StatusCode::OK, body.to_string())
-            }
-            "/upload" => {
-                let mut body = req.into_body();
-                let mut total: u64 = 0;
-                while let Some(frame) = body.frame().await {
-                    match frame {
-                        Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
-                        Err(_) => return full(StatusCode::BAD_REQUEST, "body error"),
-                    }
-                }
-                full(StatusCode::OK, total.to_string())
-            }
-            "/download" => {
-                let total = query_u64(&req, "bytes").unwrap_or(0);
-                const CHUNK: u64 = 64 * 1024;
-                let chunk = Bytes::from(vec![b'x'; CHUNK as usize]);
-                let stream = futures_util::stream::unfold(total, move |left| {
-                    let chunk = chunk.clone();
-                    async move {
-                        if left == 0 {
-                            return None;
-                        }
-                        let n = left.min(CHUNK);
-                        Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))), left - n))
-                    }
-                });
-                let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-                resp.headers_mut().insert("content-length", total.into());
-                resp
-            }
-            "/slow" => {
-                tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(1000))).await;
-                full(StatusCode::OK, "slow")
-            }
-            "/refuse-upgrade" => full(StatusCode::FORBIDDEN, "no sockets here"),
-            "/ws" => return self.upgrade(req),
-            _ => full(StatusCode::OK, self.id.clone()),
-        };
-        resp.headers_mut().insert("x-backend-id", self.id.parse().expect("id is a header value"));
-        resp
-    }
-
-    fn upgrade(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
-        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-            return full(StatusCode::BAD_REQUEST, "not a websocket request");
-        };
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let ctx = self.clone();
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            ctx.sockets.fetch_add(1, Ordering::SeqCst);
-            let _ = ws.send(Message::text(format!("hello from {}", ctx.id))).await;
-            // After a Close, tungstenite sends the answer on the next poll and then ends the
-            // stream, so the loop runs until `None`.
-            while let Some(Ok(msg)) = ws.next().await {
-                let is_data = matches!(msg, Message::Text(_) | Message::Binary(_));
-                if is_data && ws.send(msg).await.is_err() {
-                    break;
-                }
-            }
-            ctx.sockets.fetch_sub(1, Ordering::SeqCst);
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
-            .header("x-backend-id", self.id.as_str())
-            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
-            .expect("response")
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }

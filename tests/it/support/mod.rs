@@ -3,8 +3,12 @@
 
 pub mod backend;
 pub mod check;
+pub mod echo;
 pub mod http;
+pub mod http_client;
 pub mod proxy;
+pub mod redis;
+pub mod stomp_client;
 pub mod tls;
 
 use std::time::Duration;

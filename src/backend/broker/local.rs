@@ -1,0 +1,133 @@
+//! The in-process adapter: instances in one process (one `tether backend` without `--redis`, or
+//! the two backends of `tether demo`) share a [`LocalBus`] and hand envelopes to each other
+//! directly. It is always up and confirms at once.
+//!
+//! It must not block: delivery into another instance goes through that instance's non-blocking
+//! [`Inbound`]. There is no per-key interest tracking here: the receiving hub drops envelopes
+//! nobody subscribed to, which costs one hash lookup and no network.
+
+use std::sync::{Arc, RwLock};
+
+use super::{Ack, Broker, BrokerKind, Envelope, Inbound};
+
+/// A cloneable handle to one in-process bus.
+#[derive(Clone, Default)]
+pub struct LocalBus {
+    members: Arc<RwLock<Vec<Member>>>,
+}
+
+struct Member {
+    token: u64,
+    origin: u64,
+    inbound: Inbound,
+}
+
+impl std::fmt::Debug for LocalBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.members.read().map(|m| m.len()).unwrap_or_default();
+        f.debug_struct("LocalBus").field("members", &n).finish()
+    }
+}
+
+impl LocalBus {
+    pub fn new() -> LocalBus {
+        LocalBus::default()
+    }
+
+    /// Joins the bus as the instance with nonce `origin`. The member leaves when the returned
+    /// broker is dropped.
+    pub fn attach(&self, origin: u64, inbound: Inbound) -> LocalBroker {
+        let token = rand::random();
+        let mut members = self.members.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        members.push(Member { token, origin, inbound });
+        LocalBroker { bus: self.clone(), token }
+    }
+
+    fn deliver_to_others(&self, token: u64, envelope: &Arc<Envelope>) {
+        let members = self.members.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for m in members.iter().filter(|m| m.token != token) {
+            // Same-nonce members would be one instance attached twice; mirror Redis local bypass.
+            if m.origin != envelope.origin {
+                (m.inbound)(envelope.clone());
+            }
+        }
+    }
+}
+
+/// One instance's membership in a [`LocalBus`].
+pub struct LocalBroker {
+    bus: LocalBus,
+    token: u64,
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        let mut members = self.bus.members.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        members.retain(|m| m.token != self.token);
+    }
+}
+
+impl Broker for LocalBroker {
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::Local
+    }
+
+    fn publish(&self, envelope: Arc<Envelope>) -> Ack {
+        self.bus.deliver_to_others(self.token, &envelope);
+        Ack::ready(Ok(()))
+    }
+
+    fn watch(&self, _key: &str) {}
+
+    fn unwatch(&self, _key: &str) {}
+
+    fn sync(&self) -> Ack {
+        Ack::ready(Ok(()))
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn envelope(origin: u64) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            origin,
+            instance: "i".into(),
+            id: "m".into(),
+            destination: "/t".into(),
+            sender: None,
+            content_type: None,
+            headers: Vec::new(),
+            body: bytes::Bytes::from_static(b"x"),
+            published_at_ms: 0,
+        })
+    }
+
+    fn recorder() -> (Arc<Mutex<Vec<u64>>>, Inbound) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        (seen, Arc::new(move |e: Arc<Envelope>| s.lock().unwrap().push(e.origin)))
+    }
+
+    #[tokio::test]
+    async fn publishes_reach_every_other_member_but_not_the_publisher() {
+        let bus = LocalBus::new();
+        let (seen_a, in_a) = recorder();
+        let (seen_b, in_b) = recorder();
+        let a = bus.attach(1, in_a);
+        let b = bus.attach(2, in_b);
+        assert_eq!(a.publish(envelope(1)).await, Ok(()));
+        assert_eq!(b.publish(envelope(2)).await, Ok(()));
+        assert_eq!(*seen_a.lock().unwrap(), vec![2]);
+        assert_eq!(*seen_b.lock().unwrap(), vec![1]);
+        drop(b);
+        assert_eq!(a.publish(envelope(1)).await, Ok(()));
+        assert_eq!(*seen_b.lock().unwrap(), vec![1]);
+    }
+}

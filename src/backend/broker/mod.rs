@@ -1,0 +1,277 @@
+//! The fan-out port: how a message published on one instance reaches the subscribers on every
+//! other instance. Owns the [`Broker`] trait, the [`Envelope`] that crosses instances and its
+//! wire form; the adapters are [`redis::RedisBroker`] and [`local::LocalBus`].
+//!
+//! Adapters only move envelopes between instances and report health. They must not know about
+//! sessions or STOMP, and they must never block a caller: every method returns at once, and the
+//! slow part (a Redis round trip) is an [`Ack`] the caller may await or drop.
+
+pub mod local;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// A message on its way to every subscriber of `destination` (a hub key) on every instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Random per-instance nonce of the publisher. Local bypass drops envelopes carrying our own
+    /// nonce when they come back from the broker. It is never the configured `--id`: replicas
+    /// that share an id must still not drop each other's messages.
+    pub origin: u64,
+    /// The publishing instance's `--id`, for display (`tether-instance` header).
+    pub instance: Arc<str>,
+    /// Cluster-unique message id: origin nonce + counter. Becomes MESSAGE `message-id`.
+    pub id: Arc<str>,
+    pub destination: String,
+    /// Authenticated user who sent it, if any.
+    pub sender: Option<String>,
+    pub content_type: Option<String>,
+    /// User headers of the SEND, passed through to MESSAGE.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Publish time, Unix epoch milliseconds, for the cross-instance fan-out latency metric.
+    pub published_at_ms: u64,
+}
+
+impl Envelope {
+    /// Whether the body is UTF-8 (a STOMP frame carrying it can go in a WebSocket text message).
+    pub fn body_is_utf8(&self) -> bool {
+        std::str::from_utf8(&self.body).is_ok()
+    }
+
+    /// The JSON form published on the broker. Text bodies stay readable in `redis-cli
+    /// MONITOR`; binary bodies go as base64.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let (body, body_b64) = match std::str::from_utf8(&self.body) {
+            Ok(s) => (Some(s), None),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&self.body))),
+        };
+        let wire = Wire {
+            v: WIRE_VERSION,
+            origin: format!("{:016x}", self.origin),
+            instance: &self.instance,
+            id: &self.id,
+            destination: &self.destination,
+            sender: self.sender.as_deref(),
+            content_type: self.content_type.as_deref(),
+            headers: &self.headers,
+            ts: self.published_at_ms,
+            body,
+            body_b64,
+        };
+        // Serialising borrowed strings and numbers into a Vec cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    pub fn from_wire(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let wire: OwnedWire = serde_json::from_slice(bytes)?;
+        if wire.v != WIRE_VERSION {
+            return Err(EnvelopeError::Version(wire.v));
+        }
+        let origin = u64::from_str_radix(&wire.origin, 16).map_err(|_| EnvelopeError::Origin(wire.origin))?;
+        let body = match (wire.body, wire.body_b64) {
+            (Some(text), None) => Bytes::from(text),
+            (None, Some(b64)) => {
+                Bytes::from(base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| EnvelopeError::Body)?)
+            }
+            (None, None) => Bytes::new(),
+            (Some(_), Some(_)) => return Err(EnvelopeError::Body),
+        };
+        Ok(Envelope {
+            origin,
+            instance: wire.instance.into(),
+            id: wire.id.into(),
+            destination: wire.destination,
+            sender: wire.sender,
+            content_type: wire.content_type,
+            headers: wire.headers,
+            body,
+            published_at_ms: wire.ts,
+        })
+    }
+}
+
+const WIRE_VERSION: u8 = 1;
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    v: u8,
+    origin: String,
+    instance: &'a str,
+    id: &'a str,
+    destination: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<&'a str>,
+    headers: &'a [(String, String)],
+    ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_b64: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnedWire {
+    v: u8,
+    origin: String,
+    instance: String,
+    id: String,
+    destination: String,
+    sender: Option<String>,
+    content_type: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    ts: u64,
+    body: Option<String>,
+    body_b64: Option<String>,
+}
+
+/// Why a broker payload is not an envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported envelope version {0}")]
+    Version(u8),
+    #[error("invalid origin nonce {0:?}")]
+    Origin(String),
+    #[error("invalid envelope body")]
+    Body,
+}
+
+/// Why a publish or a subscription change was not confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("the broker is unavailable")]
+    Down,
+    #[error("the broker publish queue is full")]
+    Overloaded,
+    #[error("the broker did not confirm in time")]
+    Timeout,
+    #[error("the broker is shutting down")]
+    Closed,
+}
+
+/// Which adapter an instance runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    Redis,
+    Local,
+}
+
+/// Where a broker delivers envelopes received from other instances. Called from the broker's
+/// own task; it must not block (the hub fan-out only uses `try_send`).
+pub type Inbound = Arc<dyn Fn(Arc<Envelope>) + Send + Sync>;
+
+/// The fan-out port. All methods return at once.
+pub trait Broker: Send + Sync {
+    fn kind(&self) -> BrokerKind;
+
+    /// Sends `envelope` to the other instances. The [`Ack`] resolves once the broker accepted it;
+    /// dropping it is fine when nobody asked for a receipt.
+    fn publish(&self, envelope: Arc<Envelope>) -> Ack;
+
+    /// Starts receiving envelopes for hub key `key` (its first local subscriber arrived).
+    fn watch(&self, key: &str);
+
+    /// Stops receiving envelopes for `key` (its last local subscriber left).
+    fn unwatch(&self, key: &str);
+
+    /// Resolves once every earlier `watch`/`unwatch` is in effect at the broker, so a RECEIPT for
+    /// a SUBSCRIBE means messages published afterwards on any instance will arrive.
+    fn sync(&self) -> Ack;
+
+    /// Whether the broker is currently reachable.
+    fn is_up(&self) -> bool;
+}
+
+/// A pending broker confirmation.
+#[derive(Debug)]
+pub struct Ack(AckState);
+
+#[derive(Debug)]
+enum AckState {
+    Ready(Option<Result<(), BrokerError>>),
+    Waiting(oneshot::Receiver<Result<(), BrokerError>>),
+}
+
+impl Ack {
+    pub fn ready(result: Result<(), BrokerError>) -> Ack {
+        Ack(AckState::Ready(Some(result)))
+    }
+
+    /// An ack resolved by whoever holds the sender; a dropped sender means [`BrokerError::Closed`].
+    pub fn channel() -> (oneshot::Sender<Result<(), BrokerError>>, Ack) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Ack(AckState::Waiting(rx)))
+    }
+}
+
+impl Future for Ack {
+    type Output = Result<(), BrokerError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            AckState::Ready(r) => Poll::Ready(r.take().unwrap_or(Err(BrokerError::Closed))),
+            AckState::Waiting(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(BrokerError::Closed))),
+        }
+    }
+}
+
+/// The broker channel for hub key `key`.
+pub fn channel_name(key: &str) -> String {
+    format!("{CHANNEL_PREFIX}{key}")
+}
+
+/// Prefix of every channel tether uses, so `PUBSUB CHANNELS tether:dest:*` lists them all.
+pub const CHANNEL_PREFIX: &str = "tether:dest:";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(body: &[u8]) -> Envelope {
+        Envelope {
+            origin: 0xdead_beef_0000_0001,
+            instance: "app-1".into(),
+            id: "deadbeef-1".into(),
+            destination: "/topic/room.a".into(),
+            sender: Some("alice".into()),
+            content_type: Some("application/json".into()),
+            headers: vec![("x-a".into(), "1:2\n".into())],
+            body: Bytes::copy_from_slice(body),
+            published_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn text_and_binary_envelopes_round_trip() {
+        for body in [&b"{\"text\":\"hi\"}"[..], &[0, 159, 146, 150, 255], b""] {
+            let e = envelope(body);
+            assert_eq!(Envelope::from_wire(&e.to_wire()).unwrap(), e);
+        }
+        let wire = String::from_utf8(envelope(&[255]).to_wire()).unwrap();
+        assert!(wire.contains("\"body_b64\":\"/w==\""), "{wire}");
+    }
+
+    #[test]
+    fn foreign_payloads_are_rejected_not_panicked_on() {
+        for bad in [&b"not json"[..], b"{}", b"{\"v\":2}", b"\xff\xfe"] {
+            assert!(Envelope::from_wire(bad).is_err());
+        }
+        let mut e = String::from_utf8(envelope(b"x").to_wire()).unwrap();
+        e = e.replace("deadbeef00000001", "zz");
+        assert!(matches!(Envelope::from_wire(e.as_bytes()), Err(EnvelopeError::Origin(_))));
+    }
+}

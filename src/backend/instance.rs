@@ -1,0 +1,312 @@
+//! One backend instance's shared state: identity, the hub, the broker handle, metrics, the
+//! session registry and the readiness flag, plus fan-out (local delivery + broker publish).
+//!
+//! Everything here is synchronous and non-blocking: it is called from session tasks, HTTP
+//! handlers and the broker's receive task. Locks are std locks held for bookkeeping only, never
+//! across an `.await`. It must not touch sockets.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use super::broker::{Ack, Broker, BrokerKind, Envelope};
+use super::hub::{Hub, SessionId, SubscribeError, Subscriber};
+use super::metrics::{Metrics, Source};
+use super::stomp::Limits;
+
+/// Per-instance settings derived from the command line.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Heart-beat interval offered in CONNECTED (both directions); zero disables heart-beats.
+    pub heartbeat: Duration,
+    /// Capacity of each session's outbound queue (MESSAGE frames).
+    pub outbound_queue: usize,
+    pub limits: Limits,
+    pub max_subscriptions: usize,
+    pub user_header: http::HeaderName,
+}
+
+/// Why a session is being closed from outside its own task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Graceful shutdown: WebSocket Close 1001.
+    Draining,
+    /// Its outbound queue overflowed: ERROR, then close.
+    SlowConsumer,
+}
+
+/// The outside world's handle on a session: one close request, first reason wins.
+#[derive(Debug)]
+pub(crate) struct SessionSignal {
+    pub id: SessionId,
+    reason: OnceLock<CloseReason>,
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl SessionSignal {
+    pub fn new(id: SessionId) -> SessionSignal {
+        SessionSignal { id, reason: OnceLock::new(), token: tokio_util::sync::CancellationToken::new() }
+    }
+
+    /// Requests a close; returns whether this was the first request.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let first = self.reason.set(reason).is_ok();
+        self.token.cancel();
+        first
+    }
+
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.reason.get().copied()
+    }
+
+    pub async fn closed(&self) {
+        self.token.cancelled().await
+    }
+}
+
+/// One MESSAGE to write: shared envelope plus the per-subscription headers.
+#[derive(Clone, Debug)]
+pub(crate) struct Delivery {
+    pub envelope: Arc<Envelope>,
+    pub subscription: Arc<str>,
+    pub destination: Arc<str>,
+    /// Whether the body is UTF-8, computed once per fan-out rather than per subscriber.
+    pub text: bool,
+}
+
+/// What the hub stores per subscription.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionHandle {
+    pub outbox: mpsc::Sender<Delivery>,
+    pub signal: Arc<SessionSignal>,
+}
+
+#[derive(Default)]
+struct Registry {
+    sessions: BTreeMap<SessionId, Arc<SessionSignal>>,
+    draining: bool,
+}
+
+pub(crate) struct Instance {
+    pub id: Arc<str>,
+    /// Random per instance; see [`Envelope::origin`].
+    pub nonce: u64,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    hub: RwLock<Hub<SessionHandle>>,
+    broker: OnceLock<Box<dyn Broker>>,
+    message_seq: AtomicU64,
+    session_seq: AtomicU64,
+    registry: Mutex<Registry>,
+    shutting_down: AtomicBool,
+}
+
+impl Instance {
+    pub fn new(id: Arc<str>, settings: Settings, metrics: Arc<Metrics>) -> Instance {
+        Instance {
+            id,
+            nonce: rand::random(),
+            settings,
+            metrics,
+            hub: RwLock::new(Hub::new()),
+            broker: OnceLock::new(),
+            message_seq: AtomicU64::new(0),
+            session_seq: AtomicU64::new(0),
+            registry: Mutex::new(Registry::default()),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Installs the broker; done once, right after construction (the broker's inbound callback
+    /// needs a reference to the instance, hence two steps).
+    pub fn set_broker(&self, broker: Box<dyn Broker>) {
+        let _ = self.broker.set(broker);
+    }
+
+    fn broker(&self) -> Option<&dyn Broker> {
+        self.broker.get().map(|b| &**b)
+    }
+
+    pub fn broker_kind(&self) -> Option<BrokerKind> {
+        self.broker().map(|b| b.kind())
+    }
+
+    pub fn broker_is_up(&self) -> bool {
+        self.broker().is_some_and(|b| b.is_up())
+    }
+
+    /// Resolves once earlier subscription changes are in effect at the broker.
+    pub fn broker_sync(&self) -> Ack {
+        match self.broker() {
+            Some(b) => b.sync(),
+            None => Ack::ready(Ok(())),
+        }
+    }
+
+    pub fn next_message_id(&self) -> Arc<str> {
+        let n = self.message_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n}", self.nonce).into()
+    }
+
+    pub fn next_session_id(&self) -> SessionId {
+        self.session_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The STOMP `session` id: unique across instances, like message ids.
+    pub fn session_name(&self, id: SessionId) -> String {
+        format!("{:016x}-s{id}", self.nonce)
+    }
+
+    fn read_hub(&self) -> std::sync::RwLockReadGuard<'_, Hub<SessionHandle>> {
+        self.hub.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_hub(&self) -> std::sync::RwLockWriteGuard<'_, Hub<SessionHandle>> {
+        self.hub.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update_hub_gauges(&self, hub: &Hub<SessionHandle>) {
+        self.metrics.subscriptions.set(hub.subscription_count() as i64);
+        self.metrics.destinations.set(hub.destination_count() as i64);
+    }
+
+    /// Registers a subscription under `key`, telling the broker when `key` gains its first
+    /// subscriber. Broker interest changes are issued while the hub lock is held so that a
+    /// concurrent last-unsubscribe/first-subscribe pair reaches the broker in hub order.
+    pub fn subscribe(&self, key: &str, sub: Subscriber<SessionHandle>) -> Result<(), SubscribeError> {
+        let mut hub = self.write_hub();
+        if hub.subscribe(key, sub, self.settings.max_subscriptions)?
+            && let Some(b) = self.broker()
+        {
+            b.watch(key);
+        }
+        self.update_hub_gauges(&hub);
+        Ok(())
+    }
+
+    /// Removes one subscription; false if it did not exist.
+    pub fn unsubscribe(&self, session: SessionId, id: &str) -> bool {
+        let mut hub = self.write_hub();
+        let Some((key, emptied)) = hub.unsubscribe(session, id) else {
+            return false;
+        };
+        if emptied && let Some(b) = self.broker() {
+            b.unwatch(&key);
+        }
+        self.update_hub_gauges(&hub);
+        true
+    }
+
+    /// Publishes: delivers to local subscribers at once (local bypass), then hands the envelope
+    /// to the broker for the other instances.
+    pub fn publish(&self, envelope: Envelope, source: Source) -> Ack {
+        let started = Instant::now();
+        self.metrics.count_in(source);
+        let envelope = Arc::new(envelope);
+        self.deliver(&envelope, started);
+        match self.broker() {
+            Some(b) => b.publish(envelope),
+            None => Ack::ready(Ok(())),
+        }
+    }
+
+    /// Delivery of an envelope received from another instance.
+    pub fn deliver_remote(&self, envelope: Arc<Envelope>) {
+        self.metrics.count_in(Source::Broker);
+        let age_ms = unix_ms().saturating_sub(envelope.published_at_ms);
+        let started = Instant::now().checked_sub(Duration::from_millis(age_ms)).unwrap_or_else(Instant::now);
+        self.deliver(&envelope, started);
+    }
+
+    /// Queues a MESSAGE to every local subscriber of the envelope's destination. Never waits: a
+    /// full queue marks that session a slow consumer and it is closed; others are unaffected.
+    fn deliver(&self, envelope: &Arc<Envelope>, started: Instant) {
+        let hub = self.read_hub();
+        let subs = hub.subscribers(&envelope.destination);
+        if subs.is_empty() {
+            return;
+        }
+        let text = envelope.body_is_utf8();
+        let mut sent = 0u64;
+        for sub in subs {
+            let delivery = Delivery {
+                envelope: envelope.clone(),
+                subscription: sub.id.clone(),
+                destination: sub.destination.clone(),
+                text,
+            };
+            match sub.handle.outbox.try_send(delivery) {
+                Ok(()) => sent += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if sub.handle.signal.close(CloseReason::SlowConsumer) {
+                        self.metrics.slow_consumer_disconnects.inc();
+                        tracing::warn!(event = "slow_consumer", session = sub.session, destination = %envelope.destination);
+                    }
+                }
+                // The session is ending; its subscriptions are about to be removed.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        self.metrics.messages_out.inc_by(sent);
+        self.metrics.fanout_latency.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Adds a session to the registry; false when draining has begun (the caller must close it
+    /// at once, since the drain schedule no longer covers it).
+    pub fn register_session(&self, signal: Arc<SessionSignal>) -> bool {
+        let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        if reg.draining {
+            return false;
+        }
+        reg.sessions.insert(signal.id, signal);
+        self.metrics.sessions.set(reg.sessions.len() as i64);
+        true
+    }
+
+    /// Forgets a session and all its subscriptions.
+    pub fn remove_session(&self, id: SessionId) {
+        {
+            let mut hub = self.write_hub();
+            let emptied = hub.remove_session(id);
+            if let Some(b) = self.broker() {
+                for key in &emptied {
+                    b.unwatch(key);
+                }
+            }
+            self.update_hub_gauges(&hub);
+        }
+        let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        reg.sessions.remove(&id);
+        self.metrics.sessions.set(reg.sessions.len() as i64);
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner).sessions.len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.read_hub().subscription_count()
+    }
+
+    /// Marks the instance draining and returns every live session, oldest first.
+    pub fn begin_drain(&self) -> Vec<Arc<SessionSignal>> {
+        let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        reg.draining = true;
+        reg.sessions.values().cloned().collect()
+    }
+
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+}

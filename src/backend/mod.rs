@@ -1,0 +1,319 @@
+//! `tether backend`: the reference STOMP-over-WebSocket application tether is demonstrated,
+//! tested and load-tested against. STOMP 1.2 at `/ws`, fan-out across instances through Redis
+//! Pub/Sub (or an in-process bus), heart-beats, probes, metrics and graceful shutdown.
+//!
+//! This module owns the command line ([`BackendArgs`]) and the entry point ([`run`]): wiring,
+//! accept loops and the shutdown sequence. It must not bind sockets or install signal handlers
+//! (the caller passes bound [`BackendListeners`] and a shutdown future).
+//!
+//! # Layout
+//! - [`stomp`]: the frame codec (pure).
+//! - [`hub`]: local subscriptions by destination (pure bookkeeping) and user-destination naming.
+//! - [`broker`]: the fan-out port ([`broker::Broker`]) with the Redis and in-process adapters.
+//! - `instance`: shared state of one instance and fan-out (local bypass + broker publish).
+//! - `session`: one WebSocket session (STOMP state machine, heart-beats, outbound queue).
+//! - `http`: routes, probes, `/publish`, `/metrics`, demo page, WebSocket handshake.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`drain`]: the graceful-shutdown close schedule (pure).
+//!
+//! Trust boundary: the `--user-header` (default `X-User-Id`) and CONNECT `login` are trusted
+//! as the user's identity. In production something in front (an auth layer, or tether once it
+//! verifies tokens) must set the header and strip client-supplied copies.
+
+pub mod broker;
+pub mod drain;
+mod http;
+pub mod hub;
+mod instance;
+pub mod metrics;
+mod session;
+pub mod stomp;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use broker::Envelope;
+pub use broker::local::LocalBus;
+use http::Surface;
+use instance::{CloseReason, Instance, Settings};
+
+/// Default outbound queue per session, in MESSAGE frames. Deep enough to absorb a burst to a
+/// busy room; a client this far behind is a slow consumer and is closed.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default cap on subscriptions per session, bounding hub memory per connection.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+/// After the last scheduled close, sessions get this long to finish their closing handshake
+/// before shutdown stops waiting for them.
+const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Bound on waiting for background tasks (broker, HTTP connections) at the very end.
+const TASKS_GRACE: Duration = Duration::from_secs(5);
+
+/// `tether backend` command line.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BackendArgs {
+    /// Address of the public listener (STOMP at /ws, demo page, probes).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Instance name shown in /whoami, /healthz and message headers [default: the hostname].
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Redis URL for cross-instance fan-out (redis://host:port, redis+unix:///path); without
+    /// it, fan-out is an in-process bus (single instance).
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Request header carrying the trusted user id (set by the proxy or an auth layer).
+    #[arg(long, value_name = "NAME", default_value = "X-User-Id")]
+    pub user_header: String,
+    /// Heart-beat interval offered to clients, both directions (0 disables).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// After SIGTERM, how long to keep serving (with /readyz at 503) before draining.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// Window over which sessions are closed (Close 1001) during the drain.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain_spread: Duration,
+    /// Separate listener for /publish and /metrics (and probes), not exposed through the proxy.
+    /// Without it those share the main listener (fine for the demo).
+    #[arg(long, value_name = "ADDR")]
+    pub internal_listen: Option<SocketAddr>,
+    /// Outbound queue per session, in frames; a session whose queue overflows is closed.
+    #[arg(long, value_name = "FRAMES", default_value_t = DEFAULT_OUTBOUND_QUEUE, hide = true)]
+    pub outbound_queue: usize,
+    /// Largest accepted STOMP frame, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = stomp::DEFAULT_MAX_FRAME_BYTES, hide = true)]
+    pub max_frame_bytes: usize,
+}
+
+impl BackendArgs {
+    /// The defaults of the command line, for embedding (tests, `tether demo`).
+    pub fn new(listen: SocketAddr) -> BackendArgs {
+        BackendArgs {
+            listen,
+            id: None,
+            redis: None,
+            user_header: "X-User-Id".into(),
+            heartbeat: Duration::from_secs(10),
+            shutdown_delay: Duration::from_secs(5),
+            drain_spread: Duration::from_secs(5),
+            internal_listen: None,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            max_frame_bytes: stomp::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h` or a bare `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{s:?}: missing unit (ms, s, m or h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a whole number followed by ms, s, m or h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    }
+}
+
+/// Already-bound listeners.
+#[derive(Debug)]
+pub struct BackendListeners {
+    pub main: TcpListener,
+    pub internal: Option<TcpListener>,
+}
+
+/// Which fan-out adapter an instance uses.
+#[derive(Clone, Debug)]
+pub enum Fanout {
+    /// Redis Pub/Sub at this URL.
+    Redis(String),
+    /// An in-process bus, shared with every instance given a clone of it.
+    Local(LocalBus),
+}
+
+/// Why the backend could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Redis(#[from] broker::redis::RedisUrlError),
+    #[error("invalid --user-header {0:?}: not an HTTP header name")]
+    UserHeader(String),
+    #[error("--outbound-queue and --max-frame-bytes must be greater than zero")]
+    ZeroLimit,
+}
+
+/// Runs an instance until `shutdown` resolves, then shuts down gracefully (readiness 503,
+/// `shutdown_delay`, drain over `drain_spread`) and returns. Fan-out uses `args.redis` when
+/// set, else a private in-process bus.
+pub async fn run(
+    args: BackendArgs,
+    listeners: BackendListeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BackendError> {
+    let fanout = match &args.redis {
+        Some(url) => Fanout::Redis(url.clone()),
+        None => Fanout::Local(LocalBus::new()),
+    };
+    run_with_fanout(args, listeners, fanout, shutdown).await
+}
+
+/// [`run`] with an explicit fan-out adapter (`args.redis` is ignored): `tether demo` passes
+/// one [`LocalBus`] clone to each of its instances.
+pub async fn run_with_fanout(
+    args: BackendArgs,
+    listeners: BackendListeners,
+    fanout: Fanout,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BackendError> {
+    let user_header = ::http::HeaderName::from_bytes(args.user_header.as_bytes())
+        .map_err(|_| BackendError::UserHeader(args.user_header.clone()))?;
+    if args.outbound_queue == 0 || args.max_frame_bytes == 0 {
+        return Err(BackendError::ZeroLimit);
+    }
+    let id: Arc<str> =
+        args.id.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()).into();
+    let settings = Settings {
+        heartbeat: args.heartbeat,
+        outbound_queue: args.outbound_queue,
+        limits: stomp::Limits { max_frame_bytes: args.max_frame_bytes, ..stomp::Limits::default() },
+        max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+        user_header,
+    };
+    let metrics = Arc::new(metrics::Metrics::new(matches!(fanout, Fanout::Redis(_))));
+    let inst = Arc::new(Instance::new(id, settings, metrics.clone()));
+
+    let tasks = TaskTracker::new();
+    let sessions = TaskTracker::new();
+    let broker_stop = CancellationToken::new();
+    let weak: Weak<Instance> = Arc::downgrade(&inst);
+    let inbound: broker::Inbound = Arc::new(move |env: Arc<Envelope>| {
+        if let Some(inst) = weak.upgrade() {
+            inst.deliver_remote(env);
+        }
+    });
+    let broker: Box<dyn broker::Broker> = match fanout {
+        Fanout::Redis(url) => Box::new(broker::redis::RedisBroker::start(
+            &url,
+            inst.nonce,
+            inbound,
+            metrics,
+            &tasks,
+            broker_stop.clone(),
+        )?),
+        Fanout::Local(bus) => Box::new(bus.attach(inst.nonce, inbound)),
+    };
+    inst.set_broker(broker);
+
+    let stop_accepting = CancellationToken::new();
+    let stop_http = CancellationToken::new();
+    let main_surface = Surface::Main { operator_routes: listeners.internal.is_none() };
+    let mut bound = vec![(listeners.main, main_surface)];
+    if let Some(internal) = listeners.internal {
+        bound.push((internal, Surface::Internal));
+    }
+    for (listener, surface) in bound {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(event = "listening", instance = %inst.id, surface = surface.name(), addr = %addr);
+        }
+        tasks.spawn(accept_loop(
+            listener,
+            inst.clone(),
+            surface,
+            tasks.clone(),
+            sessions.clone(),
+            stop_accepting.clone(),
+            stop_http.clone(),
+        ));
+    }
+
+    shutdown.await;
+    inst.set_shutting_down();
+    tracing::info!(
+        event = "shutdown_started",
+        instance = %inst.id,
+        delay_ms = args.shutdown_delay.as_millis() as u64,
+        spread_ms = args.drain_spread.as_millis() as u64
+    );
+    // Keep serving while load balancers notice /readyz and stop sending new clients here.
+    tokio::time::sleep(args.shutdown_delay).await;
+    stop_accepting.cancel();
+    stop_http.cancel();
+
+    let live = inst.begin_drain();
+    tracing::info!(event = "drain_started", instance = %inst.id, sessions = live.len());
+    let start = tokio::time::Instant::now();
+    for (signal, offset) in live.iter().zip(drain::drain_offsets(live.len(), args.drain_spread)) {
+        tokio::time::sleep_until(start + offset).await;
+        signal.close(CloseReason::Draining);
+    }
+    sessions.close();
+    if tokio::time::timeout(SESSION_CLOSE_GRACE, sessions.wait()).await.is_err() {
+        tracing::warn!(event = "drain_incomplete", instance = %inst.id, sessions = inst.session_count());
+    }
+
+    broker_stop.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(TASKS_GRACE, tasks.wait()).await;
+    tracing::info!(event = "shutdown_complete", instance = %inst.id);
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    inst: Arc<Instance>,
+    surface: Surface,
+    tasks: TaskTracker,
+    sessions: TaskTracker,
+    stop_accepting: CancellationToken,
+    stop_http: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop_accepting.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                tasks.spawn(http::serve_connection(inst.clone(), stream, surface, sessions.clone(), stop_http.clone()));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off briefly instead of spinning on the error.
+                tracing::warn!(event = "accept_failed", error = %e);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = stop_accepting.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

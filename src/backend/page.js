@@ -1,0 +1,239 @@
+// tether demo page: a tiny STOMP 1.2 client over the browser WebSocket (no libraries).
+// It joins /topic/room.{name}, sends JSON chat messages, shows which instance each message was
+// published on, and reconnects with exponential backoff when its instance drains.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $('status'), instance: $('instance'), whoami: $('whoami'), user: $('user'),
+  room: $('room'), join: $('join'), messages: $('messages'), composer: $('composer'),
+  text: $('text'), send: $('send'), log: $('log'),
+};
+
+function log(line) {
+  const t = new Date().toLocaleTimeString();
+  ui.log.textContent = `${t} ${line}\n` + ui.log.textContent.slice(0, 4000);
+}
+
+function setStatus(kind, text) {
+  ui.status.className = `status ${kind}`;
+  ui.status.textContent = text;
+}
+
+// ---- STOMP framing (1.2: header escaping, content-length, EOL heart-beats) ----------------
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+function escapeHeader(s) {
+  return s.replace(/\\/g, '\\\\').replace(/\r/g, '\\r').replace(/\n/g, '\\n').replace(/:/g, '\\c');
+}
+
+function unescapeHeader(s) {
+  return s.replace(/\\(.)/g, (_, c) => ({ r: '\r', n: '\n', c: ':', '\\': '\\' }[c] ?? c));
+}
+
+function frame(command, headers, body = '') {
+  const escape = command !== 'CONNECT';
+  let out = command + '\n';
+  const h = { ...headers };
+  if (body) h['content-length'] = String(enc.encode(body).length);
+  for (const [k, v] of Object.entries(h)) {
+    out += (escape ? escapeHeader(k) : k) + ':' + (escape ? escapeHeader(String(v)) : v) + '\n';
+  }
+  return out + '\n' + body + '\0';
+}
+
+// Incremental parser: frames may span WebSocket messages, one message may hold several.
+class Parser {
+  constructor(onFrame) { this.buf = new Uint8Array(0); this.onFrame = onFrame; }
+  push(bytes) {
+    const b = new Uint8Array(this.buf.length + bytes.length);
+    b.set(this.buf); b.set(bytes, this.buf.length); this.buf = b;
+    for (;;) {
+      while (this.buf.length && (this.buf[0] === 10 || this.buf[0] === 13)) this.buf = this.buf.subarray(1);
+      const headEnd = this.headEnd();
+      if (headEnd === -1) return;
+      const head = dec.decode(this.buf.subarray(0, headEnd.at)).replace(/\r\n/g, '\n').split('\n');
+      const command = head.shift();
+      const headers = {};
+      for (const line of head) {
+        const i = line.indexOf(':');
+        if (i < 0) continue;
+        const k = unescapeHeader(line.slice(0, i));
+        if (!(k in headers)) headers[k] = unescapeHeader(line.slice(i + 1));
+      }
+      const start = headEnd.body;
+      let end;
+      if (headers['content-length'] !== undefined) {
+        end = start + Number(headers['content-length']);
+        if (this.buf.length <= end) return;
+      } else {
+        end = this.buf.indexOf(0, start);
+        if (end < 0) return;
+      }
+      const body = dec.decode(this.buf.subarray(start, end));
+      this.buf = this.buf.subarray(end + 1);
+      this.onFrame({ command, headers, body });
+    }
+  }
+  headEnd() {
+    // End of headers: the first empty line, with LF or CRLF line endings.
+    for (let i = 0; i < this.buf.length; i++) {
+      if (this.buf[i] !== 10) continue;
+      if (this.buf[i + 1] === 10) return { at: i, body: i + 2 };
+      if (this.buf[i + 1] === 13 && this.buf[i + 2] === 10) return { at: i, body: i + 3 };
+    }
+    return -1;
+  }
+}
+
+// ---- connection with reconnect ---------------------------------------------------------------
+const HEARTBEAT_MS = 10000;
+let ws = null;
+let backoffMs = 500;
+let room = null;
+let joinedRoom = null;
+let receipts = 0;
+let beatTimer = null;
+let watchdog = null;
+let lastSeen = 0;
+
+function wsUrl() {
+  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const user = ui.user.value.trim();
+  // The user id rides along as a query parameter so a proxy can key affinity on it; the
+  // backend itself takes identity from its trusted header or the CONNECT login.
+  return `${proto}//${location.host}/ws` + (user ? `?user=${encodeURIComponent(user)}` : '');
+}
+
+function send(text) {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(text);
+}
+
+function connect() {
+  clearTimers();
+  setStatus('wait', 'connecting');
+  const sock = new WebSocket(wsUrl(), ['v12.stomp', 'v11.stomp', 'v10.stomp']);
+  sock.binaryType = 'arraybuffer';
+  ws = sock;
+  const parser = new Parser(onFrame);
+  sock.onopen = () => {
+    const headers = { 'accept-version': '1.2,1.1', host: location.hostname, 'heart-beat': `${HEARTBEAT_MS},${HEARTBEAT_MS}` };
+    const user = ui.user.value.trim();
+    if (user) headers.login = user;
+    sock.send(frame('CONNECT', headers));
+  };
+  sock.onmessage = (ev) => {
+    lastSeen = Date.now();
+    parser.push(typeof ev.data === 'string' ? enc.encode(ev.data) : new Uint8Array(ev.data));
+  };
+  sock.onclose = (ev) => {
+    if (ws !== sock) return;
+    clearTimers();
+    ui.instance.textContent = '?';
+    setComposer(false);
+    joinedRoom = null;
+    const delay = Math.round(backoffMs * (0.8 + Math.random() * 0.4));
+    const why = ev.code === 1001 ? 'instance draining (1001)' : `closed (${ev.code}${ev.reason ? ' ' + ev.reason : ''})`;
+    setStatus('down', `reconnecting in ${(delay / 1000).toFixed(1)}s`);
+    log(`${why}; reconnecting in ${delay} ms`);
+    backoffMs = Math.min(backoffMs * 2, 10000);
+    setTimeout(connect, delay);
+  };
+}
+
+function clearTimers() {
+  clearInterval(beatTimer); clearInterval(watchdog);
+  beatTimer = watchdog = null;
+}
+
+function onFrame(f) {
+  switch (f.command) {
+    case 'CONNECTED': {
+      backoffMs = 500;
+      const inst = f.headers['tether-instance'] || '?';
+      ui.instance.textContent = inst;
+      setStatus('up', `connected (STOMP ${f.headers.version})`);
+      log(`connected to ${inst} as ${f.headers['user-name'] || 'anonymous'}`);
+      const [sx, sy] = (f.headers['heart-beat'] || '0,0').split(',').map(Number);
+      const sendEvery = sy > 0 ? Math.max(HEARTBEAT_MS, sy) : 0;
+      const expectEvery = sx > 0 ? Math.max(HEARTBEAT_MS, sx) : 0;
+      if (sendEvery) beatTimer = setInterval(() => send('\n'), sendEvery);
+      if (expectEvery) {
+        lastSeen = Date.now();
+        watchdog = setInterval(() => {
+          if (Date.now() - lastSeen > 3 * expectEvery) { log('server silent: closing'); ws.close(); }
+        }, expectEvery);
+      }
+      if (room) subscribe(room);
+      break;
+    }
+    case 'RECEIPT':
+      if (f.headers['receipt-id'] === `join-${receipts}`) {
+        joinedRoom = room;
+        setComposer(true);
+        log(`joined room ${room}`);
+      }
+      break;
+    case 'MESSAGE':
+      showMessage(f);
+      break;
+    case 'ERROR':
+      log(`ERROR ${f.headers.message || ''} ${f.body}`);
+      break;
+  }
+}
+
+function subscribe(name) {
+  receipts += 1;
+  send(frame('SUBSCRIBE', { id: 'room', destination: `/topic/room.${name}`, receipt: `join-${receipts}` }));
+}
+
+function join() {
+  const name = ui.room.value.trim();
+  if (!name) return;
+  if (joinedRoom) send(frame('UNSUBSCRIBE', { id: 'room' }));
+  joinedRoom = null;
+  setComposer(false);
+  ui.messages.textContent = '';
+  room = name;
+  if (ws && ws.readyState === WebSocket.OPEN && ui.instance.textContent !== '?') subscribe(name);
+}
+
+function showMessage(f) {
+  let data;
+  try { data = JSON.parse(f.body); } catch { data = { user: f.headers['tether-user'] || '?', text: f.body }; }
+  const row = document.createElement('div');
+  row.className = 'msg';
+  const who = document.createElement('span');
+  who.className = 'who';
+  who.textContent = (f.headers['tether-user'] || data.user || 'anonymous') + ': ';
+  const text = document.createElement('span');
+  text.textContent = String(data.text ?? '');
+  const inst = document.createElement('span');
+  inst.className = 'inst';
+  inst.textContent = `via ${f.headers['tether-instance'] || '?'}`;
+  row.append(who, text, inst);
+  ui.messages.append(row);
+  ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+
+function setComposer(on) {
+  ui.text.disabled = !on;
+  ui.send.disabled = !on;
+}
+
+ui.join.onclick = join;
+ui.composer.onsubmit = (ev) => {
+  ev.preventDefault();
+  const text = ui.text.value.trim();
+  if (!text || !joinedRoom) return;
+  const body = JSON.stringify({ user: ui.user.value.trim() || 'anonymous', text });
+  send(frame('SEND', { destination: `/topic/room.${joinedRoom}`, 'content-type': 'application/json' }, body));
+  ui.text.value = '';
+};
+ui.user.onchange = () => { if (ws) ws.close(); };
+
+ui.user.value = `user${Math.floor(Math.random() * 1000)}`;
+fetch('/whoami').then((r) => r.json()).then((j) => { ui.whoami.textContent = j.instance; }).catch(() => {});
+connect();
