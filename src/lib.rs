@@ -17,6 +17,7 @@
 //!   graceful closes (pure, `Instant` passed in).
 //! - [`admin`]: the admin listener: probes, JSON API, status page, Prometheus metrics.
 //! - [`metrics`]: the Prometheus registry and every metric family.
+//! - [`demo`]: `tether demo`, the proxy and two reference backends in one process.
 //! - [`backend`]: `tether backend`, the reference STOMP-over-WebSocket app: codec, sessions,
 //!   hub, broker (Redis | in-process), probes, metrics, graceful shutdown.
 //!
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod backend;
 pub mod balance;
 pub mod config;
+pub mod demo;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;

@@ -32,6 +32,8 @@ enum Command {
     },
     /// Run the reference STOMP-over-WebSocket backend.
     Backend(tether::backend::BackendArgs),
+    /// Run the whole stack in one process: the proxy in front of two reference backends.
+    Demo(tether::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,36 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Proxy { config } => proxy(&config),
         Command::Backend(args) => backend(args),
+        Command::Demo(args) => demo(args),
+    }
+}
+
+/// The demo logs human-readable text: it is meant to be watched in a terminal.
+fn demo(args: tether::demo::DemoArgs) -> ExitCode {
+    init_logging(AccessLogFormat::Text);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signal = shutdown_signal()?;
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            signal.await;
+            trigger.cancel();
+        });
+        tether::demo::run(args, stop).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

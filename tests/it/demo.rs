@@ -1,0 +1,202 @@
+//! `tether demo` gives a working multi-instance chat, and `@stomp/stompjs` (a client nobody
+//! here wrote) works through `tether proxy`, including reconnecting after a drain.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tether::backend::LocalBus;
+use tokio::io::{AsyncBufReadExt as _, BufReader as AsyncBufReader};
+
+use crate::support::backend::TestBackend;
+use crate::support::http as client;
+use crate::support::proxy::{TestProxy, tether_bin};
+use crate::support::stomp_client::{ConnectOptions, StompClient};
+use crate::support::within;
+
+/// `tether demo` as a child process, killed on drop.
+struct Demo {
+    child: Child,
+    addrs: Vec<(String, SocketAddr)>,
+}
+
+impl Demo {
+    fn start() -> Self {
+        let mut child = Command::new(tether_bin())
+            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tether demo");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut addrs = Vec::new();
+        let deadline = Instant::now() + crate::support::WAIT;
+        while addrs.len() < 4 {
+            let line =
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("demo listening lines");
+            let mut parts = line.split_whitespace();
+            if let (Some("listening"), Some(name), Some(addr)) = (parts.next(), parts.next(), parts.next()) {
+                addrs.push((name.to_owned(), addr.parse().expect("address")));
+            }
+        }
+        Self { child, addrs }
+    }
+
+    fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a).expect("listener")
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A user name that the demo's ring sends to `backend`.
+async fn user_on(admin: SocketAddr, backend: &str) -> String {
+    for i in 0..200 {
+        let name = format!("user{i}");
+        let route = client::get(admin, &format!("/admin/upstreams/app/route?key={name}"), &[]).await.json();
+        if route["backend"] == backend {
+            return name;
+        }
+    }
+    panic!("no user name maps to {backend}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_is_a_multi_instance_chat_whose_users_survive_a_drain() {
+    let demo = Demo::start();
+    let public = demo.addr("public");
+    let admin = demo.addr("admin");
+
+    let page = client::get(public, "/", &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").unwrap_or("").starts_with("text/html"), "the chat page is served");
+    let status_page = client::get(admin, "/", &[]).await;
+    assert!(status_page.text().contains("/admin/upstreams"), "the status page is served");
+
+    // One user per instance, keyed as a browser does (?user=), so they talk across instances.
+    let alice = user_on(admin, "app-1").await;
+    let bob = user_on(admin, "app-2").await;
+    let connect = |user: &str| {
+        let url = format!("ws://{public}/ws?user={user}");
+        let opts = ConnectOptions::default().login(user);
+        async move { StompClient::connect_with(&url, opts).await }
+    };
+    let mut a = connect(&alice).await;
+    let mut b = connect(&bob).await;
+    assert_eq!(a.connected.get("tether-instance"), Some("app-1"));
+    assert_eq!(b.connected.get("tether-instance"), Some("app-2"));
+    a.subscribe("/topic/room.lobby", "sub-a").await;
+    b.subscribe("/topic/room.lobby", "sub-b").await;
+    a.send_with_receipt("/topic/room.lobby", "hi from alice").await;
+    let got = b.next_message().await;
+    assert_eq!(got.body_text_lossy(), "hi from alice");
+    assert_eq!(got.get("tether-instance"), Some("app-1"), "delivered across instances");
+    assert_eq!(a.next_message().await.body_text_lossy(), "hi from alice");
+
+    // Drain app-1: alice gets a clean close (1001) after the drain timeout and reconnects to
+    // app-2; bob is untouched.
+    let drained = client::H1::connect(admin)
+        .await
+        .send(
+            http::Request::post("/admin/upstreams/app/backends/app-1/drain")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(drained.status, 200);
+    let (close, _) = a.expect_close(Duration::from_secs(20)).await;
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
+    let mut a = connect(&alice).await;
+    assert_eq!(a.connected.get("tether-instance"), Some("app-2"), "alice moved to the live instance");
+    a.subscribe("/topic/room.lobby", "sub-a2").await;
+    b.send_with_receipt("/topic/room.lobby", "welcome back").await;
+    assert_eq!(a.next_message().await.body_text_lossy(), "welcome back");
+    assert_eq!(b.next_message().await.body_text_lossy(), "welcome back");
+}
+
+trait BodyText {
+    fn body_text_lossy(&self) -> String;
+}
+
+impl BodyText for tether::backend::stomp::Frame {
+    fn body_text_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The next event `wanted` printed by the stompjs client (errors fail the test).
+async fn next_event(
+    lines: &mut tokio::io::Lines<AsyncBufReader<tokio::process::ChildStdout>>,
+    wanted: &str,
+) -> serde_json::Value {
+    loop {
+        let line = within("a stompjs event", lines.next_line()).await.expect("stdout").expect("node exited early");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+        assert_ne!(event["event"], "error", "{event}");
+        if event["event"] == wanted {
+            return event;
+        }
+    }
+}
+
+fn js_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stompjs_works_through_the_proxy_and_reconnects_after_a_drain() {
+    let bus = LocalBus::new();
+    let one = TestBackend::builder().id("app-1").bus(&bus).spawn().await;
+    let two = TestBackend::builder().id("app-2").bus(&bus).spawn().await;
+    let yaml = format!(
+        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n      - {{ id: app-1, address: \"{}\" }}\n      - {{ id: app-2, address: \"{}\" }}\n    drain: {{ timeout: 500ms, close_spread: 200ms }}\n",
+        one.addr, two.addr
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let url = format!("ws://{}/ws", proxy.addr("public"));
+    assert!(
+        js_dir().join("node_modules/@stomp/stompjs").is_dir(),
+        "tests/js/node_modules is missing: run scripts/test-deps.sh"
+    );
+    let mut node = tokio::process::Command::new("node")
+        .arg("stomp_interop.mjs")
+        .arg("drain")
+        .arg(&url)
+        .current_dir(js_dir())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (run scripts/test-deps.sh)");
+    let mut lines = AsyncBufReader::new(node.stdout.take().expect("stdout")).lines();
+    let first = next_event(&mut lines, "subscribed").await;
+    let first_instance = first["instance"].as_str().expect("instance").to_owned();
+    let other = if first_instance == "app-1" { "app-2" } else { "app-1" };
+    let upstream = proxy.running.proxy().runtime().upstreams["app"].clone();
+    let backend = upstream.backend(&first_instance).expect("backend");
+    upstream.drain(&backend);
+    let closed = next_event(&mut lines, "closed").await;
+    assert_eq!(closed["code"], 1001, "a clean close, not a dropped connection");
+    let second = next_event(&mut lines, "subscribed").await;
+    assert_eq!(second["instance"], other, "reconnected through the proxy to the live instance");
+    let publisher = if other == "app-1" { &one } else { &two };
+    assert_eq!(publisher.publish("/topic/interop", "from-rust").await.status, 202);
+    let done = next_event(&mut lines, "done").await;
+    assert_eq!(done["ok"], true, "{done}");
+    let status = within("node to exit", node.wait()).await.expect("wait");
+    assert!(status.success());
+}
