@@ -414,8 +414,7 @@ impl Tunnel {
         metrics.tunnels_open.inc();
         metrics.tunnels_total.inc();
         let report =
-            relay::relay(client, backend_io, &client_early, &backend_early, self.registration.control(), self.idle)
-                .await;
+            relay::relay(client, backend_io, client_early, backend_early, self.registration.control(), self.idle).await;
         metrics.tunnels_open.dec();
         metrics.bytes_in.inc_by(report.bytes_up);
         metrics.bytes_out.inc_by(report.bytes_down);

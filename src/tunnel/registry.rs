@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 /// The handle a drain uses to ask one tunnel to close.
 #[derive(Debug)]
@@ -12,7 +14,8 @@ pub struct TunnelControl {
     id: u64,
     /// WebSocket close code requested; 0 while none is.
     close_code: AtomicU16,
-    notify: Notify,
+    /// The tunnel's task, woken when a close is requested (one slot: one task waits).
+    waker: AtomicWaker,
     /// The affinity key the tunnel was routed by, for rebalancing.
     key: Option<Arc<str>>,
 }
@@ -30,7 +33,7 @@ impl TunnelControl {
     /// change the code of a close already under way.
     pub fn request_close(&self, code: u16) {
         if self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.notify.notify_one();
+            self.waker.wake();
         }
     }
 
@@ -41,15 +44,23 @@ impl TunnelControl {
         }
     }
 
-    /// Resolves once a close has been requested (immediately if one already was).
-    pub async fn closed(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.close_requested().is_some() {
-                return;
-            }
-            notified.await;
+    /// Ready with the code once a close has been requested; otherwise registers the task to be
+    /// woken when one is.
+    pub fn poll_close_requested(&self, cx: &mut Context<'_>) -> Poll<u16> {
+        if let Some(code) = self.close_requested() {
+            return Poll::Ready(code);
         }
+        self.waker.register(cx.waker());
+        // A request that raced with the registration is seen here.
+        match self.close_requested() {
+            Some(code) => Poll::Ready(code),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Resolves once a close has been requested (immediately if one already was).
+    pub async fn closed(&self) -> u16 {
+        std::future::poll_fn(|cx| self.poll_close_requested(cx)).await
     }
 }
 
@@ -66,7 +77,7 @@ impl TunnelRegistry {
     /// Register a new tunnel; it is removed when the returned guard drops.
     pub fn register(self: &Arc<Self>, key: Option<Arc<str>>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let control = Arc::new(TunnelControl { id, close_code: AtomicU16::new(0), notify: Notify::new(), key });
+        let control = Arc::new(TunnelControl { id, close_code: AtomicU16::new(0), waker: AtomicWaker::new(), key });
         self.lock().insert(id, control.clone());
         self.opened.fetch_add(1, Ordering::Relaxed);
         Registration { registry: self.clone(), control }

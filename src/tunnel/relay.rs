@@ -6,6 +6,7 @@
 //! forever). Bytes are copied to the heap only when the destination cannot take them at once,
 //! and that copy is freed as soon as it is written.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -176,9 +177,11 @@ impl Flow {
     }
 
     fn with_early(mut self, already_read: &[u8]) -> Self {
-        self.frames.advance(already_read, |_| {});
-        self.bytes = already_read.len() as u64;
-        self.pending = already_read.to_vec();
+        if !already_read.is_empty() {
+            self.frames.advance(already_read, |_| {});
+            self.bytes = already_read.len() as u64;
+            self.pending = already_read.to_vec();
+        }
         self
     }
 
@@ -390,6 +393,8 @@ enum Wake {
 /// Join `client` and `backend` byte for byte until both directions end (half-closes are
 /// passed on), either side fails, nothing moves for `idle`, or `control` asks for a close.
 /// `client_early` / `backend_early` are bytes hyper had already read past the HTTP exchange.
+/// They are copied out (when there are any) and dropped before relaying starts: they share an
+/// allocation with hyper's read buffer, which would otherwise stay alive for the tunnel's life.
 ///
 /// A requested close is graceful: each direction is followed frame by frame, so the Close
 /// (unmasked to the client, masked to the backend) is written between frames, never inside
@@ -398,13 +403,14 @@ enum Wake {
 pub async fn relay(
     mut client: Side,
     mut backend: Side,
-    client_early: &[u8],
-    backend_early: &[u8],
+    client_early: bytes::Bytes,
+    backend_early: bytes::Bytes,
     control: &TunnelControl,
     idle: Duration,
 ) -> Report {
-    let mut up = Flow::new(client_early, true);
-    let mut down = Flow::new(backend_early, false);
+    let mut up = Flow::new(&client_early, true);
+    let mut down = Flow::new(&backend_early, false);
+    drop((client_early, backend_early));
     let mut last_activity = Instant::now();
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
@@ -441,15 +447,40 @@ pub async fn relay(
             continue;
         }
 
-        let wake = tokio::select! {
-            biased;
-            _ = control.closed(), if close_deadline.is_none() => Wake::Close,
-            r = client.tcp().readable(), if s_up == Step::WaitRead => Wake::Readable(r, true),
-            r = backend.tcp().readable(), if s_down == Step::WaitRead => Wake::Readable(r, false),
-            r = backend.tcp().writable(), if s_up == Step::WaitWrite => Wake::Writable(r),
-            r = client.tcp().writable(), if s_down == Step::WaitWrite => Wake::Writable(r),
-            _ = &mut timer => Wake::Timer,
-        };
+        // One poll function over everything the tunnel waits for: it keeps no waiter nodes of
+        // its own (readiness wakers live in the sockets' registrations), which keeps the task,
+        // i.e. the memory of an idle tunnel, small.
+        let closing = close_deadline.is_some();
+        let wake = std::future::poll_fn(|cx| {
+            if !closing && control.poll_close_requested(cx).is_ready() {
+                return Poll::Ready(Wake::Close);
+            }
+            if s_up == Step::WaitRead
+                && let Poll::Ready(r) = client.tcp().poll_read_ready(cx)
+            {
+                return Poll::Ready(Wake::Readable(r, true));
+            }
+            if s_down == Step::WaitRead
+                && let Poll::Ready(r) = backend.tcp().poll_read_ready(cx)
+            {
+                return Poll::Ready(Wake::Readable(r, false));
+            }
+            if s_up == Step::WaitWrite
+                && let Poll::Ready(r) = backend.tcp().poll_write_ready(cx)
+            {
+                return Poll::Ready(Wake::Writable(r));
+            }
+            if s_down == Step::WaitWrite
+                && let Poll::Ready(r) = client.tcp().poll_write_ready(cx)
+            {
+                return Poll::Ready(Wake::Writable(r));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
         match wake {
             Wake::Readable(Ok(()), is_up) => {
                 if is_up {

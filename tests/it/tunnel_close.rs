@@ -48,8 +48,8 @@ async fn a_requested_close_lands_between_frames_on_both_sides() {
         let report = relay::relay(
             Side::Plain(proxy_client),
             Side::Plain(proxy_backend),
-            &[],
-            &[],
+            bytes::Bytes::new(),
+            bytes::Bytes::new(),
             registration.control(),
             Duration::from_secs(60),
         )
@@ -148,8 +148,8 @@ async fn an_idle_tunnel_closes_at_once_and_a_silent_peer_is_cut_after_the_grace(
         relay::relay(
             Side::Plain(proxy_client),
             Side::Plain(proxy_backend),
-            &[],
-            &[],
+            bytes::Bytes::new(),
+            bytes::Bytes::new(),
             registration.control(),
             Duration::from_secs(60),
         )
