@@ -1,7 +1,7 @@
 //! Header rules for forwarding, as pure functions over `http` types.
 //!
-//! Owns: hop-by-hop removal (RFC 9110 section 7.6.1), `X-Forwarded-*`, WebSocket upgrade
-//! detection, and the request-shape checks that keep a backend from ever seeing an ambiguous
+//! Owns: hop-by-hop removal (RFC 9110 section 7.6.1), `X-Forwarded-*`, joining HTTP/2 cookie
+//! crumbs, WebSocket upgrade detection, and the request-shape checks that keep a backend from ever seeing an ambiguous
 //! request. Must not: do I/O or decide where a request goes.
 
 use std::net::IpAddr;
@@ -216,6 +216,33 @@ pub fn remove_request_only(headers: &mut HeaderMap) {
     headers.remove(header::EXPECT);
 }
 
+/// Join several `Cookie` fields into one, separated by `"; "`. HTTP/2 clients may split cookies
+/// into separate fields ("crumbs"), which must be joined before the request goes on over
+/// HTTP/1.1 (RFC 9113 8.2.3): HTTP/1.1 allows one `Cookie` header (RFC 6265 5.4), and many
+/// backends read only the first.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.nth(1).is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if value.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    headers.remove(header::COOKIE);
+    // Joined valid values with "; " form a valid value; if that ever failed, dropping the
+    // cookies is safer than forwarding a header the backend might misparse.
+    if let (false, Ok(value)) = (joined.is_empty(), HeaderValue::from_bytes(&joined)) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +263,30 @@ mod tests {
         let mut post = req(&[("connection", "upgrade"), ("upgrade", "websocket")]);
         *post.method_mut() = Method::POST;
         assert!(!wants_websocket(&post));
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_header_and_a_single_one_is_untouched() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static(""));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        join_cookies(&mut h);
+        let cookies: Vec<&HeaderValue> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        assert_eq!(h["x-kept"], "yes");
+
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, HeaderValue::from_static("a=1;b=2"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1;b=2");
+
+        let mut empty = HeaderMap::new();
+        empty.append(header::COOKIE, HeaderValue::from_static(""));
+        empty.append(header::COOKIE, HeaderValue::from_static(""));
+        join_cookies(&mut empty);
+        assert!(empty.get(header::COOKIE).is_none());
     }
 
     #[test]

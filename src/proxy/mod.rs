@@ -449,7 +449,7 @@ fn raw_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// The request as the backend sees it: origin-form HTTP/1.1, hop-by-hop headers removed,
-/// `Host` preserved (taken from the authority for HTTP/2), `X-Forwarded-*` set.
+/// cookies in one header, `Host` preserved (taken from the authority for HTTP/2), `X-Forwarded-*` set.
 fn upstream_request(
     req: Request<Incoming>,
     conn: &ClientConn,
@@ -460,6 +460,7 @@ fn upstream_request(
     let (mut parts, incoming) = req.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::remove_request_only(&mut parts.headers);
+    headers::join_cookies(&mut parts.headers);
     headers::set_forwarded(
         &mut parts.headers,
         headers::ClientFacts { peer: conn.peer.ip(), is_tls: conn.is_tls, host: raw_host },

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod affinity;
 mod backend_fanout;
 mod backend_heartbeat;
 mod backend_interop;

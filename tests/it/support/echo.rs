@@ -2,8 +2,9 @@
 //!
 //! Routes: `/headers` (JSON of what arrived), `/upload` (streams the body, answers its length),
 //! `/download?bytes=N` (streams N bytes), `/slow?ms=N`, `/ws` (WebSocket echo that greets with
-//! `hello from <id>`), `/refuse-upgrade` (answers a WebSocket upgrade with 403), anything else:
-//! `200 <id>`. Every response carries `x-backend-id`.
+//! `hello from <id>`), `/ws/headers` (the same echo, greeting with the JSON `/headers` answers,
+//! so a test sees what an upgrade request carried), `/refuse-upgrade` (answers a WebSocket
+//! upgrade with 403), anything else: `200 <id>`. Every response carries `x-backend-id`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -108,21 +109,7 @@ impl Ctx {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         let mut resp = match req.uri().path() {
-            "/headers" => {
-                let headers: Vec<(String, String)> = req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                    .collect();
-                let body = serde_json::json!({
-                    "backend": self.id,
-                    "method": req.method().as_str(),
-                    "uri": req.uri().to_string(),
-                    "version": format!("{:?}", req.version()),
-                    "headers": headers,
-                });
-                full(StatusCode::OK, body.to_string())
-            }
+            "/headers" => full(StatusCode::OK, self.headers_json(&req)),
             "/upload" => {
                 let mut body = req.into_body();
                 let mut total: u64 = 0;
@@ -157,16 +144,37 @@ impl Ctx {
                 full(StatusCode::OK, "slow")
             }
             "/refuse-upgrade" => full(StatusCode::FORBIDDEN, "no sockets here"),
-            "/ws" => return self.upgrade(req),
+            "/ws" | "/ws/headers" => return self.upgrade(req),
             _ => full(StatusCode::OK, self.id.clone()),
         };
         resp.headers_mut().insert("x-backend-id", self.id.parse().expect("id is a header value"));
         resp
     }
 
+    /// What arrived, as JSON: backend id, method, URI, version and every header in order.
+    fn headers_json(&self, req: &Request<Incoming>) -> String {
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        serde_json::json!({
+            "backend": self.id,
+            "method": req.method().as_str(),
+            "uri": req.uri().to_string(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+        })
+        .to_string()
+    }
+
     fn upgrade(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
             return full(StatusCode::BAD_REQUEST, "not a websocket request");
+        };
+        let greeting = match req.uri().path() {
+            "/ws/headers" => self.headers_json(&req),
+            _ => format!("hello from {}", self.id),
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let ctx = self.clone();
@@ -176,7 +184,7 @@ impl Ctx {
             };
             let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             ctx.sockets.fetch_add(1, Ordering::SeqCst);
-            let _ = ws.send(Message::text(format!("hello from {}", ctx.id))).await;
+            let _ = ws.send(Message::text(greeting)).await;
             // After a Close, tungstenite sends the answer on the next poll and then ends the
             // stream, so the loop runs until `None`.
             while let Some(Ok(msg)) = ws.next().await {
