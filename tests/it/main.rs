@@ -11,5 +11,7 @@ mod backend_shutdown;
 mod backend_slow_consumer;
 mod backend_user;
 mod config_check;
+mod ops_reload;
+mod ops_watch;
 mod proxy_core;
 mod tunnel_close;
