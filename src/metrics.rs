@@ -156,6 +156,11 @@ impl Metrics {
         );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register("reloads", "Configuration reloads", reloads.clone());
+        // Both outcomes exist from the start, so `rate(..{result="error"})` has a series to
+        // watch before the first reload.
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&ResultLabels { result });
+        }
         let config_generation = Gauge::default();
         registry.register(
             "config_generation",
@@ -239,6 +244,17 @@ impl Metrics {
         }
         self.backend_state.get_or_create(&labels(to)).set(1);
         self.state_changes.get_or_create(&labels(to)).inc();
+    }
+
+    /// Create the per-upstream series at 0 (every affinity reason, rebalance closes, closes
+    /// with the configured drain code), so dashboards and alerts see them before the first
+    /// event rather than "no data".
+    pub fn upstream_series(&self, upstream: &Arc<str>, close_code: u16) {
+        for reason in ["key", "cookie", "fallback", "repin", "bounded_load_skip", "panic"] {
+            let _ = self.affinity.get_or_create(&ReasonLabels { upstream: upstream.clone(), reason });
+        }
+        let _ = self.rebalance_closes.get_or_create(&UpstreamLabels { upstream: upstream.clone() });
+        let _ = self.closes_sent.get_or_create(&CloseLabels { upstream: upstream.clone(), code: close_code });
     }
 
     pub fn affinity(&self, upstream: &Arc<str>, reason: &'static str, n: u64) {
