@@ -70,6 +70,8 @@ pub struct ListenerLabels {
     pub listener: Arc<str>,
 }
 
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// Request latency buckets, seconds: 1 ms .. 60 s.
 const LATENCY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
 /// Tunnel lifetime buckets, seconds: 1 s .. 1 day.
@@ -223,7 +225,7 @@ impl Metrics {
             })
         };
         BackendMetrics {
-            requests: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            requests: STATUS_CLASSES.map(class),
             bytes_in: dir("in"),
             bytes_out: dir("out"),
             tunnels_open: self.tunnels_open.get_or_create_owned(&labels),
@@ -255,6 +257,13 @@ impl Metrics {
         }
         let _ = self.rebalance_closes.get_or_create(&UpstreamLabels { upstream: upstream.clone() });
         let _ = self.closes_sent.get_or_create(&CloseLabels { upstream: upstream.clone(), code: close_code });
+    }
+
+    /// A request routed to `upstream` that no backend answered (no backend available): counted
+    /// under `backend="none"`, so an outage shows in the error rate instead of silence.
+    pub fn request_without_backend(&self, upstream: &Arc<str>, status: u16) {
+        let class = STATUS_CLASSES[usize::from(status / 100).clamp(1, 5) - 1];
+        self.requests.get_or_create(&RequestLabels { upstream: upstream.clone(), backend: "none".into(), class }).inc();
     }
 
     pub fn affinity(&self, upstream: &Arc<str>, reason: &'static str, n: u64) {
