@@ -11,6 +11,8 @@ mod backend_shutdown;
 mod backend_slow_consumer;
 mod backend_user;
 mod config_check;
+mod ops_discovery;
+mod ops_metrics;
 mod ops_reload;
 mod ops_watch;
 mod proxy_core;
