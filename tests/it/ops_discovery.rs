@@ -92,7 +92,7 @@ async fn discovered_addresses_join_after_a_healthy_check_and_vanished_ones_drain
     let e3 = GatedBackend::start("e3", false).await;
     let (id1, id2, id3) = (e1.addr.to_string(), e2.addr.to_string(), e3.addr.to_string());
     let resolver = Arc::new(ScriptedResolver::new(vec![e1.addr, e2.addr]));
-    let extra = "    affinity: { key: [ { header: X-User-Id } ] }\n    health_check: { path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 1, unhealthy_after: 100 }\n    drain: { timeout: 500ms, close_spread: 100ms, close_code: 1012 }\n";
+    let extra = "    affinity: { key: [ { header: X-User-Id } ] }\n    health_check: { path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 1, unhealthy_after: 100 }\n    drain: { timeout: 2s, close_spread: 100ms, close_code: 1012 }\n";
     let proxy = start(&yaml(&[("fixed", fixed.addr)], extra), Some(resolver.clone())).await;
     let admin = &proxy.admin;
 

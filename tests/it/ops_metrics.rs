@@ -301,7 +301,7 @@ async fn rebalancing_after_a_backend_joins_counts_each_moved_tunnel_once() {
     let proxy = TestProxy::start(&upstream(&[("a", a.addr), ("b", b.addr)])).await;
     let public = proxy.addr("public");
     let admin = AdminClient::new(proxy.addr("admin"));
-    let users: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();
+    let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
     let mut sockets = Vec::new();
     for user in &users {
         sockets.push(ws::open(public, &[("x-user-id", user)]).await.0);
@@ -320,7 +320,7 @@ async fn rebalancing_after_a_backend_joins_counts_each_moved_tunnel_once() {
             ws::echo(socket, "staying").await;
         }
     }
-    assert!(moved > 0, "c takes some of 30 users");
+    assert!(moved > 0, "c takes some of 60 users");
     let m = admin.metrics().await;
     assert_eq!(m.value("tether_rebalance_closes_total", &[("upstream", "app")]), moved as f64);
     assert_eq!(m.value("tether_closes_sent_total", &[("upstream", "app"), ("code", "1012")]), moved as f64);
