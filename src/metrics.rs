@@ -70,6 +70,8 @@ pub struct ListenerLabels {
     pub listener: Arc<str>,
 }
 
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// Request latency buckets, seconds: 1 ms .. 60 s.
 const LATENCY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
 /// Tunnel lifetime buckets, seconds: 1 s .. 1 day.
@@ -156,6 +158,11 @@ impl Metrics {
         );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register("reloads", "Configuration reloads", reloads.clone());
+        // Both outcomes exist from the start, so `rate(..{result="error"})` has a series to
+        // watch before the first reload.
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&ResultLabels { result });
+        }
         let config_generation = Gauge::default();
         registry.register(
             "config_generation",
@@ -218,7 +225,7 @@ impl Metrics {
             })
         };
         BackendMetrics {
-            requests: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            requests: STATUS_CLASSES.map(class),
             bytes_in: dir("in"),
             bytes_out: dir("out"),
             tunnels_open: self.tunnels_open.get_or_create_owned(&labels),
@@ -239,6 +246,24 @@ impl Metrics {
         }
         self.backend_state.get_or_create(&labels(to)).set(1);
         self.state_changes.get_or_create(&labels(to)).inc();
+    }
+
+    /// Create the per-upstream series at 0 (every affinity reason, rebalance closes, closes
+    /// with the configured drain code), so dashboards and alerts see them before the first
+    /// event rather than "no data".
+    pub fn upstream_series(&self, upstream: &Arc<str>, close_code: u16) {
+        for reason in ["key", "cookie", "fallback", "repin", "bounded_load_skip", "panic"] {
+            let _ = self.affinity.get_or_create(&ReasonLabels { upstream: upstream.clone(), reason });
+        }
+        let _ = self.rebalance_closes.get_or_create(&UpstreamLabels { upstream: upstream.clone() });
+        let _ = self.closes_sent.get_or_create(&CloseLabels { upstream: upstream.clone(), code: close_code });
+    }
+
+    /// A request routed to `upstream` that no backend answered (no backend available): counted
+    /// under `backend="none"`, so an outage shows in the error rate instead of silence.
+    pub fn request_without_backend(&self, upstream: &Arc<str>, status: u16) {
+        let class = STATUS_CLASSES[usize::from(status / 100).clamp(1, 5) - 1];
+        self.requests.get_or_create(&RequestLabels { upstream: upstream.clone(), backend: "none".into(), class }).inc();
     }
 
     pub fn affinity(&self, upstream: &Arc<str>, reason: &'static str, n: u64) {

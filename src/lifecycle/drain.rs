@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::schedule::CloseSchedule;
+use crate::config::DrainConfig;
 use crate::tunnel::registry::TunnelControl;
 use crate::upstream::{Backend, DrainProgress, Upstream};
 
@@ -32,9 +33,26 @@ pub fn start(upstream: &Arc<Upstream>, backend: &Arc<Backend>, reason: &'static 
     };
     backend.metrics.drains_started.inc();
     tracing::info!(upstream = %upstream.name, backend = %backend.id, reason, tunnels = backend.tunnels.len(), "backend draining");
+    let first = begin(upstream, backend, reason);
     let (upstream, backend) = (upstream.clone(), backend.clone());
     let tasks = upstream.ctx.tasks.clone();
-    tasks.spawn(run(upstream, backend, reason, cancel));
+    tasks.spawn(run(upstream, backend, reason, cancel, first));
+}
+
+/// Record a (re)started drain in the backend's status. Done before the drain task runs, so
+/// the answer to the admin request that started the drain already shows its progress.
+fn begin(upstream: &Upstream, backend: &Backend, reason: &'static str) -> (DrainConfig, Instant) {
+    let config = upstream.config().drain.clone();
+    let started = SystemTime::now();
+    backend.lock_status().drain = Some(DrainProgress {
+        started,
+        reason,
+        deadline: started + config.timeout,
+        tunnels_at_start: backend.tunnels.len(),
+        closes_sent: 0,
+    });
+    let deadline = Instant::now() + config.timeout;
+    (config, deadline)
 }
 
 pub fn cancel(backend: &Backend) {
@@ -64,18 +82,17 @@ async fn wait_idle(backend: &Backend, deadline: Option<Instant>, cancel: &Cancel
     }
 }
 
-async fn run(upstream: Arc<Upstream>, backend: Arc<Backend>, reason: &'static str, cancel: CancellationToken) {
+async fn run(
+    upstream: Arc<Upstream>,
+    backend: Arc<Backend>,
+    reason: &'static str,
+    cancel: CancellationToken,
+    first: (DrainConfig, Instant),
+) {
+    let mut round = first;
     loop {
-        let config = upstream.config().drain.clone();
-        let started = SystemTime::now();
-        backend.lock_status().drain = Some(DrainProgress {
-            started,
-            reason,
-            deadline: started + config.timeout,
-            tunnels_at_start: backend.tunnels.len(),
-            closes_sent: 0,
-        });
-        match wait_idle(&backend, Some(Instant::now() + config.timeout), &cancel).await {
+        let (config, deadline) = round;
+        match wait_idle(&backend, Some(deadline), &cancel).await {
             Wait::Cancelled => return,
             Wait::Idle => {}
             Wait::Deadline => {
@@ -112,6 +129,7 @@ async fn run(upstream: Arc<Upstream>, backend: Arc<Backend>, reason: &'static st
                 break;
             }
         }
+        round = begin(&upstream, &backend, reason);
     }
 }
 

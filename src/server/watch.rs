@@ -9,12 +9,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use super::Running;
 
 /// Quiet period before reloading: editors and `kubectl` write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Longest wait after the first event. Other files in the directory (a log file, say) may
+/// change all the time; they must not hold a config change back forever.
+const MAX_DELAY: Duration = Duration::from_secs(1);
 
 pub fn spawn(running: Running, path: PathBuf) -> anyhow::Result<()> {
     let dir = match path.parent() {
@@ -23,7 +26,11 @@ pub fn spawn(running: Running, path: PathBuf) -> anyhow::Result<()> {
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Opening or reading a file changes nothing, and our own read of the config file
+        // would otherwise wake us up again.
+        if let Ok(event) = event
+            && !matches!(event.kind, EventKind::Access(_))
+        {
             let _ = tx.send(());
         }
     })
@@ -33,21 +40,31 @@ pub fn spawn(running: Running, path: PathBuf) -> anyhow::Result<()> {
     tasks.spawn(async move {
         // The watcher lives as long as this task.
         let _watcher = watcher;
-        let mut last = std::fs::read(&path).ok();
+        // The content seen at the last look, so events that change nothing (or keep
+        // presenting the same broken file) do not reload again.
+        let mut last_seen: Option<Vec<u8>> = None;
         while rx.recv().await.is_some() {
-            // Debounce: wait until events stop for a moment.
+            // Debounce: wait until events stop for a moment, but not longer than MAX_DELAY.
+            let deadline = tokio::time::Instant::now() + MAX_DELAY;
             loop {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(deadline);
+                match tokio::time::timeout_at(quiet, rx.recv()).await {
                     Ok(Some(())) => continue,
                     Ok(None) => return,
                     Err(_) => break,
                 }
             }
-            let now = std::fs::read(&path).ok();
-            if now.is_none() || now == last {
+            let Ok(now) = std::fs::read(&path) else { continue };
+            if last_seen.as_ref() == Some(&now) {
                 continue;
             }
-            last = now;
+            // Compared with what runs rather than with a copy read when the watch started:
+            // an edit made while the watch was being set up is still noticed.
+            let unchanged = running.proxy().runtime().config.source.text.as_bytes() == now.as_slice();
+            last_seen = Some(now);
+            if unchanged {
+                continue;
+            }
             tracing::info!(file = %path.display(), "config file changed: reloading");
             let _ = running.reload().await;
         }

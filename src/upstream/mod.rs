@@ -96,6 +96,7 @@ impl Upstream {
         for b in &backends {
             ctx.metrics.state_change(&name, &b.id, None, b.live.availability().as_str());
         }
+        ctx.metrics.upstream_series(&name, config.drain.close_code);
         let membership = build_membership(backends, config, &key);
         let upstream = Arc::new(Self {
             name: name.clone(),
@@ -156,6 +157,7 @@ impl Upstream {
         };
         self.policy.store(Arc::new(policy_for(config, &key)));
         self.config.store(Arc::new(config.clone()));
+        self.ctx.metrics.upstream_series(&self.name, config.drain.close_code);
         let (changed, added) = self.sync_members(&key);
         checker::spawn(self);
         discovery::spawn(self);

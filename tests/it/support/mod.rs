@@ -1,15 +1,20 @@
 //! Test harness: real servers and clients on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod check;
 pub mod echo;
+pub mod gated;
 pub mod http;
 pub mod http_client;
+pub mod prom;
 pub mod proxy;
 pub mod redis;
+pub mod resolver;
 pub mod stomp_client;
 pub mod tls;
+pub mod ws;
 
 use std::time::Duration;
 
