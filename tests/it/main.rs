@@ -11,5 +11,8 @@ mod backend_shutdown;
 mod backend_slow_consumer;
 mod backend_user;
 mod config_check;
+mod deploy_compose;
+mod deploy_files;
+mod deploy_k8s;
 mod proxy_core;
 mod tunnel_close;

@@ -2,11 +2,15 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod backend_process;
 pub mod check;
+pub mod deploy_files;
+pub mod dns;
 pub mod echo;
 pub mod http;
 pub mod http_client;
 pub mod proxy;
+pub mod reconnecting_client;
 pub mod redis;
 pub mod stomp_client;
 pub mod tls;
