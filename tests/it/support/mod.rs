@@ -3,13 +3,17 @@
 
 pub mod admin;
 pub mod backend;
+pub mod backend_process;
 pub mod check;
+pub mod deploy_files;
+pub mod dns;
 pub mod echo;
 pub mod gated;
 pub mod http;
 pub mod http_client;
 pub mod prom;
 pub mod proxy;
+pub mod reconnecting_client;
 pub mod redis;
 pub mod resolver;
 pub mod stomp_client;

@@ -1,0 +1,323 @@
+//! The compose topology of `docker/docker-compose.test.yml` as local processes: a real
+//! redis-server, the two `tether backend` services started with the compose file's own
+//! command lines (only addresses rewritten), and the real `tether proxy` binary started with
+//! the very `docker/tether.compose.yaml` (addresses through its `${VAR:-default}`s). Users stay
+//! pinned, the compose health checks tell ready from draining, and a rolling restart of one
+//! backend costs each of its clients exactly one clean 1001 close and one reconnect, with no
+//! message published after the new SUBSCRIBE's RECEIPT missed.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_yaml::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::WAIT;
+use crate::support::backend_process::BackendProcess;
+use crate::support::deploy_files::{
+    compose, duration, flag, parse_config, port_of, read, repo_path, service, str_at, strings, with_flags,
+};
+use crate::support::http;
+use crate::support::http_client;
+use crate::support::proxy::ProxyProcess;
+use crate::support::reconnecting_client::ReconnectingClient;
+use crate::support::redis::TestRedis;
+use crate::support::stomp_client::{ConnectOptions, StompClient};
+
+const TOPIC: &str = "/topic/deploy";
+const ADMIN_TOKEN: &str = "deploy-compose-test-token";
+/// Clients pinned to the backend that restarts.
+const USERS_ON_APP1: usize = 3;
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+/// Bound on the publisher loop (it is stopped long before).
+const MAX_PUBLISHED: u64 = 2_000;
+
+/// A compose service's command line, with the addresses a container gets from compose
+/// (0.0.0.0 listeners, `redis://redis:6379`) replaced by local ones.
+fn local_args(compose: &Value, name: &str, listen: &str, redis: &str) -> Vec<String> {
+    let args = strings(&service(compose, name)["command"]);
+    with_flags(&args, &[("--listen", listen), ("--internal-listen", "127.0.0.1:0"), ("--redis", redis)])
+}
+
+/// Runs a compose healthcheck (`["CMD", program, args..]`) the way the container would: after
+/// compose's `$$` unescaping, with the container's port swapped for the local process's port.
+async fn healthcheck_passes(test: &[String], container_port: u16, local_port: u16) -> bool {
+    assert_eq!(test[0], "CMD");
+    let from = format!("/dev/tcp/127.0.0.1/{container_port}");
+    let to = format!("/dev/tcp/127.0.0.1/{local_port}");
+    let args: Vec<String> = test[1..].iter().map(|a| a.replace("$$", "$").replace(&from, &to)).collect();
+    assert!(args.iter().any(|a| a.contains(&to)), "the healthcheck does not probe port {container_port}: {test:?}");
+    let status =
+        tokio::time::timeout(WAIT, tokio::process::Command::new(&args[0]).args(&args[1..]).kill_on_drop(true).status())
+            .await
+            .expect("healthcheck finished")
+            .expect("healthcheck ran");
+    status.success()
+}
+
+async fn instance_for(proxy: SocketAddr, headers: &[(&str, &str)]) -> http::Reply {
+    let reply = http::get(proxy, "/whoami", headers).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply
+}
+
+fn instance_of(reply: &http::Reply) -> String {
+    reply.json()["instance"].as_str().expect("instance").to_owned()
+}
+
+async fn backend_state(admin: SocketAddr, id: &str) -> String {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let reply = http::get(admin, "/admin/upstreams/app", &[("authorization", &auth)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let doc = reply.json();
+    let backends = doc["backends"].as_array().expect("backends");
+    let backend = backends.iter().find(|b| b["id"] == id).unwrap_or_else(|| panic!("no backend {id}: {doc}"));
+    backend["state"].as_str().expect("state").to_owned()
+}
+
+/// Polls tether's admin API until backend `id` is in one of `states`; returns how long it took.
+async fn wait_state(admin: SocketAddr, id: &str, states: &[&str], within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let now = backend_state(admin, id).await;
+        if states.contains(&now.as_str()) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "backend {id} still {now}, not {states:?}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One POST /publish: its sequence number and when it started.
+#[derive(Debug, Clone, Copy)]
+struct Published {
+    seq: u64,
+    at: Instant,
+}
+
+/// Publishes `0, 1, 2, ...` to [`TOPIC`] every [`PUBLISH_EVERY`], round-robin over `targets`
+/// (the backends' internal listeners, as the app's own event publishers would).
+struct Publisher {
+    targets: Arc<Mutex<Vec<SocketAddr>>>,
+    log: Arc<Mutex<Vec<Published>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    fn start(targets: Vec<SocketAddr>) -> Publisher {
+        let targets = Arc::new(Mutex::new(targets));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (targets, log, stop) = (targets.clone(), log.clone(), stop.clone());
+            async move {
+                let mut tick = tokio::time::interval(PUBLISH_EVERY);
+                for seq in 0..MAX_PUBLISHED {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let target = {
+                        let t = targets.lock().expect("targets");
+                        t[seq as usize % t.len()]
+                    };
+                    let at = Instant::now();
+                    let path = format!("/publish?destination={}", TOPIC.replace('/', "%2F"));
+                    let r = http_client::post(target, &path, seq.to_string()).await;
+                    assert_eq!(r.status, 202, "publish {seq} via {target}: {}", r.body);
+                    log.lock().expect("log").push(Published { seq, at });
+                }
+            }
+        });
+        Publisher { targets, log, stop, task }
+    }
+
+    fn set_targets(&self, targets: Vec<SocketAddr>) {
+        *self.targets.lock().expect("targets") = targets;
+    }
+
+    fn count(&self) -> usize {
+        self.log.lock().expect("log").len()
+    }
+
+    async fn finish(self) -> Vec<Published> {
+        self.stop.cancel();
+        match tokio::time::timeout(WAIT, self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            other => panic!("publisher did not stop: {other:?}"),
+        }
+        self.log.lock().expect("log").clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect() {
+    let compose = compose();
+    let redis = TestRedis::start().await;
+    let app1_args = local_args(&compose, "app1", "127.0.0.1:0", &redis.url());
+    let mut app1 = BackendProcess::spawn(&app1_args).await;
+    let app2 = BackendProcess::spawn(&local_args(&compose, "app2", "127.0.0.1:0", &redis.url())).await;
+
+    let (app1_addr, app2_addr) = (app1.addr.to_string(), app2.addr.to_string());
+    let env = [
+        ("APP1_ADDR", app1_addr.as_str()),
+        ("APP2_ADDR", app2_addr.as_str()),
+        ("TETHER_LISTEN", "127.0.0.1:0"),
+        ("TETHER_ADMIN_BIND", "127.0.0.1:0"),
+        ("TETHER_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let config = repo_path("docker/tether.compose.yaml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut proxy = tokio::task::block_in_place(|| ProxyProcess::start_with(dir, &config, &env));
+    let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
+
+    // The compose health checks, run against the live processes.
+    let app_check = strings(&service(&compose, "app1")["healthcheck"]["test"]);
+    let app_port = port_of(flag(&strings(&service(&compose, "app1")["command"]), "--listen").expect("--listen"));
+    let tether_check = strings(&service(&compose, "tether")["healthcheck"]["test"]);
+    assert!(healthcheck_passes(&app_check, app_port, app1.addr.port()).await, "app1 healthcheck");
+    assert!(healthcheck_passes(&app_check, app_port, app2.addr.port()).await, "app2 healthcheck");
+    // In the container the admin listener has its default bind.
+    let defaults = parse_config(&config, &read("docker/tether.compose.yaml"), &[]);
+    let admin_port = defaults.admin.as_ref().expect("admin listener").bind.port();
+    assert!(healthcheck_passes(&tether_check, admin_port, admin.port()).await, "tether healthcheck");
+
+    // Signed-in users are pinned by X-User-Id: find some on each backend; they stay there.
+    let mut on_app1 = Vec::new();
+    let mut on_app2 = None;
+    for i in 0..200 {
+        let user = format!("user-{i}");
+        match instance_of(&instance_for(public, &[("x-user-id", &user)]).await).as_str() {
+            "app1" if on_app1.len() < USERS_ON_APP1 => on_app1.push(user),
+            "app2" if on_app2.is_none() => on_app2 = Some(user),
+            _ => {}
+        }
+        if on_app1.len() == USERS_ON_APP1 && on_app2.is_some() {
+            break;
+        }
+    }
+    let on_app2 = on_app2.expect("a user on app2");
+    assert_eq!(on_app1.len(), USERS_ON_APP1, "users hashed to app1");
+    for (user, home) in on_app1.iter().map(|u| (u, "app1")).chain([(&on_app2, "app2")]) {
+        for _ in 0..3 {
+            assert_eq!(instance_of(&instance_for(public, &[("x-user-id", user)]).await), home, "{user}");
+        }
+    }
+
+    // Anonymous users are pinned by the sticky cookie, for HTTP and for the WebSocket.
+    let first = instance_for(public, &[]).await;
+    let set_cookie = first.header("set-cookie").expect("a sticky cookie for an anonymous user").to_owned();
+    assert!(set_cookie.starts_with("TETHER_AFFINITY="), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().expect("cookie pair").to_owned();
+    let home = instance_of(&first);
+    for _ in 0..3 {
+        let again = instance_for(public, &[("cookie", &cookie)]).await;
+        assert_eq!(instance_of(&again), home);
+        assert_eq!(again.header("set-cookie"), None, "the pin did not change");
+    }
+    let mut options = ConnectOptions::default();
+    options.headers.push(("Cookie".into(), cookie.clone()));
+    let anonymous = StompClient::connect_with(&format!("ws://{public}/ws"), options).await;
+    assert_eq!(anonymous.connected.get("tether-instance"), Some(home.as_str()));
+    anonymous.disconnect().await;
+
+    // WebSocket/STOMP sessions: three users on app1 (each allowed one reconnect), one on app2.
+    let url = format!("ws://{public}/ws");
+    let mut riders = Vec::new();
+    for user in &on_app1 {
+        riders.push(ReconnectingClient::start(&url, user, TOPIC, 2).await);
+    }
+    let bystander = ReconnectingClient::start(&url, &on_app2, TOPIC, 1).await;
+    for rider in &riders {
+        assert_eq!(rider.log().instances, ["app1"], "{}", rider.user);
+    }
+    assert_eq!(bystander.log().instances, ["app2"]);
+
+    // Business events keep flowing through app2 (which stays up) for the whole restart.
+    let app2_internal = app2.internal.expect("app2 internal listener");
+    let publisher = Publisher::start(vec![app2_internal]);
+    for client in riders.iter().chain([&bystander]) {
+        client.wait_until("a message before the restart", WAIT, |log| !log.bodies(0).is_empty()).await;
+    }
+
+    // The rolling restart: SIGTERM (what `docker compose restart app1` sends) ...
+    let delay = duration(flag(&app1_args, "--shutdown-delay").expect("--shutdown-delay"));
+    let grace = duration(str_at(service(&compose, "app1"), &["stop_grace_period"]).expect("stop_grace_period"));
+    app1.sigterm();
+    // ... tether sees the 503 and stops sending app1 new sessions before app1 stops serving,
+    // and the compose healthcheck reports app1 unhealthy.
+    // (`drained` once its last tunnel is gone.)
+    let noticed = wait_state(admin, "app1", &["draining", "drained"], delay).await;
+    assert!(noticed < delay, "tether noticed the drain after {noticed:?}");
+    assert!(!healthcheck_passes(&app_check, app_port, app1.addr.port()).await, "a draining app1 is unhealthy");
+    // Each client of app1 gets one Close 1001 and reconnects, to app2, within the grace period.
+    for rider in &riders {
+        rider.wait_until("close and reconnect", grace, |log| log.subscribed_at.len() == 2).await;
+    }
+    let status = app1.wait_exit(grace).await;
+    assert!(status.success(), "app1 exited with {status}");
+
+    // ... and the container starts again on the same address.
+    let restarted_args = with_flags(&app1_args, &[("--listen", &app1_addr)]);
+    let app1 = BackendProcess::spawn(&restarted_args).await;
+    assert_eq!(app1.addr.to_string(), app1_addr);
+    assert!(healthcheck_passes(&app_check, app_port, app1.addr.port()).await, "restarted app1 healthcheck");
+    wait_state(admin, "app1", &["active"], WAIT).await;
+    // New sessions of app1's users go home again; the reconnected ones stay where they are.
+    assert_eq!(instance_of(&instance_for(public, &[("x-user-id", &on_app1[0])]).await), "app1");
+    let app1_internal = app1.internal.expect("app1 internal listener");
+    let before = publisher.count();
+    publisher.set_targets(vec![app1_internal, app2_internal]);
+    let deadline = Instant::now() + WAIT;
+    while publisher.count() < before + 20 {
+        assert!(Instant::now() < deadline, "publisher stalled");
+        tokio::time::sleep(PUBLISH_EVERY).await;
+    }
+    let published = publisher.finish().await;
+
+    // Nothing published after a connection's SUBSCRIBE was receipted is missed, and nothing
+    // arrives twice.
+    let after = |at: Instant| -> BTreeSet<String> {
+        published.iter().filter(|p| p.at > at).map(|p| p.seq.to_string()).collect()
+    };
+    for client in riders.iter().chain([&bystander]) {
+        let log = client.log();
+        let conn = log.subscribed_at.len() - 1;
+        let expected = after(log.subscribed_at[conn]);
+        assert!(expected.len() >= 20, "{}: only {} messages to check", client.user, expected.len());
+        client
+            .wait_until("every message published after its RECEIPT", WAIT, |log| {
+                let got: BTreeSet<&str> = log.bodies(conn).into_iter().collect();
+                expected.iter().all(|seq| got.contains(seq.as_str()))
+            })
+            .await;
+    }
+    for rider in riders {
+        let user = rider.user.clone();
+        let log = rider.stop().await;
+        assert_eq!(log.closes, [Some(1001)], "{user}: exactly one clean close");
+        assert_eq!(log.instances, ["app1", "app2"], "{user}: exactly one reconnect, away from the draining app1");
+        assert!(log.unexpected.is_empty(), "{user}: {:?}", log.unexpected);
+        let mut seen = BTreeSet::new();
+        for (_, body) in &log.messages {
+            assert!(seen.insert(body.clone()), "{user}: message {body} delivered twice");
+        }
+    }
+    let log = bystander.stop().await;
+    assert!(log.closes.is_empty(), "app2's client was not disturbed: {:?}", log.closes);
+    assert!(log.unexpected.is_empty(), "{:?}", log.unexpected);
+    // Every message once; not necessarily in publish order, since app2 delivers its own
+    // publishes locally at once and app1's after their trip through Redis.
+    let mut got: Vec<u64> = log.bodies(0).iter().map(|b| b.parse().expect("a sequence number")).collect();
+    got.sort_unstable();
+    let all: Vec<u64> = published.iter().map(|p| p.seq).collect();
+    assert_eq!(got, all, "app2's client got every message exactly once");
+
+    assert!(matches!(proxy.child.try_wait(), Ok(None)), "tether proxy is still running");
+    drop(app2);
+    drop(redis);
+}

@@ -1,0 +1,100 @@
+//! `BackendProcess`: the real `tether backend` binary as a child process (as a container or a
+//! pod runs it), with the command line a deployment file gives it. Killed on drop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+use super::WAIT;
+
+pub struct BackendProcess {
+    child: Child,
+    /// The main listener (`--listen`).
+    pub addr: SocketAddr,
+    /// The `--internal-listen` listener, when asked for.
+    pub internal: Option<SocketAddr>,
+    /// The command line it was started with (after `tether`).
+    pub args: Vec<String>,
+    stderr_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl BackendProcess {
+    /// Runs `tether <args>` (args start with `backend`) and waits for its `listening` lines.
+    pub async fn spawn(args: &[String]) -> BackendProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tether backend");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let wants_internal = args.iter().any(|a| a == "--internal-listen");
+        let mut addr = None;
+        let mut internal = None;
+        while addr.is_none() || (wants_internal && internal.is_none()) {
+            let line = match tokio::time::timeout(WAIT, lines.next_line()).await {
+                Ok(Ok(Some(line))) => line,
+                other => {
+                    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    panic!("tether {args:?} did not report its listeners ({other:?}); stderr:\n{log}");
+                }
+            };
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("listening"), Some("backend"), Some(a)) => addr = Some(a.parse().expect("address")),
+                (Some("listening"), Some("internal"), Some(a)) => internal = Some(a.parse().expect("address")),
+                _ => panic!("unexpected stdout line from tether backend: {line:?}"),
+            }
+        }
+        BackendProcess {
+            child,
+            addr: addr.expect("main listener"),
+            internal,
+            args: args.to_vec(),
+            stderr_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Where `/publish` and `/metrics` live.
+    pub fn operator_addr(&self) -> SocketAddr {
+        self.internal.unwrap_or(self.addr)
+    }
+
+    /// SIGTERM, as `docker stop` or the kubelet sends it.
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("backend still running") as libc::pid_t;
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => panic!("waiting for tether backend: {e}"),
+            Err(_) => panic!("tether backend did not exit within {within:?}; stderr:\n{}", self.stderr()),
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
