@@ -32,9 +32,26 @@ pub fn start(upstream: &Arc<Upstream>, backend: &Arc<Backend>, reason: &'static 
     };
     backend.metrics.drains_started.inc();
     tracing::info!(upstream = %upstream.name, backend = %backend.id, reason, tunnels = backend.tunnels.len(), "backend draining");
+    // Recorded before the task runs, so whoever caused the drain (an admin request) already
+    // sees its progress.
+    let deadline = begin(upstream, backend, reason);
     let (upstream, backend) = (upstream.clone(), backend.clone());
     let tasks = upstream.ctx.tasks.clone();
-    tasks.spawn(run(upstream, backend, reason, cancel));
+    tasks.spawn(run(upstream, backend, reason, cancel, deadline));
+}
+
+/// Record the start of a drain round on `backend`; returns when its tunnels get their Close.
+fn begin(upstream: &Upstream, backend: &Backend, reason: &'static str) -> Instant {
+    let timeout = upstream.config().drain.timeout;
+    let started = SystemTime::now();
+    backend.lock_status().drain = Some(DrainProgress {
+        started,
+        reason,
+        deadline: started + timeout,
+        tunnels_at_start: backend.tunnels.len(),
+        closes_sent: 0,
+    });
+    Instant::now() + timeout
 }
 
 pub fn cancel(backend: &Backend) {
@@ -64,21 +81,19 @@ async fn wait_idle(backend: &Backend, deadline: Option<Instant>, cancel: &Cancel
     }
 }
 
-async fn run(upstream: Arc<Upstream>, backend: Arc<Backend>, reason: &'static str, cancel: CancellationToken) {
+async fn run(
+    upstream: Arc<Upstream>,
+    backend: Arc<Backend>,
+    reason: &'static str,
+    cancel: CancellationToken,
+    mut deadline: Instant,
+) {
     loop {
-        let config = upstream.config().drain.clone();
-        let started = SystemTime::now();
-        backend.lock_status().drain = Some(DrainProgress {
-            started,
-            reason,
-            deadline: started + config.timeout,
-            tunnels_at_start: backend.tunnels.len(),
-            closes_sent: 0,
-        });
-        match wait_idle(&backend, Some(Instant::now() + config.timeout), &cancel).await {
+        match wait_idle(&backend, Some(deadline), &cancel).await {
             Wait::Cancelled => return,
             Wait::Idle => {}
             Wait::Deadline => {
+                let config = upstream.config().drain.clone();
                 let tunnels = backend.tunnels.snapshot();
                 tracing::info!(upstream = %upstream.name, backend = %backend.id, tunnels = tunnels.len(), spread_ms = config.close_spread.as_millis() as u64, "drain timeout: closing remaining tunnels");
                 let sent = close_spread(&tunnels, config.close_spread, config.close_code, &cancel, |n| {
@@ -112,6 +127,7 @@ async fn run(upstream: Arc<Upstream>, backend: Arc<Backend>, reason: &'static st
                 break;
             }
         }
+        deadline = begin(&upstream, &backend, reason);
     }
 }
 
