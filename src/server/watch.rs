@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use notify::{RecursiveMode, Watcher};
+use tokio_util::sync::CancellationToken;
 
 use super::Running;
 
 /// Quiet period before reloading: editors and `kubectl` write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
-pub fn spawn(running: Running, path: PathBuf) -> anyhow::Result<()> {
+/// Watch until `stop` (the shutdown sequence began: the task must not keep the proxy alive).
+pub fn spawn(running: Running, path: PathBuf, stop: CancellationToken) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -34,7 +36,11 @@ pub fn spawn(running: Running, path: PathBuf) -> anyhow::Result<()> {
         // The watcher lives as long as this task.
         let _watcher = watcher;
         let mut last = std::fs::read(&path).ok();
-        while rx.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                event = rx.recv() => if event.is_none() { return },
+                _ = stop.cancelled() => return,
+            }
             // Debounce: wait until events stop for a moment.
             loop {
                 match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
