@@ -123,7 +123,7 @@ impl HealthState {
     /// A connection to the backend succeeded.
     pub fn on_connect_success(&mut self, now: Instant) {
         self.passive_failures = 0;
-        if !self.ejected_until.is_some_and(|until| now < until) {
+        if self.ejected_until.is_none_or(|until| now >= until) {
             self.ejections = 0;
         }
     }
