@@ -11,5 +11,6 @@ mod backend_shutdown;
 mod backend_slow_consumer;
 mod backend_user;
 mod config_check;
+mod drain;
 mod proxy_core;
 mod tunnel_close;

@@ -10,6 +10,7 @@ pub mod proxy;
 pub mod redis;
 pub mod stomp_client;
 pub mod tls;
+pub mod ws_stream;
 
 use std::time::Duration;
 
