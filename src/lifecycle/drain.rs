@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::schedule::CloseSchedule;
-use crate::config::DrainConfig;
 use crate::tunnel::registry::TunnelControl;
 use crate::upstream::{Backend, DrainProgress, Upstream};
 
@@ -33,26 +32,26 @@ pub fn start(upstream: &Arc<Upstream>, backend: &Arc<Backend>, reason: &'static 
     };
     backend.metrics.drains_started.inc();
     tracing::info!(upstream = %upstream.name, backend = %backend.id, reason, tunnels = backend.tunnels.len(), "backend draining");
-    let first = begin(upstream, backend, reason);
+    // Recorded before the task runs, so whoever caused the drain (an admin request) already
+    // sees its progress.
+    let deadline = begin(upstream, backend, reason);
     let (upstream, backend) = (upstream.clone(), backend.clone());
     let tasks = upstream.ctx.tasks.clone();
-    tasks.spawn(run(upstream, backend, reason, cancel, first));
+    tasks.spawn(run(upstream, backend, reason, cancel, deadline));
 }
 
-/// Record a (re)started drain in the backend's status. Done before the drain task runs, so
-/// the answer to the admin request that started the drain already shows its progress.
-fn begin(upstream: &Upstream, backend: &Backend, reason: &'static str) -> (DrainConfig, Instant) {
-    let config = upstream.config().drain.clone();
+/// Record the start of a drain round on `backend`; returns when its tunnels get their Close.
+fn begin(upstream: &Upstream, backend: &Backend, reason: &'static str) -> Instant {
+    let timeout = upstream.config().drain.timeout;
     let started = SystemTime::now();
     backend.lock_status().drain = Some(DrainProgress {
         started,
         reason,
-        deadline: started + config.timeout,
+        deadline: started + timeout,
         tunnels_at_start: backend.tunnels.len(),
         closes_sent: 0,
     });
-    let deadline = Instant::now() + config.timeout;
-    (config, deadline)
+    Instant::now() + timeout
 }
 
 pub fn cancel(backend: &Backend) {
@@ -87,15 +86,14 @@ async fn run(
     backend: Arc<Backend>,
     reason: &'static str,
     cancel: CancellationToken,
-    first: (DrainConfig, Instant),
+    mut deadline: Instant,
 ) {
-    let mut round = first;
     loop {
-        let (config, deadline) = round;
         match wait_idle(&backend, Some(deadline), &cancel).await {
             Wait::Cancelled => return,
             Wait::Idle => {}
             Wait::Deadline => {
+                let config = upstream.config().drain.clone();
                 let tunnels = backend.tunnels.snapshot();
                 tracing::info!(upstream = %upstream.name, backend = %backend.id, tunnels = tunnels.len(), spread_ms = config.close_spread.as_millis() as u64, "drain timeout: closing remaining tunnels");
                 let sent = close_spread(&tunnels, config.close_spread, config.close_code, &cancel, |n| {
@@ -129,7 +127,7 @@ async fn run(
                 break;
             }
         }
-        round = begin(&upstream, &backend, reason);
+        deadline = begin(&upstream, &backend, reason);
     }
 }
 

@@ -68,6 +68,13 @@ pub struct Server {
     conns_stop: CancellationToken,
     /// Stops the admin listener (last, so `/readyz` keeps answering during shutdown).
     admin_stop: CancellationToken,
+    /// Admin connection tasks. Apart from the proxy's own tasks: an open keep-alive connection
+    /// to the admin listener (a health checker, a scraper, the status page) must not hold up
+    /// the shutdown, during which `/readyz` keeps answering.
+    admin_conns: TaskTracker,
+    /// Fires when the shutdown sequence begins: background work that would only keep the
+    /// process alive (the config file watch) stops.
+    shutting_down: CancellationToken,
     admin_addr: Option<SocketAddr>,
     config_path: PathBuf,
     /// Serialises reloads.
@@ -117,6 +124,8 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
         conns: TaskTracker::new(),
         conns_stop: CancellationToken::new(),
         admin_stop: CancellationToken::new(),
+        admin_conns: TaskTracker::new(),
+        shutting_down: CancellationToken::new(),
         admin_addr: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
         config_path: config.source.path.clone(),
         reloading: tokio::sync::Mutex::new(()),
@@ -132,8 +141,7 @@ pub async fn start_with(config: Config, options: Options) -> anyhow::Result<Runn
             token: admin_token,
             reloader: server.clone(),
         });
-        let tasks = server.proxy.tasks().clone();
-        tokio::spawn(admin::serve(listener, admin, server.admin_stop.clone(), tasks));
+        tokio::spawn(admin::serve(listener, admin, server.admin_stop.clone(), server.admin_conns.clone()));
     }
     Ok(Running { server })
 }
@@ -301,7 +309,7 @@ impl Running {
     /// Reload whenever the config file changes (debounced; the directory is watched, since a
     /// Kubernetes ConfigMap update swaps a symlink rather than writing the file).
     pub fn watch_config(&self) -> anyhow::Result<()> {
-        watch::spawn(self.clone(), self.server.config_path.clone())
+        watch::spawn(self.clone(), self.server.config_path.clone(), self.server.shutting_down.clone())
     }
 
     /// The SIGTERM sequence: `/readyz` answers 503 at once; accepting goes on for
@@ -314,6 +322,7 @@ impl Running {
         let config = server.proxy.runtime().config.shutdown.clone();
         let deadline = Instant::now() + config.timeout;
         server.probe.set_not_ready();
+        server.shutting_down.cancel();
         tracing::info!(
             delay_ms = config.delay.as_millis() as u64,
             "shutdown: readiness off, still accepting during the delay"
@@ -338,12 +347,22 @@ impl Running {
         server.proxy.tasks().close();
         let finished = tokio::time::timeout_at(deadline.into(), async {
             server.conns.wait().await;
+            // No client connection is left to send a request, so idle pooled backend
+            // connections would only keep their driver tasks (and us) waiting.
+            for upstream in server.proxy.runtime().upstreams.values() {
+                for backend in upstream.all_backends() {
+                    backend.pool.clear();
+                }
+            }
             server.proxy.tasks().wait().await;
         })
         .await
         .is_ok();
         server.admin_stop.cancel();
-        finished
+        server.admin_conns.close();
+        // Each admin connection finishes its request in flight, if any, then closes.
+        let admin_closed = tokio::time::timeout_at(deadline.into(), server.admin_conns.wait()).await.is_ok();
+        finished && admin_closed
     }
 
     pub fn probe(&self) -> &Arc<Probe> {

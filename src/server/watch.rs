@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use notify::{EventKind, RecursiveMode, Watcher};
+use tokio_util::sync::CancellationToken;
 
 use super::Running;
 
@@ -19,7 +20,8 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 /// change all the time; they must not hold a config change back forever.
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
-pub fn spawn(running: Running, path: PathBuf) -> anyhow::Result<()> {
+/// Watch until `stop` (the shutdown sequence began: the task must not keep the proxy alive).
+pub fn spawn(running: Running, path: PathBuf, stop: CancellationToken) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -43,7 +45,11 @@ pub fn spawn(running: Running, path: PathBuf) -> anyhow::Result<()> {
         // The content seen at the last look, so events that change nothing (or keep
         // presenting the same broken file) do not reload again.
         let mut last_seen: Option<Vec<u8>> = None;
-        while rx.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                event = rx.recv() => if event.is_none() { return },
+                _ = stop.cancelled() => return,
+            }
             // Debounce: wait until events stop for a moment, but not longer than MAX_DELAY.
             let deadline = tokio::time::Instant::now() + MAX_DELAY;
             loop {

@@ -16,6 +16,7 @@ mod demo;
 mod deploy_compose;
 mod deploy_files;
 mod deploy_k8s;
+mod drain;
 mod ops_admin;
 mod ops_discovery;
 mod ops_metrics;

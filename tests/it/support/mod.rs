@@ -19,6 +19,7 @@ pub mod resolver;
 pub mod stomp_client;
 pub mod tls;
 pub mod ws;
+pub mod ws_stream;
 
 use std::time::Duration;
 
