@@ -49,14 +49,7 @@ fn main() -> ExitCode {
 /// The demo logs human-readable text: it is meant to be watched in a terminal.
 fn demo(args: tether::demo::DemoArgs) -> ExitCode {
     init_logging(AccessLogFormat::Text);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    run_async(async move {
         let stop = tokio_util::sync::CancellationToken::new();
         let signal = shutdown_signal()?;
         let trigger = stop.clone();
@@ -65,14 +58,7 @@ fn demo(args: tether::demo::DemoArgs) -> ExitCode {
             trigger.cancel();
         });
         tether::demo::run(args, stop).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -103,14 +89,7 @@ fn proxy(path: &Path) -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    run_async(async move {
         let running = tether::server::start(loaded.config).await?;
         // Handlers first: a signal sent right after the `listening` lines must not kill us.
         let signals = Signals::install()?;
@@ -120,14 +99,7 @@ fn proxy(path: &Path) -> ExitCode {
         announce(&running.addrs());
         serve_until_signalled(&running, signals).await;
         anyhow::Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 struct Signals {
@@ -179,6 +151,21 @@ async fn serve_until_signalled(running: &tether::server::Running, mut signals: S
     }
 }
 
+/// Run `main` on a multi-threaded runtime; an error is printed with its causes and exits 1.
+fn run_async(main: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(main),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// One `listening <name> <addr>` line per bound listener: scripts and tests bind port 0 and
 /// read the real port from here.
 fn announce(addrs: &[(String, std::net::SocketAddr)]) {
@@ -212,14 +199,7 @@ fn init_logging(format: AccessLogFormat) {
 /// drain.
 fn backend(args: tether::backend::BackendArgs) -> ExitCode {
     init_logging(AccessLogFormat::Json);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    run_async(async move {
         let main = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -238,14 +218,7 @@ fn backend(args: tether::backend::BackendArgs) -> ExitCode {
         let listeners = tether::backend::BackendListeners { main, internal };
         tether::backend::run(args, listeners, shutdown).await?;
         anyhow::Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT. Handlers are installed before returning so a signal

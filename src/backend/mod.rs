@@ -109,21 +109,12 @@ impl BackendArgs {
     }
 }
 
-/// Parses `250ms`, `10s`, `2m`, `1h` or a bare `0`.
+/// Command-line durations are written like config durations (`250ms`, `10s`, `2m`, `1h`); a
+/// bare `0` is also accepted, as in `--heartbeat 0` (off).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{s:?}: missing unit (ms, s, m or h)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a whole number followed by ms, s, m or h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    match s.trim() {
+        "0" => Ok(Duration::ZERO),
+        text => crate::config::units::parse_duration(text).map_err(|e| e.to_string()),
     }
 }
 

@@ -248,9 +248,7 @@ impl Proxy {
                                 sender
                             }
                             Err(e) => {
-                                tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %error_chain(&e), "backend connect failed");
-                                upstream.on_connect_failure(&backend);
-                                ex.backend = Some(backend.clone());
+                                connect_failed(&upstream, &backend, &e, &mut ex);
                                 break;
                             }
                         }
@@ -306,20 +304,17 @@ impl Proxy {
         let upstream = target.upstream.clone();
 
         while let Some((index, backend, guard)) = target.next() {
-            let mut sender = match pool::connect_http1(&backend.address(), timeouts.connect, &self.ctx.tasks, true)
-                .await
-            {
-                Ok(sender) => {
-                    upstream.on_connect_success(&backend);
-                    sender
-                }
-                Err(e) => {
-                    tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %error_chain(&e), "backend connect failed");
-                    upstream.on_connect_failure(&backend);
-                    ex.backend = Some(backend);
-                    continue;
-                }
-            };
+            let mut sender =
+                match pool::connect_http1(&backend.address(), timeouts.connect, &self.ctx.tasks, true).await {
+                    Ok(sender) => {
+                        upstream.on_connect_success(&backend);
+                        sender
+                    }
+                    Err(e) => {
+                        connect_failed(&upstream, &backend, &e, &mut ex);
+                        continue;
+                    }
+                };
             target.report();
             let Some(request) = request.take() else { break };
             let mut resp = match tokio::time::timeout(timeouts.request, sender.send_request(request)).await {
@@ -360,6 +355,14 @@ impl Proxy {
         target.report();
         no_backend(ex)
     }
+}
+
+/// A backend refused or timed out before anything was sent: count it (passive health) and
+/// remember it for the 502 that follows if no other candidate answers.
+fn connect_failed(upstream: &Arc<Upstream>, backend: &Arc<Backend>, error: &pool::ConnectError, ex: &mut Exchange) {
+    tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %error_chain(error), "backend connect failed");
+    upstream.on_connect_failure(backend);
+    ex.backend = Some(backend.clone());
 }
 
 /// Every candidate failed (502: `ex.backend` names the last one tried), or there was none to

@@ -15,22 +15,7 @@ use crate::config::HealthCheckConfig;
 /// Start the checker of `upstream` if its config asks for active checks. It follows config
 /// changes (interval, path, or the section disappearing) at each round.
 pub fn spawn(upstream: &Arc<Upstream>) {
-    if upstream.config().health_check.is_none() || !upstream.claim_checker() {
-        return;
-    }
-    let upstream = upstream.clone();
-    let tasks = upstream.ctx.tasks.clone();
-    tasks.spawn(async move {
-        loop {
-            run(&upstream).await;
-            upstream.release_checker();
-            // A reload may have brought checks back between the loop ending and the release.
-            let wanted = upstream.config().health_check.is_some() && !upstream.cancelled().is_cancelled();
-            if !wanted || !upstream.claim_checker() {
-                return;
-            }
-        }
-    });
+    upstream.keep_one(super::Singleton::Checker, |c| c.health_check.is_some(), |u| async move { run(&u).await });
 }
 
 /// Check `backend` once now, outside the regular rounds (a backend that just joined).

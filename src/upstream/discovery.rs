@@ -39,21 +39,7 @@ impl Resolve for SystemResolver {
 /// Start discovery for `upstream` if its config has a `discovery` section (once; the task
 /// follows config changes and ends when the section goes away).
 pub fn spawn(upstream: &Arc<Upstream>) {
-    if upstream.config().discovery.is_none() || !upstream.claim_discovery() {
-        return;
-    }
-    let upstream = upstream.clone();
-    let tasks = upstream.ctx.tasks.clone();
-    tasks.spawn(async move {
-        loop {
-            run(&upstream).await;
-            upstream.release_discovery();
-            let wanted = upstream.config().discovery.is_some() && !upstream.cancelled().is_cancelled();
-            if !wanted || !upstream.claim_discovery() {
-                return;
-            }
-        }
-    });
+    upstream.keep_one(super::Singleton::Discovery, |c| c.discovery.is_some(), |u| async move { run(&u).await });
 }
 
 async fn run(upstream: &Arc<Upstream>) {

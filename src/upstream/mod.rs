@@ -64,6 +64,13 @@ pub struct Upstream {
     cancel: CancellationToken,
 }
 
+/// Background tasks an upstream runs at most once at a time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Singleton {
+    Checker,
+    Discovery,
+}
+
 /// Why a backend started draining.
 fn drain_reason(health: &health::HealthState) -> &'static str {
     if health.admin_drained {
@@ -269,20 +276,37 @@ impl Upstream {
         (changed, added)
     }
 
-    pub(crate) fn claim_checker(&self) -> bool {
-        !self.checker_running.swap(true, Ordering::AcqRel)
+    fn singleton_flag(&self, which: Singleton) -> &std::sync::atomic::AtomicBool {
+        match which {
+            Singleton::Checker => &self.checker_running,
+            Singleton::Discovery => &self.discovery_running,
+        }
     }
 
-    pub(crate) fn release_checker(&self) {
-        self.checker_running.store(false, Ordering::Release);
-    }
-
-    pub(crate) fn claim_discovery(&self) -> bool {
-        !self.discovery_running.swap(true, Ordering::AcqRel)
-    }
-
-    pub(crate) fn release_discovery(&self) {
-        self.discovery_running.store(false, Ordering::Release);
+    /// Run `task` while the config `wants` it, with at most one instance at a time: a reload
+    /// that turns it on starts it, one that turns it off lets it end at its next round.
+    pub(crate) fn keep_one<F, Fut>(self: &Arc<Self>, which: Singleton, wants: fn(&UpstreamConfig) -> bool, task: F)
+    where
+        F: Fn(Arc<Upstream>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let claim = move |u: &Upstream| !u.singleton_flag(which).swap(true, Ordering::AcqRel);
+        if !wants(&self.config()) || !claim(self) {
+            return;
+        }
+        let upstream = self.clone();
+        let tasks = upstream.ctx.tasks.clone();
+        tasks.spawn(async move {
+            loop {
+                task(upstream.clone()).await;
+                upstream.singleton_flag(which).store(false, Ordering::Release);
+                // A reload may have turned it back on between the task ending and the release.
+                let wanted = wants(&upstream.config()) && !upstream.cancel.is_cancelled();
+                if !wanted || !claim(&upstream) {
+                    return;
+                }
+            }
+        });
     }
 
     pub fn config(&self) -> Arc<UpstreamConfig> {

@@ -25,11 +25,11 @@ use crate::support::backend_process::BackendProcess;
 use crate::support::deploy_files::{
     at, config_map_file, container, find, manifests, parse_config, strings, with_flags,
 };
-use crate::support::dns::Records;
 use crate::support::http;
 use crate::support::http_client;
 use crate::support::reconnecting_client::ReconnectingClient;
 use crate::support::redis::TestRedis;
+use crate::support::resolver::{Answer, ScriptedResolver};
 
 const TOPIC: &str = "/topic/rollout";
 /// What the ConfigMap's discovery resolves (the headless Service in namespace tether-demo).
@@ -207,7 +207,7 @@ async fn wait_backends(admin: SocketAddr, what: &str, pred: impl Fn(&BTreeMap<St
     }
 }
 
-async fn start_proxy(records: Arc<Records>, dir: &tempfile::TempDir) -> Running {
+async fn start_proxy(records: Arc<ScriptedResolver>, dir: &tempfile::TempDir) -> Running {
     let docs = manifests("docker/k8s/tether-config.yaml");
     let text = config_map_file(find(&docs, "ConfigMap", "tether-config"), "tether.yaml");
     let path = dir.path().join("tether.yaml");
@@ -258,8 +258,7 @@ async fn rolling_update(removal: RecordRemoval) {
     let redis = TestRedis::start().await;
     let mut old = BackendProcess::spawn(&pod_args(&template, "pod-old", &redis.url())).await;
     let stays = BackendProcess::spawn(&pod_args(&template, "pod-stays", &redis.url())).await;
-    let records = Records::new(HEADLESS, 8080);
-    records.set(&[old.addr, stays.addr]);
+    let records = Arc::new(ScriptedResolver::new(vec![old.addr, stays.addr]));
     let dir = tempfile::tempdir().expect("tempdir");
     let running = start_proxy(records.clone(), &dir).await;
     let public = running.addr("public").expect("public listener");
@@ -269,6 +268,11 @@ async fn rolling_update(removal: RecordRemoval) {
         s.get(&old_id).is_some_and(|st| st == "active") && s.get(&stays_id).is_some_and(|st| st == "active")
     })
     .await;
+    assert!(
+        records.asked().iter().all(|(host, port)| (host.as_str(), *port) == (HEADLESS, 8080)),
+        "tether looked up the headless Service's name: {:?}",
+        records.asked()
+    );
 
     // WebSocket clients: users on the old pod (one reconnect allowed each), one elsewhere.
     let url = format!("ws://{public}/ws");
@@ -303,7 +307,7 @@ async fn rolling_update(removal: RecordRemoval) {
     // headless Service's records; tether adds it after its own healthy check.
     let new = BackendProcess::spawn(&pod_args(&template, "pod-new", &redis.url())).await;
     assert_eq!(http_client::get(new.addr, "/readyz").await.status, 200, "new pod ready");
-    records.set(&[old.addr, stays.addr, new.addr]);
+    records.set(Answer::Addrs(vec![old.addr, stays.addr, new.addr]));
     let new_id = new.addr.to_string();
     wait_backends(admin, "the new pod active", |s| s.get(&new_id).is_some_and(|st| st == "active")).await;
     let deadline = Instant::now() + WAIT;
@@ -316,7 +320,7 @@ async fn rolling_update(removal: RecordRemoval) {
     // 503 at once; its record goes away now or after it exited.
     assert!(load.served_by("pod-old") > 0, "the load reached the old pod before the update");
     if removal == RecordRemoval::AtSigterm {
-        records.set(&[stays.addr, new.addr]);
+        records.set(Answer::Addrs(vec![stays.addr, new.addr]));
     }
     old.sigterm();
     for rider in &riders {
@@ -324,7 +328,7 @@ async fn rolling_update(removal: RecordRemoval) {
     }
     let status = old.wait_exit(grace).await;
     assert!(status.success(), "the old pod exited by itself within its grace period: {status}");
-    records.set(&[stays.addr, new.addr]);
+    records.set(Answer::Addrs(vec![stays.addr, new.addr]));
     wait_backends(admin, "the old pod gone", |s| !s.contains_key(&old_id)).await;
 
     // Keep the load going a little after the old pod is gone, then stop it.

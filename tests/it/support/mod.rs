@@ -6,7 +6,6 @@ pub mod backend;
 pub mod backend_process;
 pub mod check;
 pub mod deploy_files;
-pub mod dns;
 pub mod echo;
 pub mod gated;
 pub mod http;
