@@ -14,14 +14,12 @@
 //! - `session`: one WebSocket session (STOMP state machine, heart-beats, outbound queue).
 //! - `http`: routes, probes, `/publish`, `/metrics`, demo page, WebSocket handshake.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`drain`]: the graceful-shutdown close schedule (pure).
 //!
 //! Trust boundary: the `--user-header` (default `X-User-Id`) and CONNECT `login` are trusted
 //! as the user's identity. In production something in front (an auth layer, or tether once it
 //! verifies tokens) must set the header and strip client-supplied copies.
 
 pub mod broker;
-pub mod drain;
 mod http;
 pub mod hub;
 mod instance;
@@ -38,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::lifecycle::schedule::CloseSchedule;
 use broker::Envelope;
 pub use broker::local::LocalBus;
 use http::Surface;
@@ -244,10 +243,13 @@ pub async fn run_with_fanout(
 
     let live = inst.begin_drain();
     tracing::info!(event = "drain_started", instance = %inst.id, sessions = live.len());
-    let start = tokio::time::Instant::now();
-    for (signal, offset) in live.iter().zip(drain::drain_offsets(live.len(), args.drain_spread)) {
-        tokio::time::sleep_until(start + offset).await;
-        signal.close(CloseReason::Draining);
+    // Evenly over the spread, so clients do not all reconnect at once.
+    let mut schedule = CloseSchedule::spread(std::time::Instant::now(), args.drain_spread, live.len());
+    while let Some(next) = schedule.next_due() {
+        tokio::time::sleep_until(next.into()).await;
+        for i in schedule.due(std::time::Instant::now()) {
+            live[i].close(CloseReason::Draining);
+        }
     }
     sessions.close();
     if tokio::time::timeout(SESSION_CLOSE_GRACE, sessions.wait()).await.is_err() {
