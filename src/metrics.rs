@@ -70,6 +70,13 @@ pub struct ListenerLabels {
     pub listener: Arc<str>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectedLabels {
+    pub listener: Arc<str>,
+    /// The answer: `400` (malformed) or `404` (no route).
+    pub status: u16,
+}
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Request latency buckets, seconds: 1 ms .. 60 s.
@@ -99,6 +106,7 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub connections_open: Family<ListenerLabels, Gauge>,
     pub connections_refused: Family<ListenerLabels, Counter>,
+    pub rejected: Family<RejectedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -177,6 +185,12 @@ impl Metrics {
             "Client connections refused over limits.max_connections",
             connections_refused.clone(),
         );
+        let rejected = Family::<RejectedLabels, Counter>::default();
+        registry.register(
+            "rejected_requests",
+            "Requests answered by tether itself before any upstream: malformed (400) or unrouted (404)",
+            rejected.clone(),
+        );
         Self {
             registry,
             requests,
@@ -197,6 +211,7 @@ impl Metrics {
             config_generation,
             connections_open,
             connections_refused,
+            rejected,
         }
     }
 
@@ -264,6 +279,11 @@ impl Metrics {
     pub fn request_without_backend(&self, upstream: &Arc<str>, status: u16) {
         let class = STATUS_CLASSES[usize::from(status / 100).clamp(1, 5) - 1];
         self.requests.get_or_create(&RequestLabels { upstream: upstream.clone(), backend: "none".into(), class }).inc();
+    }
+
+    /// A request answered before reaching any upstream (400, 404).
+    pub fn rejected(&self, listener: &Arc<str>, status: u16) {
+        self.rejected.get_or_create(&RejectedLabels { listener: listener.clone(), status }).inc();
     }
 
     pub fn affinity(&self, upstream: &Arc<str>, reason: &'static str, n: u64) {

@@ -21,6 +21,10 @@ use crate::upstream::{Backend, DrainProgress, Upstream};
 const POLL: Duration = Duration::from_millis(50);
 
 pub fn start(upstream: &Arc<Upstream>, backend: &Arc<Backend>, reason: &'static str) {
+    if upstream.is_shutting_down() {
+        // Every tunnel is being closed already; a drain timer would only hold the exit back.
+        return;
+    }
     let cancel = {
         let mut slot = backend.drain_task.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_some() {

@@ -10,7 +10,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use super::ClientConn;
 use super::access_log::{AccessLog, RequestRecord};
 use crate::balance::LoadGuard;
-use crate::metrics::Metrics;
 use crate::upstream::pool::Sender;
 use crate::upstream::{Backend, Upstream};
 
@@ -35,7 +34,6 @@ pub struct Exchange {
     pub guard: Option<LoadGuard>,
     latency: Option<Histogram>,
     /// Set with the upstream: counts a request that ends without a backend.
-    metrics: Option<Arc<Metrics>>,
     log: Arc<AccessLog>,
     finished: bool,
 }
@@ -61,7 +59,6 @@ impl Exchange {
             reusable: None,
             guard: None,
             latency: None,
-            metrics: None,
             log,
             finished: false,
         }
@@ -70,7 +67,6 @@ impl Exchange {
     pub fn set_upstream(&mut self, upstream: &Upstream) {
         self.upstream = Some(upstream.name.clone());
         self.latency = Some(upstream.request_duration.clone());
-        self.metrics = Some(upstream.ctx.metrics.clone());
     }
 
     pub fn client(&self) -> &Arc<ClientConn> {
@@ -99,8 +95,12 @@ impl Exchange {
             if let (true, Some(sender)) = (complete, self.reusable.take()) {
                 backend.pool.put(sender);
             }
-        } else if let (Some(metrics), Some(upstream), true) = (&self.metrics, &self.upstream, self.status != 0) {
-            metrics.request_without_backend(upstream, self.status);
+        } else if self.status != 0 {
+            let metrics = &self.client.metrics;
+            match &self.upstream {
+                Some(upstream) => metrics.request_without_backend(upstream, self.status),
+                None => metrics.rejected(&self.client.listener, self.status),
+            }
         }
         self.guard = None;
         if let Some(latency) = &self.latency {

@@ -60,6 +60,7 @@ pub struct ClientConn {
     /// The connection's slot under `limits.max_connections`; a WebSocket tunnel takes it over
     /// when the HTTP connection is handed to it.
     pub permit: Mutex<Option<OwnedSemaphorePermit>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Everything a request needs that a reload replaces as a whole.

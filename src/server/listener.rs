@@ -190,6 +190,7 @@ async fn serve_http<S: ClientStream>(
         is_tls,
         state: state.clone(),
         permit: Mutex::new(Some(permit)),
+        metrics: proxy.metrics().clone(),
     });
     let io = TokioIo::new(ConnIo::with_prefix(stream, state.clone(), prefix));
     let service = ConnService::<S>::new(proxy, client);

@@ -54,6 +54,7 @@ pub struct Upstream {
     changing: Mutex<()>,
     checker_running: std::sync::atomic::AtomicBool,
     discovery_running: std::sync::atomic::AtomicBool,
+    shutting_down: std::sync::atomic::AtomicBool,
     /// The sticky-cookie key and the variable it came from (None: random, per process).
     cookie_key: Mutex<(Option<String>, CookieKey)>,
     rebalance: Mutex<Option<CancellationToken>>,
@@ -115,6 +116,7 @@ impl Upstream {
             changing: Mutex::new(()),
             checker_running: std::sync::atomic::AtomicBool::new(false),
             discovery_running: std::sync::atomic::AtomicBool::new(false),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             cookie_key: Mutex::new((key_env, key)),
             rebalance: Mutex::new(None),
             request_duration: ctx
@@ -449,9 +451,15 @@ impl Upstream {
         crate::lifecycle::drain::close_all(self);
     }
 
-    /// Stop this upstream's background work (it was removed from the config).
+    /// The proxy is shutting down: stop checks, discovery and timers, and start no new drains
+    /// (every tunnel is being closed anyway).
     pub fn stop(&self) {
+        self.shutting_down.store(true, Ordering::Release);
         self.cancel.cancel();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 }
 

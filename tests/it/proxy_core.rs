@@ -552,4 +552,80 @@ async fn access_log_lines_are_json_with_redacted_query_parameters() {
     assert!(record["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(record["timestamp"].is_string());
     assert!(!proxy.stderr().contains("s3cr3t"), "the token never reaches the log");
+
+    // A finished tunnel gets its own line, with its lifetime and bytes both ways.
+    let (mut ws, _) =
+        within("ws connect", tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=abc"))).await.unwrap();
+    within("greeting", ws.next()).await.unwrap().unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    within("echo", ws.next()).await.unwrap().unwrap();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = within("close", ws.next()).await {}
+    drop(ws);
+    let line = within("tunnel log line", async {
+        loop {
+            if let Some(line) = proxy.stderr().lines().find(|l| l.contains("\"kind\":\"tunnel\"")).map(str::to_owned) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["path"], "/ws?token=REDACTED");
+    assert_eq!(record["backend"], "app-1");
+    // After the close handshake the server closes TCP first (RFC 6455 7.1.1).
+    assert_eq!(record["end"], "backend_closed");
+    assert!(record["lifetime_ms"].as_f64().unwrap() > 0.0);
+    assert!(record["bytes_in"].as_u64().unwrap() > 4, "client to backend: the ping and the close");
+    assert!(record["bytes_out"].as_u64().unwrap() > 20, "backend to client: greeting, echo, close");
+}
+
+/// A backend that answers any upgrade with 101, reads the tunnel until the client's end of
+/// stream, then answers how many bytes it got and closes.
+async fn half_close_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        stream.write_all(format!("got {} bytes", got.len()).as_bytes()).await.unwrap();
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_passes_a_half_close_on_and_keeps_the_other_direction_open() {
+    let backend = half_close_backend().await;
+    let proxy = TestProxy::start(&config(&[("raw", backend)], "")).await;
+    let mut stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
+    stream
+        .write_all(b"GET /raw HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        within("the 101", stream.read_exact(&mut byte)).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream.write_all(b"0123456789").await.unwrap();
+    // Half-close: no more bytes from the client; the backend must see its end of stream and
+    // still be able to answer through the tunnel.
+    stream.shutdown().await.unwrap();
+    let mut answer = String::new();
+    within("the backend's answer after the half-close", stream.read_to_string(&mut answer)).await.unwrap();
+    assert_eq!(answer, "got 10 bytes");
 }
