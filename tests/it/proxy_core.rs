@@ -271,11 +271,11 @@ async fn h2c_prior_knowledge_works_on_a_plain_listener() {
     assert!(headers.contains(&("host".into(), "h2c.test".into())), "{headers:?}");
 }
 
-/// Upload and download 128 MiB through the real binary: the proxy's peak RSS must grow by only
+/// Upload and download 256 MiB through the real binary: the proxy's peak RSS must grow by only
 /// a few MiB (bodies stream; nothing is buffered whole).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways_in_bounded_memory() {
-    const SIZE: u64 = 128 * 1024 * 1024;
+    const SIZE: u64 = 256 * 1024 * 1024;
     let backend = EchoBackend::start("app-1").await;
     let proxy = ProxyProcess::start(&config(&[("app-1", backend.addr)], "access_log: { format: off }\n"));
     let addr = proxy.addr("public");
@@ -329,11 +329,8 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() {
 
     let (_, peak) = proxy.rss_kib();
     let growth_mib = (peak.saturating_sub(baseline)) as f64 / 1024.0;
-    assert!(
-        growth_mib < 16.0,
-        "proxy peak RSS grew by {growth_mib:.1} MiB while streaming {} MiB each way",
-        SIZE >> 20
-    );
+    println!("figure: proxy peak RSS growth {growth_mib:.1} MiB streaming {} MiB each way", SIZE >> 20);
+    assert!(growth_mib < 8.0, "proxy peak RSS grew by {growth_mib:.1} MiB while streaming {} MiB each way", SIZE >> 20);
     assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
 }
 
