@@ -266,12 +266,20 @@ impl Metrics {
     /// Create the per-upstream series at 0 (every affinity reason, rebalance closes, closes
     /// with the configured drain code), so dashboards and alerts see them before the first
     /// event rather than "no data".
-    pub fn upstream_series(&self, upstream: &Arc<str>, close_code: u16) {
-        for reason in ["key", "cookie", "fallback", "repin", "bounded_load_skip", "panic"] {
-            let _ = self.affinity.get_or_create(&ReasonLabels { upstream: upstream.clone(), reason });
-        }
+    /// Returns the upstream's affinity counters, so requests need no family lookup.
+    pub fn upstream_series(&self, upstream: &Arc<str>, close_code: u16) -> AffinityCounters {
+        let reason = |reason| self.affinity.get_or_create_owned(&ReasonLabels { upstream: upstream.clone(), reason });
+        let counters = AffinityCounters {
+            key: reason("key"),
+            cookie: reason("cookie"),
+            fallback: reason("fallback"),
+            repin: reason("repin"),
+            bounded_load_skip: reason("bounded_load_skip"),
+            panic: reason("panic"),
+        };
         let _ = self.rebalance_closes.get_or_create(&UpstreamLabels { upstream: upstream.clone() });
         let _ = self.closes_sent.get_or_create(&CloseLabels { upstream: upstream.clone(), code: close_code });
+        counters
     }
 
     /// A request routed to `upstream` that no backend answered (no backend available): counted
@@ -286,15 +294,20 @@ impl Metrics {
         self.rejected.get_or_create(&RejectedLabels { listener: listener.clone(), status }).inc();
     }
 
-    pub fn affinity(&self, upstream: &Arc<str>, reason: &'static str, n: u64) {
-        if n > 0 {
-            self.affinity.get_or_create(&ReasonLabels { upstream: upstream.clone(), reason }).inc_by(n);
-        }
-    }
-
     pub fn close_sent(&self, upstream: &Arc<str>, code: u16) {
         self.closes_sent.get_or_create(&CloseLabels { upstream: upstream.clone(), code }).inc();
     }
+}
+
+/// `tether_affinity_decisions_total` of one upstream, by reason.
+#[derive(Clone, Debug)]
+pub struct AffinityCounters {
+    pub key: Counter,
+    pub cookie: Counter,
+    pub fallback: Counter,
+    pub repin: Counter,
+    pub bounded_load_skip: Counter,
+    pub panic: Counter,
 }
 
 /// Handles for one backend's metrics.

@@ -97,11 +97,10 @@ impl Target {
 
     /// Count what the decision did, once a backend was chosen (or none could be).
     fn report(&self) {
-        self.upstream.ctx.metrics.affinity(
-            &self.upstream.name,
-            "bounded_load_skip",
-            u64::from(self.decision.bounded_skips()),
-        );
+        let skips = self.decision.bounded_skips();
+        if skips > 0 {
+            self.upstream.affinity_counters.bounded_load_skip.inc_by(u64::from(skips));
+        }
     }
 
     /// The `Set-Cookie` pinning the client to member `served`, when one is due.

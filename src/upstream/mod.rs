@@ -60,6 +60,7 @@ pub struct Upstream {
     rebalance: Mutex<Option<CancellationToken>>,
     /// Request latency of this upstream (a handle, so requests need no family lookup).
     pub request_duration: prometheus_client::metrics::histogram::Histogram,
+    pub affinity_counters: crate::metrics::AffinityCounters,
     pub ctx: Arc<Ctx>,
     /// Stops this upstream's own tasks (checks, discovery) when it is removed.
     cancel: CancellationToken,
@@ -104,7 +105,7 @@ impl Upstream {
         for b in &backends {
             ctx.metrics.state_change(&name, &b.id, None, b.live.availability().as_str());
         }
-        ctx.metrics.upstream_series(&name, config.drain.close_code);
+        let affinity_counters = ctx.metrics.upstream_series(&name, config.drain.close_code);
         let membership = build_membership(backends, config, &key);
         let upstream = Arc::new(Self {
             name: name.clone(),
@@ -119,6 +120,7 @@ impl Upstream {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             cookie_key: Mutex::new((key_env, key)),
             rebalance: Mutex::new(None),
+            affinity_counters,
             request_duration: ctx
                 .metrics
                 .request_duration
@@ -166,7 +168,7 @@ impl Upstream {
         };
         self.policy.store(Arc::new(policy_for(config, &key)));
         self.config.store(Arc::new(config.clone()));
-        self.ctx.metrics.upstream_series(&self.name, config.drain.close_code);
+        let _ = self.ctx.metrics.upstream_series(&self.name, config.drain.close_code);
         let (changed, added) = self.sync_members(&key);
         checker::spawn(self);
         discovery::spawn(self);
@@ -333,10 +335,15 @@ impl Upstream {
         let membership = self.membership();
         let policy = self.policy();
         let decision = balance::route(facts, &policy, &membership.set, SystemTime::now(), &mut rand::rng());
-        let metrics = &self.ctx.metrics;
-        metrics.affinity(&self.name, decision.reason().as_str(), 1);
+        let counters = &self.affinity_counters;
+        match decision.reason() {
+            balance::Reason::Key => counters.key.inc(),
+            balance::Reason::Cookie => counters.cookie.inc(),
+            balance::Reason::Fallback => counters.fallback.inc(),
+            balance::Reason::Repin => counters.repin.inc(),
+        };
         if decision.is_panic() {
-            metrics.affinity(&self.name, "panic", 1);
+            counters.panic.inc();
             tracing::warn!(upstream = %self.name, "no active backend: panic mode, sending new sessions to draining backends");
         }
         (membership, policy, decision)

@@ -5,6 +5,7 @@
 //! closed, or idle longer than [`POOL_IDLE`], is discarded on the way out. Must not: decide
 //! which backend to use or retry anything.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -42,17 +43,21 @@ pub enum ConnectError {
     Handshake(String, #[source] hyper::Error),
 }
 
+/// Idle connections, oldest at the front: `put` appends, `take` reuses the most recent (its
+/// socket is the least likely to have been closed by the backend), and expired ones are cut
+/// from the front, so neither walks the whole list.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<VecDeque<(Sender, Instant)>>,
 }
 
 impl Pool {
     /// The most recently used idle connection that is still open, if any.
     pub fn take(&self) -> Option<Sender> {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < POOL_IDLE {
+        while let Some((sender, since)) = idle.pop_back() {
+            if !sender.is_closed() && now.duration_since(since) < POOL_IDLE {
                 return Some(sender);
             }
         }
@@ -63,10 +68,13 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(s, since)| !s.is_closed() && since.elapsed() < POOL_IDLE);
+        while idle.front().is_some_and(|(s, since)| s.is_closed() || now.duration_since(*since) >= POOL_IDLE) {
+            idle.pop_front();
+        }
         if idle.len() < MAX_IDLE {
-            idle.push((sender, Instant::now()));
+            idle.push_back((sender, now));
         }
     }
 
