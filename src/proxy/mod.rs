@@ -241,18 +241,10 @@ impl Proxy {
             for _ in 0..ATTEMPTS_PER_BACKEND {
                 let mut sender = match backend.pool.take() {
                     Some(sender) => sender,
-                    None => {
-                        match pool::connect_http1(&backend.address(), timeouts.connect, &self.ctx.tasks, false).await {
-                            Ok(sender) => {
-                                upstream.on_connect_success(&backend);
-                                sender
-                            }
-                            Err(e) => {
-                                connect_failed(&upstream, &backend, &e, &mut ex);
-                                break;
-                            }
-                        }
-                    }
+                    None => match self.connect(&upstream, &backend, timeouts, false, &mut ex).await {
+                        Some(sender) => sender,
+                        None => break,
+                    },
                 };
                 if !matches!(tokio::time::timeout(timeouts.connect, sender.ready()).await, Ok(Ok(()))) {
                     continue;
@@ -287,6 +279,30 @@ impl Proxy {
         no_backend(ex)
     }
 
+    /// A new connection to `backend`, its outcome counted for passive health. A failure (nothing
+    /// was sent) is remembered in `ex` for the 502 that follows if no other candidate answers.
+    async fn connect(
+        &self,
+        upstream: &Arc<Upstream>,
+        backend: &Arc<Backend>,
+        timeouts: &crate::config::Timeouts,
+        upgrades: bool,
+        ex: &mut Exchange,
+    ) -> Option<Sender> {
+        match pool::connect_http1(&backend.address(), timeouts.connect, &self.ctx.tasks, upgrades).await {
+            Ok(sender) => {
+                upstream.on_connect_success(backend);
+                Some(sender)
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %error_chain(&e), "backend connect failed");
+                upstream.on_connect_failure(backend);
+                ex.backend = Some(backend.clone());
+                None
+            }
+        }
+    }
+
     async fn open_tunnel<S: ClientStream>(
         &self,
         mut req: Request<Incoming>,
@@ -304,17 +320,9 @@ impl Proxy {
         let upstream = target.upstream.clone();
 
         while let Some((index, backend, guard)) = target.next() {
-            let mut sender =
-                match pool::connect_http1(&backend.address(), timeouts.connect, &self.ctx.tasks, true).await {
-                    Ok(sender) => {
-                        upstream.on_connect_success(&backend);
-                        sender
-                    }
-                    Err(e) => {
-                        connect_failed(&upstream, &backend, &e, &mut ex);
-                        continue;
-                    }
-                };
+            let Some(mut sender) = self.connect(&upstream, &backend, timeouts, true, &mut ex).await else {
+                continue;
+            };
             target.report();
             let Some(request) = request.take() else { break };
             let mut resp = match tokio::time::timeout(timeouts.request, sender.send_request(request)).await {
@@ -355,14 +363,6 @@ impl Proxy {
         target.report();
         no_backend(ex)
     }
-}
-
-/// A backend refused or timed out before anything was sent: count it (passive health) and
-/// remember it for the 502 that follows if no other candidate answers.
-fn connect_failed(upstream: &Arc<Upstream>, backend: &Arc<Backend>, error: &pool::ConnectError, ex: &mut Exchange) {
-    tracing::warn!(upstream = %upstream.name, backend = %backend.id, error = %error_chain(error), "backend connect failed");
-    upstream.on_connect_failure(backend);
-    ex.backend = Some(backend.clone());
 }
 
 /// Every candidate failed (502: `ex.backend` names the last one tried), or there was none to

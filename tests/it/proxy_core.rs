@@ -524,21 +524,27 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
+/// The first access-log line of `kind` (`request` or `tunnel`) the proxy wrote to stderr.
+async fn log_line(proxy: &ProxyProcess, kind: &str) -> String {
+    let marker = format!("\"kind\":\"{kind}\"");
+    within("an access log line", async {
+        loop {
+            if let Some(line) = proxy.stderr().lines().find(|l| l.contains(&marker)).map(str::to_owned) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_are_json_with_redacted_query_parameters() {
     let backend = EchoBackend::start("app-1").await;
     let proxy = ProxyProcess::start(&config(&[("app-1", backend.addr)], ""));
     let addr = proxy.addr("public");
     assert_eq!(client::get(addr, "/login?user=bob&access_token=s3cr3t", &[]).await.status, StatusCode::OK);
-    let line = within("access log line", async {
-        loop {
-            if let Some(line) = proxy.stderr().lines().find(|l| l.contains("\"kind\":\"request\"")).map(str::to_owned) {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let line = log_line(&proxy, "request").await;
     let record: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(record["path"], "/login?user=bob&access_token=REDACTED");
     assert_eq!(record["status"], 200);
@@ -559,15 +565,7 @@ async fn access_log_lines_are_json_with_redacted_query_parameters() {
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = within("close", ws.next()).await {}
     drop(ws);
-    let line = within("tunnel log line", async {
-        loop {
-            if let Some(line) = proxy.stderr().lines().find(|l| l.contains("\"kind\":\"tunnel\"")).map(str::to_owned) {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let line = log_line(&proxy, "tunnel").await;
     let record: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(record["path"], "/ws?token=REDACTED");
     assert_eq!(record["backend"], "app-1");
