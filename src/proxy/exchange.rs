@@ -69,14 +69,6 @@ impl Exchange {
         self.latency = Some(upstream.request_duration.clone());
     }
 
-    pub fn client(&self) -> &Arc<ClientConn> {
-        &self.client
-    }
-
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-
     /// The response body ended (`complete`) or was abandoned after `bytes_out` bytes.
     pub fn finish(mut self, bytes_out: u64, complete: bool) {
         self.run(bytes_out, complete);

@@ -176,10 +176,6 @@ impl Proxy {
         &self.ctx.tasks
     }
 
-    pub fn ctx(&self) -> &Arc<Ctx> {
-        &self.ctx
-    }
-
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.ctx.metrics
     }

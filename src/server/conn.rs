@@ -120,10 +120,6 @@ pub struct ConnIo<S> {
 }
 
 impl<S> ConnIo<S> {
-    pub fn new(inner: S, state: Arc<ConnState>) -> Self {
-        Self::with_prefix(inner, state, Vec::new())
-    }
-
     pub fn with_prefix(inner: S, state: Arc<ConnState>, prefix: Vec<u8>) -> Self {
         Self { inner, state, sniffer: HeadSniffer::new(), prefix, prefix_read: 0 }
     }

@@ -364,10 +364,6 @@ impl Running {
         let admin_closed = tokio::time::timeout_at(deadline.into(), server.admin_conns.wait()).await.is_ok();
         finished && admin_closed
     }
-
-    pub fn probe(&self) -> &Arc<Probe> {
-        &self.server.probe
-    }
 }
 
 /// Raise the soft open-file limit to the hard one and return it.

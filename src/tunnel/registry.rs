@@ -69,8 +69,6 @@ impl TunnelControl {
 pub struct TunnelRegistry {
     open: Mutex<HashMap<u64, Arc<TunnelControl>>>,
     next_id: AtomicU64,
-    /// Tunnels ever opened, for metrics.
-    opened: AtomicU64,
 }
 
 impl TunnelRegistry {
@@ -79,7 +77,6 @@ impl TunnelRegistry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(TunnelControl { id, close_code: AtomicU16::new(0), waker: AtomicWaker::new(), key });
         self.lock().insert(id, control.clone());
-        self.opened.fetch_add(1, Ordering::Relaxed);
         Registration { registry: self.clone(), control }
     }
 
@@ -89,10 +86,6 @@ impl TunnelRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn opened_total(&self) -> u64 {
-        self.opened.load(Ordering::Relaxed)
     }
 
     /// The open tunnels, oldest first.
@@ -141,7 +134,6 @@ mod tests {
         assert_eq!(registry.len(), 1);
         drop(b);
         assert!(registry.is_empty());
-        assert_eq!(registry.opened_total(), 2);
     }
 
     #[tokio::test]

@@ -69,12 +69,6 @@ impl HealthState {
         }
     }
 
-    /// Whether the backend drains because someone or something decided it should go (as
-    /// opposed to failing checks), so a `drained` report makes sense.
-    pub fn is_draining_on_purpose(&self) -> bool {
-        self.admin_drained || self.removed || self.not_ready
-    }
-
     pub fn on_check(&mut self, outcome: CheckOutcome, policy: &HealthCheckConfig) {
         match &outcome {
             CheckOutcome::Healthy => {
@@ -187,7 +181,6 @@ mod tests {
         let mut h = HealthState::new(false);
         h.on_check(CheckOutcome::NotReady, &checks());
         assert_eq!(h.availability(now), Availability::Draining);
-        assert!(h.is_draining_on_purpose());
         h.on_check(CheckOutcome::Healthy, &checks());
         assert_eq!(h.availability(now), Availability::Draining);
         h.on_check(CheckOutcome::Healthy, &checks());

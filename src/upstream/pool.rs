@@ -82,10 +82,6 @@ impl Pool {
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 /// Resolve and connect, trying each resolved address in turn, all within `timeout`.
