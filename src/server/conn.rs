@@ -28,6 +28,42 @@ pub enum Phase {
     Busy,
 }
 
+/// What a connection's watchdog must do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    /// No request for `idle`: finish the connection gracefully.
+    CloseIdle,
+    /// A head started arriving `header_read` ago and is still not complete (slowloris): drop
+    /// the connection; nothing useful can be answered.
+    DropSlowHead,
+}
+
+/// The `idle` / `header_read` policy, pure: what to do at `now` for a connection that entered
+/// `phase` at `since`, and when to look again. Phases change without waking the watchdog, so it
+/// looks again at least every `header_read`.
+pub fn watchdog(
+    phase: Phase,
+    since: Instant,
+    now: Instant,
+    idle: Duration,
+    header_read: Duration,
+) -> (Action, Instant) {
+    let waited = now.saturating_duration_since(since);
+    let action = match phase {
+        Phase::Head if waited >= header_read => Action::DropSlowHead,
+        Phase::Idle if waited >= idle => Action::CloseIdle,
+        _ => Action::Nothing,
+    };
+    let recheck = now + header_read;
+    let deadline = match (phase, action) {
+        (Phase::Idle, Action::Nothing) => (since + idle).min(recheck),
+        (Phase::Head, Action::Nothing) => (since + header_read).min(recheck),
+        _ => recheck,
+    };
+    (action, deadline)
+}
+
 /// Shared between the connection's I/O, its request handler and its timeout watchdog.
 #[derive(Debug)]
 pub struct ConnState {
@@ -198,6 +234,25 @@ mod tests {
         assert!(!state.take_length_conflict());
         state.request_finished();
         assert_eq!(state.phase().0, Phase::Idle);
+    }
+
+    #[test]
+    fn the_watchdog_closes_idle_connections_after_idle_and_slow_heads_after_header_read() {
+        let t0 = Instant::now();
+        let (idle, head) = (Duration::from_secs(90), Duration::from_secs(10));
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Idle for 5 s: nothing yet, look again at the header_read recheck.
+        assert_eq!(watchdog(Phase::Idle, t0, at(5), idle, head), (Action::Nothing, at(15)));
+        // Idle deadline closer than the recheck: wake exactly then.
+        assert_eq!(watchdog(Phase::Idle, t0, at(85), idle, head), (Action::Nothing, at(90)));
+        assert_eq!(watchdog(Phase::Idle, t0, at(90), idle, head), (Action::CloseIdle, at(100)));
+        // A head that started at t0 has until t0 + header_read, and no longer.
+        assert_eq!(watchdog(Phase::Head, t0, at(3), idle, head), (Action::Nothing, at(10)));
+        assert_eq!(watchdog(Phase::Head, t0, at(10), idle, head), (Action::DropSlowHead, at(20)));
+        // A busy connection is never timed out by the watchdog (the request timeout applies).
+        assert_eq!(watchdog(Phase::Busy, t0, at(1000), idle, head), (Action::Nothing, at(1010)));
+        // A keep-alive connection waiting longer than header_read is not a slow head.
+        assert_eq!(watchdog(Phase::Idle, t0, at(60), idle, head).0, Action::Nothing);
     }
 
     #[test]

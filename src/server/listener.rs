@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::conn::{ConnIo, ConnState, Phase};
+use super::conn::{Action, ConnIo, ConnState, watchdog};
 use crate::config::Timeouts;
 use crate::proxy::{ClientConn, ConnService, Proxy};
 use crate::tunnel::relay::ClientStream;
@@ -253,15 +253,16 @@ async fn watch<C: Graceful>(conn: C, state: &ConnState, timeouts: &Timeouts, shu
     let mut closing = false;
     loop {
         let (phase, since) = state.phase();
-        let since = Instant::from_std(since);
-        let limit = match phase {
-            Phase::Idle => Some(timeouts.idle),
-            Phase::Head => Some(timeouts.header_read),
-            Phase::Busy => None,
-        };
-        // Phases change without waking us: re-check at least every `header_read`.
-        let recheck = Instant::now() + timeouts.header_read;
-        let deadline = limit.map_or(recheck, |l| (since + l).min(recheck));
+        let (action, next_check) =
+            watchdog(phase, since, std::time::Instant::now(), timeouts.idle, timeouts.header_read);
+        match action {
+            Action::DropSlowHead => return,
+            Action::CloseIdle if !closing => {
+                closing = true;
+                conn.as_mut().begin_graceful_shutdown();
+            }
+            _ => {}
+        }
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -269,19 +270,7 @@ async fn watch<C: Graceful>(conn: C, state: &ConnState, timeouts: &Timeouts, shu
                 }
                 return;
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                let (phase, since) = state.phase();
-                let waited = since.elapsed();
-                match phase {
-                    // Slowloris: the head never completed. Nothing useful can be answered.
-                    Phase::Head if waited >= timeouts.header_read => return,
-                    Phase::Idle if waited >= timeouts.idle && !closing => {
-                        closing = true;
-                        conn.as_mut().begin_graceful_shutdown();
-                    }
-                    _ => {}
-                }
-            }
+            _ = tokio::time::sleep_until(Instant::from_std(next_check)) => {}
             _ = shutdown.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().begin_graceful_shutdown();
