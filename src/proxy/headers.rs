@@ -146,11 +146,12 @@ pub enum Malformed {
     ManyHosts,
 }
 
-/// Checks hyper does not make for us. hyper already rejects differing Content-Lengths and a
-/// non-chunked Transfer-Encoding; it *accepts* Content-Length together with Transfer-Encoding
-/// (dropping the former), which [`crate::server::conn`] detects on the wire and reports here as
-/// `saw_length_conflict`.
-pub fn check_request<B>(req: &Request<B>, saw_length_conflict: bool) -> Result<(), Malformed> {
+/// Checks hyper does not make for us, and the host the request names (lowercase, without
+/// port; None when it names none), which routing uses. hyper already rejects differing
+/// Content-Lengths and a non-chunked Transfer-Encoding; it *accepts* Content-Length together
+/// with Transfer-Encoding (dropping the former), which [`crate::server::conn`] detects on the
+/// wire and reports here as `saw_length_conflict`.
+pub fn check_request<B>(req: &Request<B>, saw_length_conflict: bool) -> Result<Option<String>, Malformed> {
     if saw_length_conflict {
         return Err(Malformed::LengthConflict);
     }
@@ -169,15 +170,16 @@ pub fn check_request<B>(req: &Request<B>, saw_length_conflict: bool) -> Result<(
         }
     }
     let mut hosts = headers.get_all(header::HOST).iter();
-    if let Some(host) = hosts.next() {
-        if hosts.next().is_some() {
-            return Err(Malformed::ManyHosts);
-        }
-        if host_name(host.as_bytes()).is_none() {
-            return Err(Malformed::BadHost);
-        }
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Malformed::ManyHosts);
     }
-    Ok(())
+    let named = host_header.map(|h| host_name(h.as_bytes()).ok_or(Malformed::BadHost)).transpose()?;
+    // The URI authority (HTTP/2, absolute-form) takes precedence over the Host header.
+    match req.uri().authority() {
+        Some(authority) => host_name(authority.as_str().as_bytes()).map(Some).ok_or(Malformed::BadHost),
+        None => Ok(named),
+    }
 }
 
 /// The host part of a Host header or URI authority (`name`, `name:port`, `[v6]:port`),
@@ -353,7 +355,14 @@ mod tests {
         assert_eq!(check_request(&req(&[("host", "a"), ("host", "b")]), false), Err(Malformed::ManyHosts));
         assert_eq!(check_request(&req(&[("host", "a b")]), false), Err(Malformed::BadHost));
         assert_eq!(check_request(&req(&[("host", "a:99x")]), false), Err(Malformed::BadHost));
-        assert_eq!(check_request(&req(&[("host", "App.Test:8080"), ("content-length", "0")]), false), Ok(()));
+        assert_eq!(
+            check_request(&req(&[("host", "App.Test:8080"), ("content-length", "0")]), false),
+            Ok(Some("app.test".into()))
+        );
+        assert_eq!(check_request(&req(&[]), false), Ok(None));
+        let mut absolute = req(&[("host", "ignored.test")]);
+        *absolute.uri_mut() = "http://Api.Test:8443/x".parse().unwrap();
+        assert_eq!(check_request(&absolute, false), Ok(Some("api.test".into())));
     }
 
     #[test]

@@ -188,7 +188,6 @@ impl Proxy {
         conn.state.request_started();
         let rt = self.runtime();
         let raw_host = raw_host(&req);
-        let host = raw_host.as_deref().and_then(|h| headers::host_name(h.as_bytes()));
         let path_and_query: Box<str> = req.uri().path_and_query().map_or("/", |p| p.as_str()).into();
         let mut ex = Exchange::new(
             conn.clone(),
@@ -198,9 +197,12 @@ impl Proxy {
             rt.access_log.clone(),
         );
 
-        if let Err(problem) = headers::check_request(&req, conn.state.take_length_conflict()) {
-            return error_response(StatusCode::BAD_REQUEST, &format!("bad request: {problem}"), ex, true);
-        }
+        let host = match headers::check_request(&req, conn.state.take_length_conflict()) {
+            Ok(host) => host,
+            Err(problem) => {
+                return error_response(StatusCode::BAD_REQUEST, &format!("bad request: {problem}"), ex, true);
+            }
+        };
         let Some(upstream) = rt.routes.find(host.as_deref(), req.uri().path()).and_then(|name| rt.upstreams.get(name))
         else {
             return error_response(StatusCode::NOT_FOUND, "no route for this host and path", ex, false);
