@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tether::tunnel::registry::TunnelRegistry;
+use tether::tunnel::registry::{TunnelControl, TunnelRegistry};
 use tether::tunnel::relay::{self, End, Side};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -31,6 +31,40 @@ fn payload(seq: u32, len: usize) -> Vec<u8> {
     p
 }
 
+/// A relay between two loopback connection pairs: the test plays the client on `client_tcp`
+/// and the backend on `backend_tcp`; the tunnel is registered in `registry` while it runs.
+struct Relay {
+    client_tcp: TcpStream,
+    backend_tcp: TcpStream,
+    registry: Arc<TunnelRegistry>,
+    control: Arc<TunnelControl>,
+    task: tokio::task::JoinHandle<relay::Report>,
+}
+
+impl Relay {
+    async fn start() -> Self {
+        let (client_tcp, proxy_client) = pair().await;
+        let (proxy_backend, backend_tcp) = pair().await;
+        let registry = Arc::new(TunnelRegistry::default());
+        let registration = registry.register(None);
+        let control = registration.control().clone();
+        let task = tokio::spawn(async move {
+            let report = relay::relay(
+                Side::Plain(proxy_client),
+                Side::Plain(proxy_backend),
+                bytes::Bytes::new(),
+                bytes::Bytes::new(),
+                registration.control(),
+                Duration::from_secs(60),
+            )
+            .await;
+            drop(registration);
+            report
+        });
+        Self { client_tcp, backend_tcp, registry, control, task }
+    }
+}
+
 fn raw_frame(opcode: OpCode, fin: bool, data: Vec<u8>) -> Message {
     let header = FrameHeader { is_final: fin, opcode, ..FrameHeader::default() };
     Message::Frame(Frame::from_payload(header, data.into()))
@@ -38,25 +72,7 @@ fn raw_frame(opcode: OpCode, fin: bool, data: Vec<u8>) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requested_close_lands_between_frames_on_both_sides() {
-    let (client_tcp, proxy_client) = pair().await;
-    let (proxy_backend, backend_tcp) = pair().await;
-    let registry = Arc::new(TunnelRegistry::default());
-    let registration = registry.register(None);
-    let control = registration.control().clone();
-
-    let relay_task = tokio::spawn(async move {
-        let report = relay::relay(
-            Side::Plain(proxy_client),
-            Side::Plain(proxy_backend),
-            bytes::Bytes::new(),
-            bytes::Bytes::new(),
-            registration.control(),
-            Duration::from_secs(60),
-        )
-        .await;
-        drop(registration);
-        report
-    });
+    let Relay { client_tcp, backend_tcp, registry, control, task: relay_task } = Relay::start().await;
 
     // The backend streams until it sees a Close: alternately one 300 KiB binary message and
     // one text message fragmented into three frames.
@@ -139,22 +155,7 @@ async fn a_requested_close_lands_between_frames_on_both_sides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_closes_at_once_and_a_silent_peer_is_cut_after_the_grace() {
-    let (client_tcp, proxy_client) = pair().await;
-    let (proxy_backend, backend_tcp) = pair().await;
-    let registry = Arc::new(TunnelRegistry::default());
-    let registration = registry.register(None);
-    let control = registration.control().clone();
-    let relay_task = tokio::spawn(async move {
-        relay::relay(
-            Side::Plain(proxy_client),
-            Side::Plain(proxy_backend),
-            bytes::Bytes::new(),
-            bytes::Bytes::new(),
-            registration.control(),
-            Duration::from_secs(60),
-        )
-        .await
-    });
+    let Relay { client_tcp, backend_tcp, control, task: relay_task, .. } = Relay::start().await;
     let mut client = WebSocketStream::from_raw_socket(client_tcp, Role::Client, None).await;
     // The backend never answers: it holds the socket without reading.
     let _silent_backend = backend_tcp;
