@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{BackendArgs, BackendListeners, Fanout, LocalBus};
+use crate::app::{AppArgs, AppListeners, Fanout, LocalBus};
 
 /// `tether demo` command line.
 #[derive(Clone, Debug, clap::Args)]
@@ -81,13 +81,13 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
     for id in INSTANCES {
         let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind a backend listener")?;
         let addr = listener.local_addr()?;
-        let mut backend_args = BackendArgs::new(addr);
+        let mut backend_args = AppArgs::new(addr);
         backend_args.id = Some(id.to_owned());
         backend_args.shutdown_delay = Duration::ZERO;
         backend_args.drain_spread = Duration::from_secs(1);
-        let listeners = BackendListeners { main: listener, internal: None };
+        let listeners = AppListeners { main: listener, internal: None };
         let token = backends_stop.clone();
-        backend_tasks.push(tokio::spawn(crate::backend::run_with_fanout(
+        backend_tasks.push(tokio::spawn(crate::app::run_with_fanout(
             backend_args,
             listeners,
             fanout.clone(),

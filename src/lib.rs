@@ -27,9 +27,11 @@
 //! `tunnel::relay`.
 
 pub mod admin;
-pub mod backend;
+#[cfg(feature = "app")]
+pub mod app;
 pub mod balance;
 pub mod config;
+#[cfg(feature = "app")]
 pub mod demo;
 pub mod lifecycle;
 pub mod metrics;

@@ -30,9 +30,12 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Run the reference STOMP-over-WebSocket backend.
-    Backend(tether::backend::BackendArgs),
-    /// Run the whole stack in one process: the proxy in front of two reference backends.
+    /// Run the reference app: STOMP over WebSocket, fanned out through Redis.
+    #[cfg(feature = "app")]
+    #[command(visible_alias = "app")]
+    Backend(tether::app::AppArgs),
+    /// Run the whole stack in one process: the proxy in front of two reference app instances.
+    #[cfg(feature = "app")]
     Demo(tether::demo::DemoArgs),
 }
 
@@ -41,12 +44,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Proxy { config } => proxy(&config),
-        Command::Backend(args) => backend(args),
+        #[cfg(feature = "app")]
+        Command::Backend(args) => app(args),
+        #[cfg(feature = "app")]
         Command::Demo(args) => demo(args),
     }
 }
 
 /// The demo logs human-readable text: it is meant to be watched in a terminal.
+#[cfg(feature = "app")]
 fn demo(args: tether::demo::DemoArgs) -> ExitCode {
     init_logging(AccessLogFormat::Text);
     run_async(async move {
@@ -197,7 +203,8 @@ fn init_logging(format: AccessLogFormat) {
 /// Binds the listeners, prints `listening <name> <addr>` per listener on stdout, logs JSON lines
 /// to stderr, and maps SIGTERM/SIGINT to the backend's graceful shutdown. Exit 0 after a clean
 /// drain.
-fn backend(args: tether::backend::BackendArgs) -> ExitCode {
+#[cfg(feature = "app")]
+fn app(args: tether::app::AppArgs) -> ExitCode {
     init_logging(AccessLogFormat::Json);
     run_async(async move {
         let main = tokio::net::TcpListener::bind(args.listen)
@@ -215,14 +222,15 @@ fn backend(args: tether::backend::BackendArgs) -> ExitCode {
         }
         let shutdown = shutdown_signal()?;
         announce(&addrs);
-        let listeners = tether::backend::BackendListeners { main, internal };
-        tether::backend::run(args, listeners, shutdown).await?;
+        let listeners = tether::app::AppListeners { main, internal };
+        tether::app::run(args, listeners, shutdown).await?;
         anyhow::Ok(())
     })
 }
 
 /// Resolves on the first SIGTERM or SIGINT. Handlers are installed before returning so a signal
 /// that arrives right after startup is not lost.
+#[cfg(feature = "app")]
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;

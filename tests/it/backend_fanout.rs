@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use tether::backend::LocalBus;
-use tether::backend::stomp::Command;
+use tether::app::LocalBus;
+use tether::app::stomp::Command;
 
 use crate::support::backend::TestBackend;
 use crate::support::http_client;

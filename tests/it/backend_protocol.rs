@@ -2,7 +2,7 @@
 //! and batched within WebSocket messages, escaping and NUL bodies end to end, receipts, and
 //! errors (malformed, oversized, out-of-order) that close only the offending session.
 
-use tether::backend::stomp::{self, Command, Frame, Version};
+use tether::app::stomp::{self, Command, Frame, Version};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::backend::TestBackend;

@@ -2,7 +2,7 @@
 //! going unready, keep delivering locally, refuse to receipt what they could not fan out, and
 //! resume cross-instance fan-out by themselves once Redis is back.
 
-use tether::backend::stomp::Command;
+use tether::app::stomp::Command;
 
 use crate::support::backend::TestBackend;
 use crate::support::http_client;

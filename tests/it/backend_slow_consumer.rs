@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tether::backend::stomp::Command;
+use tether::app::stomp::Command;
 use tokio::sync::Semaphore;
 
 use crate::support::backend::TestBackend;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tether::backend::stomp::Command;
+use tether::app::stomp::Command;
 
 use crate::support::backend::TestBackend;
 use crate::support::redis::TestRedis;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tether::backend::LocalBus;
+use tether::app::LocalBus;
 use tokio::io::{AsyncBufReadExt as _, BufReader as AsyncBufReader};
 
 use crate::support::backend::TestBackend;
@@ -133,7 +133,7 @@ trait BodyText {
     fn body_text_lossy(&self) -> String;
 }
 
-impl BodyText for tether::backend::stomp::Frame {
+impl BodyText for tether::app::stomp::Frame {
     fn body_text_lossy(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }

@@ -1,13 +1,13 @@
 //! `TestBackend`: an in-process `tether backend` instance on 127.0.0.1:0.
 //!
-//! `TestBackend::builder().redis(&url).spawn().await` runs `tether::backend::run_with_fanout`
+//! `TestBackend::builder().redis(&url).spawn().await` runs `tether::app::run_with_fanout`
 //! on its own task; `shutdown()` triggers the graceful shutdown and re-raises a failure or a
 //! panic of the instance. Dropping it aborts the instance.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tether::backend::{BackendArgs, BackendListeners, Fanout, LocalBus};
+use tether::app::{AppArgs, AppListeners, Fanout, LocalBus};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -16,7 +16,7 @@ use super::http_client::{self, HttpResponse};
 use super::stomp_client::WAIT;
 
 pub struct TestBackendBuilder {
-    args: BackendArgs,
+    args: AppArgs,
     fanout: Fanout,
     internal: bool,
 }
@@ -75,8 +75,8 @@ impl TestBackendBuilder {
             if self.internal { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind internal")) } else { None };
         let internal_addr = internal.as_ref().map(|l| l.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let listeners = BackendListeners { main, internal };
-        let task = tokio::spawn(tether::backend::run_with_fanout(self.args, listeners, self.fanout, async move {
+        let listeners = AppListeners { main, internal };
+        let task = tokio::spawn(tether::app::run_with_fanout(self.args, listeners, self.fanout, async move {
             let _ = stopped.await;
         }));
         TestBackend { addr, internal: internal_addr, stop: Some(stop), task: Some(task) }
@@ -87,14 +87,14 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     pub internal: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), tether::backend::BackendError>>>,
+    task: Option<JoinHandle<Result<(), tether::app::AppError>>>,
 }
 
 impl TestBackend {
     /// Test defaults: short shutdown delay and drain spread, heart-beats at 10 s (clients in
     /// tests send `0,0` unless they test heart-beats).
     pub fn builder() -> TestBackendBuilder {
-        let mut args = BackendArgs::new("127.0.0.1:0".parse().expect("addr"));
+        let mut args = AppArgs::new("127.0.0.1:0".parse().expect("addr"));
         args.shutdown_delay = Duration::from_millis(200);
         args.drain_spread = Duration::from_millis(500);
         TestBackendBuilder { args, fanout: Fanout::Local(LocalBus::new()), internal: false }

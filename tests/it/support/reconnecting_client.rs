@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tether::backend::stomp::Command;
+use tether::app::stomp::Command;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

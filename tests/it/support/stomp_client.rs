@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use tether::backend::stomp::{self, Command, Decoder, Frame, Item, Limits, Version};
+use tether::app::stomp::{self, Command, Decoder, Frame, Item, Limits, Version};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;

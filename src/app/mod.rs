@@ -2,9 +2,9 @@
 //! tested and load-tested against. STOMP 1.2 at `/ws`, fan-out across instances through Redis
 //! Pub/Sub (or an in-process bus), heart-beats, probes, metrics and graceful shutdown.
 //!
-//! This module owns the command line ([`BackendArgs`]) and the entry point ([`run`]): wiring,
+//! This module owns the command line ([`AppArgs`]) and the entry point ([`run`]): wiring,
 //! accept loops and the shutdown sequence. It must not bind sockets or install signal handlers
-//! (the caller passes bound [`BackendListeners`] and a shutdown future).
+//! (the caller passes bound [`AppListeners`] and a shutdown future).
 //!
 //! # Layout
 //! - [`stomp`]: the frame codec (pure).
@@ -55,7 +55,7 @@ const TASKS_GRACE: Duration = Duration::from_secs(5);
 
 /// `tether backend` command line.
 #[derive(Clone, Debug, clap::Args)]
-pub struct BackendArgs {
+pub struct AppArgs {
     /// Address of the public listener (STOMP at /ws, demo page, probes).
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
@@ -90,10 +90,10 @@ pub struct BackendArgs {
     pub max_frame_bytes: usize,
 }
 
-impl BackendArgs {
+impl AppArgs {
     /// The defaults of the command line, for embedding (tests, `tether demo`).
-    pub fn new(listen: SocketAddr) -> BackendArgs {
-        BackendArgs {
+    pub fn new(listen: SocketAddr) -> AppArgs {
+        AppArgs {
             listen,
             id: None,
             redis: None,
@@ -119,7 +119,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Already-bound listeners.
 #[derive(Debug)]
-pub struct BackendListeners {
+pub struct AppListeners {
     pub main: TcpListener,
     pub internal: Option<TcpListener>,
 }
@@ -135,7 +135,7 @@ pub enum Fanout {
 
 /// Why the backend could not start or run.
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub enum AppError {
     #[error(transparent)]
     Redis(#[from] broker::redis::RedisUrlError),
     #[error("invalid --user-header {0:?}: not an HTTP header name")]
@@ -148,10 +148,10 @@ pub enum BackendError {
 /// `shutdown_delay`, drain over `drain_spread`) and returns. Fan-out uses `args.redis` when
 /// set, else a private in-process bus.
 pub async fn run(
-    args: BackendArgs,
-    listeners: BackendListeners,
+    args: AppArgs,
+    listeners: AppListeners,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), BackendError> {
+) -> Result<(), AppError> {
     let fanout = match &args.redis {
         Some(url) => Fanout::Redis(url.clone()),
         None => Fanout::Local(LocalBus::new()),
@@ -162,15 +162,15 @@ pub async fn run(
 /// [`run`] with an explicit fan-out adapter (`args.redis` is ignored): `tether demo` passes
 /// one [`LocalBus`] clone to each of its instances.
 pub async fn run_with_fanout(
-    args: BackendArgs,
-    listeners: BackendListeners,
+    args: AppArgs,
+    listeners: AppListeners,
     fanout: Fanout,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), BackendError> {
+) -> Result<(), AppError> {
     let user_header = ::http::HeaderName::from_bytes(args.user_header.as_bytes())
-        .map_err(|_| BackendError::UserHeader(args.user_header.clone()))?;
+        .map_err(|_| AppError::UserHeader(args.user_header.clone()))?;
     if args.outbound_queue == 0 || args.max_frame_bytes == 0 {
-        return Err(BackendError::ZeroLimit);
+        return Err(AppError::ZeroLimit);
     }
     let id: Arc<str> =
         args.id.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()).into();

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Ack, Broker, BrokerError, BrokerKind, CHANNEL_PREFIX, Envelope, Inbound, channel_name};
-use crate::backend::metrics::Metrics;
+use crate::app::metrics::Metrics;
 
 /// First reconnect delay; doubles per failed attempt.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
