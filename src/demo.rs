@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppArgs, AppListeners, Fanout, LocalBus};
@@ -69,47 +69,54 @@ limits: { max_connections: 5000 }
     yaml
 }
 
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot bind an app listener on 127.0.0.1")]
+    Bind(#[source] std::io::Error),
+    #[error("the demo config is invalid (a bug):\n{0}")]
+    Config(crate::config::ConfigErrors),
+    #[error(transparent)]
+    Proxy(#[from] crate::server::StartError),
+}
+
 /// Run the demo until `stop` fires. Prints the `listening` lines and what to open.
-pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<(), DemoError> {
     let fanout = match &args.redis {
         Some(url) => Fanout::Redis(url.clone()),
         None => Fanout::Local(LocalBus::new()),
     };
     let backends_stop = CancellationToken::new();
     let mut backend_addrs = Vec::new();
-    let mut backend_tasks = Vec::new();
+    let mut apps = JoinSet::new();
     for id in INSTANCES {
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind a backend listener")?;
-        let addr = listener.local_addr()?;
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(DemoError::Bind)?;
+        let addr = listener.local_addr().map_err(DemoError::Bind)?;
         let mut backend_args = AppArgs::new(addr);
         backend_args.id = Some(id.to_owned());
         backend_args.shutdown_delay = Duration::ZERO;
         backend_args.drain_spread = Duration::from_secs(1);
         let listeners = AppListeners { main: listener, internal: None };
         let token = backends_stop.clone();
-        backend_tasks.push(tokio::spawn(crate::app::run_with_fanout(
-            backend_args,
-            listeners,
-            fanout.clone(),
-            async move { token.cancelled().await },
-        )));
+        apps.spawn(crate::app::run_with_fanout(backend_args, listeners, fanout.clone(), async move {
+            token.cancelled().await
+        }));
         backend_addrs.push(addr);
     }
 
     let yaml = config_yaml(args.listen, args.admin, &backend_addrs);
     let loaded = crate::config::parse(Path::new("demo.yaml"), &yaml, &|name| std::env::var(name).ok())
-        .map_err(|e| anyhow::anyhow!("the demo config is invalid (a bug):\n{e}"))?;
+        .map_err(DemoError::Config)?;
     let running = crate::server::start(loaded.config).await?;
-    let addrs = running.addrs();
+    for (name, addr) in running.addrs() {
+        crate::accept::announce(&name, addr);
+    }
+    for (id, addr) in INSTANCES.iter().zip(&backend_addrs) {
+        crate::accept::announce(id, *addr);
+    }
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
-        for (name, addr) in &addrs {
-            let _ = writeln!(out, "listening {name} {addr}");
-        }
-        for (id, addr) in INSTANCES.iter().zip(&backend_addrs) {
-            let _ = writeln!(out, "listening {id} {addr}");
-        }
         let public = running.addr("public").unwrap_or(args.listen);
         let admin = running.addr("admin").unwrap_or(args.admin);
         let _ = writeln!(
@@ -132,11 +139,11 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
     stop.cancelled().await;
     running.shutdown().await;
     backends_stop.cancel();
-    for task in backend_tasks {
-        match task.await {
+    while let Some(ended) = apps.join_next().await {
+        match ended {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "a demo backend stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "a demo backend task failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "a demo app instance stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "a demo app instance task failed"),
         }
     }
     Ok(())

@@ -1,7 +1,6 @@
 //! The `tether` binary: clap subcommands mapped onto library entry points. This is the only
 //! place that installs signal handlers, sets up logging and turns errors into exit codes.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -63,7 +62,8 @@ fn demo(args: tether::demo::DemoArgs) -> ExitCode {
             signal.await;
             trigger.cancel();
         });
-        tether::demo::run(args, stop).await
+        tether::demo::run(args, stop).await?;
+        anyhow::Ok(())
     })
 }
 
@@ -100,9 +100,12 @@ fn proxy(path: &Path) -> ExitCode {
         // Handlers first: a signal sent right after the `listening` lines must not kill us.
         let signals = Signals::install()?;
         if let Err(e) = running.watch_config() {
+            let e = anyhow::Error::new(e);
             tracing::warn!(error = %format!("{e:#}"), "config file watching is off; reload with SIGHUP or POST /admin/reload");
         }
-        announce(&running.addrs());
+        for (name, addr) in running.addrs() {
+            tether::accept::announce(&name, addr);
+        }
         serve_until_signalled(&running, signals).await;
         anyhow::Ok(())
     })
@@ -172,16 +175,6 @@ fn run_async(main: impl std::future::Future<Output = anyhow::Result<()>>) -> Exi
     }
 }
 
-/// One `listening <name> <addr>` line per bound listener: scripts and tests bind port 0 and
-/// read the real port from here.
-fn announce(addrs: &[(String, std::net::SocketAddr)]) {
-    let mut out = std::io::stdout().lock();
-    for (name, addr) in addrs {
-        let _ = writeln!(out, "listening {name} {addr}");
-    }
-    let _ = out.flush();
-}
-
 /// Logs go to stderr (stdout carries only the `listening` lines): JSON unless the config asks
 /// for text. `RUST_LOG` overrides the default level.
 fn init_logging(format: AccessLogFormat) {
@@ -221,7 +214,9 @@ fn app(args: tether::app::AppArgs) -> ExitCode {
             addrs.push(("internal".to_owned(), internal.local_addr()?));
         }
         let shutdown = shutdown_signal()?;
-        announce(&addrs);
+        for (name, addr) in addrs {
+            tether::accept::announce(&name, addr);
+        }
         let listeners = tether::app::AppListeners { main, internal };
         tether::app::run(args, listeners, shutdown).await?;
         anyhow::Ok(())

@@ -1,7 +1,8 @@
 //! The admin listener: probes, Prometheus metrics, the JSON admin API and the status page.
 //!
-//! Owns: answering operators. Must not: change anything except through the upstream's own
-//! operations (`drain`, `undrain`) and the reload entry point.
+//! Owns: answering operators, and the two things it needs from the process, expressed as
+//! [`Readiness`] and the [`Reloader`] port (implemented by `server`). Must not: change anything
+//! except through the upstream's own operations (`drain`, `undrain`) and the reloader.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -19,99 +21,129 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::ReloadError;
 use crate::proxy::Proxy;
 
-mod api;
+pub(crate) mod api;
 mod page;
 
 /// Admin API bodies are tiny (reload takes none); refuse anything bigger.
 const MAX_BODY: usize = 64 * 1024;
+/// A slow admin client gets this long to send its request head.
+const HEADER_READ: Duration = Duration::from_secs(10);
+/// On shutdown, an admin connection gets this long to finish the request it is serving.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Process-wide facts the probes report.
+/// Whether the process wants new traffic: false once shutdown began, so `/readyz` answers 503
+/// and load balancers stop sending.
 #[derive(Debug)]
-pub struct Probe {
-    /// False once shutdown began: `/readyz` answers 503 so load balancers stop sending.
-    ready: AtomicBool,
-}
+pub(crate) struct Readiness(AtomicBool);
 
-impl Default for Probe {
+impl Default for Readiness {
     fn default() -> Self {
-        Self { ready: AtomicBool::new(true) }
+        Self(AtomicBool::new(true))
     }
 }
 
-impl Probe {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+impl Readiness {
+    pub(crate) fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
     }
 
-    pub fn set_not_ready(&self) {
-        self.ready.store(false, Ordering::Release);
+    pub(crate) fn set_not_ready(&self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
 /// Something that can reload the configuration (the server implements it).
-pub trait Reloader: Send + Sync {
-    /// Re-read and apply the config file: the new generation, or every problem found (and
-    /// the running config stays).
-    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send + '_>>;
+pub(crate) trait Reloader: Send + Sync {
+    /// Re-read and apply the config file: the new generation, or why the running config stays.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<u64, ReloadError>> + Send + '_>>;
 }
 
-pub struct Admin {
-    pub proxy: Arc<Proxy>,
-    pub probe: Arc<Probe>,
+/// Everything the admin listener answers from.
+pub(crate) struct Admin {
+    pub(crate) proxy: Arc<Proxy>,
+    pub(crate) readiness: Arc<Readiness>,
     /// The bearer token `/admin/*` requires, read from `admin.token_env` at startup.
-    pub token: Option<String>,
-    pub reloader: Arc<dyn Reloader>,
+    pub(crate) token: Option<String>,
+    pub(crate) reloader: Arc<dyn Reloader>,
 }
 
-/// Serve the admin API on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken, tasks: TaskTracker) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
+/// Why an admin request was not served.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("no such endpoint")]
+    NoEndpoint,
+    #[error("no such upstream")]
+    NoUpstream,
+    #[error("no such upstream or backend")]
+    NoBackend,
+    #[error("method not allowed")]
+    Method,
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("the key query parameter is required")]
+    MissingKey,
+}
+
+impl AdminError {
+    fn into_reply(self) -> Reply {
+        let status = match self {
+            AdminError::NoEndpoint | AdminError::NoUpstream | AdminError::NoBackend => StatusCode::NOT_FOUND,
+            AdminError::Method => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::MissingKey => StatusCode::BAD_REQUEST,
         };
+        let mut resp = json(status, &serde_json::json!({ "error": self.to_string() }));
+        if matches!(self, AdminError::Unauthorized) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// Serve the admin API on `listener` until `stop`; connections are owned by `tasks`.
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: CancellationToken, tasks: TaskTracker) {
+    let conn_stop = stop.clone();
+    crate::accept::run(listener, "admin", stop, tasks, move |stream, peer| {
         let admin = admin.clone();
-        let stop = stop.clone();
-        tasks.spawn(async move {
+        let stop = conn_stop.clone();
+        Some(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
+                .header_read_timeout(HEADER_READ)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
+                    let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
                 }
             }
-        });
-    }
+        })
+    })
+    .await;
 }
 
 type Reply = Response<Full<Bytes>>;
 
-pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Reply {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
+fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
@@ -119,25 +151,25 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
     resp
 }
 
-fn error(status: StatusCode, message: &str) -> Reply {
-    json(status, &serde_json::json!({ "error": message }))
-}
-
 impl Admin {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+        self.answer(req, peer).await.unwrap_or_else(AdminError::into_reply)
+    }
+
+    async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Reply, AdminError> {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().map(str::to_owned);
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
 
         match (&method, segments.as_slice()) {
-            (&Method::GET, ["healthz"]) => return json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+            (&Method::GET, ["healthz"]) => return Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
             (&Method::GET, ["readyz"]) => {
-                return if self.probe.is_ready() {
+                return Ok(if self.readiness.is_ready() {
                     json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
                 } else {
                     json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "status": "shutting down" }))
-                };
+                });
             }
             (&Method::GET, ["metrics"]) => {
                 let mut resp = text(StatusCode::OK, self.proxy.metrics().encode());
@@ -145,72 +177,58 @@ impl Admin {
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
                 );
-                return resp;
+                return Ok(resp);
             }
-            (&Method::GET, [""]) => return page::status_page(),
+            (&Method::GET, [""]) => return Ok(page::status_page()),
             _ => {}
         }
 
         if segments.first() != Some(&"admin") {
-            return error(StatusCode::NOT_FOUND, "no such endpoint");
+            return Err(AdminError::NoEndpoint);
         }
         if !self.authorized(&req) {
             tracing::warn!(%peer, %path, "admin request without a valid token");
-            let mut resp = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            return resp;
+            return Err(AdminError::Unauthorized);
         }
         // No endpoint uses a body; read a bounded amount so the connection stays usable.
         if http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await.is_err() {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            return Err(AdminError::BodyTooLarge);
         }
 
         match (&method, &segments[1..]) {
-            (&Method::GET, ["upstreams"]) => json(StatusCode::OK, &api::upstreams(&self.proxy)),
-            (&Method::GET, ["upstreams", name]) => match api::upstream(&self.proxy, name) {
-                Some(v) => json(StatusCode::OK, &v),
-                None => error(StatusCode::NOT_FOUND, "no such upstream"),
-            },
+            (&Method::GET, ["upstreams"]) => Ok(json(StatusCode::OK, &api::upstreams(&self.proxy))),
+            (&Method::GET, ["upstreams", name]) => {
+                api::upstream(&self.proxy, name).map(|v| json(StatusCode::OK, &v)).ok_or(AdminError::NoUpstream)
+            }
             (&Method::GET, ["upstreams", name, "route"]) => {
                 let key = query.as_deref().and_then(|q| {
                     form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "key").map(|(_, v)| v.into_owned())
                 });
-                let Some(key) = key.filter(|k| !k.is_empty()) else {
-                    return error(StatusCode::BAD_REQUEST, "the key query parameter is required");
-                };
-                match api::route(&self.proxy, name, &key) {
-                    Some(v) => json(StatusCode::OK, &v),
-                    None => error(StatusCode::NOT_FOUND, "no such upstream"),
-                }
+                let key = key.filter(|k| !k.is_empty()).ok_or(AdminError::MissingKey)?;
+                api::route(&self.proxy, name, &key).map(|v| json(StatusCode::OK, &v)).ok_or(AdminError::NoUpstream)
             }
             (&Method::POST, ["upstreams", name, "backends", id, action @ ("drain" | "undrain")]) => {
-                match api::set_drain(&self.proxy, name, id, *action == "drain") {
-                    Some(v) => {
-                        tracing::info!(%peer, upstream = %name, backend = %id, action, "admin request");
-                        json(StatusCode::OK, &v)
-                    }
-                    None => error(StatusCode::NOT_FOUND, "no such upstream or backend"),
-                }
+                let action = if *action == "drain" { api::DrainAction::Drain } else { api::DrainAction::Undrain };
+                let v = api::set_drain(&self.proxy, name, id, action).ok_or(AdminError::NoBackend)?;
+                tracing::info!(%peer, upstream = %name, backend = %id, action = action.as_str(), "admin request");
+                Ok(json(StatusCode::OK, &v))
             }
-            (&Method::POST, ["reload"]) => match self.reloader.reload().await {
+            (&Method::POST, ["reload"]) => Ok(match self.reloader.reload().await {
                 Ok(generation) => {
                     json(StatusCode::OK, &serde_json::json!({ "result": "ok", "generation": generation }))
                 }
                 Err(problems) => json(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    &serde_json::json!({ "result": "error", "errors": problems }),
+                    &serde_json::json!({ "result": "error", "errors": crate::report::Chain(&problems).to_string() }),
                 ),
-            },
+            }),
             (&Method::GET, ["config"]) => {
-                let rt = self.proxy.runtime();
-                let mut resp = text(StatusCode::OK, rt.config.source.text.clone());
+                let mut resp = text(StatusCode::OK, self.proxy.config().source.text.clone());
                 resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/yaml"));
-                resp
+                Ok(resp)
             }
-            (_, ["upstreams", ..] | ["reload"] | ["config"]) => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
-            _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+            (_, ["upstreams", ..] | ["reload"] | ["config"]) => Err(AdminError::Method),
+            _ => Err(AdminError::NoEndpoint),
         }
     }
 

@@ -217,15 +217,15 @@ pub async fn run_with_fanout(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(event = "listening", instance = %inst.id, surface = surface.name(), addr = %addr);
         }
-        tasks.spawn(accept_loop(
-            listener,
-            inst.clone(),
-            surface,
-            tasks.clone(),
-            sessions.clone(),
-            stop_accepting.clone(),
-            stop_http.clone(),
-        ));
+        let (inst, conns, sessions, stop_http) = (inst.clone(), tasks.clone(), sessions.clone(), stop_http.clone());
+        let stop = stop_accepting.clone();
+        tasks.spawn(async move {
+            crate::accept::run(listener, surface.name(), stop, conns, move |stream, _peer| {
+                let _ = stream.set_nodelay(true);
+                Some(http::serve_connection(inst.clone(), stream, surface, sessions.clone(), stop_http.clone()))
+            })
+            .await;
+        });
     }
 
     shutdown.await;
@@ -261,37 +261,6 @@ pub async fn run_with_fanout(
     let _ = tokio::time::timeout(TASKS_GRACE, tasks.wait()).await;
     tracing::info!(event = "shutdown_complete", instance = %inst.id);
     Ok(())
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    inst: Arc<Instance>,
-    surface: Surface,
-    tasks: TaskTracker,
-    sessions: TaskTracker,
-    stop_accepting: CancellationToken,
-    stop_http: CancellationToken,
-) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop_accepting.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                let _ = stream.set_nodelay(true);
-                tasks.spawn(http::serve_connection(inst.clone(), stream, surface, sessions.clone(), stop_http.clone()));
-            }
-            Err(e) => {
-                // Typically EMFILE: back off briefly instead of spinning on the error.
-                tracing::warn!(event = "accept_failed", error = %e);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    _ = stop_accepting.cancelled() => return,
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

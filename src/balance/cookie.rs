@@ -1,8 +1,8 @@
-//! The sticky cookie: its key, its opaque signed value, and reading/stripping `Cookie` headers.
+//! The sticky cookie's value: its key, its opaque signed encoding, and reading `Cookie` headers.
 //!
-//! Owns: [`CookieKey`], the value codec, RFC 6265 `Cookie` header parsing and
-//! [`strip_sticky_cookie`]. Must not: choose backends, read clocks (time is passed in) or read
-//! environment variables (the caller turns `key_env` into bytes).
+//! Owns: [`CookieKey`], the value codec, and reading request cookies (parsed by the `cookie`
+//! crate). Must not: choose backends, read clocks (time is passed in) or read environment
+//! variables (the caller turns `key_env` into bytes).
 //!
 //! # Value format (version 1)
 //! `base64url-no-pad(kind || tag || [expiry] || mac)`:
@@ -23,11 +23,9 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
-use http::header::{COOKIE, HeaderMap, HeaderValue};
+use http::header::{COOKIE, HeaderMap};
 use rand::Rng as _;
 use sha2::Sha256;
-
-use super::policy::AffinityPolicy;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -158,67 +156,23 @@ impl fmt::Debug for CookieKey {
     }
 }
 
-/// Every `name=value` pair of every `Cookie` header, in order (RFC 6265 section 5.4 syntax,
-/// read leniently: pairs without `=` are skipped, spaces around names and values trimmed, one
-/// pair of surrounding double quotes removed from values).
-pub(crate) fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
-    headers.get_all(COOKIE).iter().flat_map(|value| split_pairs(value.as_bytes()))
+/// Every `name=value` pair of every `Cookie` header, in order, as the `cookie` crate parses
+/// them (RFC 6265 section 5.4, read leniently: pairs without `=` are skipped, spaces around names
+/// and values trimmed, one pair of surrounding double quotes removed from values). A header that
+/// is not UTF-8 carries no cookie we could have issued.
+pub(crate) fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| std::str::from_utf8(value.as_bytes()).ok())
+        .flat_map(|header| cookie::Cookie::split_parse(header).filter_map(Result::ok))
+        .filter_map(|c| Some((c.name_raw()?, trim_quotes(c.value_raw()?))))
 }
 
-fn split_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    header.split(|&b| b == b';').filter_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let name = pair[..eq].trim_ascii();
-        let mut value = pair[eq + 1..].trim_ascii();
-        if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
-            value = &value[1..value.len() - 1];
-        }
-        Some((name, value))
-    })
-}
-
-fn names_cookie(pair: &[u8], name: &[u8]) -> bool {
-    let pair = pair.trim_ascii();
-    pair.iter().position(|&b| b == b'=').is_some_and(|eq| pair[..eq].trim_ascii() == name)
-}
-
-/// Remove our sticky cookie from the request's `Cookie` header(s) before forwarding, so the
-/// backend never sees it. Other cookies are kept in order; headers without our cookie are left
-/// byte-for-byte untouched; a header left empty is dropped. Without a configured cookie this
-/// does nothing.
-pub fn strip_sticky_cookie(policy: &AffinityPolicy, headers: &mut HeaderMap) {
-    let Some(name) = policy.cookie_name() else {
-        return;
-    };
-    let name = name.as_bytes();
-    let carries = |v: &HeaderValue| v.as_bytes().split(|&b| b == b';').any(|p| names_cookie(p, name));
-    if !headers.get_all(COOKIE).iter().any(carries) {
-        return;
-    }
-    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
-    headers.remove(COOKIE);
-    for value in values {
-        if !carries(&value) {
-            headers.append(COOKIE, value);
-            continue;
-        }
-        let mut kept: Vec<u8> = Vec::with_capacity(value.len());
-        for pair in value.as_bytes().split(|&b| b == b';') {
-            let pair = pair.trim_ascii();
-            if pair.is_empty() || names_cookie(pair, name) {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(pair);
-        }
-        // The kept bytes all come from a valid header value, so this cannot fail; if it did,
-        // dropping the remainder is the safe side (our cookie must not leak).
-        if let (false, Ok(rebuilt)) = (kept.is_empty(), HeaderValue::from_bytes(&kept)) {
-            headers.append(COOKIE, rebuilt);
-        }
+fn trim_quotes(value: &str) -> &str {
+    match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        Some(inner) => inner,
+        None => value,
     }
 }
 
@@ -303,10 +257,11 @@ mod tests {
 
     #[test]
     fn cookie_pairs_reads_every_header_leniently() {
+        use http::HeaderValue;
         let mut headers = HeaderMap::new();
         headers.append(COOKIE, HeaderValue::from_static("a=1; b = 2 ;c=\"3\""));
         headers.append(COOKIE, HeaderValue::from_static("noequals; d=; e=x=y"));
-        let pairs: Vec<(&[u8], &[u8])> = cookie_pairs(&headers).collect();
-        assert_eq!(pairs, vec![(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"3"), (b"d", b""), (b"e", b"x=y"),]);
+        let pairs: Vec<(&str, &str)> = cookie_pairs(&headers).collect();
+        assert_eq!(pairs, vec![("a", "1"), ("b", "2"), ("c", "3"), ("d", ""), ("e", "x=y")]);
     }
 }

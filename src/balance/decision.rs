@@ -138,8 +138,8 @@ pub fn route(
     if let Some(cookie) = &policy.cookie {
         let now_secs = unix_secs(now);
         let carried: Option<CookieTag> = cookie_pairs(facts.headers)
-            .filter(|(name, _)| *name == cookie.name.as_bytes())
-            .find_map(|(_, value)| policy.cookie_key.decode(value, now_secs));
+            .filter(|(name, _)| *name == cookie.name)
+            .find_map(|(_, value)| policy.cookie_key.decode(value.as_bytes(), now_secs));
         if let Some(tag) = carried {
             cookie_member = set.index_of_tag(&tag);
             reason = match (cookie_member, state) {

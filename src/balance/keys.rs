@@ -58,9 +58,7 @@ fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str
 
 /// The first non-empty, UTF-8 value of cookie `name` across all `Cookie` headers.
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    cookie_pairs(headers)
-        .filter(|(n, v)| *n == name.as_bytes() && !v.is_empty())
-        .find_map(|(_, v)| std::str::from_utf8(v).ok())
+    cookie_pairs(headers).find(|(n, v)| *n == name && !v.is_empty()).map(|(_, v)| v)
 }
 
 /// The first non-empty value of query parameter `name`, form-urlencoded decoded.

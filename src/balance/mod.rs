@@ -38,7 +38,7 @@ mod ring;
 mod set;
 
 pub use backend::{Availability, BackendId, Live, LoadGuard, Member};
-pub use cookie::{CookieKey, CookieKeyError, strip_sticky_cookie};
+pub use cookie::{CookieKey, CookieKeyError};
 pub use decision::{Decision, Reason, RequestFacts, route};
 pub use keys::{MAX_KEY_BYTES, MAX_TOKEN_BYTES, truncate_key};
 pub use policy::{AffinityPolicy, PolicyError};

@@ -7,6 +7,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
+use http::header::{COOKIE, HeaderMap};
 
 use super::cookie::{CookieKey, CookieTag};
 use crate::config::{AffinityConfig, CookieConfig, Fallback, KeySource, SameSite, SecureMode};
@@ -74,6 +75,43 @@ impl AffinityPolicy {
     pub fn balance_factor(&self) -> Option<f64> {
         self.balance_factor
     }
+
+    /// Remove our sticky cookie from the request's `Cookie` header(s) before forwarding, so
+    /// the backend never sees it. Other cookies are kept in order; headers without our cookie
+    /// are left byte-for-byte untouched; a header left empty is dropped. Without a configured
+    /// cookie this does nothing.
+    pub fn strip_cookie(&self, headers: &mut HeaderMap) {
+        let Some(cookie) = &self.cookie else { return };
+        let name = cookie.name.as_str();
+        // A header that is not UTF-8 cannot be parsed, so whether it carries our cookie is
+        // unknown: it is dropped (our cookie must not leak).
+        let carries = |v: &HeaderValue| match std::str::from_utf8(v.as_bytes()) {
+            Ok(text) => cookie::Cookie::split_parse(text).filter_map(Result::ok).any(|c| c.name() == name),
+            Err(_) => v.as_bytes().windows(name.len()).any(|w| w == name.as_bytes()),
+        };
+        if !headers.get_all(COOKIE).iter().any(carries) {
+            return;
+        }
+        let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+        headers.remove(COOKIE);
+        for value in values {
+            if !carries(&value) {
+                headers.append(COOKIE, value);
+                continue;
+            }
+            let Ok(text) = std::str::from_utf8(value.as_bytes()) else { continue };
+            let kept: Vec<String> = cookie::Cookie::split_parse(text)
+                .filter_map(Result::ok)
+                .filter(|c| c.name() != name)
+                .map(|c| c.stripped().to_string())
+                .collect();
+            // The kept pairs all come from a valid header value, so this cannot fail; if it
+            // did, dropping the remainder is the safe side.
+            if let (false, Ok(rebuilt)) = (kept.is_empty(), HeaderValue::from_str(&kept.join("; "))) {
+                headers.append(COOKIE, rebuilt);
+            }
+        }
+    }
 }
 
 impl StickyCookie {
@@ -89,37 +127,41 @@ impl StickyCookie {
             }
         };
         check("path", &config.path)?;
-        let ttl_secs = whole_seconds_up(config.ttl);
-        let mut common = String::new();
-        if !config.path.is_empty() {
-            common.push_str("; Path=");
-            common.push_str(&config.path);
-        }
         if let Some(domain) = &config.domain {
             check("domain", domain)?;
-            common.push_str("; Domain=");
-            common.push_str(domain);
         }
-        if ttl_secs > 0 {
-            common.push_str(&format!("; Max-Age={ttl_secs}"));
-        }
-        let mut tail = String::new();
-        if config.http_only {
-            tail.push_str("; HttpOnly");
-        }
-        // Browsers drop `SameSite=None` without `Secure`; config validation is the place to
-        // warn about `same_site: none` with `secure: never`.
-        tail.push_str(match config.same_site {
-            SameSite::Lax => "; SameSite=Lax",
-            SameSite::Strict => "; SameSite=Strict",
-            SameSite::None => "; SameSite=None",
-        });
+        let ttl_secs = whole_seconds_up(config.ttl);
         let (plain_secure, tls_secure) = match config.secure {
             SecureMode::Auto => (false, true),
             SecureMode::Always => (true, true),
             SecureMode::Never => (false, false),
         };
-        let render = |secure: bool| format!("{common}{}{tail}", if secure { "; Secure" } else { "" });
+        // Everything after `name=value`, rendered once by the `cookie` crate: the value is the
+        // only part that changes per response.
+        let render = |secure: bool| {
+            let mut builder = cookie::Cookie::build((config.name.as_str(), ""))
+                .http_only(config.http_only)
+                // Browsers drop `SameSite=None` without `Secure`; config validation rejects
+                // `same_site: none` with `secure: never`.
+                .same_site(match config.same_site {
+                    SameSite::Lax => cookie::SameSite::Lax,
+                    SameSite::Strict => cookie::SameSite::Strict,
+                    SameSite::None => cookie::SameSite::None,
+                })
+                .secure(secure);
+            if !config.path.is_empty() {
+                builder = builder.path(config.path.as_str());
+            }
+            if let Some(domain) = &config.domain {
+                builder = builder.domain(domain.as_str());
+            }
+            if ttl_secs > 0 {
+                let max_age = i64::try_from(ttl_secs).unwrap_or(i64::MAX);
+                builder = builder.max_age(cookie::time::Duration::seconds(max_age));
+            }
+            let rendered = builder.build().to_string();
+            rendered[config.name.len() + 1..].to_owned()
+        };
         Ok(Self {
             name: config.name.clone(),
             ttl_secs,

@@ -691,8 +691,9 @@ fn set_cookie_attributes_follow_the_config() {
         assert!(pair.starts_with(&format!("{}=", policy.cookie_name().expect("configured"))));
         attributes.to_owned()
     };
-    assert_eq!(render(cookie_config(), false), " Path=/; HttpOnly; SameSite=Lax");
-    assert_eq!(render(cookie_config(), true), " Path=/; Secure; HttpOnly; SameSite=Lax");
+    // Attribute order is the `cookie` crate's; RFC 6265 gives it no meaning.
+    assert_eq!(render(cookie_config(), false), " HttpOnly; SameSite=Lax; Path=/");
+    assert_eq!(render(cookie_config(), true), " HttpOnly; SameSite=Lax; Secure; Path=/");
     let custom = CookieConfig {
         name: "pin".into(),
         ttl: Duration::from_millis(3_600_500),
@@ -703,9 +704,9 @@ fn set_cookie_attributes_follow_the_config() {
         domain: Some("example.com".into()),
         key_env: None,
     };
-    assert_eq!(render(custom.clone(), false), " Path=/app; Domain=example.com; Max-Age=3601; Secure; SameSite=Strict");
+    assert_eq!(render(custom.clone(), false), " SameSite=Strict; Secure; Path=/app; Domain=example.com; Max-Age=3601");
     let never = CookieConfig { secure: SecureMode::Never, same_site: SameSite::None, ..custom };
-    assert_eq!(render(never, true), " Path=/app; Domain=example.com; Max-Age=3601; SameSite=None");
+    assert_eq!(render(never, true), " SameSite=None; Path=/app; Domain=example.com; Max-Age=3601");
 }
 
 #[test]
@@ -757,7 +758,7 @@ fn without_a_cookie_config_no_cookie_is_read_or_written() {
     let served = first(&mut d, &set).expect("usable");
     assert_eq!(d.set_cookie(&without, &set, served, now(), false), None);
     let mut stripped = h.clone();
-    strip_sticky_cookie(&without, &mut stripped);
+    without.strip_cookie(&mut stripped);
     assert_eq!(stripped, h);
 }
 
@@ -770,18 +771,18 @@ fn strip_sticky_cookie_removes_only_ours() {
         ("cookie", "c=3;  d=\"4\""),
         ("x-other", "x"),
     ]);
-    strip_sticky_cookie(&policy, &mut h);
+    policy.strip_cookie(&mut h);
     let cookies: Vec<&str> = h.get_all(COOKIE).iter().map(|v| v.to_str().expect("ASCII")).collect();
     assert_eq!(cookies, vec!["a=1; TETHER_AFFINITY2=keep; b=2", "c=3;  d=\"4\""]);
     assert_eq!(h.get("x-other").map(|v| v.as_bytes()), Some(&b"x"[..]));
 
     let mut only = headers(&[("cookie", " TETHER_AFFINITY=abc ")]);
-    strip_sticky_cookie(&policy, &mut only);
+    policy.strip_cookie(&mut only);
     assert!(only.get(COOKIE).is_none());
 
     let untouched = headers(&[("cookie", "x=1;y=2"), ("cookie", "z")]);
     let mut copy = untouched.clone();
-    strip_sticky_cookie(&policy, &mut copy);
+    policy.strip_cookie(&mut copy);
     assert_eq!(copy, untouched);
 }
 
@@ -936,7 +937,7 @@ proptest! {
         let got = all_candidates(&mut d, &set);
         prop_assert_eq!(got.iter().copied().collect::<BTreeSet<_>>().len(), 3);
         let _ = d.set_cookie(&policy, &set, got[0], now(), true);
-        strip_sticky_cookie(&policy, &mut h);
+        policy.strip_cookie(&mut h);
         for value in h.get_all(COOKIE) {
             for pair in value.as_bytes().split(|&b| b == b';') {
                 let name = pair.split(|&b| b == b'=').next().unwrap_or_default().trim_ascii();

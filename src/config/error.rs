@@ -43,3 +43,28 @@ impl fmt::Display for ConfigErrors {
         Ok(())
     }
 }
+
+/// Why a reload left the running configuration in place.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file has problems (every one of them, as `tether check` prints them).
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+    #[error("listener {listener}: cannot listen on {addr}")]
+    Bind {
+        listener: String,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener {listener}: TLS setup failed")]
+    Tls {
+        listener: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("listener {0}: turning TLS on or off needs a new listener name or bind")]
+    TlsToggle(String),
+    #[error("the reload task failed")]
+    Task(#[source] tokio::task::JoinError),
+}

@@ -26,7 +26,7 @@ pub mod units;
 mod validate;
 mod values;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrors, ReloadError};
 pub use validate::{load, parse};
 pub use values::AddressError;
 

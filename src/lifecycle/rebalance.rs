@@ -10,43 +10,37 @@ use tokio_util::sync::CancellationToken;
 
 use super::drain::close_on_schedule;
 use super::schedule::CloseSchedule;
+use crate::balance::Availability;
+use crate::metrics::{Metrics, UpstreamLabels};
 use crate::tunnel::registry::TunnelControl;
 use crate::upstream::{Membership, Upstream};
 
-/// Start a rebalance of `upstream`, replacing one still under way (its choice of tunnels is
-/// stale now that membership changed again).
-pub fn start(upstream: &Arc<Upstream>) {
-    let cancel = CancellationToken::new();
-    if let Some(old) = upstream.rebalance_slot().replace(cancel.clone()) {
-        old.cancel();
+/// Close the misplaced tunnels of `upstream`, paced, until done or cancelled.
+pub(crate) async fn run(upstream: Arc<Upstream>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let settings = upstream.settings();
+    let config = &settings.config;
+    let victims = misplaced(&upstream.membership(), settings.policy.balance_factor());
+    if victims.is_empty() {
+        return;
     }
-    let upstream = upstream.clone();
-    let tasks = upstream.ctx.tasks.clone();
-    tasks.spawn(async move {
-        let config = upstream.config();
-        let membership = upstream.membership();
-        let victims = misplaced(&membership, upstream.policy().balance_factor());
-        if victims.is_empty() {
-            return;
-        }
-        tracing::info!(upstream = %upstream.name, tunnels = victims.len(), per_second = config.rebalance.max_closes_per_second, "rebalancing: closing misplaced tunnels");
-        let mut schedule = CloseSchedule::rate_limited(Instant::now(), config.rebalance.max_closes_per_second, victims.len());
-        let counter = upstream.ctx.metrics.rebalance_closes.get_or_create_owned(&crate::metrics::UpstreamLabels { upstream: upstream.name.clone() });
-        close_on_schedule(&victims, &mut schedule, config.drain.close_code, &cancel, &mut |n| {
-            counter.inc_by(n as u64);
-        })
-        .await;
-    });
+    tracing::info!(upstream = %upstream.name(), tunnels = victims.len(), per_second = config.rebalance.max_closes_per_second, "rebalancing: closing misplaced tunnels");
+    let mut schedule =
+        CloseSchedule::rate_limited(Instant::now(), config.rebalance.max_closes_per_second, victims.len());
+    let counter = metrics.rebalance_closes.get_or_create_owned(&UpstreamLabels { upstream: upstream.name().clone() });
+    close_on_schedule(&victims, &mut schedule, config.drain.close_code, &cancel, &mut |n| {
+        counter.inc_by(n as u64);
+    })
+    .await;
 }
 
 /// The tunnels to move: keyed tunnels whose key's home is another backend, then, with bounded
 /// loads, the newest tunnels of any backend holding more than its share.
-pub fn misplaced(membership: &Membership, balance_factor: Option<f64>) -> Vec<Arc<TunnelControl>> {
+fn misplaced(membership: &Membership, balance_factor: Option<f64>) -> Vec<Arc<TunnelControl>> {
     let mut victims = Vec::new();
     let mut staying: Vec<Vec<Arc<TunnelControl>>> = Vec::with_capacity(membership.backends.len());
     for (i, backend) in membership.backends.iter().enumerate() {
         let mut here = Vec::new();
-        for tunnel in backend.tunnels.snapshot() {
+        for tunnel in backend.tunnels().snapshot() {
             match tunnel.key() {
                 Some(key) if membership.set.home_of(key).is_some_and(|home| home != i) => victims.push(tunnel),
                 _ => here.push(tunnel),
@@ -55,12 +49,7 @@ pub fn misplaced(membership: &Membership, balance_factor: Option<f64>) -> Vec<Ar
         staying.push(here);
     }
     if let Some(factor) = balance_factor {
-        let usable = membership
-            .backends
-            .iter()
-            .filter(|b| b.live.availability() == crate::balance::Availability::Active)
-            .count()
-            .max(1);
+        let usable = membership.backends.iter().filter(|b| b.availability() == Availability::Active).count().max(1);
         let total: usize = staying.iter().map(Vec::len).sum();
         let bound = (factor * total as f64 / usable as f64).ceil() as usize;
         for here in &mut staying {

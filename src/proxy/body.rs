@@ -1,9 +1,7 @@
-//! Bodies in flight: streamed frame by frame (never buffered whole), counted, and tied to the
-//! bookkeeping that must happen when a request ends.
+//! The response body sent to the client: streamed frame by frame (never buffered whole),
+//! counted, and tied to the bookkeeping that must happen when a request ends.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,48 +9,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::exchange::Exchange;
-
-/// The request body sent to a backend: the client's body (or nothing), with its bytes counted.
-pub struct UpstreamBody {
-    inner: Option<Incoming>,
-    counted: Arc<AtomicU64>,
-}
-
-impl UpstreamBody {
-    pub fn new(inner: Incoming, counted: Arc<AtomicU64>) -> Self {
-        Self { inner: Some(inner), counted }
-    }
-
-    pub fn empty() -> Self {
-        Self { inner: None, counted: Arc::default() }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.counted.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
 
 enum Source {
     Upstream(Incoming),
@@ -62,18 +18,18 @@ enum Source {
 /// The response body sent to the client. It owns the request's [`Exchange`], which is finished
 /// (logged, counted, its backend connection returned to the pool) when the body ends or is
 /// dropped, whichever comes first.
-pub struct ClientBody {
+pub(crate) struct ClientBody {
     source: Source,
     bytes: u64,
     exchange: Option<Exchange>,
 }
 
 impl ClientBody {
-    pub fn upstream(body: Incoming, exchange: Exchange) -> Self {
+    pub(crate) fn upstream(body: Incoming, exchange: Exchange) -> Self {
         Self { source: Source::Upstream(body), bytes: 0, exchange: Some(exchange) }
     }
 
-    pub fn full(bytes: impl Into<Bytes>, exchange: Option<Exchange>) -> Self {
+    pub(crate) fn full(bytes: impl Into<Bytes>, exchange: Option<Exchange>) -> Self {
         let bytes = bytes.into();
         let source = Source::Full((!bytes.is_empty()).then_some(bytes));
         Self { source, bytes: 0, exchange }

@@ -7,31 +7,30 @@ use std::time::Instant;
 use http::Method;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::ClientConn;
 use super::access_log::{AccessLog, RequestRecord};
-use crate::balance::LoadGuard;
+use crate::downstream::ClientConn;
 use crate::upstream::pool::Sender;
-use crate::upstream::{Backend, Upstream};
+use crate::upstream::{BackendHandle, Load, Upstream};
 
 /// Everything that must happen when a request ends, however it ends: the access log line,
 /// backend counters, returning the backend connection to its pool (only after a complete
 /// body), and telling the client connection it is idle again. Runs exactly once, on
 /// [`Exchange::finish`] or on drop.
-pub struct Exchange {
+pub(crate) struct Exchange {
     started: Instant,
     client: Arc<ClientConn>,
     method: Method,
-    pub host: Option<Box<str>>,
-    pub path_and_query: Box<str>,
-    pub status: u16,
+    pub(crate) host: Option<Box<str>>,
+    pub(crate) path_and_query: Box<str>,
+    pub(crate) status: u16,
     /// Request body bytes sent upstream (shared with the upstream body that counts them).
-    pub bytes_in: Arc<AtomicU64>,
-    pub upstream: Option<Arc<str>>,
-    pub backend: Option<Arc<Backend>>,
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) upstream: Option<Arc<str>>,
+    pub(crate) backend: Option<Arc<BackendHandle>>,
     /// The backend connection, reusable once the response body was read to its end.
-    pub reusable: Option<Sender>,
+    pub(crate) reusable: Option<Sender>,
     /// The backend's load unit, released when the response ends.
-    pub guard: Option<LoadGuard>,
+    pub(crate) load: Option<Load>,
     latency: Option<Histogram>,
     /// Set with the upstream: counts a request that ends without a backend.
     log: Arc<AccessLog>,
@@ -39,7 +38,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(
+    pub(crate) fn new(
         client: Arc<ClientConn>,
         method: Method,
         host: Option<Box<str>>,
@@ -57,20 +56,24 @@ impl Exchange {
             upstream: None,
             backend: None,
             reusable: None,
-            guard: None,
+            load: None,
             latency: None,
             log,
             finished: false,
         }
     }
 
-    pub fn set_upstream(&mut self, upstream: &Upstream) {
-        self.upstream = Some(upstream.name.clone());
-        self.latency = Some(upstream.request_duration.clone());
+    pub(crate) fn set_upstream(&mut self, upstream: &Upstream) {
+        self.upstream = Some(upstream.name().clone());
+        self.latency = Some(upstream.latency().clone());
+    }
+
+    pub(crate) fn client(&self) -> std::net::SocketAddr {
+        self.client.peer
     }
 
     /// The response body ended (`complete`) or was abandoned after `bytes_out` bytes.
-    pub fn finish(mut self, bytes_out: u64, complete: bool) {
+    pub(crate) fn finish(mut self, bytes_out: u64, complete: bool) {
         self.run(bytes_out, complete);
     }
 
@@ -81,11 +84,12 @@ impl Exchange {
         self.finished = true;
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         if let Some(backend) = &self.backend {
-            backend.metrics.request(self.status);
-            backend.metrics.bytes_in.inc_by(bytes_in);
-            backend.metrics.bytes_out.inc_by(bytes_out);
+            let metrics = backend.metrics();
+            metrics.request(self.status);
+            metrics.bytes_in.inc_by(bytes_in);
+            metrics.bytes_out.inc_by(bytes_out);
             if let (true, Some(sender)) = (complete, self.reusable.take()) {
-                backend.pool.put(sender);
+                backend.pool().put(sender);
             }
         } else if self.status != 0 {
             let metrics = &self.client.metrics;
@@ -94,7 +98,7 @@ impl Exchange {
                 None => metrics.rejected(&self.client.listener, self.status),
             }
         }
-        self.guard = None;
+        self.load = None;
         if let Some(latency) = &self.latency {
             latency.observe(self.started.elapsed().as_secs_f64());
         }
@@ -110,7 +114,7 @@ impl Exchange {
             bytes_out,
             duration: self.started.elapsed(),
             upstream: self.upstream.as_deref(),
-            backend: self.backend.as_ref().map(|b| &*b.id),
+            backend: self.backend.as_ref().map(|b| &**b.id()),
             complete,
         });
     }

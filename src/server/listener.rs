@@ -1,15 +1,13 @@
-//! Accepting client connections and serving HTTP on them.
+//! Serving client connections: the connection limit, the TLS handshake, HTTP/1.1 vs HTTP/2
+//! selection, and the per-connection `idle` / `header_read` watchdog.
 //!
-//! Owns: the accept loop (connection limit, back-off on descriptor exhaustion), the TLS
-//! handshake, HTTP/1.1 vs HTTP/2 selection, and the per-connection `idle` / `header_read`
-//! watchdog. Must not: look at requests (that is `proxy`).
+//! Must not: look at requests (that is `proxy`).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hyper::server::conn::{http1, http2};
@@ -24,73 +22,52 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::conn::{Action, ConnIo, ConnState, watchdog};
 use crate::config::Timeouts;
-use crate::proxy::{ClientConn, ConnService, Proxy};
+use crate::downstream::{Action, ClientConn, ConnIo, ConnState, Protocol, watchdog};
+use crate::proxy::{ConnService, Proxy};
 use crate::tunnel::relay::ClientStream;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Sent to a client over `limits.max_connections` before closing it.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 34\r\nconnection: close\r\n\r\ntoo many connections, retry later\n";
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// One listener's settings. TLS settings are swapped in place when a reload re-reads the
 /// certificates; connections already open keep the settings they started with.
-pub struct ListenerCtx {
-    pub name: Arc<str>,
-    pub tls: Option<ArcSwap<rustls::ServerConfig>>,
-    pub open: Gauge,
-    pub refused: Counter,
+pub(super) struct ListenerState {
+    pub(super) name: Arc<str>,
+    pub(super) tls: Option<ArcSwap<rustls::ServerConfig>>,
+    pub(super) open: Gauge,
+    pub(super) refused: Counter,
+}
+
+/// Whether a client connection is TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    Tls,
 }
 
 /// Accept until `stop`; each connection is served on a task owned by `conns`, and finishes
 /// gracefully when `conns_stop` fires.
-pub async fn accept_loop(
+pub(super) async fn accept(
     listener: TcpListener,
-    ctx: Arc<ListenerCtx>,
+    state: Arc<ListenerState>,
     proxy: Arc<Proxy>,
     slots: Arc<Semaphore>,
     stop: CancellationToken,
     conns_stop: CancellationToken,
     conns: TaskTracker,
 ) {
-    let mut backoff = ACCEPT_BACKOFF_MIN;
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                match slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let (ctx, proxy, conns_stop) = (ctx.clone(), proxy.clone(), conns_stop.clone());
-                        conns.spawn(serve_conn(stream, peer, ctx, proxy, permit, conns_stop));
-                    }
-                    Err(_) => {
-                        ctx.refused.inc();
-                        refuse(stream, ctx.tls.is_some());
-                    }
-                }
-            }
-            Err(e) if is_resource_exhaustion(&e) => {
-                // Spinning on EMFILE would burn a core and starve the connections we have.
-                tracing::warn!(listener = %ctx.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-            }
-            Err(e) => tracing::debug!(listener = %ctx.name, error = %e, "accept failed"),
+    let name = state.name.clone();
+    crate::accept::run(listener, &name, stop, conns, |stream, peer| match slots.clone().try_acquire_owned() {
+        Ok(permit) => Some(serve_conn(stream, peer, state.clone(), proxy.clone(), permit, conns_stop.clone())),
+        Err(_) => {
+            state.refused.inc();
+            refuse(stream, state.tls.is_some());
+            None
         }
-    }
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    })
+    .await;
 }
 
 /// Over the connection limit: a plain client gets a 503 it can read; a TLS client only a
@@ -105,16 +82,16 @@ fn refuse(stream: TcpStream, is_tls: bool) {
 async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
-    ctx: Arc<ListenerCtx>,
+    state: Arc<ListenerState>,
     proxy: Arc<Proxy>,
     permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let timeouts = proxy.runtime().config.timeouts.clone();
-    ctx.open.inc();
-    let _open = OpenConn(&ctx.open);
-    match &ctx.tls {
+    let timeouts = proxy.config().timeouts.clone();
+    state.open.inc();
+    let _open = OpenConn(&state.open);
+    match &state.tls {
         Some(tls) => {
             let acceptor = TlsAcceptor::from(tls.load_full());
             let tls = match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
@@ -128,18 +105,30 @@ async fn serve_conn(
                     return;
                 }
             };
-            let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_http(tls, Vec::new(), is_h2, true, peer, &ctx, proxy, permit, &timeouts, shutdown).await;
+            let protocol =
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
+            let conn = Conn { peer, protocol, transport: Transport::Tls, prefix: Vec::new() };
+            serve_http(tls, conn, &state, proxy, permit, &timeouts, shutdown).await;
         }
         None => {
             let mut stream = stream;
-            let (prefix, is_h2) = match tokio::time::timeout(timeouts.header_read, read_preface(&mut stream)).await {
+            let (prefix, protocol) = match tokio::time::timeout(timeouts.header_read, read_preface(&mut stream)).await {
                 Ok(Ok(found)) => found,
                 Ok(Err(_)) | Err(_) => return,
             };
-            serve_http(stream, prefix, is_h2, false, peer, &ctx, proxy, permit, &timeouts, shutdown).await;
+            let conn = Conn { peer, protocol, transport: Transport::Plain, prefix };
+            serve_http(stream, conn, &state, proxy, permit, &timeouts, shutdown).await;
         }
     }
+}
+
+/// What the accept side learned about a connection before hyper takes it.
+struct Conn {
+    peer: SocketAddr,
+    protocol: Protocol,
+    transport: Transport,
+    /// Bytes already read while telling HTTP/2 from HTTP/1, replayed to hyper.
+    prefix: Vec<u8>,
 }
 
 /// Decrements the open-connections gauge when the connection task ends, however it ends.
@@ -153,7 +142,7 @@ impl Drop for OpenConn<'_> {
 
 /// Read just enough of a plain connection to tell HTTP/2 prior knowledge (RFC 9113 3.3) from
 /// HTTP/1: bytes are read until they stop matching the preface, and replayed to hyper.
-async fn read_preface(stream: &mut TcpStream) -> io::Result<(Vec<u8>, bool)> {
+async fn read_preface(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Protocol)> {
     let mut buf = [0u8; H2_PREFACE.len()];
     let mut n = 0;
     while n < buf.len() {
@@ -163,52 +152,51 @@ async fn read_preface(stream: &mut TcpStream) -> io::Result<(Vec<u8>, bool)> {
         }
         n += read;
         if buf[..n] != H2_PREFACE[..n] {
-            return Ok((buf[..n].to_vec(), false));
+            return Ok((buf[..n].to_vec(), Protocol::Http1));
         }
     }
-    Ok((buf.to_vec(), true))
+    Ok((buf.to_vec(), Protocol::Http2))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_http<S: ClientStream>(
     stream: S,
-    prefix: Vec<u8>,
-    is_h2: bool,
-    is_tls: bool,
-    peer: SocketAddr,
-    ctx: &ListenerCtx,
+    conn: Conn,
+    state: &ListenerState,
     proxy: Arc<Proxy>,
     permit: OwnedSemaphorePermit,
     timeouts: &Timeouts,
     shutdown: CancellationToken,
 ) {
-    let max_header_bytes = proxy.runtime().config.limits.max_header_bytes;
-    let state = Arc::new(ConnState::new(!is_h2));
-    let client = Arc::new(ClientConn {
-        peer,
-        listener: ctx.name.clone(),
-        is_tls,
-        state: state.clone(),
-        permit: Mutex::new(Some(permit)),
-        metrics: proxy.metrics().clone(),
-    });
-    let io = TokioIo::new(ConnIo::with_prefix(stream, state.clone(), prefix));
+    let max_header_bytes = proxy.config().limits.max_header_bytes;
+    let conn_state = Arc::new(ConnState::new(conn.protocol));
+    let client = Arc::new(ClientConn::new(
+        conn.peer,
+        state.name.clone(),
+        conn.transport == Transport::Tls,
+        conn_state.clone(),
+        permit,
+        proxy.metrics().clone(),
+    ));
+    let io = TokioIo::new(ConnIo::with_prefix(stream, conn_state.clone(), conn.prefix));
     let service = ConnService::<S>::new(proxy, client);
-    if is_h2 {
-        let conn = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
-            .serve_connection(io, service);
-        watch(conn, &state, timeouts, &shutdown).await;
-    } else {
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            // Replaced by the watchdog below; see `server::conn`.
-            .header_read_timeout(None)
-            .max_buf_size(max_header_bytes)
-            .serve_connection(io, service)
-            .with_upgrades();
-        watch(conn, &state, timeouts, &shutdown).await;
+    match conn.protocol {
+        Protocol::Http2 => {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+                .serve_connection(io, service);
+            watch(conn, &conn_state, timeouts, &shutdown).await;
+        }
+        Protocol::Http1 => {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                // Replaced by the watchdog below; see `downstream::conn`.
+                .header_read_timeout(None)
+                .max_buf_size(max_header_bytes)
+                .serve_connection(io, service)
+                .with_upgrades();
+            watch(conn, &conn_state, timeouts, &shutdown).await;
+        }
     }
 }
 

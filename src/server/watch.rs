@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
@@ -20,8 +19,17 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 /// change all the time; they must not hold a config change back forever.
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
+/// Why the config file cannot be watched (reload still works by SIGHUP and the admin API).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot start the config file watcher")]
+    Start(#[source] notify::Error),
+    #[error("cannot watch {0}")]
+    Watch(PathBuf, #[source] notify::Error),
+}
+
 /// Watch until `stop` (the shutdown sequence began: the task must not keep the proxy alive).
-pub fn spawn(running: Running, path: PathBuf, stop: CancellationToken) -> anyhow::Result<()> {
+pub(super) fn spawn(running: Running, path: PathBuf, stop: CancellationToken) -> Result<(), WatchError> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -36,8 +44,8 @@ pub fn spawn(running: Running, path: PathBuf, stop: CancellationToken) -> anyhow
             let _ = tx.send(());
         }
     })
-    .context("cannot start the config file watcher")?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive).with_context(|| format!("cannot watch {}", dir.display()))?;
+    .map_err(WatchError::Start)?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| WatchError::Watch(dir.clone(), e))?;
     let tasks = running.proxy().tasks().clone();
     tasks.spawn(async move {
         // The watcher lives as long as this task.
@@ -66,7 +74,7 @@ pub fn spawn(running: Running, path: PathBuf, stop: CancellationToken) -> anyhow
             }
             // Compared with what runs rather than with a copy read when the watch started:
             // an edit made while the watch was being set up is still noticed.
-            let unchanged = running.proxy().runtime().config.source.text.as_bytes() == now.as_slice();
+            let unchanged = running.proxy().config().source.text.as_bytes() == now.as_slice();
             last_seen = Some(now);
             if unchanged {
                 continue;

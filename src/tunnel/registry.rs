@@ -1,12 +1,14 @@
 //! Which tunnels are open on a backend, so they can be counted, and closed gracefully on drain.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 /// The handle a drain uses to ask one tunnel to close.
 #[derive(Debug)]
@@ -65,13 +67,19 @@ impl TunnelControl {
 }
 
 /// Open tunnels of one backend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TunnelRegistry {
     open: Mutex<HashMap<u64, Arc<TunnelControl>>>,
     next_id: AtomicU64,
+    /// Signalled when the last open tunnel ends.
+    emptied: Arc<Notify>,
 }
 
 impl TunnelRegistry {
+    pub fn new(emptied: Arc<Notify>) -> Self {
+        Self { open: Mutex::default(), next_id: AtomicU64::new(0), emptied }
+    }
+
     /// Register a new tunnel; it is removed when the returned guard drops.
     pub fn register(self: &Arc<Self>, key: Option<Arc<str>>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -95,8 +103,8 @@ impl TunnelRegistry {
         all
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<TunnelControl>>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<u64, Arc<TunnelControl>>> {
+        self.open.lock()
     }
 }
 
@@ -115,7 +123,11 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.control.id);
+        let mut open = self.registry.lock();
+        open.remove(&self.control.id);
+        if open.is_empty() {
+            self.registry.emptied.notify_one();
+        }
     }
 }
 
@@ -123,9 +135,10 @@ impl Drop for Registration {
 mod tests {
     use super::*;
 
-    #[test]
-    fn registrations_are_listed_until_dropped() {
-        let registry = Arc::new(TunnelRegistry::default());
+    #[tokio::test]
+    async fn registrations_are_listed_until_dropped_and_the_last_one_signals() {
+        let emptied = Arc::new(Notify::new());
+        let registry = Arc::new(TunnelRegistry::new(emptied.clone()));
         let a = registry.register(Some("alice".into()));
         let b = registry.register(None);
         assert_eq!(registry.len(), 2);
@@ -134,11 +147,13 @@ mod tests {
         assert_eq!(registry.len(), 1);
         drop(b);
         assert!(registry.is_empty());
+        // The last one out signals; the signal is kept until someone waits for it.
+        tokio::time::timeout(std::time::Duration::from_secs(5), emptied.notified()).await.unwrap();
     }
 
     #[tokio::test]
     async fn the_first_close_request_wins_and_wakes_the_tunnel() {
-        let registry = Arc::new(TunnelRegistry::default());
+        let registry = Arc::new(TunnelRegistry::new(Arc::default()));
         let reg = registry.register(None);
         let control = reg.control().clone();
         let waiter = tokio::spawn(async move { control.closed().await });

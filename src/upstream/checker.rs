@@ -9,20 +9,20 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
 use super::health::CheckOutcome;
-use super::{Backend, Upstream, pool};
+use super::{BackendHandle, Singleton, Upstream, pool};
 use crate::config::HealthCheckConfig;
 
 /// Start the checker of `upstream` if its config asks for active checks. It follows config
 /// changes (interval, path, or the section disappearing) at each round.
-pub fn spawn(upstream: &Arc<Upstream>) {
-    upstream.keep_one(super::Singleton::Checker, |c| c.health_check.is_some(), |u| async move { run(&u).await });
+pub(super) fn spawn(upstream: &Arc<Upstream>) {
+    upstream.keep_one(Singleton::Checker, |c| c.health_check.is_some(), |u| async move { run(&u).await });
 }
 
 /// Check `backend` once now, outside the regular rounds (a backend that just joined).
-pub fn check_now(upstream: &Arc<Upstream>, backend: &Arc<Backend>) {
-    let Some(check) = upstream.config().health_check.clone() else { return };
+pub(super) fn check_now(upstream: &Arc<Upstream>, backend: &Arc<BackendHandle>) {
+    let Some(check) = upstream.settings().config.health_check.clone() else { return };
     let (upstream, backend) = (upstream.clone(), backend.clone());
-    let tasks = upstream.ctx.tasks.clone();
+    let tasks = upstream.deps.tasks.clone();
     tasks.spawn(async move {
         let outcome = check_once(&backend, &check).await;
         upstream.on_check(&backend, outcome);
@@ -31,7 +31,7 @@ pub fn check_now(upstream: &Arc<Upstream>, backend: &Arc<Backend>) {
 
 async fn run(upstream: &Arc<Upstream>) {
     loop {
-        let Some(check) = upstream.config().health_check.clone() else { return };
+        let Some(check) = upstream.settings().config.health_check.clone() else { return };
         let round = async {
             let backends = upstream.membership().backends.clone();
             let checks = backends.iter().map(|b| async {
@@ -53,7 +53,7 @@ async fn run(upstream: &Arc<Upstream>) {
 }
 
 /// One check on a fresh connection (so a pooled connection can never hide a dead backend).
-pub async fn check_once(backend: &Backend, check: &HealthCheckConfig) -> CheckOutcome {
+async fn check_once(backend: &BackendHandle, check: &HealthCheckConfig) -> CheckOutcome {
     match tokio::time::timeout(check.timeout, probe(backend, &check.path, check.timeout)).await {
         Ok(Ok(status)) if status.is_success() => CheckOutcome::Healthy,
         Ok(Ok(StatusCode::SERVICE_UNAVAILABLE)) => CheckOutcome::NotReady,
@@ -65,9 +65,9 @@ pub async fn check_once(backend: &Backend, check: &HealthCheckConfig) -> CheckOu
     }
 }
 
-async fn probe(backend: &Backend, path: &str, timeout: Duration) -> Result<StatusCode, String> {
+async fn probe(backend: &BackendHandle, path: &str, timeout: Duration) -> Result<StatusCode, String> {
     let address = backend.address();
-    let stream = pool::connect_tcp(&address, timeout).await.map_err(|e| crate::proxy::error_chain(&e))?;
+    let stream = pool::connect_tcp(&address, timeout).await.map_err(|e| crate::report::Chain(&e).to_string())?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     let req = Request::get(path)

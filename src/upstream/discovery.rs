@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::Upstream;
+use super::{Singleton, Upstream};
 use crate::config::BackendAddress;
 
 /// Looks names up. The system resolver in production; tests inject their own.
@@ -38,15 +38,15 @@ impl Resolve for SystemResolver {
 
 /// Start discovery for `upstream` if its config has a `discovery` section (once; the task
 /// follows config changes and ends when the section goes away).
-pub fn spawn(upstream: &Arc<Upstream>) {
-    upstream.keep_one(super::Singleton::Discovery, |c| c.discovery.is_some(), |u| async move { run(&u).await });
+pub(super) fn spawn(upstream: &Arc<Upstream>) {
+    upstream.keep_one(Singleton::Discovery, |c| c.discovery.is_some(), |u| async move { run(&u).await });
 }
 
 async fn run(upstream: &Arc<Upstream>) {
     loop {
-        let Some(discovery) = upstream.config().discovery.clone() else { return };
+        let Some(discovery) = upstream.settings().config.discovery.clone() else { return };
         let next = tokio::time::Instant::now() + discovery.interval;
-        let lookup = upstream.ctx.resolver.resolve(&discovery.dns.host, discovery.dns.port);
+        let lookup = upstream.deps.resolver.resolve(&discovery.dns.host, discovery.dns.port);
         let answer = tokio::select! {
             answer = lookup => answer,
             _ = upstream.cancelled().cancelled() => return,
@@ -56,10 +56,10 @@ async fn run(upstream: &Arc<Upstream>) {
                 upstream.set_discovered(addrs.into_iter().map(backend_address).collect());
             }
             Ok(_) => {
-                tracing::warn!(upstream = %upstream.name, name = %discovery.dns, "discovery: no records; keeping the last good set")
+                tracing::warn!(upstream = %upstream.name(), name = %discovery.dns, "discovery: no records; keeping the last good set")
             }
             Err(e) => {
-                tracing::warn!(upstream = %upstream.name, name = %discovery.dns, error = %e, "discovery: lookup failed; keeping the last good set")
+                tracing::warn!(upstream = %upstream.name(), name = %discovery.dns, error = %e, "discovery: lookup failed; keeping the last good set")
             }
         }
         tokio::select! {

@@ -1,132 +1,159 @@
 //! Upstreams and their backends at run time.
 //!
-//! Owns: each upstream's membership (backends + hash ring, swapped atomically when it
-//! changes), each backend's connection pool, tunnels, counters and health, and turning health
-//! events into availability changes (with their side effects: drains, rebalancing). Must not:
-//! choose a backend for a request (that is `balance`) or touch client connections.
+//! Owns: each upstream's membership (backends + hash ring, swapped atomically when it changes),
+//! its affinity settings, each backend's connection pool, tunnels, counters and health, and
+//! turning health events into availability changes. Every change of availability is reported
+//! as an [`Event`] to whoever drives drains and rebalancing (`lifecycle`); this module never
+//! starts one itself. Must not: choose a backend for a request (that is `balance`, through
+//! [`Route`]) or touch client connections.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::balance::{self, AffinityPolicy, Availability, BackendId, BackendSet, CookieKey, Decision, Member};
+use crate::balance::{self, AffinityPolicy, Availability, BackendId, BackendSet, CookieKey, Member};
 use crate::config::{BackendAddress, UpstreamConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{AffinityCounters, Metrics, UpstreamLabels};
 
-pub mod backend;
-pub mod checker;
+mod backend;
+pub(crate) mod body;
+mod checker;
 pub mod discovery;
-pub mod health;
-pub mod pool;
+pub(crate) mod health;
+pub(crate) mod pool;
+mod route;
 
-pub use backend::{Backend, DrainProgress, Source, Status};
-use health::CheckOutcome;
+pub use backend::BackendHandle;
+pub(crate) use backend::{DrainReason, Load, Source};
+pub use discovery::{Resolve, SystemResolver};
+pub(crate) use route::{Candidate, Route};
 
-/// What every upstream shares with the rest of the proxy.
-pub struct Ctx {
-    /// Owns every background task (checks, drains, rebalancing, tunnels).
-    pub tasks: TaskTracker,
-    pub metrics: Arc<Metrics>,
-    pub resolver: Arc<dyn discovery::Resolve>,
+/// What upstreams need from the rest of the process.
+pub(crate) struct UpstreamDeps {
+    /// Owns every background task (checks, discovery, ejection timers, connection drivers).
+    pub(crate) tasks: TaskTracker,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) resolver: Arc<dyn Resolve>,
+    /// Where availability changes go (to `lifecycle`).
+    pub(crate) events: UnboundedSender<Event>,
+}
+
+/// A change the lifecycle reacts to.
+pub(crate) enum Event {
+    /// A backend's availability changed; the new one is already in effect.
+    Changed { upstream: Arc<Upstream>, backend: Arc<BackendHandle>, from: Availability, to: Availability },
+    /// Backends joined the membership already active (no active checks to wait for).
+    Joined { upstream: Arc<Upstream> },
 }
 
 /// The backends of an upstream and the ring over them. Immutable; replaced as a whole when
 /// membership or weights change. `backends[i]` is `set.members()[i]`.
-pub struct Membership {
-    pub backends: Vec<Arc<Backend>>,
-    pub set: BackendSet,
+pub(crate) struct Membership {
+    pub(crate) backends: Vec<Arc<BackendHandle>>,
+    pub(crate) set: BackendSet,
 }
 
-pub struct Upstream {
-    pub name: Arc<str>,
-    config: ArcSwap<UpstreamConfig>,
-    policy: ArcSwap<AffinityPolicy>,
-    membership: ArcSwap<Membership>,
+/// An upstream's config and the affinity policy prepared from it, swapped together.
+pub(crate) struct Settings {
+    pub(crate) config: UpstreamConfig,
+    pub(crate) policy: AffinityPolicy,
+}
+
+/// Membership bookkeeping behind one lock, which also serialises membership changes (reload
+/// and discovery both make them).
+struct Members {
     /// Backends removed from the membership that still drain.
-    retired: Mutex<Vec<Arc<Backend>>>,
+    retired: Vec<Arc<BackendHandle>>,
     /// The last good answer of DNS discovery (None before the first one).
-    discovered: Mutex<Option<Vec<BackendAddress>>>,
-    /// Serialises membership changes (reload and discovery both make them).
-    changing: Mutex<()>,
-    checker_running: std::sync::atomic::AtomicBool,
-    discovery_running: std::sync::atomic::AtomicBool,
-    shutting_down: std::sync::atomic::AtomicBool,
+    discovered: Option<Vec<BackendAddress>>,
     /// The sticky-cookie key and the variable it came from (None: random, per process).
-    cookie_key: Mutex<(Option<String>, CookieKey)>,
-    rebalance: Mutex<Option<CancellationToken>>,
-    /// Request latency of this upstream (a handle, so requests need no family lookup).
-    pub request_duration: prometheus_client::metrics::histogram::Histogram,
-    pub affinity_counters: crate::metrics::AffinityCounters,
-    pub ctx: Arc<Ctx>,
-    /// Stops this upstream's own tasks (checks, discovery) when it is removed.
-    cancel: CancellationToken,
+    cookie_key: (Option<String>, CookieKey),
 }
 
 /// Background tasks an upstream runs at most once at a time.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Singleton {
+enum Singleton {
     Checker,
     Discovery,
 }
 
-/// Why a backend started draining.
-fn drain_reason(health: &health::HealthState) -> &'static str {
-    if health.admin_drained {
-        "admin"
-    } else if health.removed {
-        "removed"
-    } else {
-        "not_ready"
+/// The upstream's own background work: which singletons run, and stopping them.
+#[derive(Default)]
+struct Background {
+    checker: AtomicBool,
+    discovery: AtomicBool,
+    /// Stops checks, discovery and timers (the upstream was removed, or the proxy stops).
+    cancel: CancellationToken,
+}
+
+impl Background {
+    fn flag(&self, which: Singleton) -> &AtomicBool {
+        match which {
+            Singleton::Checker => &self.checker,
+            Singleton::Discovery => &self.discovery,
+        }
     }
 }
 
+/// When an upstream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// With the process: backends are active until a check says otherwise.
+    Initial,
+    /// Added by a reload: with active checks, backends join after their first healthy one.
+    Reloaded,
+}
+
+pub struct Upstream {
+    name: Arc<str>,
+    settings: ArcSwap<Settings>,
+    membership: ArcSwap<Membership>,
+    members: Mutex<Members>,
+    background: Background,
+    /// Request latency and affinity counters (handles, so requests need no family lookup).
+    latency: Histogram,
+    affinity: AffinityCounters,
+    deps: Arc<UpstreamDeps>,
+}
+
 impl Upstream {
-    /// Build an upstream from its config and start its checker and discovery. At startup
-    /// (`joining` false) backends are active until a check says otherwise; an upstream added
-    /// by a reload has its backends join after their first healthy check, when it has checks.
-    pub fn start(config: &UpstreamConfig, ctx: Arc<Ctx>, joining: bool) -> Arc<Self> {
-        let joining = joining && config.health_check.is_some();
+    /// Build an upstream from its config and start its checker and discovery.
+    pub(crate) fn start(config: &UpstreamConfig, deps: Arc<UpstreamDeps>, start: Start) -> Arc<Self> {
+        let joining = start == Start::Reloaded && config.health_check.is_some();
         let name: Arc<str> = config.name.as_str().into();
         let (key_env, key) = cookie_key_for(config, None);
-        let policy = policy_for(config, &key);
-        let backends: Vec<Arc<Backend>> = config
+        let backends: Vec<Arc<BackendHandle>> = config
             .backends
             .iter()
             .map(|b| {
                 let id: Arc<str> = b.id.as_str().into();
-                let metrics = ctx.metrics.backend(&name, &id);
-                Arc::new(Backend::new(id, b.address.clone(), b.weight, Source::Config, joining, metrics))
+                let metrics = deps.metrics.backend(&name, &id);
+                let health = health::HealthState::new(joining);
+                Arc::new(BackendHandle::new(id, b.address.clone(), b.weight, Source::Config, health, metrics))
             })
             .collect();
         for b in &backends {
-            ctx.metrics.state_change(&name, &b.id, None, b.live.availability().as_str());
+            deps.metrics.state_change(&name, b.id(), None, b.availability().as_str());
         }
-        let affinity_counters = ctx.metrics.upstream_series(&name, config.drain.close_code);
+        let affinity = deps.metrics.upstream_series(&name, config.drain.close_code);
         let membership = build_membership(backends, config, &key);
         let upstream = Arc::new(Self {
             name: name.clone(),
-            config: ArcSwap::from_pointee(config.clone()),
-            policy: ArcSwap::from_pointee(policy),
+            settings: ArcSwap::from_pointee(settings_for(config, &key)),
             membership: ArcSwap::from_pointee(membership),
-            retired: Mutex::new(Vec::new()),
-            discovered: Mutex::new(None),
-            changing: Mutex::new(()),
-            checker_running: std::sync::atomic::AtomicBool::new(false),
-            discovery_running: std::sync::atomic::AtomicBool::new(false),
-            shutting_down: std::sync::atomic::AtomicBool::new(false),
-            cookie_key: Mutex::new((key_env, key)),
-            rebalance: Mutex::new(None),
-            affinity_counters,
-            request_duration: ctx
-                .metrics
-                .request_duration
-                .get_or_create_owned(&crate::metrics::UpstreamLabels { upstream: name.clone() }),
-            ctx,
-            cancel: CancellationToken::new(),
+            members: Mutex::new(Members { retired: Vec::new(), discovered: None, cookie_key: (key_env, key) }),
+            background: Background::default(),
+            latency: deps.metrics.request_duration.get_or_create_owned(&UpstreamLabels { upstream: name }),
+            affinity,
+            deps,
         });
         checker::spawn(&upstream);
         discovery::spawn(&upstream);
@@ -138,18 +165,36 @@ impl Upstream {
         upstream
     }
 
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub(crate) fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    pub(crate) fn membership(&self) -> Arc<Membership> {
+        self.membership.load_full()
+    }
+
+    pub(crate) fn latency(&self) -> &Histogram {
+        &self.latency
+    }
+
     /// The upstream left the config: every backend drains (its tunnels close gracefully at
     /// the drain timeout) and its checks and discovery stop.
-    pub fn retire(self: &Arc<Self>) {
-        self.cancel.cancel();
-        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.membership();
-        let key = self.cookie_key.lock().unwrap_or_else(|e| e.into_inner()).1.clone();
-        self.lock_retired().extend(current.backends.iter().cloned());
-        self.membership.store(Arc::new(build_membership(Vec::new(), &self.config(), &key)));
-        drop(_changing);
+    pub(crate) fn retire(self: &Arc<Self>) {
+        self.background.cancel.cancel();
+        let current = {
+            let mut members = self.members.lock();
+            let current = self.membership();
+            members.retired.extend(current.backends.iter().cloned());
+            let settings = self.settings();
+            self.membership.store(Arc::new(build_membership(Vec::new(), &settings.config, &members.cookie_key.1)));
+            current
+        };
         for backend in &current.backends {
-            backend.lock_health().removed = true;
+            backend.state().health.removed = true;
             self.refresh(backend);
         }
         tracing::info!(upstream = %self.name, "upstream removed: its backends drain");
@@ -158,62 +203,60 @@ impl Upstream {
     /// Apply a reloaded config: affinity settings, weights, addresses, and membership
     /// (removed backends drain; added ones join after their first healthy check, or at once
     /// without active checks). Open tunnels are never touched by the change itself.
-    pub fn apply(self: &Arc<Self>, config: &UpstreamConfig) {
-        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let key = {
-            let mut slot = self.cookie_key.lock().unwrap_or_else(|e| e.into_inner());
-            let (env, key) = cookie_key_for(config, Some((&slot.0, &slot.1)));
-            *slot = (env, key.clone());
-            key
+    pub(crate) fn apply(self: &Arc<Self>, config: &UpstreamConfig) {
+        let (changed, added) = {
+            let mut members = self.members.lock();
+            let (env, key) = cookie_key_for(config, Some((&members.cookie_key.0, &members.cookie_key.1)));
+            members.cookie_key = (env, key.clone());
+            self.settings.store(Arc::new(settings_for(config, &key)));
+            let _ = self.deps.metrics.upstream_series(&self.name, config.drain.close_code);
+            self.sync_members(&mut members)
         };
-        self.policy.store(Arc::new(policy_for(config, &key)));
-        self.config.store(Arc::new(config.clone()));
-        let _ = self.ctx.metrics.upstream_series(&self.name, config.drain.close_code);
-        let (changed, added) = self.sync_members(&key);
         checker::spawn(self);
         discovery::spawn(self);
         self.settle(changed, added);
     }
 
     /// After a membership change: apply health changes, and check new backends at once (they
-    /// join on their first healthy check) or, without checks, let them trigger a rebalance.
-    fn settle(self: &Arc<Self>, changed: Vec<Arc<Backend>>, added: Vec<Arc<Backend>>) {
+    /// join on their first healthy check), or report that active ones joined.
+    fn settle(self: &Arc<Self>, changed: Vec<Arc<BackendHandle>>, added: Vec<Arc<BackendHandle>>) {
         for backend in changed {
             self.refresh(&backend);
         }
-        let rebalance = self.config().rebalance.enabled;
+        let mut joined = false;
         for backend in added {
-            if backend.live.availability() == Availability::Joining {
+            if backend.availability() == Availability::Joining {
                 checker::check_now(self, &backend);
-            } else if rebalance {
-                crate::lifecycle::rebalance::start(self);
+            } else {
+                joined = true;
             }
+        }
+        if joined {
+            self.report(Event::Joined { upstream: self.clone() });
         }
     }
 
     /// DNS discovery found `addresses` (the whole current answer).
-    pub fn set_discovered(self: &Arc<Self>, mut addresses: Vec<BackendAddress>) {
+    pub(crate) fn set_discovered(self: &Arc<Self>, mut addresses: Vec<BackendAddress>) {
         addresses.sort_by_key(|a| a.to_string());
         addresses.dedup();
-        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let mut discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
-            if discovered.as_ref() == Some(&addresses) {
+        let (changed, added) = {
+            let mut members = self.members.lock();
+            if members.discovered.as_ref() == Some(&addresses) {
                 return;
             }
             tracing::info!(upstream = %self.name, backends = ?addresses.iter().map(ToString::to_string).collect::<Vec<_>>(), "discovery: backend set changed");
-            *discovered = Some(addresses);
-        }
-        let key = self.cookie_key.lock().unwrap_or_else(|e| e.into_inner()).1.clone();
-        let (changed, added) = self.sync_members(&key);
-        drop(_changing);
+            members.discovered = Some(addresses);
+            self.sync_members(&mut members)
+        };
         self.settle(changed, added);
     }
 
     /// Bring the membership in line with config + discovery. Returns the backends whose
     /// health changed (to be refreshed once the new membership is in place) and the new ones.
-    fn sync_members(&self, key: &CookieKey) -> (Vec<Arc<Backend>>, Vec<Arc<Backend>>) {
-        let config = self.config();
+    fn sync_members(&self, members: &mut Members) -> (Vec<Arc<BackendHandle>>, Vec<Arc<BackendHandle>>) {
+        let settings = self.settings();
+        let config = &settings.config;
         let joining = config.health_check.is_some();
         let mut desired: Vec<(Arc<str>, BackendAddress, u32, Source)> = config
             .backends
@@ -221,7 +264,7 @@ impl Upstream {
             .map(|b| (Arc::from(b.id.as_str()), b.address.clone(), b.weight, Source::Config))
             .collect();
         if config.discovery.is_some()
-            && let Some(found) = self.discovered.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && let Some(found) = members.discovered.as_ref()
         {
             for address in found {
                 // Discovered backends are named by their address: stable while it stays in DNS.
@@ -232,80 +275,72 @@ impl Upstream {
             }
         }
         let current = self.membership();
-        let mut retired = self.lock_retired();
         let mut changed = Vec::new();
         let mut added = Vec::new();
-        let mut members = Vec::with_capacity(desired.len());
+        let mut backends = Vec::with_capacity(desired.len());
         for (id, address, weight, source) in desired {
             let existing = current
                 .backends
                 .iter()
-                .find(|b| b.id == id)
+                .find(|b| *b.id() == id)
                 .cloned()
-                .or_else(|| retired.iter().position(|b| b.id == id).map(|i| retired.remove(i)));
+                .or_else(|| members.retired.iter().position(|b| *b.id() == id).map(|i| members.retired.remove(i)));
             let backend = match existing {
                 Some(backend) => {
                     backend.set_address(address);
                     backend.set_weight(weight);
-                    let mut health = backend.lock_health();
-                    if health.removed {
+                    let mut state = backend.state();
+                    if state.health.removed {
                         // Back in the config or DNS before its drain ended: it stays.
-                        health.removed = false;
+                        state.health.removed = false;
                         changed.push(backend.clone());
                     }
-                    drop(health);
+                    drop(state);
                     backend
                 }
                 None => {
-                    let metrics = self.ctx.metrics.backend(&self.name, &id);
-                    let backend = Arc::new(Backend::new(id, address, weight, source, joining, metrics));
-                    self.ctx.metrics.state_change(&self.name, &backend.id, None, backend.live.availability().as_str());
-                    tracing::info!(upstream = %self.name, backend = %backend.id, state = backend.live.availability().as_str(), "backend added");
+                    let metrics = self.deps.metrics.backend(&self.name, &id);
+                    let health = health::HealthState::new(joining);
+                    let backend = Arc::new(BackendHandle::new(id, address, weight, source, health, metrics));
+                    let state = backend.availability().as_str();
+                    self.deps.metrics.state_change(&self.name, backend.id(), None, state);
+                    tracing::info!(upstream = %self.name, backend = %backend.id(), state, "backend added");
                     added.push(backend.clone());
                     backend
                 }
             };
-            members.push(backend);
+            backends.push(backend);
         }
         for old in &current.backends {
-            if !members.iter().any(|b| Arc::ptr_eq(b, old)) {
-                tracing::info!(upstream = %self.name, backend = %old.id, "backend removed: draining");
-                old.lock_health().removed = true;
-                retired.push(old.clone());
+            if !backends.iter().any(|b| Arc::ptr_eq(b, old)) {
+                tracing::info!(upstream = %self.name, backend = %old.id(), "backend removed: draining");
+                old.state().health.removed = true;
+                members.retired.push(old.clone());
                 changed.push(old.clone());
             }
         }
-        drop(retired);
-        self.membership.store(Arc::new(build_membership(members, &config, key)));
+        self.membership.store(Arc::new(build_membership(backends, config, &members.cookie_key.1)));
         (changed, added)
-    }
-
-    fn singleton_flag(&self, which: Singleton) -> &std::sync::atomic::AtomicBool {
-        match which {
-            Singleton::Checker => &self.checker_running,
-            Singleton::Discovery => &self.discovery_running,
-        }
     }
 
     /// Run `task` while the config `wants` it, with at most one instance at a time: a reload
     /// that turns it on starts it, one that turns it off lets it end at its next round.
-    pub(crate) fn keep_one<F, Fut>(self: &Arc<Self>, which: Singleton, wants: fn(&UpstreamConfig) -> bool, task: F)
+    fn keep_one<F, Fut>(self: &Arc<Self>, which: Singleton, wants: fn(&UpstreamConfig) -> bool, task: F)
     where
         F: Fn(Arc<Upstream>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
     {
-        let claim = move |u: &Upstream| !u.singleton_flag(which).swap(true, Ordering::AcqRel);
-        if !wants(&self.config()) || !claim(self) {
+        let claim = move |u: &Upstream| !u.background.flag(which).swap(true, Ordering::AcqRel);
+        if !wants(&self.settings().config) || !claim(self) {
             return;
         }
         let upstream = self.clone();
-        let tasks = upstream.ctx.tasks.clone();
-        tasks.spawn(async move {
+        self.deps.tasks.spawn(async move {
             loop {
                 task(upstream.clone()).await;
-                upstream.singleton_flag(which).store(false, Ordering::Release);
+                upstream.background.flag(which).store(false, Ordering::Release);
                 // A reload may have turned it back on between the task ending and the release.
-                let wanted = wants(&upstream.config()) && !upstream.cancel.is_cancelled();
+                let wanted = wants(&upstream.settings().config) && !upstream.background.cancel.is_cancelled();
                 if !wanted || !claim(&upstream) {
                     return;
                 }
@@ -313,29 +348,17 @@ impl Upstream {
         });
     }
 
-    pub fn config(&self) -> Arc<UpstreamConfig> {
-        self.config.load_full()
+    /// Fires when the upstream's own background work must stop.
+    fn cancelled(&self) -> &CancellationToken {
+        &self.background.cancel
     }
 
-    pub fn policy(&self) -> Arc<AffinityPolicy> {
-        self.policy.load_full()
-    }
-
-    pub fn membership(&self) -> Arc<Membership> {
-        self.membership.load_full()
-    }
-
-    pub fn cancelled(&self) -> &CancellationToken {
-        &self.cancel
-    }
-
-    /// Decide where a request goes. Keep the returned membership for the whole request: the
-    /// decision's indices refer to it.
-    pub fn route(&self, facts: &balance::RequestFacts<'_>) -> (Arc<Membership>, Arc<AffinityPolicy>, Decision) {
+    /// Decide where a request goes; the route keeps the snapshot the decision was made on.
+    pub(crate) fn route(self: &Arc<Self>, facts: &balance::RequestFacts<'_>) -> Route {
         let membership = self.membership();
-        let policy = self.policy();
-        let decision = balance::route(facts, &policy, &membership.set, SystemTime::now(), &mut rand::rng());
-        let counters = &self.affinity_counters;
+        let settings = self.settings();
+        let decision = balance::route(facts, &settings.policy, &membership.set, SystemTime::now(), &mut rand::rng());
+        let counters = &self.affinity;
         match decision.reason() {
             balance::Reason::Key => counters.key.inc(),
             balance::Reason::Cookie => counters.cookie.inc(),
@@ -346,127 +369,117 @@ impl Upstream {
             counters.panic.inc();
             tracing::warn!(upstream = %self.name, "no active backend: panic mode, sending new sessions to draining backends");
         }
-        (membership, policy, decision)
+        Route::new(self.clone(), membership, settings, decision)
     }
 
     /// Current members and retired (still draining) backends.
-    pub fn all_backends(&self) -> Vec<Arc<Backend>> {
+    pub(crate) fn all_backends(&self) -> Vec<Arc<BackendHandle>> {
         let mut all = self.membership().backends.clone();
-        all.extend(self.lock_retired().iter().cloned());
+        all.extend(self.members.lock().retired.iter().cloned());
         all
     }
 
-    pub fn backend(&self, id: &str) -> Option<Arc<Backend>> {
-        self.all_backends().into_iter().find(|b| &*b.id == id)
-    }
-
-    fn lock_retired(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Backend>>> {
-        self.retired.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn backend(&self, id: &str) -> Option<Arc<BackendHandle>> {
+        self.all_backends().into_iter().find(|b| &**b.id() == id)
     }
 
     /// Operator drain: sticky until [`Upstream::undrain`].
-    pub fn drain(self: &Arc<Self>, backend: &Arc<Backend>) {
-        backend.lock_health().admin_drained = true;
+    pub(crate) fn drain(self: &Arc<Self>, backend: &Arc<BackendHandle>) {
+        backend.state().health.admin_drained = true;
         self.refresh(backend);
     }
 
-    pub fn undrain(self: &Arc<Self>, backend: &Arc<Backend>) {
-        backend.lock_health().admin_drained = false;
+    pub(crate) fn undrain(self: &Arc<Self>, backend: &Arc<BackendHandle>) {
+        backend.state().health.admin_drained = false;
         self.refresh(backend);
     }
 
-    pub fn on_check(self: &Arc<Self>, backend: &Arc<Backend>, outcome: CheckOutcome) {
-        let Some(policy) = self.config().health_check.clone() else { return };
-        if let CheckOutcome::Failed(why) = &outcome {
-            tracing::debug!(upstream = %self.name, backend = %backend.id, reason = %why, "health check failed");
+    fn on_check(self: &Arc<Self>, backend: &Arc<BackendHandle>, outcome: health::CheckOutcome) {
+        let Some(policy) = self.settings().config.health_check.clone() else { return };
+        if let health::CheckOutcome::Failed(why) = &outcome {
+            tracing::debug!(upstream = %self.name, backend = %backend.id(), reason = %why, "health check failed");
         }
-        backend.lock_health().on_check(outcome, &policy);
+        backend.state().health.on_check(outcome, &policy);
         self.refresh(backend);
     }
 
-    pub fn on_connect_failure(self: &Arc<Self>, backend: &Arc<Backend>) {
-        backend.metrics.connect_failures.inc();
-        let passive = self.config().passive.clone();
-        let ejected_until = backend.lock_health().on_connect_failure(Instant::now(), &passive);
+    pub(crate) fn on_connect_failure(self: &Arc<Self>, backend: &Arc<BackendHandle>) {
+        backend.metrics().connect_failures.inc();
+        let passive = self.settings().config.passive.clone();
+        let ejected_until = backend.state().health.on_connect_failure(Instant::now(), &passive);
         self.refresh(backend);
         if let Some(until) = ejected_until {
-            tracing::warn!(upstream = %self.name, backend = %backend.id, for_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "backend ejected after consecutive connect failures");
+            tracing::warn!(upstream = %self.name, backend = %backend.id(), for_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "backend ejected after consecutive connect failures");
             let (upstream, backend) = (self.clone(), backend.clone());
-            self.ctx.tasks.spawn(async move {
+            self.deps.tasks.spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until.into()) => upstream.refresh(&backend),
-                    _ = upstream.cancel.cancelled() => {}
+                    _ = upstream.cancelled().cancelled() => {}
                 }
             });
         }
     }
 
-    pub fn on_connect_success(&self, backend: &Backend) {
-        backend.lock_health().on_connect_success(Instant::now());
+    pub(crate) fn on_connect_success(&self, backend: &BackendHandle) {
+        backend.state().health.on_connect_success(Instant::now());
     }
 
-    /// Recompute a backend's availability from its health and apply what a change implies.
-    pub fn refresh(self: &Arc<Self>, backend: &Arc<Backend>) {
-        let now = Instant::now();
-        let (old, new, reason) = {
-            // The health lock serialises concurrent refreshes of one backend.
-            let health = backend.lock_health();
-            let new = health.availability(now);
-            let old = backend.live.set_availability(new);
-            (old, new, drain_reason(&health))
+    /// Recompute a backend's availability from its health, record the change (state, metrics,
+    /// the first drain round) and report it.
+    fn refresh(self: &Arc<Self>, backend: &Arc<BackendHandle>) {
+        let (old, new) = {
+            // The state lock serialises concurrent refreshes of one backend.
+            let mut state = backend.state();
+            let new = state.health.availability(Instant::now());
+            let old = backend.live().set_availability(new);
+            if old != new {
+                state.status.availability = new;
+                state.status.since = SystemTime::now();
+                if new != Availability::Draining {
+                    state.status.drain = None;
+                }
+            }
+            (old, new)
         };
         if old == new {
             return;
         }
-        backend.epoch.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut status = backend.lock_status();
-            status.availability = new;
-            status.since = SystemTime::now();
-            if new != Availability::Draining {
-                status.drain = None;
-            }
-        }
-        self.ctx.metrics.state_change(&self.name, &backend.id, Some(old.as_str()), new.as_str());
-        tracing::info!(upstream = %self.name, backend = %backend.id, from = old.as_str(), to = new.as_str(), "backend state changed");
+        self.deps.metrics.state_change(&self.name, backend.id(), Some(old.as_str()), new.as_str());
+        tracing::info!(upstream = %self.name, backend = %backend.id(), from = old.as_str(), to = new.as_str(), "backend state changed");
         if new != Availability::Active {
             // Pooled connections are not reused on a backend that takes no new sessions.
-            backend.pool.clear();
+            backend.pool().clear();
         }
-        if new == Availability::Draining {
-            crate::lifecycle::drain::start(self, backend, reason);
-        } else if old == Availability::Draining {
-            crate::lifecycle::drain::cancel(backend);
+        if new == Availability::Draining && !self.cancelled().is_cancelled() {
+            // Recorded here rather than when the drain task runs, so whoever caused the drain
+            // (an admin request) already sees its progress.
+            let reason = DrainReason::of(&backend.health());
+            backend.begin_drain_round(reason, self.settings().config.drain.timeout);
         }
-        if new == Availability::Active && self.config().rebalance.enabled {
-            crate::lifecycle::rebalance::start(self);
-        }
+        self.report(Event::Changed { upstream: self.clone(), backend: backend.clone(), from: old, to: new });
+    }
+
+    fn report(&self, event: Event) {
+        // The receiver is gone only once the proxy shuts down, when nothing reacts anyway.
+        let _ = self.deps.events.send(event);
     }
 
     /// A retired backend finished draining: forget it.
-    pub(crate) fn forget_retired(&self, backend: &Arc<Backend>) {
-        self.lock_retired().retain(|b| !Arc::ptr_eq(b, backend));
+    pub(crate) fn forget_retired(&self, backend: &Arc<BackendHandle>) {
+        self.members.lock().retired.retain(|b| !Arc::ptr_eq(b, backend));
     }
 
-    pub(crate) fn rebalance_slot(&self) -> std::sync::MutexGuard<'_, Option<CancellationToken>> {
-        self.rebalance.lock().unwrap_or_else(|e| e.into_inner())
+    /// The proxy is shutting down: stop checks, discovery and timers, and begin no new drain
+    /// rounds (every tunnel is being closed anyway).
+    pub(crate) fn stop(&self) {
+        self.background.cancel.cancel();
     }
 
-    /// Ask every open tunnel to close gracefully, spread over `drain.close_spread` (proxy
-    /// shutdown).
-    pub fn close_all_tunnels(self: &Arc<Self>) {
-        crate::lifecycle::drain::close_all(self);
-    }
-
-    /// The proxy is shutting down: stop checks, discovery and timers, and start no new drains
-    /// (every tunnel is being closed anyway).
-    pub fn stop(&self) {
-        self.shutting_down.store(true, Ordering::Release);
-        self.cancel.cancel();
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
+    /// Drop every idle pooled connection (nothing will send another request).
+    pub(crate) fn clear_pools(&self) {
+        for backend in self.all_backends() {
+            backend.pool().clear();
+        }
     }
 }
 
@@ -501,21 +514,22 @@ fn cookie_key_for(
     }
 }
 
-fn policy_for(config: &UpstreamConfig, key: &CookieKey) -> AffinityPolicy {
-    AffinityPolicy::new(&config.affinity, key.clone()).unwrap_or_else(|e| {
+fn settings_for(config: &UpstreamConfig, key: &CookieKey) -> Settings {
+    let policy = AffinityPolicy::new(&config.affinity, key.clone()).unwrap_or_else(|e| {
         // Config validation rejects what the policy cannot render; keep routing without the
         // cookie rather than fail if something slipped through.
         tracing::error!(upstream = %config.name, error = %e, "sticky cookie disabled");
         let mut affinity = config.affinity.clone();
         affinity.cookie = None;
         AffinityPolicy::new(&affinity, key.clone()).expect("a policy without a cookie has nothing to reject")
-    })
+    });
+    Settings { config: config.clone(), policy }
 }
 
-fn build_membership(backends: Vec<Arc<Backend>>, config: &UpstreamConfig, key: &CookieKey) -> Membership {
+fn build_membership(backends: Vec<Arc<BackendHandle>>, config: &UpstreamConfig, key: &CookieKey) -> Membership {
     let members = backends
         .iter()
-        .map(|b| Member { id: BackendId::new(b.id.clone()), weight: b.weight(), live: b.live.clone() })
+        .map(|b| Member { id: BackendId::new(b.id().clone()), weight: b.weight(), live: b.live().clone() })
         .collect();
     Membership { set: BackendSet::new(members, &config.affinity.hash, key), backends }
 }

@@ -7,16 +7,16 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
+use super::body::UpstreamBody;
 use crate::config::BackendAddress;
-use crate::proxy::body::UpstreamBody;
 
 /// Idle connections kept per backend. Enough for bursts; beyond it connections close rather
 /// than pile up against a backend's own limits.
@@ -55,7 +55,7 @@ impl Pool {
     /// The most recently used idle connection that is still open, if any.
     pub fn take(&self) -> Option<Sender> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle.lock();
         while let Some((sender, since)) = idle.pop_back() {
             if !sender.is_closed() && now.duration_since(since) < POOL_IDLE {
                 return Some(sender);
@@ -69,7 +69,7 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle.lock();
         while idle.front().is_some_and(|(s, since)| s.is_closed() || now.duration_since(*since) >= POOL_IDLE) {
             idle.pop_front();
         }
@@ -80,7 +80,7 @@ impl Pool {
 
     /// Drop every idle connection (the backend is draining or gone).
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.idle.lock().clear();
     }
 }
 
@@ -114,20 +114,28 @@ pub async fn connect_tcp(address: &BackendAddress, timeout: Duration) -> Result<
     tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err(ConnectError::Timeout(text.clone())))
 }
 
-/// A new HTTP/1.1 connection. Its driver task is owned by `tasks`; with `upgrades` it hands
-/// the socket over after a `101`.
-pub async fn connect_http1(
+/// What a new backend connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Requests, then back to the pool.
+    Requests,
+    /// One WebSocket upgrade: the socket is handed over after a `101`.
+    Upgrade,
+}
+
+/// A new HTTP/1.1 connection. Its driver task is owned by `tasks`.
+pub(crate) async fn connect_http1(
     address: &BackendAddress,
     timeout: Duration,
     tasks: &TaskTracker,
-    upgrades: bool,
+    purpose: Purpose,
 ) -> Result<Sender, ConnectError> {
     let stream = connect_tcp(address, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(address.to_string(), e))?;
-    if upgrades {
+    if purpose == Purpose::Upgrade {
         tasks.spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");

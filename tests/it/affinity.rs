@@ -89,7 +89,7 @@ impl Stack {
     /// One series of the proxy's Prometheus text, e.g.
     /// `tether_affinity_decisions_total{upstream="app",reason="key"}`; 0 when absent.
     fn metric(&self, series: &str) -> u64 {
-        metric(&self.proxy.running.proxy().metrics().encode(), series)
+        metric(&self.proxy.running.proxy().metrics_text(), series)
     }
 
     fn decisions(&self, reason: &str) -> u64 {
@@ -98,10 +98,7 @@ impl Stack {
 
     /// Where the ring sends `key` now, read from the proxy's own membership snapshot.
     fn home_of(&self, key: &str) -> String {
-        let upstream = self.proxy.running.proxy().runtime().upstreams["app"].clone();
-        let membership = upstream.membership();
-        let i = membership.set.home_of(key).expect("a usable backend");
-        membership.backends[i].id.to_string()
+        self.proxy.running.proxy().home_of("app", key).expect("a usable backend")
     }
 
     async fn admin_post(&self, path: &str) -> Reply {
@@ -347,7 +344,7 @@ async fn two_hundred_users_never_leave_their_backend_when_pinned_by_cookie() {
     let reply = client::get(addr, "/", &[]).await;
     let set = reply.header("set-cookie").expect("a pin").to_owned();
     let pin = sticky_cookie(&reply.headers).expect("our cookie");
-    assert_eq!(set, format!("{COOKIE}={pin}; Path=/; HttpOnly; SameSite=Lax"));
+    assert_eq!(set, format!("{COOKIE}={pin}; HttpOnly; SameSite=Lax; Path=/"));
     for backend in &stack.backends {
         assert!(!pin.contains(&backend.id) && !pin.contains(&backend.addr.port().to_string()), "{pin}");
     }
@@ -457,8 +454,7 @@ async fn a_hot_key_with_bounded_loads_never_pushes_a_backend_over_the_bound() {
     let affinity = "      key: [ { header: X-User-Id } ]\n      hash: { balance_factor: 1.25 }\n";
     let stack = Stack::start(3, affinity, "").await;
     let addr = stack.public();
-    let upstream = stack.proxy.running.proxy().runtime().upstreams["app"].clone();
-    let membership = upstream.membership();
+    let proxy = stack.proxy.running.proxy();
     let bound = |total: u32| (FACTOR * f64::from(total) / 3.0 - 1e-9).ceil() as u32;
 
     // Sample the proxy's own load counters (active requests + tunnels, reserved at decision
@@ -468,8 +464,8 @@ async fn a_hot_key_with_bounded_loads_never_pushes_a_backend_over_the_bound() {
     let sampler = async {
         let (mut samples, mut worst) = (0u32, Vec::new());
         while !done.load(Ordering::Acquire) {
-            let loads: Vec<u32> = membership.backends.iter().map(|b| b.live.load()).collect();
-            let total: u32 = membership.backends.iter().map(|b| b.live.load()).sum();
+            let loads: Vec<u32> = proxy.loads("app").iter().map(|b| b.load).collect();
+            let total: u32 = proxy.loads("app").iter().map(|b| b.load).sum();
             if loads.iter().any(|&l| l > bound(total)) {
                 worst.push((loads, total));
             }
@@ -620,7 +616,7 @@ async fn membership_changes_move_only_the_users_they_must() {
             .expect("rewrite config");
     };
     write(&list);
-    assert_eq!(stack.proxy.running.reload().await, Ok(2));
+    assert_eq!(stack.proxy.running.reload().await.ok(), Some(2));
     assert_eq!(where_all(&mut conn, &users).await, before, "a new address moves no one");
     let app1_users = before.iter().filter(|b| *b == "app-1").count();
     assert_eq!(moved_app1.requests.load(Ordering::SeqCst), app1_users);
@@ -630,7 +626,7 @@ async fn membership_changes_move_only_the_users_they_must() {
     let app4 = EchoBackend::start("app-4").await;
     list.push(("app-4", app4.addr));
     write(&list);
-    assert_eq!(stack.proxy.running.reload().await, Ok(3));
+    assert_eq!(stack.proxy.running.reload().await.ok(), Some(3));
     let after = where_all(&mut conn, &users).await;
     let mut moved = 0;
     for ((user, was), now) in users.iter().zip(&before).zip(&after) {
@@ -686,7 +682,7 @@ async fn a_cookie_for_a_backend_removed_by_reload_is_repinned() {
     let pin = stack.cookie_for("app-3").await;
     let yaml = config(&Stack::list(&stack.backends[..2]), COOKIE_ONLY, "");
     std::fs::write(stack.proxy.dir.path().join("tether.yaml"), yaml).expect("rewrite config");
-    assert_eq!(stack.proxy.running.reload().await, Ok(2));
+    assert_eq!(stack.proxy.running.reload().await.ok(), Some(2));
     let before = stack.backend("app-3").requests.load(Ordering::SeqCst);
 
     let reply = client::get(addr, "/", &[("cookie", &format!("{COOKIE}={pin}"))]).await;
@@ -882,7 +878,7 @@ async fn a_refused_connection_to_the_first_candidate_is_retried_on_the_next() {
     let app1 = doc["backends"].as_array().and_then(|l| l.iter().find(|b| b["id"] == "app-1")).expect("app-1");
     assert_eq!(app1["totals"]["connect_failures"], 3, "{app1}");
     assert_eq!(app1["totals"]["requests"], 0, "{app1}");
-    let text = proxy.running.proxy().metrics().encode();
+    let text = proxy.running.proxy().metrics_text();
     assert_eq!(metric(&text, r#"tether_backend_connect_failures_total{upstream="app",backend="app-1"}"#), 3);
 }
 
@@ -987,7 +983,7 @@ async fn the_pin_is_secure_on_tls_listeners_and_holds_over_http2() {
     assert_eq!(first.status, StatusCode::OK);
     let set = first.header("set-cookie").expect("a pin over TLS").to_owned();
     let pin = sticky_cookie(&first.headers).expect("our cookie");
-    assert_eq!(set, format!("{COOKIE}={pin}; Path=/; Secure; HttpOnly; SameSite=Lax"));
+    assert_eq!(set, format!("{COOKIE}={pin}; HttpOnly; SameSite=Lax; Secure; Path=/"));
     for _ in 0..5 {
         let crumbs = ["theme=dark".to_owned(), format!("{COOKIE}={pin}"), "lang=en".to_owned()];
         let again = client::send_h2(&mut h2, get(&crumbs)).await;

@@ -186,9 +186,7 @@ async fn stompjs_works_through_the_proxy_and_reconnects_after_a_drain() {
     let first = next_event(&mut lines, "subscribed").await;
     let first_instance = first["instance"].as_str().expect("instance").to_owned();
     let other = if first_instance == "app-1" { "app-2" } else { "app-1" };
-    let upstream = proxy.running.proxy().runtime().upstreams["app"].clone();
-    let backend = upstream.backend(&first_instance).expect("backend");
-    upstream.drain(&backend);
+    assert!(proxy.running.proxy().drain("app", &first_instance), "backend {first_instance} exists");
     let closed = next_event(&mut lines, "closed").await;
     assert_eq!(closed["code"], 1001, "a clean close, not a dropped connection");
     let second = next_event(&mut lines, "subscribed").await;

@@ -44,7 +44,7 @@ fn yaml_with_listeners(listeners: &str, backends: &[(&str, SocketAddr)], upstrea
 /// Write `yaml` over the proxy's config file and reload it.
 async fn reload(proxy: &TestProxy, yaml: &str) -> Result<u64, String> {
     std::fs::write(proxy.dir.path().join("tether.yaml"), yaml).expect("write config");
-    within("reload", proxy.running.reload()).await
+    within("reload", proxy.running.reload()).await.map_err(|e| e.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

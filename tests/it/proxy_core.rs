@@ -368,7 +368,7 @@ async fn websocket_echo_through_the_proxy_over_ws() {
     ws_echo_roundtrip(&mut ws).await;
     drop(ws);
     within("tunnel to be unregistered", async {
-        while !proxy.running.proxy().runtime().upstreams["app"].membership().backends[0].tunnels.is_empty() {
+        while proxy.running.proxy().loads("app")[0].tunnels != 0 {
             tokio::task::yield_now().await;
         }
     })

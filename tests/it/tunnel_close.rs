@@ -45,7 +45,7 @@ impl Relay {
     async fn start() -> Self {
         let (client_tcp, proxy_client) = pair().await;
         let (proxy_backend, backend_tcp) = pair().await;
-        let registry = Arc::new(TunnelRegistry::default());
+        let registry = Arc::new(TunnelRegistry::new(Arc::default()));
         let registration = registry.register(None);
         let control = registration.control().clone();
         let task = tokio::spawn(async move {

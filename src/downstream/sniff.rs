@@ -13,19 +13,19 @@ const NAME_CAP: usize = TRANSFER_ENCODING.len();
 
 /// What one request head contained, as far as framing is concerned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HeadFacts {
-    pub content_length: bool,
-    pub transfer_encoding: bool,
+pub(crate) struct HeadFacts {
+    pub(crate) content_length: bool,
+    pub(crate) transfer_encoding: bool,
 }
 
 impl HeadFacts {
-    pub fn is_length_conflict(&self) -> bool {
+    pub(crate) fn is_length_conflict(&self) -> bool {
         self.content_length && self.transfer_encoding
     }
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct HeadSniffer {
+pub(crate) struct HeadSniffer {
     /// Lines completed so far in this head (0 while reading the request line).
     lines: u32,
     /// Bytes of the current line, not counting a CR right before LF.
@@ -39,13 +39,13 @@ pub struct HeadSniffer {
 }
 
 impl HeadSniffer {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Scan `bytes`. When the head ends within them, returns the offset just past its final
     /// LF and the facts, and resets for the next head.
-    pub fn feed(&mut self, bytes: &[u8]) -> Option<(usize, HeadFacts)> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Option<(usize, HeadFacts)> {
         for (i, &b) in bytes.iter().enumerate() {
             match b {
                 b'\n' => {

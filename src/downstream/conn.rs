@@ -1,4 +1,4 @@
-//! One client connection's I/O wrapper and the facts the proxy needs about it.
+//! One client connection's I/O wrapper and its phases.
 //!
 //! Owns: [`ConnIo`], which counts bytes and notices when a request head starts and ends, and
 //! [`ConnState`], shared with the request handler, which says whether the connection is idle,
@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::Protocol;
 use super::sniff::HeadSniffer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// No request in flight and no byte of the next one seen: the `idle` timeout applies.
     Idle,
     /// Bytes of a request head are arriving: the `header_read` timeout applies.
@@ -30,7 +31,7 @@ pub enum Phase {
 
 /// What a connection's watchdog must do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Nothing,
     /// No request for `idle`: finish the connection gracefully.
     CloseIdle,
@@ -42,7 +43,7 @@ pub enum Action {
 /// The `idle` / `header_read` policy, pure: what to do at `now` for a connection that entered
 /// `phase` at `since`, and when to look again. Phases change without waking the watchdog, so it
 /// looks again at least every `header_read`.
-pub fn watchdog(
+pub(crate) fn watchdog(
     phase: Phase,
     since: Instant,
     now: Instant,
@@ -66,7 +67,7 @@ pub fn watchdog(
 
 /// Shared between the connection's I/O, its request handler and its timeout watchdog.
 #[derive(Debug)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     epoch: Instant,
     phase: AtomicU8,
     /// Milliseconds after `epoch` when `phase` last changed.
@@ -78,18 +79,18 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub fn new(is_http1: bool) -> Self {
+    pub(crate) fn new(protocol: Protocol) -> Self {
         Self {
             epoch: Instant::now(),
             phase: AtomicU8::new(Phase::Idle as u8),
             phase_since_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             length_conflict: AtomicBool::new(false),
-            is_http1,
+            is_http1: protocol == Protocol::Http1,
         }
     }
 
-    pub fn phase(&self) -> (Phase, Instant) {
+    pub(crate) fn phase(&self) -> (Phase, Instant) {
         let phase = match self.phase.load(Ordering::Acquire) {
             0 => Phase::Idle,
             1 => Phase::Head,
@@ -106,13 +107,13 @@ impl ConnState {
     }
 
     /// A request head was parsed and handed to the proxy.
-    pub fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.set_phase(Phase::Busy);
     }
 
     /// A response was fully written (or abandoned).
-    pub fn request_finished(&self) {
+    pub(crate) fn request_finished(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.set_phase(Phase::Idle);
         }
@@ -120,7 +121,7 @@ impl ConnState {
 
     /// Whether the head of the request just parsed carried both Content-Length and
     /// Transfer-Encoding (see [`super::sniff`]); reading clears it.
-    pub fn take_length_conflict(&self) -> bool {
+    pub(crate) fn take_length_conflict(&self) -> bool {
         self.length_conflict.swap(false, Ordering::AcqRel)
     }
 
@@ -146,7 +147,7 @@ impl ConnState {
 }
 
 /// The client stream as hyper sees it.
-pub struct ConnIo<S> {
+pub(crate) struct ConnIo<S> {
     inner: S,
     state: Arc<ConnState>,
     sniffer: HeadSniffer,
@@ -156,12 +157,12 @@ pub struct ConnIo<S> {
 }
 
 impl<S> ConnIo<S> {
-    pub fn with_prefix(inner: S, state: Arc<ConnState>, prefix: Vec<u8>) -> Self {
+    pub(crate) fn with_prefix(inner: S, state: Arc<ConnState>, prefix: Vec<u8>) -> Self {
         Self { inner, state, sniffer: HeadSniffer::new(), prefix, prefix_read: 0 }
     }
 
     /// The stream, once hyper hands it back after a WebSocket upgrade.
-    pub fn into_inner(self) -> S {
+    pub(crate) fn into_inner(self) -> S {
         self.inner
     }
 }
@@ -222,7 +223,7 @@ mod tests {
 
     #[test]
     fn phases_follow_bytes_and_requests() {
-        let state = ConnState::new(true);
+        let state = ConnState::new(Protocol::Http1);
         let mut sniffer = HeadSniffer::new();
         assert_eq!(state.phase().0, Phase::Idle);
         state.on_bytes_read(&mut sniffer, b"GET / HTTP/1.1\r\n");
@@ -257,7 +258,7 @@ mod tests {
 
     #[test]
     fn http2_connections_have_no_head_phase() {
-        let state = ConnState::new(false);
+        let state = ConnState::new(Protocol::Http2);
         let mut sniffer = HeadSniffer::new();
         state.on_bytes_read(&mut sniffer, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         assert_eq!(state.phase().0, Phase::Idle);

@@ -1,0 +1,57 @@
+//! Client connections: what the accept side and the request path share about one connection.
+//!
+//! Owns: [`ClientConn`] (the facts every request on a connection needs), [`conn::ConnState`]
+//! and [`conn::ConnIo`] (phases of the connection, read from the bytes hyper reads, which the
+//! `idle` / `header_read` watchdog turns into timeouts) and [`sniff`] (framing facts hyper
+//! normalises away). Must not: accept connections (that is `server`) or interpret requests
+//! (that is `proxy`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::metrics::Metrics;
+
+pub(crate) mod conn;
+pub(crate) mod sniff;
+
+pub(crate) use conn::{Action, ConnIo, ConnState, watchdog};
+
+/// The HTTP version a client connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Facts about one client connection, shared by its requests.
+pub(crate) struct ClientConn {
+    pub(crate) peer: SocketAddr,
+    pub(crate) listener: Arc<str>,
+    pub(crate) is_tls: bool,
+    pub(crate) state: Arc<ConnState>,
+    /// The connection's slot under `limits.max_connections`; a WebSocket tunnel takes it over
+    /// when the HTTP connection is handed to it.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl ClientConn {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        listener: Arc<str>,
+        is_tls: bool,
+        state: Arc<ConnState>,
+        permit: OwnedSemaphorePermit,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { peer, listener, is_tls, state, permit: Mutex::new(Some(permit)), metrics }
+    }
+
+    /// The connection slot, for a tunnel that outlives the HTTP connection.
+    pub(crate) fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permit.lock().take()
+    }
+}

@@ -1,0 +1,108 @@
+//! Why a request was answered by tether itself: [`ProxyError`], and the one place it becomes
+//! a response and a log line.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::ClientBody;
+use super::exchange::Exchange;
+use super::headers::Malformed;
+use crate::report::Chain;
+
+/// Everything on the request path that ends in an answer from tether rather than a backend.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    /// The request is ambiguous or invalid; it never reaches a backend, and the connection
+    /// closes (its framing cannot be trusted).
+    #[error("bad request: {0}")]
+    Malformed(#[from] Malformed),
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// No backend of the upstream takes new sessions.
+    #[error("no backend available")]
+    NoBackend,
+    /// Every candidate refused the connection (each failure was logged where it happened).
+    #[error("bad gateway")]
+    Unreachable,
+    /// The backend failed after the request was sent; nothing is retried once bytes left.
+    #[error("bad gateway")]
+    BackendFailed(#[source] hyper::Error),
+    /// No response head within `timeouts.request`.
+    #[error("gateway timeout")]
+    BackendTimeout(Duration),
+}
+
+impl ProxyError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unreachable | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The connection must not carry another request after this answer.
+    fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::Malformed(_))
+    }
+
+    /// The answer: a short plain-text body that never names a backend address. The failure is
+    /// logged here, once, with what `ex` knows (upstream, backend).
+    pub(crate) fn into_response(self, mut ex: Exchange) -> Response<ClientBody> {
+        let upstream = ex.upstream.as_deref().unwrap_or("");
+        let backend = ex.backend.as_ref().map_or("", |b| &**b.id());
+        match &self {
+            ProxyError::BackendFailed(e) => {
+                tracing::warn!(upstream, backend, error = %Chain(e), "backend request failed");
+            }
+            ProxyError::BackendTimeout(timeout) => {
+                tracing::warn!(
+                    upstream,
+                    backend,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "backend response timed out"
+                );
+            }
+            ProxyError::Malformed(problem) => tracing::debug!(client = %ex.client(), %problem, "malformed request"),
+            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::Unreachable => {}
+        }
+        let status = self.status();
+        ex.status = status.as_u16();
+        let close = self.closes_connection();
+        let mut resp = Response::new(ClientBody::full(format!("{self}\n"), Some(ex)));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_status() {
+        assert_eq!(ProxyError::Malformed(Malformed::ManyHosts).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
+        assert_eq!(ProxyError::NoBackend.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ProxyError::Unreachable.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(ProxyError::BackendTimeout(Duration::from_secs(1)).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(ProxyError::Malformed(Malformed::ManyHosts).closes_connection());
+        assert!(!ProxyError::NoBackend.closes_connection());
+    }
+
+    #[test]
+    fn bodies_say_what_happened_without_addresses() {
+        assert_eq!(ProxyError::Malformed(Malformed::ManyHosts).to_string(), "bad request: several Host headers");
+        assert_eq!(ProxyError::NoRoute.to_string(), "no route for this host and path");
+        assert_eq!(ProxyError::Unreachable.to_string(), "bad gateway");
+    }
+}
