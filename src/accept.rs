@@ -33,8 +33,13 @@ pub fn announce(name: &str, addr: SocketAddr) {
 /// Accept on `listener` until `stop`. Each connection goes to `serve`, which either returns
 /// the future serving it (spawned on `tasks`) or `None` when it dealt with the connection
 /// itself (refused it, say).
-pub async fn run<F, Fut>(listener: TcpListener, name: &str, stop: CancellationToken, tasks: TaskTracker, mut serve: F)
-where
+pub(crate) async fn run<F, Fut>(
+    listener: TcpListener,
+    name: &str,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    mut serve: F,
+) where
     F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
     Fut: Future<Output = ()> + Send + 'static,
 {

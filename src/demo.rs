@@ -21,20 +21,20 @@ use crate::app::{AppArgs, AppListeners, Fanout, LocalBus};
 pub struct DemoArgs {
     /// Where the proxy listens for browsers.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Where the admin listener (status page, metrics, admin API) listens.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
-    pub admin: SocketAddr,
+    pub(crate) admin: SocketAddr,
     /// Fan messages out through this Redis instead of the in-process bus.
     #[arg(long, value_name = "URL")]
-    pub redis: Option<String>,
+    pub(crate) redis: Option<String>,
 }
 
 /// Backend ids, in order.
 const INSTANCES: [&str; 2] = ["app-1", "app-2"];
 
 /// The proxy config of the demo, over backends at `backends`.
-pub fn config_yaml(listen: SocketAddr, admin: SocketAddr, backends: &[SocketAddr]) -> String {
+pub(crate) fn config_yaml(listen: SocketAddr, admin: SocketAddr, backends: &[SocketAddr]) -> String {
     let mut yaml = format!(
         r#"# tether demo: generated at startup.
 listeners:

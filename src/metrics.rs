@@ -13,68 +13,68 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamLabels {
-    pub upstream: Arc<str>,
+pub(crate) struct UpstreamLabels {
+    pub(crate) upstream: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BackendLabels {
-    pub upstream: Arc<str>,
-    pub backend: Arc<str>,
+pub(crate) struct BackendLabels {
+    pub(crate) upstream: Arc<str>,
+    pub(crate) backend: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub upstream: Arc<str>,
-    pub backend: Arc<str>,
+pub(crate) struct RequestLabels {
+    pub(crate) upstream: Arc<str>,
+    pub(crate) backend: Arc<str>,
     /// `1xx` .. `5xx`.
-    pub class: &'static str,
+    pub(crate) class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
-    pub upstream: Arc<str>,
-    pub backend: Arc<str>,
+pub(crate) struct DirectionLabels {
+    pub(crate) upstream: Arc<str>,
+    pub(crate) backend: Arc<str>,
     /// `in` (client to backend) or `out` (backend to client).
-    pub direction: &'static str,
+    pub(crate) direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub upstream: Arc<str>,
-    pub backend: Arc<str>,
-    pub state: &'static str,
+pub(crate) struct StateLabels {
+    pub(crate) upstream: Arc<str>,
+    pub(crate) backend: Arc<str>,
+    pub(crate) state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub upstream: Arc<str>,
+pub(crate) struct ReasonLabels {
+    pub(crate) upstream: Arc<str>,
     /// `key`, `cookie`, `fallback`, `repin`, `bounded_load_skip`, `panic`.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CloseLabels {
-    pub upstream: Arc<str>,
-    pub code: u16,
+pub(crate) struct CloseLabels {
+    pub(crate) upstream: Arc<str>,
+    pub(crate) code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
+pub(crate) struct ResultLabels {
     /// `ok` or `error`.
-    pub result: &'static str,
+    pub(crate) result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabels {
-    pub listener: Arc<str>,
+pub(crate) struct ListenerLabels {
+    pub(crate) listener: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectedLabels {
-    pub listener: Arc<str>,
+pub(crate) struct RejectedLabels {
+    pub(crate) listener: Arc<str>,
     /// The answer: `400` (malformed) or `404` (no route).
-    pub status: u16,
+    pub(crate) status: u16,
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -86,27 +86,27 @@ const LIFETIME_BUCKETS: [f64; 10] =
     [1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0];
 
 /// Every metric tether exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: Family<UpstreamLabels, Histogram>,
-    pub tunnels_open: Family<BackendLabels, Gauge>,
-    pub tunnels_total: Family<BackendLabels, Counter>,
-    pub tunnel_lifetime: Family<BackendLabels, Histogram>,
-    pub bytes: Family<DirectionLabels, Counter>,
-    pub affinity: Family<ReasonLabels, Counter>,
-    pub backend_state: Family<StateLabels, Gauge>,
-    pub state_changes: Family<StateLabels, Counter>,
-    pub connect_failures: Family<BackendLabels, Counter>,
-    pub drains_started: Family<BackendLabels, Counter>,
-    pub drains_finished: Family<BackendLabels, Counter>,
-    pub closes_sent: Family<CloseLabels, Counter>,
-    pub rebalance_closes: Family<UpstreamLabels, Counter>,
-    pub reloads: Family<ResultLabels, Counter>,
-    pub config_generation: Gauge,
-    pub connections_open: Family<ListenerLabels, Gauge>,
-    pub connections_refused: Family<ListenerLabels, Counter>,
-    pub rejected: Family<RejectedLabels, Counter>,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) request_duration: Family<UpstreamLabels, Histogram>,
+    pub(crate) tunnels_open: Family<BackendLabels, Gauge>,
+    pub(crate) tunnels_total: Family<BackendLabels, Counter>,
+    pub(crate) tunnel_lifetime: Family<BackendLabels, Histogram>,
+    pub(crate) bytes: Family<DirectionLabels, Counter>,
+    pub(crate) affinity: Family<ReasonLabels, Counter>,
+    pub(crate) backend_state: Family<StateLabels, Gauge>,
+    pub(crate) state_changes: Family<StateLabels, Counter>,
+    pub(crate) connect_failures: Family<BackendLabels, Counter>,
+    pub(crate) drains_started: Family<BackendLabels, Counter>,
+    pub(crate) drains_finished: Family<BackendLabels, Counter>,
+    pub(crate) closes_sent: Family<CloseLabels, Counter>,
+    pub(crate) rebalance_closes: Family<UpstreamLabels, Counter>,
+    pub(crate) reloads: Family<ResultLabels, Counter>,
+    pub(crate) config_generation: Gauge,
+    pub(crate) connections_open: Family<ListenerLabels, Gauge>,
+    pub(crate) connections_refused: Family<ListenerLabels, Counter>,
+    pub(crate) rejected: Family<RejectedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,7 +116,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("tether");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "HTTP requests answered, by backend and status class", requests.clone());
@@ -216,14 +216,14 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 
-    pub fn backend(&self, upstream: &Arc<str>, backend: &Arc<str>) -> BackendMetrics {
+    pub(crate) fn backend(&self, upstream: &Arc<str>, backend: &Arc<str>) -> BackendMetrics {
         let labels = BackendLabels { upstream: upstream.clone(), backend: backend.clone() };
         let class = |class| {
             self.requests.get_or_create_owned(&RequestLabels {
@@ -254,7 +254,13 @@ impl Metrics {
 
     /// Record a state change of a backend: the old state's gauge drops to 0, the new one's
     /// rises to 1, and the change is counted.
-    pub fn state_change(&self, upstream: &Arc<str>, backend: &Arc<str>, from: Option<&'static str>, to: &'static str) {
+    pub(crate) fn state_change(
+        &self,
+        upstream: &Arc<str>,
+        backend: &Arc<str>,
+        from: Option<&'static str>,
+        to: &'static str,
+    ) {
         let labels = |state| StateLabels { upstream: upstream.clone(), backend: backend.clone(), state };
         if let Some(from) = from {
             self.backend_state.get_or_create(&labels(from)).set(0);
@@ -267,7 +273,7 @@ impl Metrics {
     /// with the configured drain code), so dashboards and alerts see them before the first
     /// event rather than "no data".
     /// Returns the upstream's affinity counters, so requests need no family lookup.
-    pub fn upstream_series(&self, upstream: &Arc<str>, close_code: u16) -> AffinityCounters {
+    pub(crate) fn upstream_series(&self, upstream: &Arc<str>, close_code: u16) -> AffinityCounters {
         let reason = |reason| self.affinity.get_or_create_owned(&ReasonLabels { upstream: upstream.clone(), reason });
         let counters = AffinityCounters {
             key: reason("key"),
@@ -284,58 +290,58 @@ impl Metrics {
 
     /// A request routed to `upstream` that no backend answered (no backend available): counted
     /// under `backend="none"`, so an outage shows in the error rate instead of silence.
-    pub fn request_without_backend(&self, upstream: &Arc<str>, status: u16) {
+    pub(crate) fn request_without_backend(&self, upstream: &Arc<str>, status: u16) {
         let class = STATUS_CLASSES[usize::from(status / 100).clamp(1, 5) - 1];
         self.requests.get_or_create(&RequestLabels { upstream: upstream.clone(), backend: "none".into(), class }).inc();
     }
 
     /// A request answered before reaching any upstream (400, 404).
-    pub fn rejected(&self, listener: &Arc<str>, status: u16) {
+    pub(crate) fn rejected(&self, listener: &Arc<str>, status: u16) {
         self.rejected.get_or_create(&RejectedLabels { listener: listener.clone(), status }).inc();
     }
 
-    pub fn close_sent(&self, upstream: &Arc<str>, code: u16) {
+    pub(crate) fn close_sent(&self, upstream: &Arc<str>, code: u16) {
         self.closes_sent.get_or_create(&CloseLabels { upstream: upstream.clone(), code }).inc();
     }
 }
 
 /// `tether_affinity_decisions_total` of one upstream, by reason.
 #[derive(Clone, Debug)]
-pub struct AffinityCounters {
-    pub key: Counter,
-    pub cookie: Counter,
-    pub fallback: Counter,
-    pub repin: Counter,
-    pub bounded_load_skip: Counter,
-    pub panic: Counter,
+pub(crate) struct AffinityCounters {
+    pub(crate) key: Counter,
+    pub(crate) cookie: Counter,
+    pub(crate) fallback: Counter,
+    pub(crate) repin: Counter,
+    pub(crate) bounded_load_skip: Counter,
+    pub(crate) panic: Counter,
 }
 
 /// Handles for one backend's metrics.
 #[derive(Clone, Debug)]
-pub struct BackendMetrics {
+pub(crate) struct BackendMetrics {
     requests: [Counter; 5],
-    pub bytes_in: Counter,
-    pub bytes_out: Counter,
-    pub tunnels_open: Gauge,
-    pub tunnels_total: Counter,
-    pub tunnel_lifetime: Histogram,
-    pub connect_failures: Counter,
-    pub drains_started: Counter,
-    pub drains_finished: Counter,
+    pub(crate) bytes_in: Counter,
+    pub(crate) bytes_out: Counter,
+    pub(crate) tunnels_open: Gauge,
+    pub(crate) tunnels_total: Counter,
+    pub(crate) tunnel_lifetime: Histogram,
+    pub(crate) connect_failures: Counter,
+    pub(crate) drains_started: Counter,
+    pub(crate) drains_finished: Counter,
 }
 
 impl BackendMetrics {
-    pub fn request(&self, status: u16) {
+    pub(crate) fn request(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests[class].inc();
     }
 
-    pub fn requests_total(&self) -> u64 {
+    pub(crate) fn requests_total(&self) -> u64 {
         self.requests.iter().map(Counter::get).sum()
     }
 
     /// Answers with status 5xx.
-    pub fn errors_total(&self) -> u64 {
+    pub(crate) fn errors_total(&self) -> u64 {
         self.requests[4].get()
     }
 }

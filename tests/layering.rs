@@ -163,6 +163,9 @@ fn files_inside_a_room_do_not_refer_to_each_other_in_a_cycle() {
 
 #[test]
 fn the_reference_scan_sees_grouped_and_plain_paths() {
-    let refs = references("use crate::{config::Config, balance};\nlet x = crate::metrics::Metrics::new();\nfoo_crate::bar", "crate::");
+    let refs = references(
+        "use crate::{config::Config, balance};\nlet x = crate::metrics::Metrics::new();\nfoo_crate::bar",
+        "crate::",
+    );
     assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["balance", "config", "metrics"]);
 }

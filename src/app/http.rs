@@ -27,7 +27,7 @@ use super::metrics::Source;
 use super::session;
 
 /// STOMP-over-WebSocket subprotocols we accept (stompjs offers them in this order).
-pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+pub(crate) const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
 
 /// Bound on reading a request head; a client idling before sending one is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

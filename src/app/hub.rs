@@ -9,28 +9,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Instance-local session number.
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// Prefix of Spring-style user destinations.
-pub const USER_PREFIX: &str = "/user/";
+pub(crate) const USER_PREFIX: &str = "/user/";
 
 /// Longest accepted user id; ids travel in headers and Redis channel names.
-pub const MAX_USER_ID_BYTES: usize = 128;
+pub(crate) const MAX_USER_ID_BYTES: usize = 128;
 
 /// One SUBSCRIBE, as the hub stores it.
 #[derive(Clone, Debug)]
-pub struct Subscriber<H> {
-    pub session: SessionId,
+pub(crate) struct Subscriber<H> {
+    pub(crate) session: SessionId,
     /// The STOMP `id` of the SUBSCRIBE (echoed as MESSAGE `subscription`).
-    pub id: Arc<str>,
+    pub(crate) id: Arc<str>,
     /// The destination as the client subscribed to it (echoed as MESSAGE `destination`); for
     /// user destinations this differs from the key (`/user/queue/x` vs `/user/alice/queue/x`).
-    pub destination: Arc<str>,
-    pub handle: H,
+    pub(crate) destination: Arc<str>,
+    pub(crate) handle: H,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SubscribeError {
+pub(crate) enum SubscribeError {
     #[error("subscription id {0:?} is already in use on this connection")]
     DuplicateId(String),
     #[error("too many subscriptions on this connection (limit {0})")]
@@ -39,7 +39,7 @@ pub enum SubscribeError {
 
 /// Subscriptions by destination key and by session.
 #[derive(Debug)]
-pub struct Hub<H> {
+pub(crate) struct Hub<H> {
     by_key: HashMap<Arc<str>, Vec<Subscriber<H>>>,
     by_session: HashMap<SessionId, HashMap<Arc<str>, Arc<str>>>,
     subscriptions: usize,
@@ -52,13 +52,18 @@ impl<H> Default for Hub<H> {
 }
 
 impl<H> Hub<H> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Adds a subscription under `key`. Returns true when `key` had no subscriber before, i.e.
     /// the instance must start listening for it on the broker.
-    pub fn subscribe(&mut self, key: &str, sub: Subscriber<H>, max_per_session: usize) -> Result<bool, SubscribeError> {
+    pub(crate) fn subscribe(
+        &mut self,
+        key: &str,
+        sub: Subscriber<H>,
+        max_per_session: usize,
+    ) -> Result<bool, SubscribeError> {
         let mine = self.by_session.entry(sub.session).or_default();
         if mine.contains_key(&sub.id) {
             return Err(SubscribeError::DuplicateId(sub.id.to_string()));
@@ -79,7 +84,7 @@ impl<H> Hub<H> {
 
     /// Removes subscription `id` of `session`. Returns its key and whether that key now has no
     /// subscriber (the instance must stop listening), or None if there was no such subscription.
-    pub fn unsubscribe(&mut self, session: SessionId, id: &str) -> Option<(Arc<str>, bool)> {
+    pub(crate) fn unsubscribe(&mut self, session: SessionId, id: &str) -> Option<(Arc<str>, bool)> {
         let mine = self.by_session.get_mut(&session)?;
         let key = mine.remove(id)?;
         if mine.is_empty() {
@@ -90,7 +95,7 @@ impl<H> Hub<H> {
     }
 
     /// Removes every subscription of `session`; returns the keys left without any subscriber.
-    pub fn remove_session(&mut self, session: SessionId) -> Vec<Arc<str>> {
+    pub(crate) fn remove_session(&mut self, session: SessionId) -> Vec<Arc<str>> {
         let Some(mine) = self.by_session.remove(&session) else {
             return Vec::new();
         };
@@ -119,20 +124,21 @@ impl<H> Hub<H> {
     }
 
     /// Everyone subscribed under `key`.
-    pub fn subscribers(&self, key: &str) -> &[Subscriber<H>] {
+    pub(crate) fn subscribers(&self, key: &str) -> &[Subscriber<H>] {
         self.by_key.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Keys with at least one subscriber.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
+    #[cfg(test)]
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
         self.by_key.keys().map(|k| &**k)
     }
 
-    pub fn destination_count(&self) -> usize {
+    pub(crate) fn destination_count(&self) -> usize {
         self.by_key.len()
     }
 
-    pub fn subscription_count(&self) -> usize {
+    pub(crate) fn subscription_count(&self) -> usize {
         self.subscriptions
     }
 }
@@ -141,7 +147,7 @@ impl<H> Hub<H> {
 /// subscribing to `/user/queue/x` listens on `/user/alice/queue/x`, which is where a SEND to
 /// `/user/alice/queue/x` goes. Every `/user/...` subscription is prefixed with the subscriber's
 /// own name, so nobody can listen on another user's destinations by subscribing to them.
-pub fn subscription_key(destination: &str, user: &str) -> String {
+pub(crate) fn subscription_key(destination: &str, user: &str) -> String {
     match destination.strip_prefix(USER_PREFIX) {
         Some(rest) => format!("{USER_PREFIX}{user}/{rest}"),
         None => destination.to_owned(),
@@ -150,7 +156,7 @@ pub fn subscription_key(destination: &str, user: &str) -> String {
 
 /// Whether `id` can name a user: it becomes a path segment of user destinations, so it must not
 /// contain `/` (that would let `a/b` collide with `a`) or control characters.
-pub fn is_valid_user_id(id: &str) -> bool {
+pub(crate) fn is_valid_user_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_USER_ID_BYTES && !id.chars().any(|c| c == '/' || c.is_control())
 }
 

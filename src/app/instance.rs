@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -21,12 +23,12 @@ use super::stomp::Limits;
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
     /// Heart-beat interval offered in CONNECTED (both directions); zero disables heart-beats.
-    pub heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
     /// Capacity of each session's outbound queue (MESSAGE frames).
-    pub outbound_queue: usize,
-    pub limits: Limits,
-    pub max_subscriptions: usize,
-    pub user_header: http::HeaderName,
+    pub(crate) outbound_queue: usize,
+    pub(crate) limits: Limits,
+    pub(crate) max_subscriptions: usize,
+    pub(crate) user_header: http::HeaderName,
 }
 
 /// Why a session is being closed from outside its own task.
@@ -41,28 +43,28 @@ pub(crate) enum CloseReason {
 /// The outside world's handle on a session: one close request, first reason wins.
 #[derive(Debug)]
 pub(crate) struct SessionSignal {
-    pub id: SessionId,
+    pub(crate) id: SessionId,
     reason: OnceLock<CloseReason>,
     token: tokio_util::sync::CancellationToken,
 }
 
 impl SessionSignal {
-    pub fn new(id: SessionId) -> SessionSignal {
+    pub(crate) fn new(id: SessionId) -> SessionSignal {
         SessionSignal { id, reason: OnceLock::new(), token: tokio_util::sync::CancellationToken::new() }
     }
 
     /// Requests a close; returns whether this was the first request.
-    pub fn close(&self, reason: CloseReason) -> bool {
+    pub(crate) fn close(&self, reason: CloseReason) -> bool {
         let first = self.reason.set(reason).is_ok();
         self.token.cancel();
         first
     }
 
-    pub fn reason(&self) -> Option<CloseReason> {
+    pub(crate) fn reason(&self) -> Option<CloseReason> {
         self.reason.get().copied()
     }
 
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         self.token.cancelled().await
     }
 }
@@ -70,18 +72,18 @@ impl SessionSignal {
 /// One MESSAGE to write: shared envelope plus the per-subscription headers.
 #[derive(Clone, Debug)]
 pub(crate) struct Delivery {
-    pub envelope: Arc<Envelope>,
-    pub subscription: Arc<str>,
-    pub destination: Arc<str>,
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) subscription: Arc<str>,
+    pub(crate) destination: Arc<str>,
     /// Whether the body is UTF-8, computed once per fan-out rather than per subscriber.
-    pub text: bool,
+    pub(crate) text: bool,
 }
 
 /// What the hub stores per subscription.
 #[derive(Clone, Debug)]
 pub(crate) struct SessionHandle {
-    pub outbox: mpsc::Sender<Delivery>,
-    pub signal: Arc<SessionSignal>,
+    pub(crate) outbox: mpsc::Sender<Delivery>,
+    pub(crate) signal: Arc<SessionSignal>,
 }
 
 #[derive(Default)]
@@ -91,11 +93,11 @@ struct Registry {
 }
 
 pub(crate) struct Instance {
-    pub id: Arc<str>,
+    pub(crate) id: Arc<str>,
     /// Random per instance; see [`Envelope::origin`].
-    pub nonce: u64,
-    pub settings: Settings,
-    pub metrics: Arc<Metrics>,
+    pub(crate) nonce: u64,
+    pub(crate) settings: Settings,
+    pub(crate) metrics: Arc<Metrics>,
     hub: RwLock<Hub<SessionHandle>>,
     broker: OnceLock<Box<dyn Broker>>,
     message_seq: AtomicU64,
@@ -105,7 +107,7 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    pub fn new(id: Arc<str>, settings: Settings, metrics: Arc<Metrics>) -> Instance {
+    pub(crate) fn new(id: Arc<str>, settings: Settings, metrics: Arc<Metrics>) -> Instance {
         Instance {
             id,
             nonce: rand::random(),
@@ -122,7 +124,7 @@ impl Instance {
 
     /// Installs the broker; done once, right after construction (the broker's inbound callback
     /// needs a reference to the instance, hence two steps).
-    pub fn set_broker(&self, broker: Box<dyn Broker>) {
+    pub(crate) fn set_broker(&self, broker: Box<dyn Broker>) {
         let _ = self.broker.set(broker);
     }
 
@@ -130,42 +132,42 @@ impl Instance {
         self.broker.get().map(|b| &**b)
     }
 
-    pub fn broker_kind(&self) -> Option<BrokerKind> {
+    pub(crate) fn broker_kind(&self) -> Option<BrokerKind> {
         self.broker().map(|b| b.kind())
     }
 
-    pub fn broker_is_up(&self) -> bool {
+    pub(crate) fn broker_is_up(&self) -> bool {
         self.broker().is_some_and(|b| b.is_up())
     }
 
     /// Resolves once earlier subscription changes are in effect at the broker.
-    pub fn broker_sync(&self) -> Ack {
+    pub(crate) fn broker_sync(&self) -> Ack {
         match self.broker() {
             Some(b) => b.sync(),
             None => Ack::ready(Ok(())),
         }
     }
 
-    pub fn next_message_id(&self) -> Arc<str> {
+    pub(crate) fn next_message_id(&self) -> Arc<str> {
         let n = self.message_seq.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}-{n}", self.nonce).into()
     }
 
-    pub fn next_session_id(&self) -> SessionId {
+    pub(crate) fn next_session_id(&self) -> SessionId {
         self.session_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The STOMP `session` id: unique across instances, like message ids.
-    pub fn session_name(&self, id: SessionId) -> String {
+    pub(crate) fn session_name(&self, id: SessionId) -> String {
         format!("{:016x}-s{id}", self.nonce)
     }
 
-    fn read_hub(&self) -> std::sync::RwLockReadGuard<'_, Hub<SessionHandle>> {
-        self.hub.read().unwrap_or_else(PoisonError::into_inner)
+    fn read_hub(&self) -> RwLockReadGuard<'_, Hub<SessionHandle>> {
+        self.hub.read()
     }
 
-    fn write_hub(&self) -> std::sync::RwLockWriteGuard<'_, Hub<SessionHandle>> {
-        self.hub.write().unwrap_or_else(PoisonError::into_inner)
+    fn write_hub(&self) -> RwLockWriteGuard<'_, Hub<SessionHandle>> {
+        self.hub.write()
     }
 
     fn update_hub_gauges(&self, hub: &Hub<SessionHandle>) {
@@ -176,7 +178,7 @@ impl Instance {
     /// Registers a subscription under `key`, telling the broker when `key` gains its first
     /// subscriber. Broker interest changes are issued while the hub lock is held so that a
     /// concurrent last-unsubscribe/first-subscribe pair reaches the broker in hub order.
-    pub fn subscribe(&self, key: &str, sub: Subscriber<SessionHandle>) -> Result<(), SubscribeError> {
+    pub(crate) fn subscribe(&self, key: &str, sub: Subscriber<SessionHandle>) -> Result<(), SubscribeError> {
         let mut hub = self.write_hub();
         if hub.subscribe(key, sub, self.settings.max_subscriptions)?
             && let Some(b) = self.broker()
@@ -188,7 +190,7 @@ impl Instance {
     }
 
     /// Removes one subscription; false if it did not exist.
-    pub fn unsubscribe(&self, session: SessionId, id: &str) -> bool {
+    pub(crate) fn unsubscribe(&self, session: SessionId, id: &str) -> bool {
         let mut hub = self.write_hub();
         let Some((key, emptied)) = hub.unsubscribe(session, id) else {
             return false;
@@ -202,7 +204,7 @@ impl Instance {
 
     /// Publishes: delivers to local subscribers at once (local bypass), then hands the envelope
     /// to the broker for the other instances.
-    pub fn publish(&self, envelope: Envelope, source: Source) -> Ack {
+    pub(crate) fn publish(&self, envelope: Envelope, source: Source) -> Ack {
         let started = Instant::now();
         self.metrics.count_in(source);
         let envelope = Arc::new(envelope);
@@ -214,7 +216,7 @@ impl Instance {
     }
 
     /// Delivery of an envelope received from another instance.
-    pub fn deliver_remote(&self, envelope: Arc<Envelope>) {
+    pub(crate) fn deliver_remote(&self, envelope: Arc<Envelope>) {
         self.metrics.count_in(Source::Broker);
         let age_ms = unix_ms().saturating_sub(envelope.published_at_ms);
         let started = Instant::now().checked_sub(Duration::from_millis(age_ms)).unwrap_or_else(Instant::now);
@@ -256,8 +258,8 @@ impl Instance {
 
     /// Adds a session to the registry; false when draining has begun (the caller must close it
     /// at once, since the drain schedule no longer covers it).
-    pub fn register_session(&self, signal: Arc<SessionSignal>) -> bool {
-        let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+    pub(crate) fn register_session(&self, signal: Arc<SessionSignal>) -> bool {
+        let mut reg = self.registry.lock();
         if reg.draining {
             return false;
         }
@@ -267,7 +269,7 @@ impl Instance {
     }
 
     /// Forgets a session and all its subscriptions.
-    pub fn remove_session(&self, id: SessionId) {
+    pub(crate) fn remove_session(&self, id: SessionId) {
         {
             let mut hub = self.write_hub();
             let emptied = hub.remove_session(id);
@@ -278,31 +280,31 @@ impl Instance {
             }
             self.update_hub_gauges(&hub);
         }
-        let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut reg = self.registry.lock();
         reg.sessions.remove(&id);
         self.metrics.sessions.set(reg.sessions.len() as i64);
     }
 
-    pub fn session_count(&self) -> usize {
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner).sessions.len()
+    pub(crate) fn session_count(&self) -> usize {
+        self.registry.lock().sessions.len()
     }
 
-    pub fn subscription_count(&self) -> usize {
+    pub(crate) fn subscription_count(&self) -> usize {
         self.read_hub().subscription_count()
     }
 
     /// Marks the instance draining and returns every live session, oldest first.
-    pub fn begin_drain(&self) -> Vec<Arc<SessionSignal>> {
-        let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+    pub(crate) fn begin_drain(&self) -> Vec<Arc<SessionSignal>> {
+        let mut reg = self.registry.lock();
         reg.draining = true;
         reg.sessions.values().cloned().collect()
     }
 
-    pub fn set_shutting_down(&self) {
+    pub(crate) fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }
 
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
 }

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 /// Where a published message came from.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// A STOMP SEND on this instance.
     Stomp,
     /// `POST /publish` on this instance.
@@ -34,31 +34,39 @@ impl EncodeLabelValue for Source {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceLabels {
-    pub source: Source,
+pub(crate) struct SourceLabels {
+    pub(crate) source: Source,
 }
 
 /// Every metric of an instance.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub sessions: Gauge,
-    pub subscriptions: Gauge,
-    pub destinations: Gauge,
-    pub messages_in: Family<SourceLabels, Counter>,
-    pub messages_out: Counter,
-    pub fanout_latency: Histogram,
-    pub slow_consumer_disconnects: Counter,
-    pub heartbeat_timeouts: Counter,
-    pub protocol_errors: Counter,
-    pub broker_publish_failures: Counter,
-    pub redis_up: Gauge,
-    pub redis_reconnects: Counter,
+    pub(crate) sessions: Gauge,
+    pub(crate) subscriptions: Gauge,
+    pub(crate) destinations: Gauge,
+    pub(crate) messages_in: Family<SourceLabels, Counter>,
+    pub(crate) messages_out: Counter,
+    pub(crate) fanout_latency: Histogram,
+    pub(crate) slow_consumer_disconnects: Counter,
+    pub(crate) heartbeat_timeouts: Counter,
+    pub(crate) protocol_errors: Counter,
+    pub(crate) broker_publish_failures: Counter,
+    pub(crate) redis_up: Gauge,
+    pub(crate) redis_reconnects: Counter,
+}
+
+/// Which fan-out an instance uses, as far as its metrics care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BrokerKind {
+    Redis,
+    InProcess,
 }
 
 impl Metrics {
-    /// `with_redis` registers the Redis metrics; an in-process bus has no Redis to report on.
-    pub fn new(with_redis: bool) -> Metrics {
+    /// Redis metrics exist only with Redis; an in-process bus has no Redis to report on.
+    pub(crate) fn new(broker: BrokerKind) -> Metrics {
+        let with_redis = broker == BrokerKind::Redis;
         let mut registry = Registry::with_prefix("tether_backend");
         let m = Metrics {
             sessions: Gauge::default(),
@@ -66,7 +74,7 @@ impl Metrics {
             destinations: Gauge::default(),
             messages_in: Family::default(),
             messages_out: Counter::default(),
-            // 0.25 ms .. ~4 s: the seeds' budget is < 50 ms end to end.
+            // 0.25 ms .. ~4 s, fine-grained around a 50 ms end-to-end budget.
             fanout_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             slow_consumer_disconnects: Counter::default(),
             heartbeat_timeouts: Counter::default(),
@@ -113,12 +121,12 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    pub fn count_in(&self, source: Source) {
+    pub(crate) fn count_in(&self, source: Source) {
         self.messages_in.get_or_create(&SourceLabels { source }).inc();
     }
 
     /// The text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String never fails.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -132,12 +140,12 @@ mod tests {
 
     #[test]
     fn redis_metrics_exist_only_with_redis() {
-        let with = Metrics::new(true);
+        let with = Metrics::new(BrokerKind::Redis);
         with.redis_up.set(1);
         with.count_in(Source::Http);
         let text = with.encode();
         assert!(text.contains("tether_backend_redis_up 1"), "{text}");
         assert!(text.contains("tether_backend_messages_in_total{source=\"http\"} 1"), "{text}");
-        assert!(!Metrics::new(false).encode().contains("redis_up"));
+        assert!(!Metrics::new(BrokerKind::InProcess).encode().contains("redis_up"));
     }
 }

@@ -21,9 +21,9 @@
 
 pub mod broker;
 mod http;
-pub mod hub;
+pub(crate) mod hub;
 mod instance;
-pub mod metrics;
+pub(crate) mod metrics;
 mod session;
 pub mod stomp;
 
@@ -44,9 +44,9 @@ use instance::{CloseReason, Instance, Settings};
 
 /// Default outbound queue per session, in MESSAGE frames. Deep enough to absorb a burst to a
 /// busy room; a client this far behind is a slow consumer and is closed.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+pub(crate) const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Default cap on subscriptions per session, bounding hub memory per connection.
-pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+pub(crate) const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
 /// After the last scheduled close, sessions get this long to finish their closing handshake
 /// before shutdown stops waiting for them.
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -65,10 +65,10 @@ pub struct AppArgs {
     /// Redis URL for cross-instance fan-out (redis://host:port, redis+unix:///path); without
     /// it, fan-out is an in-process bus (single instance).
     #[arg(long, value_name = "URL")]
-    pub redis: Option<String>,
+    pub(crate) redis: Option<String>,
     /// Request header carrying the trusted user id (set by the proxy or an auth layer).
     #[arg(long, value_name = "NAME", default_value = "X-User-Id")]
-    pub user_header: String,
+    pub(crate) user_header: String,
     /// Heart-beat interval offered to clients, both directions (0 disables).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub heartbeat: Duration,
@@ -110,7 +110,7 @@ impl AppArgs {
 
 /// Command-line durations are written like config durations (`250ms`, `10s`, `2m`, `1h`); a
 /// bare `0` is also accepted, as in `--heartbeat 0` (off).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     match s.trim() {
         "0" => Ok(Duration::ZERO),
         text => crate::config::units::parse_duration(text).map_err(|e| e.to_string()),
@@ -181,7 +181,11 @@ pub async fn run_with_fanout(
         max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
         user_header,
     };
-    let metrics = Arc::new(metrics::Metrics::new(matches!(fanout, Fanout::Redis(_))));
+    let broker_kind = match fanout {
+        Fanout::Redis(_) => metrics::BrokerKind::Redis,
+        Fanout::Local(_) => metrics::BrokerKind::InProcess,
+    };
+    let metrics = Arc::new(metrics::Metrics::new(broker_kind));
     let inst = Arc::new(Instance::new(id, settings, metrics.clone()));
 
     let tasks = TaskTracker::new();

@@ -30,8 +30,9 @@ use super::stomp::{self, Command, DecodeError, Decoder, Frame, Item, Version};
 
 /// A client must send CONNECT this soon after the upgrade.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// STOMP 1.2 leaves the tolerance to the implementation; the seeds (and the issue) close a peer
-/// silent for three agreed intervals, which absorbs one lost and one late heart-beat.
+/// STOMP 1.2 leaves the tolerance to the implementation; a peer silent for three agreed
+/// intervals is closed, which absorbs one lost and one late heart-beat (10 s beats: a dead peer
+/// is noticed within 30 s).
 const SILENCE_INTERVALS: u32 = 3;
 /// A write (one batch of frames) that cannot complete this long means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -465,7 +466,7 @@ where
 
     async fn write_frame(&mut self, frame: &Frame) -> Result<(), End> {
         let bytes = stomp::to_bytes(frame, self.version);
-        self.write(vec![ws_message(bytes, true)]).await
+        self.write(vec![text_message(bytes)]).await
     }
 
     async fn write(&mut self, messages: Vec<Message>) -> Result<(), End> {
@@ -502,7 +503,7 @@ where
         let ws = &mut self.ws;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
             if let Some(frame) = last {
-                let _ = ws.feed(ws_message(stomp::to_bytes(&frame, version), true)).await;
+                let _ = ws.feed(text_message(stomp::to_bytes(&frame, version))).await;
             }
             let close = close.map(|(code, reason)| CloseFrame { code, reason: reason.into() });
             // After a peer's Close this flushes tungstenite's queued reply instead.
@@ -518,14 +519,11 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }
 
-fn ws_message(bytes: Vec<u8>, text: bool) -> Message {
-    if text {
-        match String::from_utf8(bytes) {
-            Ok(s) => Message::text(s),
-            Err(e) => Message::binary(e.into_bytes()),
-        }
-    } else {
-        Message::binary(bytes)
+/// A text message when `bytes` are UTF-8 (STOMP frames usually are), else a binary one.
+fn text_message(bytes: Vec<u8>) -> Message {
+    match String::from_utf8(bytes) {
+        Ok(s) => Message::text(s),
+        Err(e) => Message::binary(e.into_bytes()),
     }
 }
 
@@ -550,7 +548,7 @@ fn message_ws(d: &Delivery, version: Version) -> Message {
     stomp::encode_head(Command::Message, headers, version, &mut out);
     out.extend_from_slice(&e.body);
     out.push(0);
-    ws_message(out, d.text)
+    if d.text { text_message(out) } else { Message::binary(out) }
 }
 
 fn error_frame(message: &str, receipt: Option<&str>, detail: &str) -> Frame {

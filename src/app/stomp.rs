@@ -13,11 +13,11 @@ use bytes::{Bytes, BytesMut};
 /// Largest frame (command line through the terminating NUL) a peer may send by default. Chat and
 /// auction events are a few hundred bytes; 64 KiB leaves room for rich payloads while capping the
 /// memory a single misbehaving session can pin in its decode buffer.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 
 /// Most headers one frame may carry by default. Real clients send fewer than ten; the cap bounds
 /// per-frame allocation work for hostile input.
-pub const DEFAULT_MAX_HEADERS: usize = 64;
+pub(crate) const DEFAULT_MAX_HEADERS: usize = 64;
 
 /// A STOMP command (the first line of a frame).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,7 +41,7 @@ pub enum Command {
 
 impl Command {
     /// Every command, for exhaustive tests.
-    pub const ALL: [Command; 15] = [
+    pub(crate) const ALL: [Command; 15] = [
         Command::Connect,
         Command::Stomp,
         Command::Connected,
@@ -59,7 +59,7 @@ impl Command {
         Command::Error,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Command::Connect => "CONNECT",
             Command::Stomp => "STOMP",
@@ -79,7 +79,7 @@ impl Command {
         }
     }
 
-    pub fn parse(line: &[u8]) -> Option<Command> {
+    pub(crate) fn parse(line: &[u8]) -> Option<Command> {
         Command::ALL.into_iter().find(|c| c.as_str().as_bytes() == line)
     }
 
@@ -105,7 +105,7 @@ pub enum Version {
 }
 
 impl Version {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Version::V1_0 => "1.0",
             Version::V1_1 => "1.1",
@@ -113,7 +113,7 @@ impl Version {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Version> {
+    pub(crate) fn parse(s: &str) -> Option<Version> {
         match s.trim() {
             "1.0" => Some(Version::V1_0),
             "1.1" => Some(Version::V1_1),
@@ -124,7 +124,7 @@ impl Version {
 
     /// The highest version in a CONNECT `accept-version` list that we speak. A missing header
     /// means 1.0 (STOMP 1.1 §"Protocol Negotiation").
-    pub fn negotiate(accept_version: Option<&str>) -> Option<Version> {
+    pub(crate) fn negotiate(accept_version: Option<&str>) -> Option<Version> {
         match accept_version {
             None => Some(Version::V1_0),
             Some(list) => list.split(',').filter_map(Version::parse).max(),
@@ -137,7 +137,7 @@ impl Version {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub command: Command,
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     pub body: Bytes,
 }
 
@@ -242,7 +242,7 @@ impl Decoder {
         Decoder { buf: BytesMut::new(), limits, version: Version::V1_2, failed: None, wait: None }
     }
 
-    pub fn set_version(&mut self, version: Version) {
+    pub(crate) fn set_version(&mut self, version: Version) {
         self.version = version;
     }
 
@@ -251,11 +251,6 @@ impl Decoder {
         if self.failed.is_none() {
             self.buf.extend_from_slice(data);
         }
-    }
-
-    /// Bytes received but not yet consumed as frames.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
     }
 
     /// The next complete item, `Ok(None)` when more bytes are needed.
@@ -454,7 +449,7 @@ fn push_escaped(out: &mut Vec<u8>, s: &str, version: Version, escape: bool) {
 }
 
 /// Writes the command line and headers (through the blank line) of a frame.
-pub fn encode_head<'a>(
+pub(crate) fn encode_head<'a>(
     command: Command,
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     version: Version,
@@ -474,7 +469,7 @@ pub fn encode_head<'a>(
 
 /// Writes a whole frame. Headers are written as given: use [`Frame::body`] to get a
 /// `content-length`, which bodies containing NUL need.
-pub fn encode(frame: &Frame, version: Version, out: &mut Vec<u8>) {
+pub(crate) fn encode(frame: &Frame, version: Version, out: &mut Vec<u8>) {
     encode_head(frame.command, frame.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())), version, out);
     out.extend_from_slice(&frame.body);
     out.push(0);

@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 pub struct BackendId(Arc<str>);
 
 impl BackendId {
-    pub fn new(id: impl Into<Arc<str>>) -> Self {
+    pub(crate) fn new(id: impl Into<Arc<str>>) -> Self {
         Self(id.into())
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -82,7 +82,7 @@ pub enum Availability {
 
 impl Availability {
     /// The lowercase name used by the admin API and logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Joining => "joining",
@@ -121,30 +121,21 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(availability: Availability) -> Self {
+    pub(crate) fn new(availability: Availability) -> Self {
         Self { state: AtomicU8::new(availability as u8), load: AtomicU32::new(0) }
     }
 
-    pub fn availability(&self) -> Availability {
+    pub(crate) fn availability(&self) -> Availability {
         Availability::from_u8(self.state.load(Ordering::Acquire))
     }
 
     /// Set the availability; returns the previous one (so callers can log transitions).
-    pub fn set_availability(&self, availability: Availability) -> Availability {
+    pub(crate) fn set_availability(&self, availability: Availability) -> Availability {
         Availability::from_u8(self.state.swap(availability as u8, Ordering::AcqRel))
     }
 
-    /// Change the availability only if it is still `from`, so that, for example, a health
-    /// check never undoes an admin drain that raced with it. `Err` carries the actual state.
-    pub fn transition(&self, from: Availability, to: Availability) -> Result<(), Availability> {
-        self.state
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .map(|_| ())
-            .map_err(Availability::from_u8)
-    }
-
     /// Current load: active requests + open tunnels.
-    pub fn load(&self) -> u32 {
+    pub(crate) fn load(&self) -> u32 {
         self.load.load(Ordering::Relaxed)
     }
 }
@@ -169,7 +160,7 @@ const MAX_CAS_ATTEMPTS: u32 = 64;
 
 impl LoadGuard {
     /// Count one more unit of load on `live`, unconditionally.
-    pub fn acquire(live: &Arc<Live>) -> Self {
+    pub(crate) fn acquire(live: &Arc<Live>) -> Self {
         // Relaxed: the counter is an independent statistic; nothing else is published
         // through it.
         live.load.fetch_add(1, Ordering::Relaxed);
@@ -194,11 +185,6 @@ impl LoadGuard {
         }
         None
     }
-
-    /// The backend this guard counts against.
-    pub fn live(&self) -> &Arc<Live> {
-        &self.live
-    }
 }
 
 impl Drop for LoadGuard {
@@ -211,11 +197,11 @@ impl Drop for LoadGuard {
 /// One backend of a [`BackendSet`](super::BackendSet).
 #[derive(Debug, Clone)]
 pub struct Member {
-    pub id: BackendId,
+    pub(crate) id: BackendId,
     /// Share of the ring: `weight * vnodes` virtual nodes. Config guarantees >= 1; 0 is
     /// treated as 1 (a member without virtual nodes would be unreachable by key).
-    pub weight: u32,
-    pub live: Arc<Live>,
+    pub(crate) weight: u32,
+    pub(crate) live: Arc<Live>,
 }
 
 impl Member {
@@ -243,15 +229,6 @@ mod tests {
             assert_eq!(live.set_availability(state), before);
             assert_eq!(live.availability(), state);
         }
-    }
-
-    #[test]
-    fn transition_only_applies_from_the_expected_state() {
-        let live = Live::new(Availability::Draining);
-        assert_eq!(live.transition(Availability::Down, Availability::Active), Err(Availability::Draining));
-        assert_eq!(live.availability(), Availability::Draining);
-        assert_eq!(live.transition(Availability::Draining, Availability::Active), Ok(()));
-        assert_eq!(live.availability(), Availability::Active);
     }
 
     #[test]

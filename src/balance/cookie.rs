@@ -65,7 +65,7 @@ pub enum CookieKeyError {
 
 impl CookieKey {
     /// Minimum key length: the HMAC-SHA256 security level needs 32 bytes of secret.
-    pub const MIN_LEN: usize = 32;
+    pub(crate) const MIN_LEN: usize = 32;
 
     /// A key from secret bytes (for example the value of the `key_env` variable).
     pub fn from_bytes(secret: &[u8]) -> Result<Self, CookieKeyError> {
@@ -77,7 +77,7 @@ impl CookieKey {
     }
 
     /// A fresh key from the operating system's CSPRNG (through `rand`'s thread generator).
-    pub fn random() -> Self {
+    pub(crate) fn random() -> Self {
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         Self { mac: HmacSha256::new_from_slice(&secret).expect("HMAC accepts keys of any length") }

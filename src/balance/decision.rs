@@ -42,7 +42,6 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// The raw query string, without `?`.
     pub query: Option<&'a str>,
-    pub is_tls: bool,
 }
 
 /// Why a decision chose its first candidate.
@@ -57,18 +56,6 @@ pub enum Reason {
     /// A valid sticky cookie names a backend that is gone or no longer takes new sessions: the
     /// fallback picks and the cookie is rewritten.
     Repin,
-}
-
-impl Reason {
-    /// The lowercase name used by the admin API, logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Key => "key",
-            Self::Cookie => "cookie",
-            Self::Fallback => "fallback",
-            Self::Repin => "repin",
-        }
-    }
 }
 
 /// The outcome of [`route`]: an ordered, lazily computed list of candidates.
@@ -157,27 +144,28 @@ pub fn route(
 }
 
 impl Decision {
-    pub fn reason(&self) -> Reason {
+    pub(crate) fn reason(&self) -> Reason {
         self.reason
     }
 
     /// The affinity key used (truncated as hashed), if any.
-    pub fn key(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn key(&self) -> Option<&str> {
         self.key.as_deref()
     }
 
     /// The key as a shared string, for a tunnel to keep (rebalancing) without copying it.
-    pub fn shared_key(&self) -> Option<Arc<str>> {
+    pub(crate) fn shared_key(&self) -> Option<Arc<str>> {
         self.key.clone()
     }
 
     /// No member was `Active`: `Draining` members are being used (log and count it).
-    pub fn is_panic(&self) -> bool {
+    pub(crate) fn is_panic(&self) -> bool {
         self.state == Some(Availability::Draining)
     }
 
     /// Candidates skipped so far because of bounded loads.
-    pub fn bounded_skips(&self) -> u32 {
+    pub(crate) fn bounded_skips(&self) -> u32 {
         self.skips
     }
 

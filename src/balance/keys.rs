@@ -19,13 +19,13 @@ use crate::config::{KeySource, TokenSource};
 /// ignored, so a user with a long id is still pinned consistently; the cost is that ids sharing
 /// their first 256 bytes share a backend. The cap bounds hashing work and what a tunnel keeps
 /// for rebalancing. [`truncate_key`] applies it everywhere a key is hashed.
-pub const MAX_KEY_BYTES: usize = 256;
+pub(crate) const MAX_KEY_BYTES: usize = 256;
 
 /// Longest bearer token decoded for a `jwt_claim` key; a longer one yields no key.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// `key` cut to at most [`MAX_KEY_BYTES`], at a UTF-8 character boundary.
-pub fn truncate_key(key: &str) -> &str {
+pub(crate) fn truncate_key(key: &str) -> &str {
     &key[..key.floor_char_boundary(MAX_KEY_BYTES)]
 }
 

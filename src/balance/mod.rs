@@ -40,9 +40,7 @@ mod set;
 pub use backend::{Availability, BackendId, Live, LoadGuard, Member};
 pub use cookie::{CookieKey, CookieKeyError};
 pub use decision::{Decision, Reason, RequestFacts, route};
-pub use keys::{MAX_KEY_BYTES, MAX_TOKEN_BYTES, truncate_key};
 pub use policy::{AffinityPolicy, PolicyError};
-pub use ring::{RING_KEY0, RING_KEY1, RingHasher};
 pub use set::BackendSet;
 
 #[cfg(test)]

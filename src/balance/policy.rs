@@ -63,16 +63,13 @@ impl AffinityPolicy {
     }
 
     /// The sticky cookie's name, if one is configured.
-    pub fn cookie_name(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn cookie_name(&self) -> Option<&str> {
         self.cookie.as_ref().map(|c| c.name.as_str())
     }
 
-    pub fn fallback(&self) -> Fallback {
-        self.fallback
-    }
-
     /// The effective bounded-load factor, `None` when bounded loads are off.
-    pub fn balance_factor(&self) -> Option<f64> {
+    pub(crate) fn balance_factor(&self) -> Option<f64> {
         self.balance_factor
     }
 
@@ -80,7 +77,7 @@ impl AffinityPolicy {
     /// the backend never sees it. Other cookies are kept in order; headers without our cookie
     /// are left byte-for-byte untouched; a header left empty is dropped. Without a configured
     /// cookie this does nothing.
-    pub fn strip_cookie(&self, headers: &mut HeaderMap) {
+    pub(crate) fn strip_cookie(&self, headers: &mut HeaderMap) {
         let Some(cookie) = &self.cookie else { return };
         let name = cookie.name.as_str();
         // A header that is not UTF-8 cannot be parsed, so whether it carries our cookie is

@@ -34,9 +34,9 @@ use siphasher::sip::SipHasher13;
 use super::bits::Bits;
 
 /// SipHash key 0 of the ring hash ("tether-r" as big-endian ASCII). Never change it.
-pub const RING_KEY0: u64 = 0x7465_7468_6572_2d72;
+pub(crate) const RING_KEY0: u64 = 0x7465_7468_6572_2d72;
 /// SipHash key 1 of the ring hash ("ing-v1\0\0" as big-endian ASCII). Never change it.
-pub const RING_KEY1: u64 = 0x696e_672d_7631_0000;
+pub(crate) const RING_KEY1: u64 = 0x696e_672d_7631_0000;
 
 /// Upper bound on virtual nodes per member, so a mistaken `weight`/`vnodes` in a config cannot
 /// exhaust memory (12 bytes per point). Config validation should reject such values first.
@@ -44,7 +44,7 @@ pub(crate) const MAX_VNODES_PER_MEMBER: u64 = 1 << 20;
 
 /// The ring's `BuildHasher`: SipHash-1-3 with the fixed keys above.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RingHasher;
+pub(crate) struct RingHasher;
 
 impl BuildHasher for RingHasher {
     type Hasher = SipHasher13;

@@ -23,8 +23,6 @@ pub struct BackendSet {
     member_tags: Box<[CookieTag]>,
     /// `(tag, member index)` sorted by tag, for cookie lookups.
     tags: Box<[(CookieTag, usize)]>,
-    /// Member indices sorted by id, for [`BackendSet::index_of`].
-    by_id: Box<[usize]>,
     round_robin: AtomicUsize,
 }
 
@@ -41,58 +39,42 @@ impl BackendSet {
         // Stable by index, so on a (duplicate-id) tag clash the first member wins.
         tags.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
         tags.dedup_by_key(|t| t.0);
-        let mut by_id: Vec<usize> = (0..members.len()).collect();
-        by_id.sort_by(|&a, &b| members[a].id.cmp(&members[b].id).then(a.cmp(&b)));
-        by_id.dedup_by_key(|i| members[*i].id.clone());
-        Self {
-            members,
-            ring,
-            member_tags,
-            tags: tags.into_boxed_slice(),
-            by_id: by_id.into_boxed_slice(),
-            round_robin: AtomicUsize::new(0),
-        }
+        Self { members, ring, member_tags, tags: tags.into_boxed_slice(), round_robin: AtomicUsize::new(0) }
     }
 
-    pub fn members(&self) -> &[Member] {
+    pub(crate) fn members(&self) -> &[Member] {
         &self.members
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.members.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
-    /// Total virtual nodes on the ring (for logs and metrics).
-    pub fn vnodes(&self) -> usize {
+    /// Total virtual nodes on the ring.
+    #[cfg(test)]
+    pub(crate) fn vnodes(&self) -> usize {
         self.ring.len()
-    }
-
-    pub fn index_of(&self, id: &str) -> Option<usize> {
-        self.by_id.binary_search_by(|&i| self.members[i].id.as_str().cmp(id)).ok().map(|pos| self.by_id[pos])
     }
 
     /// Every member in `key`'s ring order (distinct, complete), ignoring availability: for the
     /// admin route helper and for rebalancing ("where does this key belong now"). The key is
     /// truncated exactly as routing truncates it.
-    pub fn ring_order(&self, key: &str) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn ring_order(&self, key: &str) -> impl Iterator<Item = usize> + '_ {
         let mut walk = RingWalk::new(ring::hash_str(truncate_key(key)));
         std::iter::from_fn(move || walk.next(&self.ring))
     }
 
     /// Where `key` gets a new session right now: the first member of its ring order that
     /// receives new sessions (bounded loads aside). `None` when no member is usable.
-    pub fn home_of(&self, key: &str) -> Option<usize> {
+    pub(crate) fn home_of(&self, key: &str) -> Option<usize> {
         let state = self.new_session_state()?;
         self.ring_order(key).find(|&i| self.members[i].live.availability() == state)
     }
 
     /// The availability that receives new sessions now: `Active`, or `Draining` in panic mode
     /// (no member is `Active`), or `None` when nothing is usable (answer 503 at once).
-    pub fn new_session_state(&self) -> Option<Availability> {
+    pub(crate) fn new_session_state(&self) -> Option<Availability> {
         let mut draining = false;
         // Stops at the first Active member: in a healthy upstream that is one atomic load.
         for member in &self.members {

@@ -14,6 +14,7 @@ use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::keys::MAX_KEY_BYTES;
 use super::*;
 use crate::config::{AffinityConfig, CookieConfig, Fallback, HashConfig, KeySource, SameSite, SecureMode, TokenSource};
 
@@ -93,7 +94,7 @@ fn decide_at(
     at: SystemTime,
     rng: &mut StdRng,
 ) -> Decision {
-    let facts = RequestFacts { headers, query: None, is_tls: false };
+    let facts = RequestFacts { headers, query: None };
     route(&facts, policy, set, at, rng)
 }
 
@@ -161,7 +162,7 @@ proptest! {
         let ids: Vec<&str> = names.iter().map(String::as_str).collect();
         let set = set_of(&ids);
         let ratio = max_over_mean(&set, &random_keys(key_seed, 100_000));
-        let mut worst = WORST_RANDOM_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        let mut worst = WORST_RANDOM_NAMES.lock().expect("no test panics while holding it");
         if ratio > *worst {
             *worst = ratio;
             eprintln!("balance: worst max/mean so far {ratio:.4} over {} backends {ids:?}", ids.len());
@@ -807,7 +808,7 @@ fn every_key_source_routes_to_the_keys_ring_position() {
         (headers(&[("authorization", &token)]), None),
     ];
     for (h, query) in &cases {
-        let facts = RequestFacts { headers: h, query: *query, is_tls: false };
+        let facts = RequestFacts { headers: h, query: *query };
         let mut d = route(&facts, &policy, &set, now(), &mut StdRng::seed_from_u64(1));
         assert_eq!(d.reason(), Reason::Key);
         assert_eq!(d.key(), Some("frank"));
@@ -931,7 +932,7 @@ proptest! {
                 h.append(HeaderName::from_static(name), v);
             }
         }
-        let facts = RequestFacts { headers: &h, query: Some(&query), is_tls: true };
+        let facts = RequestFacts { headers: &h, query: Some(&query) };
         let mut d = route(&facts, &policy, &set, now(), &mut StdRng::seed_from_u64(0));
         prop_assert!(d.key().is_none_or(|k| !k.is_empty() && k.len() <= MAX_KEY_BYTES));
         let got = all_candidates(&mut d, &set);

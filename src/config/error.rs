@@ -6,13 +6,13 @@ use std::path::PathBuf;
 /// One problem in a config file: `file:line:column: field.path: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// 1-based line and column of the offending value, when known.
-    pub position: Option<(usize, usize)>,
+    pub(crate) position: Option<(usize, usize)>,
     /// Dotted field path such as `upstreams.app.backends[1].address`; empty for file-level
     /// problems.
-    pub path: String,
-    pub message: String,
+    pub(crate) path: String,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for ConfigError {

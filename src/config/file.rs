@@ -80,194 +80,194 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileConfig {
-    pub listeners: Vec<FileListener>,
-    pub admin: Option<FileAdmin>,
-    pub routes: Vec<FileRoute>,
-    pub upstreams: Ordered<FileUpstream>,
-    pub timeouts: Option<FileTimeouts>,
-    pub limits: Option<FileLimits>,
-    pub trusted_proxies: Option<Vec<Text>>,
-    pub access_log: Option<FileAccessLog>,
-    pub shutdown: Option<FileShutdown>,
-    pub debug: Option<FileDebug>,
+    pub(crate) listeners: Vec<FileListener>,
+    pub(crate) admin: Option<FileAdmin>,
+    pub(crate) routes: Vec<FileRoute>,
+    pub(crate) upstreams: Ordered<FileUpstream>,
+    pub(crate) timeouts: Option<FileTimeouts>,
+    pub(crate) limits: Option<FileLimits>,
+    pub(crate) trusted_proxies: Option<Vec<Text>>,
+    pub(crate) access_log: Option<FileAccessLog>,
+    pub(crate) shutdown: Option<FileShutdown>,
+    pub(crate) debug: Option<FileDebug>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileListener {
-    pub name: Text,
-    pub bind: Text,
-    pub tls: Option<FileTls>,
+    pub(crate) name: Text,
+    pub(crate) bind: Text,
+    pub(crate) tls: Option<FileTls>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileTls {
-    pub certificates: Vec<FileCertificate>,
+    pub(crate) certificates: Vec<FileCertificate>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileCertificate {
-    pub cert: Text,
-    pub key: Text,
+    pub(crate) cert: Text,
+    pub(crate) key: Text,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileAdmin {
-    pub bind: Text,
-    pub token_env: Option<Text>,
+    pub(crate) bind: Text,
+    pub(crate) token_env: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileRoute {
-    pub host: Option<Text>,
-    pub path_prefix: Option<Text>,
-    pub upstream: Text,
+    pub(crate) host: Option<Text>,
+    pub(crate) path_prefix: Option<Text>,
+    pub(crate) upstream: Text,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileUpstream {
-    pub backends: Option<Vec<FileBackend>>,
-    pub discovery: Option<FileDiscovery>,
-    pub affinity: Option<FileAffinity>,
-    pub health_check: Option<FileHealthCheck>,
-    pub passive: Option<FilePassive>,
-    pub drain: Option<FileDrain>,
-    pub rebalance: Option<FileRebalance>,
+    pub(crate) backends: Option<Vec<FileBackend>>,
+    pub(crate) discovery: Option<FileDiscovery>,
+    pub(crate) affinity: Option<FileAffinity>,
+    pub(crate) health_check: Option<FileHealthCheck>,
+    pub(crate) passive: Option<FilePassive>,
+    pub(crate) drain: Option<FileDrain>,
+    pub(crate) rebalance: Option<FileRebalance>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileBackend {
-    pub id: Text,
-    pub address: Text,
-    pub weight: Option<u32>,
+    pub(crate) id: Text,
+    pub(crate) address: Text,
+    pub(crate) weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileDiscovery {
-    pub dns: Text,
-    pub interval: Option<Text>,
+    pub(crate) dns: Text,
+    pub(crate) interval: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileAffinity {
-    pub key: Option<Vec<FileKeySource>>,
-    pub hash: Option<FileHash>,
-    pub cookie: Option<FileCookie>,
-    pub fallback: Option<Text>,
+    pub(crate) key: Option<Vec<FileKeySource>>,
+    pub(crate) hash: Option<FileHash>,
+    pub(crate) cookie: Option<FileCookie>,
+    pub(crate) fallback: Option<Text>,
 }
 
 /// Exactly one field must be set; `validate` checks that so the message can say so.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileKeySource {
-    pub header: Option<Text>,
-    pub cookie: Option<Text>,
-    pub query: Option<Text>,
-    pub jwt_claim: Option<FileJwtClaim>,
+    pub(crate) header: Option<Text>,
+    pub(crate) cookie: Option<Text>,
+    pub(crate) query: Option<Text>,
+    pub(crate) jwt_claim: Option<FileJwtClaim>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileJwtClaim {
-    pub from: Text,
-    pub claim: Text,
+    pub(crate) from: Text,
+    pub(crate) claim: Text,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileHash {
-    pub vnodes: Option<u32>,
-    pub balance_factor: Option<f64>,
+    pub(crate) vnodes: Option<u32>,
+    pub(crate) balance_factor: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileCookie {
-    pub name: Option<Text>,
-    pub ttl: Option<Text>,
+    pub(crate) name: Option<Text>,
+    pub(crate) ttl: Option<Text>,
     /// `auto`, `true` or `false`.
-    pub secure: Option<Text>,
-    pub http_only: Option<bool>,
-    pub same_site: Option<Text>,
-    pub path: Option<Text>,
-    pub domain: Option<Text>,
-    pub key_env: Option<Text>,
+    pub(crate) secure: Option<Text>,
+    pub(crate) http_only: Option<bool>,
+    pub(crate) same_site: Option<Text>,
+    pub(crate) path: Option<Text>,
+    pub(crate) domain: Option<Text>,
+    pub(crate) key_env: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileHealthCheck {
-    pub path: Option<Text>,
-    pub interval: Option<Text>,
-    pub timeout: Option<Text>,
-    pub healthy_after: Option<u32>,
-    pub unhealthy_after: Option<u32>,
+    pub(crate) path: Option<Text>,
+    pub(crate) interval: Option<Text>,
+    pub(crate) timeout: Option<Text>,
+    pub(crate) healthy_after: Option<u32>,
+    pub(crate) unhealthy_after: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FilePassive {
-    pub consecutive_failures: Option<u32>,
-    pub ejection: Option<Text>,
-    pub max_ejection: Option<Text>,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) ejection: Option<Text>,
+    pub(crate) max_ejection: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileDrain {
-    pub timeout: Option<Text>,
-    pub close_spread: Option<Text>,
-    pub close_code: Option<u16>,
+    pub(crate) timeout: Option<Text>,
+    pub(crate) close_spread: Option<Text>,
+    pub(crate) close_code: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileRebalance {
-    pub enabled: Option<bool>,
-    pub max_closes_per_second: Option<u32>,
+    pub(crate) enabled: Option<bool>,
+    pub(crate) max_closes_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileTimeouts {
-    pub connect: Option<Text>,
-    pub header_read: Option<Text>,
-    pub request: Option<Text>,
-    pub idle: Option<Text>,
-    pub tunnel_idle: Option<Text>,
+    pub(crate) connect: Option<Text>,
+    pub(crate) header_read: Option<Text>,
+    pub(crate) request: Option<Text>,
+    pub(crate) idle: Option<Text>,
+    pub(crate) tunnel_idle: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileLimits {
-    pub max_header_bytes: Option<Text>,
-    pub max_connections: Option<u64>,
+    pub(crate) max_header_bytes: Option<Text>,
+    pub(crate) max_connections: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileAccessLog {
-    pub format: Option<Text>,
-    pub redact_query: Option<Vec<Text>>,
+    pub(crate) format: Option<Text>,
+    pub(crate) redact_query: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileShutdown {
-    pub delay: Option<Text>,
-    pub timeout: Option<Text>,
+    pub(crate) delay: Option<Text>,
+    pub(crate) timeout: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileDebug {
-    pub backend_header: Option<bool>,
+    pub(crate) backend_header: Option<bool>,
 }

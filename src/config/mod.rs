@@ -26,9 +26,9 @@ pub mod units;
 mod validate;
 mod values;
 
-pub use error::{ConfigError, ConfigErrors, ReloadError};
+pub(crate) use error::{ConfigError, ConfigErrors, ReloadError};
 pub use validate::{load, parse};
-pub use values::AddressError;
+pub(crate) use values::AddressError;
 
 /// A validated configuration plus the text it came from.
 #[derive(Debug, Clone)]

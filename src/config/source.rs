@@ -33,18 +33,18 @@ const CORE_TAG_HANDLE: &str = "tag:yaml.org,2002:";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub(super) struct SourceError {
-    pub position: Option<Position>,
+    pub(crate) position: Option<Position>,
     /// Field path of the offending value (`serde_path_to_error` format); empty at top level.
-    pub path: String,
-    pub message: String,
+    pub(crate) path: String,
+    pub(crate) message: String,
 }
 
 /// A YAML document as a `serde_yaml::Value` plus where each of its paths was written.
 #[derive(Debug)]
 pub(super) struct Document {
     /// `Value::Null` for an empty document.
-    pub value: Value,
-    pub index: PositionIndex,
+    pub(crate) value: Value,
+    pub(crate) index: PositionIndex,
 }
 
 /// Field path (`upstreams.app.backends[1].address`) -> where its key and value start.

@@ -57,8 +57,8 @@ impl CertificateError {
 /// At least one problem: the certificate's, the key's, or both.
 #[derive(Debug)]
 pub(super) struct CertificateProblems {
-    pub first: CertificateError,
-    pub second: Option<CertificateError>,
+    pub(crate) first: CertificateError,
+    pub(crate) second: Option<CertificateError>,
 }
 
 /// Load `cert` and `key` (relative paths resolve against `base_dir`) and check they match.

@@ -53,7 +53,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 
 /// Parse `512B`, `16KiB`, `1MiB`, `1GiB` (powers of 1024) or `16KB`, `1MB`, `1GB` (powers of
 /// 1000).
-pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, UnitError> {
     let (number, unit) = split(text).map_err(|negative| match negative {
         true => UnitError::NegativeSize(text.to_owned()),
         false => UnitError::Size(text.to_owned()),
@@ -74,7 +74,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 
 /// `1h`, `5m`, `10s` or `250ms`: the largest unit that shows `d` exactly (sub-millisecond
 /// parts are dropped; config durations never have them).
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0s".to_owned()

@@ -72,7 +72,8 @@ const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 /// hyper refuses (panics on) an HTTP/1 read buffer smaller than 8 KiB.
 const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
 const DEFAULT_MAX_CONNECTIONS: u64 = 100_000;
-/// Query parameters that commonly carry credentials (the seeds put access tokens there).
+/// Query parameters that commonly carry credentials (browsers cannot set headers on a
+/// WebSocket, so access tokens often travel in the query string).
 const DEFAULT_REDACT_QUERY: [&str; 4] = ["access_token", "token", "jwt", "password"];
 const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);

@@ -20,7 +20,7 @@ use crate::upstream::{BackendHandle, Event, Upstream};
 
 pub(crate) mod drain;
 pub(crate) mod rebalance;
-pub mod schedule;
+pub(crate) mod schedule;
 
 /// Handle on the lifecycle task.
 pub(crate) struct Lifecycle {

@@ -26,7 +26,7 @@ enum Pace {
 
 /// When to close each of `n` tunnels, and which closes are due at a given `now`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CloseSchedule {
+pub(crate) struct CloseSchedule {
     start: Instant,
     pace: Pace,
     len: usize,
@@ -40,28 +40,30 @@ impl CloseSchedule {
     /// from `spread / n` by under 1 ns, the first close is at `start` and the last at
     /// `spread * (n - 1) / n`, at least half of `spread` for `n >= 2`. `n = 0` yields nothing;
     /// a zero `spread` closes everything at `start`.
-    pub fn spread(start: Instant, spread: Duration, n: usize) -> Self {
+    pub(crate) fn spread(start: Instant, spread: Duration, n: usize) -> Self {
         Self { start, pace: Pace::Spread { total: spread.as_nanos() }, len: n, next: 0 }
     }
 
     /// At most `per_second` closes in any one-second window `[t, t + 1s)`: close `i` at
     /// `start + i / per_second` seconds (exact to the nanosecond, floored). `per_second = 0`
     /// honours the limit literally: no close is ever due (config validation should reject 0).
-    pub fn rate_limited(start: Instant, per_second: u32, n: usize) -> Self {
+    pub(crate) fn rate_limited(start: Instant, per_second: u32, n: usize) -> Self {
         Self { start, pace: Pace::Rate { per_second }, len: n, next: 0 }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// When close `i` is due; `None` for `i >= len()`, for a close that is never due (rate 0),
     /// or for an instant `Instant` cannot represent (only an absurd spread gets there).
-    pub fn at(&self, i: usize) -> Option<Instant> {
+    pub(crate) fn at(&self, i: usize) -> Option<Instant> {
         let offset = self.offset(i)?;
         let secs = u64::try_from(offset / NANOS_PER_SEC).ok()?;
         let nanos = (offset % NANOS_PER_SEC) as u32; // < 10^9
@@ -71,7 +73,7 @@ impl CloseSchedule {
     /// The indices due at `now` that were not returned before, in order; each index is returned
     /// exactly once over the schedule's life. A `now` earlier than a previous one (or than
     /// `start`) just returns an empty range.
-    pub fn due(&mut self, now: Instant) -> Range<usize> {
+    pub(crate) fn due(&mut self, now: Instant) -> Range<usize> {
         let from = self.next;
         let Some(elapsed) = now.checked_duration_since(self.start) else {
             return from..from;
@@ -94,7 +96,7 @@ impl CloseSchedule {
 
     /// When the next not-yet-returned close is due, so the relay can sleep until then; `None`
     /// once nothing more will ever come due (all returned, rate 0, or beyond `Instant`).
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.at(self.next)
     }
 

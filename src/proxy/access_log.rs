@@ -8,54 +8,54 @@ use std::time::Duration;
 use crate::config::{AccessLogConfig, AccessLogFormat};
 
 /// Target of access log events; `access_log.format: off` filters it out.
-pub const TARGET: &str = "tether::access";
+pub(crate) const TARGET: &str = "tether::access";
 
 #[derive(Debug, Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     enabled: bool,
     redact_query: Vec<String>,
 }
 
 /// One finished HTTP exchange.
-pub struct RequestRecord<'a> {
-    pub client: SocketAddr,
-    pub listener: &'a str,
-    pub method: &'a str,
-    pub host: Option<&'a str>,
-    pub path_and_query: &'a str,
-    pub status: u16,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub duration: Duration,
-    pub upstream: Option<&'a str>,
-    pub backend: Option<&'a str>,
+pub(crate) struct RequestRecord<'a> {
+    pub(crate) client: SocketAddr,
+    pub(crate) listener: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) host: Option<&'a str>,
+    pub(crate) path_and_query: &'a str,
+    pub(crate) status: u16,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) duration: Duration,
+    pub(crate) upstream: Option<&'a str>,
+    pub(crate) backend: Option<&'a str>,
     /// False when the response body was cut short.
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 /// One finished WebSocket tunnel.
-pub struct TunnelRecord<'a> {
-    pub client: SocketAddr,
-    pub listener: &'a str,
-    pub host: Option<&'a str>,
-    pub path_and_query: &'a str,
-    pub upstream: &'a str,
-    pub backend: &'a str,
+pub(crate) struct TunnelRecord<'a> {
+    pub(crate) client: SocketAddr,
+    pub(crate) listener: &'a str,
+    pub(crate) host: Option<&'a str>,
+    pub(crate) path_and_query: &'a str,
+    pub(crate) upstream: &'a str,
+    pub(crate) backend: &'a str,
     /// Client -> backend.
-    pub bytes_in: u64,
+    pub(crate) bytes_in: u64,
     /// Backend -> client.
-    pub bytes_out: u64,
-    pub lifetime: Duration,
+    pub(crate) bytes_out: u64,
+    pub(crate) lifetime: Duration,
     /// Why it ended: `client_closed`, `backend_closed`, `idle_timeout`, `drained`, `error`...
-    pub end: &'a str,
+    pub(crate) end: &'a str,
 }
 
 impl AccessLog {
-    pub fn new(config: &AccessLogConfig) -> Self {
+    pub(crate) fn new(config: &AccessLogConfig) -> Self {
         Self { enabled: config.format != AccessLogFormat::Off, redact_query: config.redact_query.clone() }
     }
 
-    pub fn request(&self, r: &RequestRecord<'_>) {
+    pub(crate) fn request(&self, r: &RequestRecord<'_>) {
         if !self.enabled {
             return;
         }
@@ -77,7 +77,7 @@ impl AccessLog {
         );
     }
 
-    pub fn tunnel(&self, r: &TunnelRecord<'_>) {
+    pub(crate) fn tunnel(&self, r: &TunnelRecord<'_>) {
         if !self.enabled {
             return;
         }
@@ -105,7 +105,7 @@ fn millis(d: Duration) -> f64 {
 /// Replace the values of the named query parameters with `REDACTED`, leaving everything else
 /// byte for byte as the client sent it. Parameter names are compared after percent-decoding,
 /// so `acc%65ss_token` cannot slip a token past the filter.
-pub fn redact_query<'a>(path_and_query: &'a str, names: &[String]) -> Cow<'a, str> {
+pub(crate) fn redact_query<'a>(path_and_query: &'a str, names: &[String]) -> Cow<'a, str> {
     let Some((path, query)) = path_and_query.split_once('?') else {
         return Cow::Borrowed(path_and_query);
     };

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::exchange::Exchange;
+use super::exchange::{Ending, Exchange};
 
 enum Source {
     Upstream(Incoming),
@@ -35,9 +35,9 @@ impl ClientBody {
         Self { source, bytes: 0, exchange }
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, ending: Ending) {
         if let Some(exchange) = self.exchange.take() {
-            exchange.finish(self.bytes, complete);
+            exchange.finish(self.bytes, ending);
         }
     }
 }
@@ -58,8 +58,8 @@ impl Body for ClientBody {
                     this.bytes += data.len() as u64;
                 }
             }
-            Poll::Ready(None) => this.finish(true),
-            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(None) => this.finish(Ending::Complete),
+            Poll::Ready(Some(Err(_))) => this.finish(Ending::CutShort),
             Poll::Pending => {}
         }
         polled
@@ -84,10 +84,10 @@ impl Drop for ClientBody {
     fn drop(&mut self) {
         // A body that is never polled to its end (client gone, HEAD, 204) still ends the
         // request; an upstream body cut short leaves its connection in an unknown state.
-        let complete = match &self.source {
-            Source::Full(_) => true,
-            Source::Upstream(body) => body.is_end_stream(),
+        let ending = match &self.source {
+            Source::Upstream(body) if !body.is_end_stream() => Ending::CutShort,
+            _ => Ending::Complete,
         };
-        self.finish(complete);
+        self.finish(ending);
     }
 }

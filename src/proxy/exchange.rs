@@ -12,6 +12,15 @@ use crate::downstream::ClientConn;
 use crate::upstream::pool::Sender;
 use crate::upstream::{BackendHandle, Load, Upstream};
 
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Read to its end: the backend connection may be reused.
+    Complete,
+    /// Abandoned or failed: the backend connection is in an unknown state.
+    CutShort,
+}
+
 /// Everything that must happen when a request ends, however it ends: the access log line,
 /// backend counters, returning the backend connection to its pool (only after a complete
 /// body), and telling the client connection it is idle again. Runs exactly once, on
@@ -72,12 +81,13 @@ impl Exchange {
         self.client.peer
     }
 
-    /// The response body ended (`complete`) or was abandoned after `bytes_out` bytes.
-    pub(crate) fn finish(mut self, bytes_out: u64, complete: bool) {
-        self.run(bytes_out, complete);
+    /// The response body ended after `bytes_out` bytes, read to its end or not.
+    pub(crate) fn finish(mut self, bytes_out: u64, ending: Ending) {
+        self.run(bytes_out, ending);
     }
 
-    fn run(&mut self, bytes_out: u64, complete: bool) {
+    fn run(&mut self, bytes_out: u64, ending: Ending) {
+        let complete = ending == Ending::Complete;
         if self.finished {
             return;
         }
@@ -122,6 +132,6 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        self.run(0, false);
+        self.run(0, Ending::CutShort);
     }
 }

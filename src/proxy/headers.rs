@@ -22,13 +22,13 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// True for an HTTP/1.1 `GET` asking to switch to WebSocket (RFC 6455 4.1). Only this upgrade
 /// is ever tunnelled; any other `Upgrade` (such as `h2c`) is stripped as a hop-by-hop header.
-pub fn wants_websocket<B>(req: &Request<B>) -> bool {
+pub(crate) fn wants_websocket<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.method() == Method::GET
         && connection_has_token(req.headers(), "upgrade")
@@ -36,7 +36,7 @@ pub fn wants_websocket<B>(req: &Request<B>) -> bool {
 }
 
 /// True if a `101 Switching Protocols` response confirms the WebSocket upgrade.
-pub fn confirms_websocket(headers: &HeaderMap) -> bool {
+pub(crate) fn confirms_websocket(headers: &HeaderMap) -> bool {
     headers.get_all(header::UPGRADE).iter().any(|v| list_has_token(v, "websocket"))
 }
 
@@ -49,7 +49,7 @@ fn list_has_token(value: &HeaderValue, token: &str) -> bool {
 }
 
 /// Remove hop-by-hop headers, including every header named in `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Collect the names listed in Connection first: removing Connection loses them.
     let mut listed: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
@@ -71,24 +71,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Put back the two headers a WebSocket upgrade needs on the next hop, after
 /// [`remove_hop_by_hop`] took them out.
-pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
+pub(crate) fn set_websocket_upgrade(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
 /// What the proxy knows about the client side of one request.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientFacts<'a> {
-    pub peer: IpAddr,
-    pub is_tls: bool,
+pub(crate) struct ClientFacts<'a> {
+    pub(crate) peer: IpAddr,
+    pub(crate) is_tls: bool,
     /// The host the client asked for (Host header, or the URI authority for HTTP/2).
-    pub host: Option<&'a str>,
+    pub(crate) host: Option<&'a str>,
 }
 
 /// Set `X-Forwarded-For`, `-Proto` and `-Host`. When the peer is a trusted proxy its values are
 /// kept and the peer is appended to `X-Forwarded-For`; otherwise all three are replaced, so a
 /// client cannot make the backend believe a forged address.
-pub fn set_forwarded(headers: &mut HeaderMap, client: ClientFacts<'_>, trusted: &[IpNet]) {
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: ClientFacts<'_>, trusted: &[IpNet]) {
     let peer = client.peer.to_canonical();
     let is_trusted = trusted.iter().any(|net| net.contains(&peer));
     let peer_text = peer.to_string();
@@ -133,9 +133,17 @@ fn set_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
+/// What the connection saw of a request head's framing on the wire, before hyper normalised it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Clean,
+    /// Both Content-Length and Transfer-Encoding (hyper keeps only the latter).
+    LengthConflict,
+}
+
 /// Why a request is refused before it reaches any backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Malformed {
+pub(crate) enum Malformed {
     #[error("conflicting Content-Length and Transfer-Encoding")]
     LengthConflict,
     #[error("invalid Content-Length")]
@@ -151,8 +159,8 @@ pub enum Malformed {
 /// Content-Lengths and a non-chunked Transfer-Encoding; it *accepts* Content-Length together
 /// with Transfer-Encoding (dropping the former), which [`crate::server::conn`] detects on the
 /// wire and reports here as `saw_length_conflict`.
-pub fn check_request<B>(req: &Request<B>, saw_length_conflict: bool) -> Result<Option<String>, Malformed> {
-    if saw_length_conflict {
+pub(crate) fn check_request<B>(req: &Request<B>, framing: Framing) -> Result<Option<String>, Malformed> {
+    if framing == Framing::LengthConflict {
         return Err(Malformed::LengthConflict);
     }
     let headers = req.headers();
@@ -184,7 +192,7 @@ pub fn check_request<B>(req: &Request<B>, saw_length_conflict: bool) -> Result<O
 
 /// The host part of a Host header or URI authority (`name`, `name:port`, `[v6]:port`),
 /// lowercased, or None if it is not a plausible host.
-pub fn host_name(raw: &[u8]) -> Option<String> {
+pub(crate) fn host_name(raw: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(raw).ok()?.trim();
     if s.is_empty() {
         return None;
@@ -214,7 +222,7 @@ fn is_port(s: &str) -> bool {
 
 /// Headers a request must not carry to the backend beyond the hop-by-hop set: `Expect` was
 /// already answered by this hop (hyper sends `100 Continue` when the body is first read).
-pub fn remove_request_only(headers: &mut HeaderMap) {
+pub(crate) fn remove_request_only(headers: &mut HeaderMap) {
     headers.remove(header::EXPECT);
 }
 
@@ -222,7 +230,7 @@ pub fn remove_request_only(headers: &mut HeaderMap) {
 /// into separate fields ("crumbs"), which must be joined before the request goes on over
 /// HTTP/1.1 (RFC 9113 8.2.3): HTTP/1.1 allows one `Cookie` header (RFC 6265 5.4), and many
 /// backends read only the first.
-pub fn join_cookies(headers: &mut HeaderMap) {
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     let mut values = headers.get_all(header::COOKIE).iter();
     if values.nth(1).is_none() {
         return;
@@ -346,23 +354,23 @@ mod tests {
 
     #[test]
     fn ambiguous_framing_and_hosts_are_malformed() {
-        assert_eq!(check_request(&req(&[]), true), Err(Malformed::LengthConflict));
+        assert_eq!(check_request(&req(&[]), Framing::LengthConflict), Err(Malformed::LengthConflict));
         assert_eq!(
-            check_request(&req(&[("content-length", "5"), ("transfer-encoding", "chunked")]), false),
+            check_request(&req(&[("content-length", "5"), ("transfer-encoding", "chunked")]), Framing::Clean),
             Err(Malformed::LengthConflict)
         );
-        assert_eq!(check_request(&req(&[("content-length", "+5")]), false), Err(Malformed::BadContentLength));
-        assert_eq!(check_request(&req(&[("host", "a"), ("host", "b")]), false), Err(Malformed::ManyHosts));
-        assert_eq!(check_request(&req(&[("host", "a b")]), false), Err(Malformed::BadHost));
-        assert_eq!(check_request(&req(&[("host", "a:99x")]), false), Err(Malformed::BadHost));
+        assert_eq!(check_request(&req(&[("content-length", "+5")]), Framing::Clean), Err(Malformed::BadContentLength));
+        assert_eq!(check_request(&req(&[("host", "a"), ("host", "b")]), Framing::Clean), Err(Malformed::ManyHosts));
+        assert_eq!(check_request(&req(&[("host", "a b")]), Framing::Clean), Err(Malformed::BadHost));
+        assert_eq!(check_request(&req(&[("host", "a:99x")]), Framing::Clean), Err(Malformed::BadHost));
         assert_eq!(
-            check_request(&req(&[("host", "App.Test:8080"), ("content-length", "0")]), false),
+            check_request(&req(&[("host", "App.Test:8080"), ("content-length", "0")]), Framing::Clean),
             Ok(Some("app.test".into()))
         );
-        assert_eq!(check_request(&req(&[]), false), Ok(None));
+        assert_eq!(check_request(&req(&[]), Framing::Clean), Ok(None));
         let mut absolute = req(&[("host", "ignored.test")]);
         *absolute.uri_mut() = "http://Api.Test:8443/x".parse().unwrap();
-        assert_eq!(check_request(&absolute, false), Ok(Some("api.test".into())));
+        assert_eq!(check_request(&absolute, Framing::Clean), Ok(Some("api.test".into())));
     }
 
     #[test]

@@ -224,14 +224,16 @@ impl Proxy {
         raw_host: Option<String>,
         ex: &mut Exchange,
     ) -> Result<(Answer, Option<Sender>), ProxyError> {
-        let host = headers::check_request(&req, conn.state.take_length_conflict())?;
+        let framing =
+            if conn.state.take_length_conflict() { headers::Framing::LengthConflict } else { headers::Framing::Clean };
+        let host = headers::check_request(&req, framing)?;
         let upstream = snapshot
             .routes
             .find(host.as_deref(), req.uri().path())
             .and_then(|name| snapshot.upstreams.get(name))
             .ok_or(ProxyError::NoRoute)?;
         ex.set_upstream(upstream);
-        let facts = balance::RequestFacts { headers: req.headers(), query: req.uri().query(), is_tls: conn.is_tls };
+        let facts = balance::RequestFacts { headers: req.headers(), query: req.uri().query() };
         let route = upstream.route(&facts);
         route.strip_cookie(req.headers_mut());
         if headers::wants_websocket(&req) {
@@ -382,7 +384,7 @@ impl Proxy {
 /// What a backend carries at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendLoad {
-    pub id: String,
+    pub(crate) id: String,
     /// Requests in flight plus open tunnels (the load bounded loads count).
     pub load: u32,
     pub tunnels: usize,

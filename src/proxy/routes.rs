@@ -4,18 +4,18 @@ use crate::config::{HostMatch, RouteConfig};
 
 /// Routes in config order.
 #[derive(Debug, Clone, Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<RouteConfig>,
 }
 
 impl RouteTable {
-    pub fn new(routes: &[RouteConfig]) -> Self {
+    pub(crate) fn new(routes: &[RouteConfig]) -> Self {
         Self { routes: routes.to_vec() }
     }
 
     /// The upstream of the first route matching `host` (lowercase, without port; None when the
     /// request named no host) and `path`.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&str> {
+    pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<&str> {
         self.routes
             .iter()
             .find(|r| host_matches(&r.host, host) && path.starts_with(r.path_prefix.as_str()))

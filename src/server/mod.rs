@@ -27,7 +27,7 @@ mod reload;
 mod tls;
 mod watch;
 
-pub use watch::WatchError;
+pub(crate) use watch::WatchError;
 
 /// Descriptors kept back from `limits.max_connections` for listeners, health checks, the admin
 /// API, log files and DNS.

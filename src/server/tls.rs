@@ -12,7 +12,7 @@ use crate::config::TlsConfig;
 /// Picks a certificate by the client's SNI name: an exact name first, then a wildcard
 /// (`*.example.com` covers one label), then the first configured certificate.
 #[derive(Debug)]
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
@@ -20,7 +20,7 @@ pub struct SniResolver {
 
 impl SniResolver {
     /// `None` when `tls` lists no certificate (config validation prevents that).
-    pub fn new(tls: &TlsConfig) -> Option<Self> {
+    pub(crate) fn new(tls: &TlsConfig) -> Option<Self> {
         let default = tls.certificates.first()?.certified.clone();
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
@@ -59,7 +59,7 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// The rustls server settings of one TLS listener.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let resolver = SniResolver::new(tls).ok_or_else(|| rustls::Error::General("no certificate configured".into()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

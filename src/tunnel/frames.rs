@@ -39,13 +39,13 @@ pub mod opcode {
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// The longest header: 2 fixed bytes, an 8-byte extended length and a 4-byte masking key.
-pub const MAX_HEADER_LEN: usize = 14;
+pub(crate) const MAX_HEADER_LEN: usize = 14;
 
 /// A Close payload is a 2-byte status code followed by the reason, within the control limit.
-pub const MAX_CLOSE_REASON_LEN: usize = MAX_CONTROL_PAYLOAD - 2;
+pub(crate) const MAX_CLOSE_REASON_LEN: usize = MAX_CONTROL_PAYLOAD - 2;
 
 /// The longest Close frame [`close_frame`] produces: masked header plus a full payload.
-pub const MAX_CLOSE_FRAME_LEN: usize = 2 + 4 + MAX_CONTROL_PAYLOAD;
+pub(crate) const MAX_CLOSE_FRAME_LEN: usize = 2 + 4 + MAX_CONTROL_PAYLOAD;
 
 const FIN: u8 = 0x80;
 const MASK: u8 = 0x80;
@@ -134,7 +134,7 @@ impl FrameTracker {
     /// would be at a frame boundary: `Some(0)` when it already is, `None` when no boundary falls
     /// within `bytes`. Does not change the tracker. This is where the relay cuts a buffer to
     /// write a Close: forward `bytes[..n]`, advance by it, then write the Close.
-    pub fn next_boundary_within(&self, bytes: &[u8]) -> Option<usize> {
+    pub(crate) fn next_boundary_within(&self, bytes: &[u8]) -> Option<usize> {
         let mut probe = *self;
         let mut used = 0;
         // Bounded: every step consumes at least one byte, so at most bytes.len() + 1 rounds.
@@ -153,7 +153,7 @@ impl FrameTracker {
     /// True once the header of a Close frame has passed in this direction. An endpoint sends
     /// at most one Close (RFC 6455 section 5.5.1), so the relay must not inject a second one
     /// after the peer's own.
-    pub const fn close_seen(&self) -> bool {
+    pub(crate) const fn close_seen(&self) -> bool {
         self.close_seen
     }
 
@@ -237,7 +237,7 @@ fn decode(head: &[u8]) -> FrameHeader {
 
 /// An encoded Close frame in a fixed buffer; `as_ref()` gives the bytes to write.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct CloseFrame {
+pub(crate) struct CloseFrame {
     bytes: [u8; MAX_CLOSE_FRAME_LEN],
     len: u8,
 }
@@ -259,7 +259,7 @@ impl fmt::Debug for CloseFrame {
 /// `mask: Some(key)` towards a backend (client-to-server frames must be masked) and `None`
 /// towards a client. `code` should satisfy [`is_sendable_close_code`] (config guarantees
 /// 1001 or 1012); it is written as given.
-pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> CloseFrame {
+pub(crate) fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> CloseFrame {
     let reason = reason.as_bytes();
     let reason = &reason[..reason.len().min(MAX_CLOSE_REASON_LEN)];
     let reason = match std::str::from_utf8(reason) {

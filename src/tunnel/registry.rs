@@ -88,7 +88,7 @@ impl TunnelRegistry {
         Registration { registry: self.clone(), control }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
@@ -97,7 +97,7 @@ impl TunnelRegistry {
     }
 
     /// The open tunnels, oldest first.
-    pub fn snapshot(&self) -> Vec<Arc<TunnelControl>> {
+    pub(crate) fn snapshot(&self) -> Vec<Arc<TunnelControl>> {
         let mut all: Vec<_> = self.lock().values().cloned().collect();
         all.sort_by_key(|c| c.id);
         all

@@ -27,7 +27,7 @@ const READS_PER_TURN: usize = 16;
 /// How long a graceful close waits for the frames in flight to end and for both peers to answer
 /// our Close frames before it cuts the connection. A frame can be arbitrarily long, so this must
 /// be bounded; a few seconds finish any reasonable frame on a live connection.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The reason text sent with a proxy-initiated Close.
 const CLOSE_REASON: &str = "tether: backend draining";
 
@@ -39,7 +39,7 @@ pub enum Side {
 }
 
 /// Streams a client connection may be, recovered from hyper after an upgrade.
-pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn into_side(self) -> Side;
 }
 
@@ -142,9 +142,18 @@ struct Flow {
     frames: FrameTracker,
     closing: Closing,
     /// Frames towards a backend must be masked (RFC 6455 5.1).
-    towards_backend: bool,
+    direction: Direction,
     /// The source sent a Close after ours went out (or ended its stream).
     answered: bool,
+}
+
+/// Which way a flow carries bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client to backend.
+    Up,
+    /// Backend to client.
+    Down,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +169,7 @@ enum Step {
 }
 
 impl Flow {
-    fn new(already_read: &[u8], towards_backend: bool) -> Self {
+    fn new(already_read: &[u8], direction: Direction) -> Self {
         Self {
             pending: Vec::new(),
             written: 0,
@@ -170,7 +179,7 @@ impl Flow {
             bytes: 0,
             frames: FrameTracker::new(),
             closing: Closing::No,
-            towards_backend,
+            direction,
             answered: false,
         }
         .with_early(already_read)
@@ -205,7 +214,7 @@ impl Flow {
     }
 
     fn inject_close(&mut self, dst: &mut Side, code: u16) -> io::Result<()> {
-        let mask = self.towards_backend.then(rand::random::<[u8; 4]>);
+        let mask = (self.direction == Direction::Up).then(rand::random::<[u8; 4]>);
         let frame = frames::close_frame(code, CLOSE_REASON, mask);
         self.closing = Closing::Sent;
         self.write_or_keep(dst, frame.as_ref())
@@ -359,7 +368,7 @@ pub enum End {
 }
 
 impl End {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             End::ClientClosed => "client_closed",
             End::BackendClosed => "backend_closed",
@@ -376,15 +385,15 @@ impl End {
 pub struct Report {
     pub end: End,
     /// Client -> backend.
-    pub bytes_up: u64,
+    pub(crate) bytes_up: u64,
     /// Backend -> client.
-    pub bytes_down: u64,
+    pub(crate) bytes_down: u64,
     /// The close code sent to both peers, when the proxy closed the tunnel.
     pub close_code: Option<u16>,
 }
 
 enum Wake {
-    Readable(io::Result<()>, bool),
+    Readable(io::Result<()>, Direction),
     Writable(io::Result<()>),
     Close,
     Timer,
@@ -408,8 +417,8 @@ pub async fn relay(
     control: &TunnelControl,
     idle: Duration,
 ) -> Report {
-    let mut up = Flow::new(&client_early, true);
-    let mut down = Flow::new(&backend_early, false);
+    let mut up = Flow::new(&client_early, Direction::Up);
+    let mut down = Flow::new(&backend_early, Direction::Down);
     drop((client_early, backend_early));
     let mut last_activity = Instant::now();
     let timer = tokio::time::sleep(idle);
@@ -458,12 +467,12 @@ pub async fn relay(
             if s_up == Step::WaitRead
                 && let Poll::Ready(r) = client.tcp().poll_read_ready(cx)
             {
-                return Poll::Ready(Wake::Readable(r, true));
+                return Poll::Ready(Wake::Readable(r, Direction::Up));
             }
             if s_down == Step::WaitRead
                 && let Poll::Ready(r) = backend.tcp().poll_read_ready(cx)
             {
-                return Poll::Ready(Wake::Readable(r, false));
+                return Poll::Ready(Wake::Readable(r, Direction::Down));
             }
             if s_up == Step::WaitWrite
                 && let Poll::Ready(r) = backend.tcp().poll_write_ready(cx)
@@ -482,13 +491,8 @@ pub async fn relay(
         })
         .await;
         match wake {
-            Wake::Readable(Ok(()), is_up) => {
-                if is_up {
-                    up.may_read = true;
-                } else {
-                    down.may_read = true;
-                }
-            }
+            Wake::Readable(Ok(()), Direction::Up) => up.may_read = true,
+            Wake::Readable(Ok(()), Direction::Down) => down.may_read = true,
             // Writability needs no flag: the next pump retries the pending bytes.
             Wake::Writable(Ok(())) => {}
             Wake::Readable(Err(_), _) | Wake::Writable(Err(_)) => break End::Error,

@@ -80,6 +80,21 @@ pub(crate) struct DrainProgress {
     pub(crate) closes_sent: usize,
 }
 
+impl DrainProgress {
+    /// A round starting now, with `tunnels` open.
+    pub(crate) fn begin(reason: DrainReason, timeout: std::time::Duration, tunnels: usize) -> Self {
+        let started = SystemTime::now();
+        Self {
+            started,
+            reason,
+            deadline: started + timeout,
+            deadline_at: Instant::now() + timeout,
+            tunnels_at_start: tunnels,
+            closes_sent: 0,
+        }
+    }
+}
+
 /// The externally visible state and when it was entered.
 #[derive(Debug, Clone)]
 pub(crate) struct Status {
@@ -97,7 +112,7 @@ pub(super) struct State {
 }
 
 /// A backend of an upstream at run time, shared by requests, tunnels, checks and drains.
-pub struct BackendHandle {
+pub(crate) struct BackendHandle {
     /// Stable identity (ring, cookies, metrics); never derived from the address for static
     /// backends. A readdressed backend keeps its id, so no user moves.
     id: Arc<str>,
@@ -240,20 +255,13 @@ impl BackendHandle {
         self.activity.notify_one();
     }
 
-    /// Start a drain round now: its progress is visible at once, and its tunnels get their
+    /// Start a new drain round now: its progress is visible at once, and its tunnels get their
     /// Close at the returned instant.
     pub(crate) fn begin_drain_round(&self, reason: DrainReason, timeout: std::time::Duration) -> Instant {
-        let started = SystemTime::now();
-        let deadline_at = Instant::now() + timeout;
-        self.state.lock().status.drain = Some(DrainProgress {
-            started,
-            reason,
-            deadline: started + timeout,
-            deadline_at,
-            tunnels_at_start: self.tunnels.len(),
-            closes_sent: 0,
-        });
-        deadline_at
+        let round = DrainProgress::begin(reason, timeout, self.tunnels.len());
+        let deadline = round.deadline_at;
+        self.state.lock().status.drain = Some(round);
+        deadline
     }
 
     /// The current drain round, if one was begun.

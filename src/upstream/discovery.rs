@@ -24,7 +24,7 @@ pub trait Resolve: Send + Sync + 'static {
 /// The operating system's resolver (getaddrinfo, so /etc/hosts and the search domains of
 /// compose and Kubernetes apply).
 #[derive(Debug, Default)]
-pub struct SystemResolver;
+pub(crate) struct SystemResolver;
 
 impl Resolve for SystemResolver {
     fn resolve<'a>(

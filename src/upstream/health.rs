@@ -21,7 +21,7 @@ use crate::config::{HealthCheckConfig, PassiveConfig};
 
 /// The result of one active check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckOutcome {
+pub(crate) enum CheckOutcome {
     /// 2xx.
     Healthy,
     /// 503: the backend says it is shutting down.
@@ -31,9 +31,9 @@ pub enum CheckOutcome {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct HealthState {
-    pub admin_drained: bool,
-    pub removed: bool,
+pub(crate) struct HealthState {
+    pub(crate) admin_drained: bool,
+    pub(crate) removed: bool,
     not_ready: bool,
     joining: bool,
     down: bool,
@@ -43,17 +43,21 @@ pub struct HealthState {
     /// Ejections in a row without a success in between (drives the back-off).
     ejections: u32,
     ejected_until: Option<Instant>,
-    pub last_check: Option<CheckOutcome>,
+    pub(crate) last_check: Option<CheckOutcome>,
 }
 
 impl HealthState {
-    /// A backend present at startup is active until a check says otherwise; one added later
-    /// (`joining`) waits for its first healthy check.
-    pub fn new(joining: bool) -> Self {
-        Self { joining, ..Self::default() }
+    /// A backend present at startup: active until a check says otherwise.
+    pub(crate) fn active() -> Self {
+        Self::default()
     }
 
-    pub fn availability(&self, now: Instant) -> Availability {
+    /// A backend added later: it waits for its first healthy check.
+    pub(crate) fn joining() -> Self {
+        Self { joining: true, ..Self::default() }
+    }
+
+    pub(crate) fn availability(&self, now: Instant) -> Availability {
         if self.admin_drained || self.removed {
             Availability::Draining
         } else if self.down {
@@ -69,7 +73,7 @@ impl HealthState {
         }
     }
 
-    pub fn on_check(&mut self, outcome: CheckOutcome, policy: &HealthCheckConfig) {
+    pub(crate) fn on_check(&mut self, outcome: CheckOutcome, policy: &HealthCheckConfig) {
         match &outcome {
             CheckOutcome::Healthy => {
                 self.ok_streak = self.ok_streak.saturating_add(1);
@@ -99,7 +103,7 @@ impl HealthState {
 
     /// A connection to the backend failed. Returns the end of a new ejection, if this failure
     /// started one.
-    pub fn on_connect_failure(&mut self, now: Instant, policy: &PassiveConfig) -> Option<Instant> {
+    pub(crate) fn on_connect_failure(&mut self, now: Instant, policy: &PassiveConfig) -> Option<Instant> {
         if self.ejected_until.is_some_and(|until| now < until) {
             return None;
         }
@@ -115,20 +119,20 @@ impl HealthState {
     }
 
     /// A connection to the backend succeeded.
-    pub fn on_connect_success(&mut self, now: Instant) {
+    pub(crate) fn on_connect_success(&mut self, now: Instant) {
         self.passive_failures = 0;
         if self.ejected_until.is_none_or(|until| now >= until) {
             self.ejections = 0;
         }
     }
 
-    pub fn ejected_until(&self) -> Option<Instant> {
+    pub(crate) fn ejected_until(&self) -> Option<Instant> {
         self.ejected_until
     }
 }
 
 /// `ejection * 2^(n-1)`, capped at `max_ejection`.
-pub fn ejection_length(n: u32, policy: &PassiveConfig) -> Duration {
+pub(crate) fn ejection_length(n: u32, policy: &PassiveConfig) -> Duration {
     let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
     policy.ejection.checked_mul(factor).unwrap_or(policy.max_ejection).min(policy.max_ejection)
 }
@@ -162,7 +166,7 @@ mod tests {
     #[test]
     fn a_backend_goes_down_after_unhealthy_after_failures_and_back_after_healthy_after() {
         let now = Instant::now();
-        let mut h = HealthState::new(false);
+        let mut h = HealthState::active();
         assert_eq!(h.availability(now), Availability::Active);
         h.on_check(failed(), &checks());
         h.on_check(failed(), &checks());
@@ -178,7 +182,7 @@ mod tests {
     #[test]
     fn a_503_drains_at_once_and_recovers_after_healthy_after() {
         let now = Instant::now();
-        let mut h = HealthState::new(false);
+        let mut h = HealthState::active();
         h.on_check(CheckOutcome::NotReady, &checks());
         assert_eq!(h.availability(now), Availability::Draining);
         h.on_check(CheckOutcome::Healthy, &checks());
@@ -190,7 +194,7 @@ mod tests {
     #[test]
     fn an_admin_drain_is_sticky_against_checks() {
         let now = Instant::now();
-        let mut h = HealthState::new(false);
+        let mut h = HealthState::active();
         h.admin_drained = true;
         for _ in 0..5 {
             h.on_check(CheckOutcome::Healthy, &checks());
@@ -203,7 +207,7 @@ mod tests {
     #[test]
     fn a_removed_backend_drains_even_when_it_fails_checks() {
         let now = Instant::now();
-        let mut h = HealthState::new(false);
+        let mut h = HealthState::active();
         h.removed = true;
         for _ in 0..3 {
             h.on_check(failed(), &checks());
@@ -214,7 +218,7 @@ mod tests {
     #[test]
     fn a_joining_backend_needs_one_healthy_check() {
         let now = Instant::now();
-        let mut h = HealthState::new(true);
+        let mut h = HealthState::joining();
         assert_eq!(h.availability(now), Availability::Joining);
         h.on_check(failed(), &checks());
         assert_eq!(h.availability(now), Availability::Joining);
@@ -225,7 +229,7 @@ mod tests {
     #[test]
     fn connect_failures_eject_with_exponential_backoff() {
         let t0 = Instant::now();
-        let mut h = HealthState::new(false);
+        let mut h = HealthState::active();
         assert_eq!(h.on_connect_failure(t0, &passive()), None);
         let until = h.on_connect_failure(t0, &passive()).unwrap();
         assert_eq!(until, t0 + Duration::from_secs(10));

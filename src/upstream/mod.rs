@@ -31,9 +31,9 @@ pub(crate) mod health;
 pub(crate) mod pool;
 mod route;
 
-pub use backend::BackendHandle;
-pub(crate) use backend::{DrainReason, Load, Source};
-pub use discovery::{Resolve, SystemResolver};
+pub(crate) use backend::BackendHandle;
+pub(crate) use backend::{DrainProgress, DrainReason, Load, Source};
+pub(crate) use discovery::{Resolve, SystemResolver};
 pub(crate) use route::{Candidate, Route};
 
 /// What upstreams need from the rest of the process.
@@ -112,7 +112,7 @@ pub(crate) enum Start {
     Reloaded,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     name: Arc<str>,
     settings: ArcSwap<Settings>,
     membership: ArcSwap<Membership>,
@@ -136,7 +136,7 @@ impl Upstream {
             .map(|b| {
                 let id: Arc<str> = b.id.as_str().into();
                 let metrics = deps.metrics.backend(&name, &id);
-                let health = health::HealthState::new(joining);
+                let health = if joining { health::HealthState::joining() } else { health::HealthState::active() };
                 Arc::new(BackendHandle::new(id, b.address.clone(), b.weight, Source::Config, health, metrics))
             })
             .collect();
@@ -300,7 +300,7 @@ impl Upstream {
                 }
                 None => {
                     let metrics = self.deps.metrics.backend(&self.name, &id);
-                    let health = health::HealthState::new(joining);
+                    let health = if joining { health::HealthState::joining() } else { health::HealthState::active() };
                     let backend = Arc::new(BackendHandle::new(id, address, weight, source, health, metrics));
                     let state = backend.availability().as_str();
                     self.deps.metrics.state_change(&self.name, backend.id(), None, state);
@@ -427,17 +427,21 @@ impl Upstream {
     /// Recompute a backend's availability from its health, record the change (state, metrics,
     /// the first drain round) and report it.
     fn refresh(self: &Arc<Self>, backend: &Arc<BackendHandle>) {
+        let drain_timeout = self.settings().config.drain.timeout;
         let (old, new) = {
-            // The state lock serialises concurrent refreshes of one backend.
+            // The state lock serialises concurrent refreshes of one backend, and whoever reads
+            // the status sees the availability and its drain round change together.
             let mut state = backend.state();
             let new = state.health.availability(Instant::now());
             let old = backend.live().set_availability(new);
             if old != new {
                 state.status.availability = new;
                 state.status.since = SystemTime::now();
-                if new != Availability::Draining {
-                    state.status.drain = None;
-                }
+                state.status.drain = (new == Availability::Draining && !self.cancelled().is_cancelled()).then(|| {
+                    // Recorded here rather than when the drain task runs, so whoever caused the
+                    // drain (an admin request) already sees its progress.
+                    DrainProgress::begin(DrainReason::of(&state.health), drain_timeout, backend.tunnels().len())
+                });
             }
             (old, new)
         };
@@ -449,12 +453,6 @@ impl Upstream {
         if new != Availability::Active {
             // Pooled connections are not reused on a backend that takes no new sessions.
             backend.pool().clear();
-        }
-        if new == Availability::Draining && !self.cancelled().is_cancelled() {
-            // Recorded here rather than when the drain task runs, so whoever caused the drain
-            // (an admin request) already sees its progress.
-            let reason = DrainReason::of(&backend.health());
-            backend.begin_drain_round(reason, self.settings().config.drain.timeout);
         }
         self.report(Event::Changed { upstream: self.clone(), backend: backend.clone(), from: old, to: new });
     }

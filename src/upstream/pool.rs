@@ -25,12 +25,12 @@ const MAX_IDLE: usize = 256;
 /// closes first instead of racing the backend's close. Backends with shorter timeouts (Node's
 /// 5 s) close first; hyper notices the FIN and such a connection is discarded, and one found
 /// dead before the request was written is retried by the proxy.
-pub const POOL_IDLE: Duration = Duration::from_secs(30);
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(30);
 
-pub type Sender = http1::SendRequest<UpstreamBody>;
+pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("cannot resolve {0}")]
     Resolve(String, #[source] std::io::Error),
     #[error("{0} resolves to no address")]
@@ -47,13 +47,13 @@ pub enum ConnectError {
 /// socket is the least likely to have been closed by the backend), and expired ones are cut
 /// from the front, so neither walks the whole list.
 #[derive(Default)]
-pub struct Pool {
+pub(crate) struct Pool {
     idle: Mutex<VecDeque<(Sender, Instant)>>,
 }
 
 impl Pool {
     /// The most recently used idle connection that is still open, if any.
-    pub fn take(&self) -> Option<Sender> {
+    pub(crate) fn take(&self) -> Option<Sender> {
         let now = Instant::now();
         let mut idle = self.idle.lock();
         while let Some((sender, since)) = idle.pop_back() {
@@ -64,7 +64,7 @@ impl Pool {
         None
     }
 
-    pub fn put(&self, sender: Sender) {
+    pub(crate) fn put(&self, sender: Sender) {
         if sender.is_closed() {
             return;
         }
@@ -79,13 +79,13 @@ impl Pool {
     }
 
     /// Drop every idle connection (the backend is draining or gone).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.idle.lock().clear();
     }
 }
 
 /// Resolve and connect, trying each resolved address in turn, all within `timeout`.
-pub async fn connect_tcp(address: &BackendAddress, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub(crate) async fn connect_tcp(address: &BackendAddress, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let text = address.to_string();
     let attempt = async {
         let addrs: Vec<SocketAddr> = match address.host.parse::<IpAddr>() {

@@ -6,7 +6,9 @@
 //! [`Inbound`]. There is no per-key interest tracking here: the receiving hub drops envelopes
 //! nobody subscribed to, which costs one hash lookup and no network.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use super::{Ack, Broker, BrokerKind, Envelope, Inbound};
 
@@ -24,7 +26,7 @@ struct Member {
 
 impl std::fmt::Debug for LocalBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.members.read().map(|m| m.len()).unwrap_or_default();
+        let n = self.members.read().len();
         f.debug_struct("LocalBus").field("members", &n).finish()
     }
 }
@@ -36,15 +38,15 @@ impl LocalBus {
 
     /// Joins the bus as the instance with nonce `origin`. The member leaves when the returned
     /// broker is dropped.
-    pub fn attach(&self, origin: u64, inbound: Inbound) -> LocalBroker {
+    pub(crate) fn attach(&self, origin: u64, inbound: Inbound) -> LocalBroker {
         let token = rand::random();
-        let mut members = self.members.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut members = self.members.write();
         members.push(Member { token, origin, inbound });
         LocalBroker { bus: self.clone(), token }
     }
 
     fn deliver_to_others(&self, token: u64, envelope: &Arc<Envelope>) {
-        let members = self.members.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let members = self.members.read();
         for m in members.iter().filter(|m| m.token != token) {
             // Same-nonce members would be one instance attached twice; mirror Redis local bypass.
             if m.origin != envelope.origin {
@@ -55,14 +57,14 @@ impl LocalBus {
 }
 
 /// One instance's membership in a [`LocalBus`].
-pub struct LocalBroker {
+pub(crate) struct LocalBroker {
     bus: LocalBus,
     token: u64,
 }
 
 impl Drop for LocalBroker {
     fn drop(&mut self) {
-        let mut members = self.bus.members.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut members = self.bus.members.write();
         members.retain(|m| m.token != self.token);
     }
 }

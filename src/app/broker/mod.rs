@@ -7,7 +7,7 @@
 //! slow part (a Redis round trip) is an [`Ack`] the caller may await or drop.
 
 pub mod local;
-pub mod redis;
+pub(crate) mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,35 +21,35 @@ use tokio::sync::oneshot;
 
 /// A message on its way to every subscriber of `destination` (a hub key) on every instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// Random per-instance nonce of the publisher. Local bypass drops envelopes carrying our own
     /// nonce when they come back from the broker. It is never the configured `--id`: replicas
     /// that share an id must still not drop each other's messages.
-    pub origin: u64,
+    pub(crate) origin: u64,
     /// The publishing instance's `--id`, for display (`tether-instance` header).
-    pub instance: Arc<str>,
+    pub(crate) instance: Arc<str>,
     /// Cluster-unique message id: origin nonce + counter. Becomes MESSAGE `message-id`.
-    pub id: Arc<str>,
-    pub destination: String,
+    pub(crate) id: Arc<str>,
+    pub(crate) destination: String,
     /// Authenticated user who sent it, if any.
-    pub sender: Option<String>,
-    pub content_type: Option<String>,
+    pub(crate) sender: Option<String>,
+    pub(crate) content_type: Option<String>,
     /// User headers of the SEND, passed through to MESSAGE.
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Bytes,
     /// Publish time, Unix epoch milliseconds, for the cross-instance fan-out latency metric.
-    pub published_at_ms: u64,
+    pub(crate) published_at_ms: u64,
 }
 
 impl Envelope {
     /// Whether the body is UTF-8 (a STOMP frame carrying it can go in a WebSocket text message).
-    pub fn body_is_utf8(&self) -> bool {
+    pub(crate) fn body_is_utf8(&self) -> bool {
         std::str::from_utf8(&self.body).is_ok()
     }
 
     /// The JSON form published on the broker. Text bodies stay readable in `redis-cli
     /// MONITOR`; binary bodies go as base64.
-    pub fn to_wire(&self) -> Vec<u8> {
+    pub(crate) fn to_wire(&self) -> Vec<u8> {
         let (body, body_b64) = match std::str::from_utf8(&self.body) {
             Ok(s) => (Some(s), None),
             Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&self.body))),
@@ -71,7 +71,7 @@ impl Envelope {
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 
-    pub fn from_wire(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+    pub(crate) fn from_wire(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let wire: OwnedWire = serde_json::from_slice(bytes)?;
         if wire.v != WIRE_VERSION {
             return Err(EnvelopeError::Version(wire.v));
@@ -139,7 +139,7 @@ struct OwnedWire {
 
 /// Why a broker payload is not an envelope.
 #[derive(Debug, thiserror::Error)]
-pub enum EnvelopeError {
+pub(crate) enum EnvelopeError {
     #[error("envelope is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("unsupported envelope version {0}")]
@@ -152,7 +152,7 @@ pub enum EnvelopeError {
 
 /// Why a publish or a subscription change was not confirmed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum BrokerError {
+pub(crate) enum BrokerError {
     #[error("the broker is unavailable")]
     Down,
     #[error("the broker publish queue is full")]
@@ -165,17 +165,17 @@ pub enum BrokerError {
 
 /// Which adapter an instance runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BrokerKind {
+pub(crate) enum BrokerKind {
     Redis,
     Local,
 }
 
 /// Where a broker delivers envelopes received from other instances. Called from the broker's
 /// own task; it must not block (the hub fan-out only uses `try_send`).
-pub type Inbound = Arc<dyn Fn(Arc<Envelope>) + Send + Sync>;
+pub(crate) type Inbound = Arc<dyn Fn(Arc<Envelope>) + Send + Sync>;
 
 /// The fan-out port. All methods return at once.
-pub trait Broker: Send + Sync {
+pub(crate) trait Broker: Send + Sync {
     fn kind(&self) -> BrokerKind;
 
     /// Sends `envelope` to the other instances. The [`Ack`] resolves once the broker accepted it;
@@ -198,7 +198,7 @@ pub trait Broker: Send + Sync {
 
 /// A pending broker confirmation.
 #[derive(Debug)]
-pub struct Ack(AckState);
+pub(crate) struct Ack(AckState);
 
 #[derive(Debug)]
 enum AckState {
@@ -207,12 +207,12 @@ enum AckState {
 }
 
 impl Ack {
-    pub fn ready(result: Result<(), BrokerError>) -> Ack {
+    pub(crate) fn ready(result: Result<(), BrokerError>) -> Ack {
         Ack(AckState::Ready(Some(result)))
     }
 
     /// An ack resolved by whoever holds the sender; a dropped sender means [`BrokerError::Closed`].
-    pub fn channel() -> (oneshot::Sender<Result<(), BrokerError>>, Ack) {
+    pub(crate) fn channel() -> (oneshot::Sender<Result<(), BrokerError>>, Ack) {
         let (tx, rx) = oneshot::channel();
         (tx, Ack(AckState::Waiting(rx)))
     }
@@ -230,12 +230,12 @@ impl Future for Ack {
 }
 
 /// The broker channel for hub key `key`.
-pub fn channel_name(key: &str) -> String {
+pub(crate) fn channel_name(key: &str) -> String {
     format!("{CHANNEL_PREFIX}{key}")
 }
 
 /// Prefix of every channel tether uses, so `PUBSUB CHANNELS tether:dest:*` lists them all.
-pub const CHANNEL_PREFIX: &str = "tether:dest:";
+pub(crate) const CHANNEL_PREFIX: &str = "tether:dest:";
 
 #[cfg(test)]
 mod tests {

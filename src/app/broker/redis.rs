@@ -63,7 +63,7 @@ struct Live {
 }
 
 /// Handle to the running adapter; its tasks stop on the shutdown token.
-pub struct RedisBroker {
+pub(crate) struct RedisBroker {
     up: Arc<AtomicBool>,
     interest: mpsc::UnboundedSender<Interest>,
     publish: mpsc::Sender<Outgoing>,
@@ -72,7 +72,7 @@ pub struct RedisBroker {
 impl RedisBroker {
     /// Validates `url` and spawns the supervisor and publisher on `tracker`. Connecting happens
     /// in the background: the instance starts (degraded) even while Redis is unreachable.
-    pub fn start(
+    pub(crate) fn start(
         url: &str,
         origin: u64,
         inbound: Inbound,
