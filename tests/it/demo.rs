@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tether::app::LocalBus;
 use tokio::io::{AsyncBufReadExt as _, BufReader as AsyncBufReader};
 
-use crate::support::backend::TestBackend;
+use crate::support::app::TestApp;
 use crate::support::http as client;
 use crate::support::proxy::{TestProxy, tether_bin};
 use crate::support::stomp_client::{ConnectOptions, StompClient};
@@ -161,8 +161,8 @@ fn js_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stompjs_works_through_the_proxy_and_reconnects_after_a_drain() {
     let bus = LocalBus::new();
-    let one = TestBackend::builder().id("app-1").bus(&bus).spawn().await;
-    let two = TestBackend::builder().id("app-2").bus(&bus).spawn().await;
+    let one = TestApp::builder().id("app-1").bus(&bus).spawn().await;
+    let two = TestApp::builder().id("app-2").bus(&bus).spawn().await;
     let yaml = format!(
         "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n      - {{ id: app-1, address: \"{}\" }}\n      - {{ id: app-2, address: \"{}\" }}\n    drain: {{ timeout: 500ms, close_spread: 200ms }}\n",
         one.addr, two.addr

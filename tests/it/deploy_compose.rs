@@ -15,7 +15,7 @@ use serde_yaml::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::WAIT;
-use crate::support::backend_process::BackendProcess;
+use crate::support::app_process::AppProcess;
 use crate::support::deploy_files::{
     compose, duration, flag, parse_config, port_of, read, repo_path, service, str_at, strings, with_flags,
 };
@@ -159,8 +159,8 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
     let compose = compose();
     let redis = TestRedis::start().await;
     let app1_args = local_args(&compose, "app1", "127.0.0.1:0", &redis.url());
-    let mut app1 = BackendProcess::spawn(&app1_args).await;
-    let app2 = BackendProcess::spawn(&local_args(&compose, "app2", "127.0.0.1:0", &redis.url())).await;
+    let mut app1 = AppProcess::spawn(&app1_args).await;
+    let app2 = AppProcess::spawn(&local_args(&compose, "app2", "127.0.0.1:0", &redis.url())).await;
 
     let (app1_addr, app2_addr) = (app1.addr.to_string(), app2.addr.to_string());
     let env = [
@@ -263,7 +263,7 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
 
     // ... and the container starts again on the same address.
     let restarted_args = with_flags(&app1_args, &[("--listen", &app1_addr)]);
-    let app1 = BackendProcess::spawn(&restarted_args).await;
+    let app1 = AppProcess::spawn(&restarted_args).await;
     assert_eq!(app1.addr.to_string(), app1_addr);
     assert!(healthcheck_passes(&app_check, app_port, app1.addr.port()).await, "restarted app1 healthcheck");
     wait_state(admin, "app1", &["active"], WAIT).await;

@@ -21,7 +21,7 @@ use tether::server::{self, Options, Running};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::WAIT;
-use crate::support::backend_process::BackendProcess;
+use crate::support::app_process::AppProcess;
 use crate::support::deploy_files::{
     at, config_map_file, container, find, manifests, parse_config, strings, with_flags,
 };
@@ -256,8 +256,8 @@ async fn rolling_update(removal: RecordRemoval) {
     );
 
     let redis = TestRedis::start().await;
-    let mut old = BackendProcess::spawn(&pod_args(&template, "pod-old", &redis.url())).await;
-    let stays = BackendProcess::spawn(&pod_args(&template, "pod-stays", &redis.url())).await;
+    let mut old = AppProcess::spawn(&pod_args(&template, "pod-old", &redis.url())).await;
+    let stays = AppProcess::spawn(&pod_args(&template, "pod-stays", &redis.url())).await;
     let records = Arc::new(ScriptedResolver::new(vec![old.addr, stays.addr]));
     let dir = tempfile::tempdir().expect("tempdir");
     let running = start_proxy(records.clone(), &dir).await;
@@ -305,7 +305,7 @@ async fn rolling_update(removal: RecordRemoval) {
 
     // maxSurge 1: the new pod starts, passes its readinessProbe, and only then appears in the
     // headless Service's records; tether adds it after its own healthy check.
-    let new = BackendProcess::spawn(&pod_args(&template, "pod-new", &redis.url())).await;
+    let new = AppProcess::spawn(&pod_args(&template, "pod-new", &redis.url())).await;
     assert_eq!(http_client::get(new.addr, "/readyz").await.status, 200, "new pod ready");
     records.set(Answer::Addrs(vec![old.addr, stays.addr, new.addr]));
     let new_id = new.addr.to_string();

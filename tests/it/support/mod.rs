@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 pub mod admin;
-pub mod backend;
-pub mod backend_process;
+pub mod app;
+pub mod app_process;
 pub mod check;
 pub mod deploy_files;
 pub mod echo;

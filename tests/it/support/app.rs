@@ -1,6 +1,6 @@
-//! `TestBackend`: an in-process `tether backend` instance on 127.0.0.1:0.
+//! `TestApp`: an in-process `tether backend` instance on 127.0.0.1:0.
 //!
-//! `TestBackend::builder().redis(&url).spawn().await` runs `tether::app::run_with_fanout`
+//! `TestApp::builder().redis(&url).spawn().await` runs `tether::app::run_with_fanout`
 //! on its own task; `shutdown()` triggers the graceful shutdown and re-raises a failure or a
 //! panic of the instance. Dropping it aborts the instance.
 
@@ -15,13 +15,13 @@ use tokio::task::JoinHandle;
 use super::http_client::{self, HttpResponse};
 use super::stomp_client::WAIT;
 
-pub struct TestBackendBuilder {
+pub struct TestAppBuilder {
     args: AppArgs,
     fanout: Fanout,
     internal: bool,
 }
 
-impl TestBackendBuilder {
+impl TestAppBuilder {
     pub fn id(mut self, id: &str) -> Self {
         self.args.id = Some(id.into());
         self
@@ -68,7 +68,7 @@ impl TestBackendBuilder {
         self
     }
 
-    pub async fn spawn(self) -> TestBackend {
+    pub async fn spawn(self) -> TestApp {
         let main = TcpListener::bind("127.0.0.1:0").await.expect("bind main");
         let addr = main.local_addr().expect("main addr");
         let internal =
@@ -79,25 +79,25 @@ impl TestBackendBuilder {
         let task = tokio::spawn(tether::app::run_with_fanout(self.args, listeners, self.fanout, async move {
             let _ = stopped.await;
         }));
-        TestBackend { addr, internal: internal_addr, stop: Some(stop), task: Some(task) }
+        TestApp { addr, internal: internal_addr, stop: Some(stop), task: Some(task) }
     }
 }
 
-pub struct TestBackend {
+pub struct TestApp {
     pub addr: SocketAddr,
     pub internal: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tether::app::AppError>>>,
 }
 
-impl TestBackend {
+impl TestApp {
     /// Test defaults: short shutdown delay and drain spread, heart-beats at 10 s (clients in
     /// tests send `0,0` unless they test heart-beats).
-    pub fn builder() -> TestBackendBuilder {
+    pub fn builder() -> TestAppBuilder {
         let mut args = AppArgs::new("127.0.0.1:0".parse().expect("addr"));
         args.shutdown_delay = Duration::from_millis(200);
         args.drain_spread = Duration::from_millis(500);
-        TestBackendBuilder { args, fanout: Fanout::Local(LocalBus::new()), internal: false }
+        TestAppBuilder { args, fanout: Fanout::Local(LocalBus::new()), internal: false }
     }
 
     pub fn ws_url(&self) -> String {
@@ -160,15 +160,15 @@ impl TestBackend {
         let grace = WAIT * 2;
         match tokio::time::timeout(grace, task).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => panic!("backend failed: {e}"),
+            Ok(Ok(Err(e))) => panic!("the app failed: {e}"),
             Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Ok(Err(e)) => panic!("backend task failed: {e}"),
-            Err(_) => panic!("backend did not shut down within {grace:?}"),
+            Ok(Err(e)) => panic!("the app task failed: {e}"),
+            Err(_) => panic!("the app did not shut down within {grace:?}"),
         }
     }
 }
 
-impl Drop for TestBackend {
+impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();

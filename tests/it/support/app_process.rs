@@ -1,4 +1,4 @@
-//! `BackendProcess`: the real `tether backend` binary as a child process (as a container or a
+//! `AppProcess`: the real `tether backend` binary as a child process (as a container or a
 //! pod runs it), with the command line a deployment file gives it. Killed on drop.
 
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 
 use super::WAIT;
 
-pub struct BackendProcess {
+pub struct AppProcess {
     child: Child,
     /// The main listener (`--listen`).
     pub addr: SocketAddr,
@@ -24,9 +24,9 @@ pub struct BackendProcess {
     _dir: TempDir,
 }
 
-impl BackendProcess {
+impl AppProcess {
     /// Runs `tether <args>` (args start with `backend`) and waits for its `listening` lines.
-    pub async fn spawn(args: &[String]) -> BackendProcess {
+    pub async fn spawn(args: &[String]) -> AppProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
@@ -58,7 +58,7 @@ impl BackendProcess {
                 _ => panic!("unexpected stdout line from tether backend: {line:?}"),
             }
         }
-        BackendProcess {
+        AppProcess {
             child,
             addr: addr.expect("main listener"),
             internal,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tether::app::stomp::Command;
 
-use crate::support::backend::TestBackend;
+use crate::support::app::TestApp;
 use crate::support::redis::TestRedis;
 use crate::support::stomp_client::{ConnectOptions, StompClient, WAIT};
 
@@ -14,8 +14,8 @@ const QUEUE: &str = "/user/queue/notifications";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_destinations_reach_every_session_of_that_user_on_any_instance() {
     let redis = TestRedis::start().await;
-    let a = TestBackend::builder().id("app-a").redis(&redis.url()).spawn().await;
-    let b = TestBackend::builder().id("app-b").redis(&redis.url()).spawn().await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn().await;
+    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn().await;
     a.wait_redis("up", WAIT).await;
     b.wait_redis("up", WAIT).await;
 
@@ -61,7 +61,7 @@ async fn user_destinations_reach_every_session_of_that_user_on_any_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_channels_follow_local_subscribers() {
     let redis = TestRedis::start().await;
-    let a = TestBackend::builder().id("app-a").redis(&redis.url()).spawn().await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn().await;
     a.wait_redis("up", WAIT).await;
     let all = "tether:dest:*";
     assert!(redis.pubsub_channels(all).await.is_empty());

@@ -4,7 +4,7 @@
 
 use tether::app::stomp::Command;
 
-use crate::support::backend::TestBackend;
+use crate::support::app::TestApp;
 use crate::support::http_client;
 use crate::support::redis::TestRedis;
 use crate::support::stomp_client::{StompClient, WAIT};
@@ -18,8 +18,8 @@ fn has_line(metrics: &str, line: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_degrades_then_fan_out_resumes() {
     let mut redis = TestRedis::start().await;
-    let a = TestBackend::builder().id("app-a").redis(&redis.url()).spawn().await;
-    let b = TestBackend::builder().id("app-b").redis(&redis.url()).spawn().await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn().await;
+    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn().await;
     a.wait_redis("up", WAIT).await;
     b.wait_redis("up", WAIT).await;
 
