@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use tether::app::LocalBus;
 use tokio::io::{AsyncBufReadExt as _, BufReader as AsyncBufReader};
 
+use crate::support::admin::AdminClient;
 use crate::support::app::TestApp;
+use crate::support::config::Yaml;
 use crate::support::http as client;
 use crate::support::proxy::{TestProxy, tether_bin};
 use crate::support::stomp_client::{ConnectOptions, StompClient};
@@ -64,23 +66,12 @@ impl Drop for Demo {
     }
 }
 
-/// A user name that the demo's ring sends to `backend`.
-async fn user_on(admin: SocketAddr, backend: &str) -> String {
-    for i in 0..200 {
-        let name = format!("user{i}");
-        let route = client::get(admin, &format!("/admin/upstreams/app/route?key={name}"), &[]).await.json();
-        if route["backend"] == backend {
-            return name;
-        }
-    }
-    panic!("no user name maps to {backend}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_is_a_multi_instance_chat_whose_users_survive_a_drain() {
     let demo = Demo::start();
     let public = demo.addr("public");
     let admin = demo.addr("admin");
+    let admin_api = AdminClient::new(admin);
 
     let page = client::get(public, "/", &[]).await;
     assert_eq!(page.status, 200);
@@ -89,8 +80,8 @@ async fn the_demo_is_a_multi_instance_chat_whose_users_survive_a_drain() {
     assert!(status_page.text().contains("/admin/upstreams"), "the status page is served");
 
     // One user per instance, keyed as a browser does (?user=), so they talk across instances.
-    let alice = user_on(admin, "app-1").await;
-    let bob = user_on(admin, "app-2").await;
+    let alice = admin_api.key_on("app", "app-1", "user").await;
+    let bob = admin_api.key_on("app", "app-2", "user").await;
     let connect = |user: &str| {
         let url = format!("ws://{public}/ws?user={user}");
         let opts = ConnectOptions::default().login(user);
@@ -110,15 +101,7 @@ async fn the_demo_is_a_multi_instance_chat_whose_users_survive_a_drain() {
 
     // Drain app-1: alice gets a clean close (1001) after the drain timeout and reconnects to
     // app-2; bob is untouched.
-    let drained = client::H1::connect(admin)
-        .await
-        .send(
-            http::Request::post("/admin/upstreams/app/backends/app-1/drain")
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(drained.status, 200);
+    admin_api.drain("app", "app-1").await;
     let (close, _) = a.expect_close(Duration::from_secs(20)).await;
     assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
     let mut a = connect(&alice).await;
@@ -163,11 +146,10 @@ async fn stompjs_works_through_the_proxy_and_reconnects_after_a_drain() {
     let bus = LocalBus::new();
     let one = TestApp::builder().id("app-1").bus(&bus).spawn().await;
     let two = TestApp::builder().id("app-2").bus(&bus).spawn().await;
-    let yaml = format!(
-        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n      - {{ id: app-1, address: \"{}\" }}\n      - {{ id: app-2, address: \"{}\" }}\n    drain: {{ timeout: 500ms, close_spread: 200ms }}\n",
-        one.addr, two.addr
-    );
-    let proxy = TestProxy::start(&yaml).await;
+    let proxy = TestProxy::start(Yaml::app(|u| {
+        u.backend("app-1", one.addr).backend("app-2", two.addr).drain("{ timeout: 500ms, close_spread: 200ms }")
+    }))
+    .await;
     let url = format!("ws://{}/ws", proxy.addr("public"));
     assert!(
         js_dir().join("node_modules/@stomp/stompjs").is_dir(),
@@ -186,9 +168,7 @@ async fn stompjs_works_through_the_proxy_and_reconnects_after_a_drain() {
     let first = next_event(&mut lines, "subscribed").await;
     let first_instance = first["instance"].as_str().expect("instance").to_owned();
     let other = if first_instance == "app-1" { "app-2" } else { "app-1" };
-    let upstream = proxy.running.proxy().runtime().upstreams["app"].clone();
-    let backend = upstream.backend(&first_instance).expect("backend");
-    upstream.drain(&backend);
+    proxy.admin().drain("app", &first_instance).await;
     let closed = next_event(&mut lines, "closed").await;
     assert_eq!(closed["code"], 1001, "a clean close, not a dropped connection");
     let second = next_event(&mut lines, "subscribed").await;
