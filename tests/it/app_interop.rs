@@ -9,8 +9,8 @@ use tether::app::LocalBus;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::support::WAIT;
 use crate::support::app::TestApp;
-use crate::support::stomp_client::WAIT;
 
 fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")

@@ -5,9 +5,10 @@
 use tether::app::stomp::{self, Command, Frame, Version};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::support::WAIT;
 use crate::support::app::TestApp;
 use crate::support::http_client;
-use crate::support::stomp_client::{ConnectOptions, StompClient, WAIT};
+use crate::support::stomp_client::{ConnectOptions, StompClient};
 
 fn close_code(c: &Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> Option<u16> {
     c.as_ref().map(|c| u16::from(c.code))

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use tether::app::stomp::Command;
 use tokio::sync::Semaphore;
 
+use crate::support::WAIT;
 use crate::support::app::TestApp;
-use crate::support::stomp_client::{StompClient, WAIT};
+use crate::support::stomp_client::StompClient;
 
 const TOPIC: &str = "/topic/flood";
 /// 400 x 32 KiB = 12.8 MiB: several times what loopback socket buffers absorb for a reader that

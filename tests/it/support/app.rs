@@ -1,8 +1,9 @@
-//! `TestApp`: an in-process `tether backend` instance on 127.0.0.1:0.
+//! `TestApp`: the reference STOMP application (`tether backend`) in-process, on 127.0.0.1:0.
 //!
-//! `TestApp::builder().redis(&url).spawn().await` runs `tether::app::run_with_fanout`
-//! on its own task; `shutdown()` triggers the graceful shutdown and re-raises a failure or a
-//! panic of the instance. Dropping it aborts the instance.
+//! `TestApp::builder().redis(&url).spawn().await` runs `tether::app::run_with_fanout` on its
+//! own [`ServerRuntime`]; `shutdown()` runs the graceful shutdown and re-raises a failure or a
+//! panic of the instance. Dropping it stops the instance at once, and a panic of any of its
+//! tasks fails the test.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::http_client::{self, HttpResponse};
-use super::stomp_client::WAIT;
+use super::server_runtime::ServerRuntime;
+use super::{WAIT, eventually_within, within};
 
 pub struct TestAppBuilder {
     args: AppArgs,
@@ -69,17 +71,27 @@ impl TestAppBuilder {
     }
 
     pub async fn spawn(self) -> TestApp {
-        let main = TcpListener::bind("127.0.0.1:0").await.expect("bind main");
-        let addr = main.local_addr().expect("main addr");
-        let internal =
-            if self.internal { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind internal")) } else { None };
-        let internal_addr = internal.as_ref().map(|l| l.local_addr().expect("addr"));
+        let runtime = ServerRuntime::start("the app");
+        let Self { args, fanout, internal } = self;
         let (stop, stopped) = oneshot::channel::<()>();
-        let listeners = AppListeners { main, internal };
-        let task = tokio::spawn(tether::app::run_with_fanout(self.args, listeners, self.fanout, async move {
-            let _ = stopped.await;
-        }));
-        TestApp { addr, internal: internal_addr, stop: Some(stop), task: Some(task) }
+        // Bound on the app's own runtime, whose reactor then drives them.
+        let (addr, internal, task) = within(
+            "the app to start",
+            runtime.run(async move {
+                let main = TcpListener::bind("127.0.0.1:0").await.expect("bind main");
+                let addr = main.local_addr().expect("main addr");
+                let internal =
+                    if internal { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind internal")) } else { None };
+                let internal_addr = internal.as_ref().map(|l| l.local_addr().expect("addr"));
+                let listeners = AppListeners { main, internal };
+                let task = tokio::spawn(tether::app::run_with_fanout(args, listeners, fanout, async move {
+                    let _ = stopped.await;
+                }));
+                (addr, internal_addr, task)
+            }),
+        )
+        .await;
+        TestApp { addr, internal, stop: Some(stop), task: Some(task), runtime }
     }
 }
 
@@ -88,6 +100,7 @@ pub struct TestApp {
     pub internal: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tether::app::AppError>>>,
+    runtime: ServerRuntime,
 }
 
 impl TestApp {
@@ -128,17 +141,18 @@ impl TestApp {
         http_client::post(self.operator_addr(), &format!("/publish?{query}"), body.to_owned()).await
     }
 
-    /// Polls `/healthz` until `redis` reports `state` (bounded by `within`).
-    pub async fn wait_redis(&self, state: &str, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let h = self.health().await;
-            if h["redis"] == state {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "redis did not become {state} within {within:?}: {h}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    /// Wait until `/healthz` reports redis `state`.
+    pub async fn wait_redis(&self, state: &str) {
+        self.wait_redis_within(state, WAIT).await;
+    }
+
+    /// Wait until `/healthz` reports redis `state`, at most `limit` (when the bound is part of
+    /// what the test checks).
+    pub async fn wait_redis_within(&self, state: &str, limit: Duration) {
+        eventually_within(&format!("redis to be {state} on /healthz"), limit, async || {
+            (self.health().await["redis"] == state).then_some(())
+        })
+        .await;
     }
 
     /// Starts the graceful shutdown without waiting for it.
@@ -148,7 +162,8 @@ impl TestApp {
         }
     }
 
-    /// Shuts down and waits for `run` to return Ok; re-raises a panic of the instance.
+    /// Shuts down and waits for `run` to return Ok; re-raises a panic of the instance or of
+    /// any of its tasks.
     pub async fn shutdown(mut self) {
         self.begin_shutdown();
         self.join().await;
@@ -165,13 +180,6 @@ impl TestApp {
             Ok(Err(e)) => panic!("the app task failed: {e}"),
             Err(_) => panic!("the app did not shut down within {grace:?}"),
         }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.runtime.assert_no_panic();
     }
 }

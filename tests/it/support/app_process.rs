@@ -7,10 +7,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
-use super::WAIT;
+use super::{WAIT, within};
 
 pub struct AppProcess {
     child: Child,
@@ -20,6 +20,8 @@ pub struct AppProcess {
     pub internal: Option<SocketAddr>,
     /// The command line it was started with (after `tether`).
     pub args: Vec<String>,
+    /// Standard output after the `listening` lines (kept open: the process may write more).
+    stdout: Lines<BufReader<ChildStdout>>,
     stderr_path: PathBuf,
     _dir: TempDir,
 }
@@ -63,6 +65,7 @@ impl AppProcess {
             addr: addr.expect("main listener"),
             internal,
             args: args.to_vec(),
+            stdout: lines,
             stderr_path,
             _dir: dir,
         }
@@ -96,5 +99,15 @@ impl AppProcess {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The lines written to stdout after the `listening` lines, up to the end of the stream
+    /// (call it once the process has exited).
+    pub async fn rest_of_stdout(&mut self) -> Vec<String> {
+        let mut rest = Vec::new();
+        while let Some(line) = within("the end of stdout", self.stdout.next_line()).await.expect("read stdout") {
+            rest.push(line);
+        }
+        rest
     }
 }

@@ -14,8 +14,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// Generous bound on any single wait: the machine is small and shared.
-pub const WAIT: Duration = Duration::from_secs(10);
+use super::WAIT;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
