@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
 use crate::support::config::{Upstream, Yaml};
@@ -262,11 +262,7 @@ async fn tls_connect(
     addr: SocketAddr,
     ca: &TestCa,
 ) -> (CertificateDer<'static>, hyper::client::conn::http1::SendRequest<Full<Bytes>>) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[b"http/1.1"]));
-    let name = ServerName::try_from("localhost").expect("name");
-    let tls = within("TLS handshake", connector.connect(name, tcp)).await.expect("TLS handshake");
-    let presented = tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone().into_owned();
+    let (presented, tls) = ca.connect(addr).await;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("h1 handshake");
     tokio::spawn(conn);
     (presented, sender)

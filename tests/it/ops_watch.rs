@@ -5,16 +5,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
-
 use crate::support::config::Yaml;
 use crate::support::echo::EchoBackend;
 use crate::support::http as client;
 use crate::support::proxy::{ProxyProcess, TestProxy};
 use crate::support::tls::TestCa;
 use crate::support::ws;
-use crate::support::{eventually, until, within};
+use crate::support::{eventually, until};
 
 /// Listener `public`, an admin listener, and upstream `app` over `backends`.
 fn yaml(backends: &[(&str, SocketAddr)]) -> Yaml {
@@ -113,16 +110,6 @@ async fn a_configmap_style_symlink_swap_triggers_a_reload() {
     assert_eq!(client::get(proxy.addr("public"), "/", &[]).await.text(), "b");
 }
 
-/// The certificate a new TLS connection to `addr` is given.
-async fn presented_certificate(addr: SocketAddr, ca: &TestCa) -> CertificateDer<'static> {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[b"http/1.1"]));
-    let tls = within("TLS handshake", connector.connect(ServerName::try_from("localhost").expect("name"), tcp))
-        .await
-        .expect("TLS handshake");
-    tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone().into_owned()
-}
-
 /// JSON log lines on the process's stderr.
 fn log_lines(proxy: &ProxyProcess) -> Vec<serde_json::Value> {
     proxy.stderr().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
@@ -142,13 +129,13 @@ async fn sighup_triggers_a_reload_that_rereads_certificates() {
     let proxy = TestProxy::builder().dir(dir).yaml(yaml).spawn_process().await;
     let admin = proxy.admin();
     let tls = proxy.addr("tls");
-    assert_eq!(presented_certificate(tls, &ca).await, first.cert_der);
+    assert_eq!(ca.connect(tls).await.0, first.cert_der);
 
     // New certificate files; the config text does not change, so only SIGHUP reloads.
     let (_, _, second) = ca.write_leaf(proxy.dir(), "site", &["localhost"]);
     proxy.signal(libc::SIGHUP);
     admin.wait_generation(2).await;
-    assert_eq!(presented_certificate(tls, &ca).await, second.cert_der);
+    assert_eq!(ca.connect(tls).await.0, second.cert_der);
     let scrape = admin.metrics().await;
     assert_eq!(scrape.value("tether_reloads_total", &[("result", "ok")]), 1.0);
     assert_eq!(scrape.value("tether_config_generation", &[]), 2.0);

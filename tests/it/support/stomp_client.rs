@@ -305,6 +305,7 @@ impl StompClient {
         beat.tick().await;
         loop {
             tokio::select! {
+                // Time under test: the connection must stay up (and quiet) for `duration`.
                 _ = tokio::time::sleep_until(end) => return,
                 _ = beat.tick(), if beat_every.is_some() => {
                     self.send_raw(Message::text("\n")).await;
