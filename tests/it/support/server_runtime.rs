@@ -109,3 +109,15 @@ impl Drop for ServerRuntime {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_of_a_server_task_fails_the_test_when_the_server_is_dropped() {
+    let runtime = ServerRuntime::start("a server that panics");
+    let task = runtime.handle().spawn(async { panic!("a bug in the server") });
+    assert!(task.await.expect_err("the task panicked").is_panic());
+    assert_eq!(runtime.panics().len(), 1, "the panic is recorded against its runtime");
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(runtime)));
+    let failure = dropped.expect_err("dropping the server fails the test");
+    let message = failure.downcast_ref::<String>().expect("a formatted message");
+    assert!(message.contains("a server that panics panicked") && message.contains("a bug in the server"), "{message}");
+}
