@@ -1,12 +1,12 @@
 //! `tether demo` gives a working multi-instance chat, and `@stomp/stompjs` (a client nobody
 //! here wrote) works through `tether proxy`, including reconnecting after a drain.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
+use tempfile::TempDir;
 use tether::app::LocalBus;
 use tokio::io::{AsyncBufReadExt as _, BufReader as AsyncBufReader};
 
@@ -14,61 +14,33 @@ use crate::support::admin::AdminClient;
 use crate::support::app::TestApp;
 use crate::support::config::Yaml;
 use crate::support::http as client;
-use crate::support::proxy::{TestProxy, tether_bin};
+use crate::support::process::Tether;
+use crate::support::proxy::TestProxy;
 use crate::support::stomp_client::{ConnectOptions, StompClient};
 use crate::support::within;
 
 /// `tether demo` as a child process, killed on drop.
 struct Demo {
-    child: Child,
-    addrs: Vec<(String, SocketAddr)>,
+    tether: Tether,
+    _dir: TempDir,
 }
 
 impl Demo {
-    fn start() -> Self {
-        let mut child = Command::new(tether_bin())
-            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tether demo");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut addrs = Vec::new();
-        let deadline = Instant::now() + crate::support::WAIT;
-        while addrs.len() < 4 {
-            let line =
-                rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("demo listening lines");
-            let mut parts = line.split_whitespace();
-            if let (Some("listening"), Some(name), Some(addr)) = (parts.next(), parts.next(), parts.next()) {
-                addrs.push((name.to_owned(), addr.parse().expect("address")));
-            }
-        }
-        Self { child, addrs }
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = ["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from);
+        let tether = Tether::spawn(&args, &[], &dir.path().join("stderr.log"), |seen| seen.len() >= 4).await;
+        Self { tether, _dir: dir }
     }
 
     fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a).expect("listener")
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.tether.addr(name).expect("listener")
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_is_a_multi_instance_chat_whose_users_survive_a_drain() {
-    let demo = Demo::start();
+    let demo = Demo::start().await;
     let public = demo.addr("public");
     let admin = demo.addr("admin");
     let admin_api = AdminClient::new(admin);

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::support::admin::AdminClient;
 use crate::support::config::{Upstream, Yaml};
 use crate::support::http::{self as client, H1};
-use crate::support::proxy::{TestProxy, tether_bin};
+use crate::support::process::tether_bin;
+use crate::support::proxy::TestProxy;
 use crate::support::ws_stream::{self, Readiness, StreamBackend};
 use crate::support::{eventually, until, within};
 

@@ -13,7 +13,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,12 +20,12 @@ use tempfile::TempDir;
 use tether::config::Config;
 use tether::server::{Options, Running};
 use tether::upstream::discovery::Resolve;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use super::admin::AdminClient;
+use super::process::Tether;
 use super::server_runtime::ServerRuntime;
-use super::{WAIT, within};
+use super::within;
 
 type Edit = Box<dyn FnOnce(&mut Config) + Send>;
 
@@ -193,11 +192,6 @@ impl TestProxy {
     }
 }
 
-/// The `tether` binary under test.
-pub fn tether_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tether"))
-}
-
 /// A `tether proxy` child process; killed on drop.
 pub struct ProxyProcess {
     child: Child,
@@ -210,35 +204,14 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     async fn start(dir: TempDir, config: &Path, env: &[(String, String)]) -> Self {
         let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(tether_bin());
-        cmd.arg("proxy").arg("-c").arg(config).stdout(Stdio::piped()).stderr(stderr).kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn tether proxy");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let expected = count_listeners(config);
-        let mut addrs = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while addrs.len() < expected {
-            match tokio::time::timeout_at(deadline, lines.next_line()).await {
-                Ok(Ok(Some(line))) => {
-                    let mut parts = line.split_whitespace();
-                    if let (Some("listening"), Some(name), Some(addr)) = (parts.next(), parts.next(), parts.next()) {
-                        addrs.push((name.to_owned(), addr.parse().expect("listening address")));
-                    }
-                }
-                other => {
-                    let _ = child.start_kill();
-                    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!("tether proxy did not report its listeners ({other:?}); stderr:\n{log}");
-                }
-            }
-        }
-        // Keep reading stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, addrs, dir, path: config.to_owned(), stderr_path }
+        let args = ["proxy".to_owned(), "-c".to_owned(), config.display().to_string()];
+        let Tether { child, listeners, mut stdout, .. } =
+            Tether::spawn(&args, env, &stderr_path, |seen| seen.len() >= expected).await;
+        // Keep reading stdout (a reload prints new listeners) so the child never blocks on a
+        // full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        Self { child, addrs: listeners, dir, path: config.to_owned(), stderr_path }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
