@@ -75,10 +75,8 @@ async fn fifty_subscribers_get_every_message_once(a: TestApp, b: TestApp) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_send_reaches_fifty_subscribers_on_two_redis_instances_exactly_once() {
     let redis = TestRedis::start().await;
-    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn().await;
-    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn().await;
-    a.wait_redis("up").await;
-    b.wait_redis("up").await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn_with_redis_up().await;
+    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn_with_redis_up().await;
     fifty_subscribers_get_every_message_once(a, b).await;
 }
 
@@ -94,10 +92,8 @@ async fn one_send_reaches_fifty_subscribers_on_a_shared_local_bus_exactly_once()
 async fn replicas_sharing_an_id_still_get_each_others_messages() {
     // Local bypass keys on a random per-process nonce, never on --id.
     let redis = TestRedis::start().await;
-    let a = TestApp::builder().id("same").redis(&redis.url()).spawn().await;
-    let b = TestApp::builder().id("same").redis(&redis.url()).spawn().await;
-    a.wait_redis("up").await;
-    b.wait_redis("up").await;
+    let a = TestApp::builder().id("same").redis(&redis.url()).spawn_with_redis_up().await;
+    let b = TestApp::builder().id("same").redis(&redis.url()).spawn_with_redis_up().await;
     let mut on_b = StompClient::connect(&b.ws_url()).await;
     on_b.subscribe("/topic/x", "s").await;
     let mut on_a = StompClient::connect(&a.ws_url()).await;

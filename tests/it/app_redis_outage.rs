@@ -19,10 +19,8 @@ fn has_line(metrics: &str, line: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_degrades_then_fan_out_resumes() {
     let mut redis = TestRedis::start().await;
-    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn().await;
-    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn().await;
-    a.wait_redis("up").await;
-    b.wait_redis("up").await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn_with_redis_up().await;
+    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn_with_redis_up().await;
 
     let mut sub_a = StompClient::connect(&a.ws_url()).await;
     let mut sub_b = StompClient::connect(&b.ws_url()).await;

@@ -13,10 +13,8 @@ const QUEUE: &str = "/user/queue/notifications";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_destinations_reach_every_session_of_that_user_on_any_instance() {
     let redis = TestRedis::start().await;
-    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn().await;
-    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn().await;
-    a.wait_redis("up").await;
-    b.wait_redis("up").await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn_with_redis_up().await;
+    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn_with_redis_up().await;
 
     // Identity from the trusted upgrade header on A, from CONNECT login on B.
     let mut alice_a = StompClient::connect_with(&a.ws_url(), ConnectOptions::default().user_header("alice")).await;
@@ -60,8 +58,7 @@ async fn user_destinations_reach_every_session_of_that_user_on_any_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_channels_follow_local_subscribers() {
     let redis = TestRedis::start().await;
-    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn().await;
-    a.wait_redis("up").await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn_with_redis_up().await;
     let all = "tether:dest:*";
     assert!(redis.pubsub_channels(all).await.is_empty());
 

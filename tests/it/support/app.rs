@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::http_client::{self, HttpResponse};
 use super::server_runtime::ServerRuntime;
-use super::{WAIT, eventually_within, within};
+use super::{WAIT, eventually, within};
 
 pub struct TestAppBuilder {
     args: AppArgs,
@@ -68,6 +68,14 @@ impl TestAppBuilder {
     pub fn internal_listener(mut self) -> Self {
         self.internal = true;
         self
+    }
+
+    /// [`Self::spawn`], then wait until the app's Redis connection is up.
+    pub async fn spawn_with_redis_up(self) -> TestApp {
+        assert!(matches!(self.fanout, Fanout::Redis(_)), "spawn_with_redis_up needs .redis(url)");
+        let app = self.spawn().await;
+        app.wait_redis("up").await;
+        app
     }
 
     pub async fn spawn(self) -> TestApp {
@@ -143,13 +151,7 @@ impl TestApp {
 
     /// Wait until `/healthz` reports redis `state`.
     pub async fn wait_redis(&self, state: &str) {
-        self.wait_redis_within(state, WAIT).await;
-    }
-
-    /// Wait until `/healthz` reports redis `state`, at most `limit` (when the bound is part of
-    /// what the test checks).
-    pub async fn wait_redis_within(&self, state: &str, limit: Duration) {
-        eventually_within(&format!("redis to be {state} on /healthz"), limit, async || {
+        eventually(&format!("redis to be {state} on /healthz"), async || {
             (self.health().await["redis"] == state).then_some(())
         })
         .await;
