@@ -1,5 +1,4 @@
-//! Affinity end to end (issue 3, plus the draining case of issue 5), through the real proxy
-//! with real sockets: users stay on their backend by key and by sticky cookie, users behind one
+//! Affinity end to end, through the real proxy with real sockets: users stay on their backend by key and by sticky cookie, users behind one
 //! NAT spread out, bounded loads hold under a hot key, replicas agree without shared state, bad
 //! or stale pins are replaced (never an error), a refused connect fails over, and the admin
 //! route helper and the debug header tell the truth.
@@ -21,38 +20,28 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::support::admin::AdminClient;
+use crate::support::config::Yaml;
 use crate::support::echo::{EchoBackend, dead_address};
 use crate::support::http::{self as client, H1, Reply};
-use crate::support::proxy::{ProxyProcess, TestProxy};
+use crate::support::proxy::TestProxy;
 use crate::support::tls::TestCa;
-use crate::support::within;
+use crate::support::{until, within};
 
 /// The sticky cookie's default name.
 const COOKIE: &str = "TETHER_AFFINITY";
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Listener `public`, an admin listener, upstream `app` over `backends` with the `affinity`
-/// block (already indented to sit under `affinity:`; empty for none), plus top-level `extra`.
-fn config(backends: &[(&str, SocketAddr)], affinity: &str, extra: &str) -> String {
-    let mut yaml = String::from(
-        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin: { bind: \"127.0.0.1:0\" }\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n",
-    );
-    for (id, addr) in backends {
-        yaml.push_str(&format!("      - {{ id: {id}, address: \"{addr}\" }}\n"));
-    }
-    if !affinity.is_empty() {
-        yaml.push_str("    affinity:\n");
-        yaml.push_str(affinity);
-    }
-    yaml.push_str("access_log: { format: off }\n");
-    yaml.push_str(extra);
-    yaml
+/// Listener `public`, an admin listener and upstream `app` over `backends` with `affinity`
+/// (a YAML flow mapping), access log off.
+fn yaml(backends: &[(&str, SocketAddr)], affinity: &str) -> Yaml {
+    Yaml::app(|u| u.backends(backends.iter().copied()).affinity(affinity)).set("access_log", "{ format: off }")
 }
 
-const KEY_BY_HEADER: &str = "      key: [ { header: X-User-Id } ]\n";
-const COOKIE_ONLY: &str = "      cookie: { name: TETHER_AFFINITY }\n";
-const KEY_AND_COOKIE: &str = "      key: [ { header: X-User-Id } ]\n      cookie: { name: TETHER_AFFINITY }\n";
+const KEY_BY_HEADER: &str = "{ key: [ { header: X-User-Id } ] }";
+const COOKIE_ONLY: &str = "{ cookie: { name: TETHER_AFFINITY } }";
+const KEY_AND_COOKIE: &str = "{ key: [ { header: X-User-Id } ], cookie: { name: TETHER_AFFINITY } }";
 
 /// Echo backends `app-1..=app-n` and an in-process proxy in front of them.
 struct Stack {
@@ -61,12 +50,17 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start(n: usize, affinity: &str, extra: &str) -> Self {
+    async fn start(n: usize, affinity: &str) -> Self {
+        Self::start_with(n, affinity, |yaml| yaml).await
+    }
+
+    /// Like [`Stack::start`], with more config from `more`.
+    async fn start_with(n: usize, affinity: &str, more: impl FnOnce(Yaml) -> Yaml) -> Self {
         let mut backends = Vec::new();
         for i in 1..=n {
             backends.push(EchoBackend::start(&format!("app-{i}")).await);
         }
-        let proxy = TestProxy::start(&config(&Self::list(&backends), affinity, extra)).await;
+        let proxy = TestProxy::start(more(yaml(&Self::list(&backends), affinity))).await;
         Self { backends, proxy }
     }
 
@@ -78,51 +72,35 @@ impl Stack {
         self.proxy.addr("public")
     }
 
-    fn admin(&self) -> SocketAddr {
-        self.proxy.addr("admin")
+    fn admin(&self) -> AdminClient {
+        self.proxy.admin()
     }
 
     fn backend(&self, id: &str) -> &EchoBackend {
         self.backends.iter().find(|b| b.id == id).unwrap_or_else(|| panic!("no backend {id}"))
     }
 
-    /// One series of the proxy's Prometheus text, e.g.
-    /// `tether_affinity_decisions_total{upstream="app",reason="key"}`; 0 when absent.
-    fn metric(&self, series: &str) -> u64 {
-        metric(&self.proxy.running.proxy().metrics_text(), series)
-    }
-
-    fn decisions(&self, reason: &str) -> u64 {
-        self.metric(&format!("tether_affinity_decisions_total{{upstream=\"app\",reason=\"{reason}\"}}"))
+    /// `tether_affinity_decisions_total` of upstream `app` for `reason`.
+    async fn decisions(&self, reason: &str) -> u64 {
+        self.admin().metric("tether_affinity_decisions_total", &[("upstream", "app"), ("reason", reason)]).await as u64
     }
 
     /// Where the ring sends `key` now, read from the proxy's own membership snapshot.
     fn home_of(&self, key: &str) -> String {
-        self.proxy.running.proxy().home_of("app", key).expect("a usable backend")
-    }
-
-    async fn admin_post(&self, path: &str) -> Reply {
-        let mut conn = H1::connect(self.admin()).await;
-        conn.send(Request::post(path).header("host", "admin").body(Full::new(Bytes::new())).expect("request")).await
+        self.proxy.running().proxy().home_of("app", key).expect("a usable backend")
     }
 
     async fn drain(&self, id: &str) {
-        let reply = self.admin_post(&format!("/admin/upstreams/app/backends/{id}/drain")).await;
-        assert_eq!(reply.status, StatusCode::OK, "drain {id}: {}", reply.text());
+        self.admin().drain("app", id).await;
     }
 
     async fn undrain(&self, id: &str) {
-        let reply = self.admin_post(&format!("/admin/upstreams/app/backends/{id}/undrain")).await;
-        assert_eq!(reply.status, StatusCode::OK, "undrain {id}: {}", reply.text());
+        self.admin().undrain("app", id).await;
     }
 
     /// The admin API's JSON for backend `id`.
     async fn admin_backend(&self, id: &str) -> serde_json::Value {
-        let doc = client::get(self.admin(), "/admin/upstreams/app", &[]).await.json();
-        doc["backends"]
-            .as_array()
-            .and_then(|list| list.iter().find(|b| b["id"] == id).cloned())
-            .unwrap_or_else(|| panic!("backend {id} in {doc}"))
+        self.admin().listed("app", id).await
     }
 
     /// A sticky cookie pinning to `id`, obtained the way a browser gets one: the other backends
@@ -142,12 +120,6 @@ impl Stack {
         }
         cookie
     }
-}
-
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 /// The value of our sticky cookie among the `Set-Cookie` headers, if one is set. Panics if it
@@ -253,7 +225,7 @@ async fn keyed_user(addr: SocketAddr, user: String) -> Journey {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_users_never_leave_their_backend_when_keyed_by_header() {
     // A cookie is configured too: a key takes precedence and needs no pin.
-    let stack = Stack::start(3, KEY_AND_COOKIE, "").await;
+    let stack = Stack::start(3, KEY_AND_COOKIE).await;
     let addr = stack.public();
     let journeys: Vec<Journey> = futures_util::stream::iter((0..USERS).map(|u| keyed_user(addr, format!("user-{u}"))))
         .buffer_unordered(USERS_AT_ONCE)
@@ -271,8 +243,8 @@ async fn two_hundred_users_never_leave_their_backend_when_keyed_by_header() {
     assert_eq!(journeys.len(), USERS);
     assert_eq!(off, 0, "requests that landed off their user's ring home");
     assert_eq!(users_per_backend.len(), 3, "users spread over every backend: {users_per_backend:?}");
-    assert_eq!(stack.decisions("key"), (USERS * (REQUESTS_PER_USER + 1)) as u64);
-    assert_eq!(stack.decisions("fallback"), 0);
+    assert_eq!(stack.decisions("key").await, (USERS * (REQUESTS_PER_USER + 1)) as u64);
+    assert_eq!(stack.decisions("fallback").await, 0);
 }
 
 /// The `Cookie` header a browser would send: another cookie of the site, plus our pin once it
@@ -336,7 +308,7 @@ async fn cookie_user(addr: SocketAddr, user: usize) -> Journey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_users_never_leave_their_backend_when_pinned_by_cookie() {
-    let stack = Stack::start(3, COOKIE_ONLY, "").await;
+    let stack = Stack::start(3, COOKIE_ONLY).await;
     let addr = stack.public();
 
     // The pin's shape: opaque (neither the id nor the address can be read from it), with the
@@ -365,8 +337,8 @@ async fn two_hundred_users_never_leave_their_backend_when_pinned_by_cookie() {
     assert_eq!(off, 0, "requests that landed off their user's pinned backend");
     assert_eq!(users_per_backend.len(), 3, "the fallback spreads new users: {users_per_backend:?}");
     // Every exchange but each user's first was routed by a valid cookie.
-    assert_eq!(stack.decisions("cookie"), (USERS * REQUESTS_PER_USER) as u64);
-    assert_eq!(stack.decisions("repin"), 0);
+    assert_eq!(stack.decisions("cookie").await, (USERS * REQUESTS_PER_USER) as u64);
+    assert_eq!(stack.decisions("repin").await, 0);
     // The admin API counts the pins issued: one per user, plus the probe's.
     let mut pins = 0;
     for backend in &stack.backends {
@@ -381,7 +353,7 @@ const NAT_USERS: usize = 500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_users_behind_one_address_spread_evenly_by_key() {
-    let stack = Stack::start(3, KEY_BY_HEADER, "").await;
+    let stack = Stack::start(3, KEY_BY_HEADER).await;
     let addr = stack.public();
     // Ten keep-alive connections, 50 users each: every request comes from 127.0.0.1.
     let per_conn: Vec<Vec<String>> = futures_util::stream::iter((0..10).map(|c| async move {
@@ -410,7 +382,7 @@ async fn five_hundred_users_behind_one_address_spread_evenly_by_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_users_behind_one_address_spread_evenly_by_cookie() {
-    let stack = Stack::start(3, COOKIE_ONLY, "").await;
+    let stack = Stack::start(3, COOKIE_ONLY).await;
     let addr = stack.public();
     // Each user loads the page (no cookie yet: the fallback pins it), then opens its WebSocket
     // with the pin and keeps it, as a STOMP client does.
@@ -451,10 +423,10 @@ async fn five_hundred_users_behind_one_address_spread_evenly_by_cookie() {
 async fn a_hot_key_with_bounded_loads_never_pushes_a_backend_over_the_bound() {
     const TUNNELS: usize = 300;
     const FACTOR: f64 = 1.25;
-    let affinity = "      key: [ { header: X-User-Id } ]\n      hash: { balance_factor: 1.25 }\n";
-    let stack = Stack::start(3, affinity, "").await;
+    let affinity = "{ key: [ { header: X-User-Id } ], hash: { balance_factor: 1.25 } }";
+    let stack = Stack::start(3, affinity).await;
     let addr = stack.public();
-    let proxy = stack.proxy.running.proxy();
+    let proxy = stack.proxy.running().proxy();
     let bound = |total: u32| (FACTOR * f64::from(total) / 3.0 - 1e-9).ceil() as u32;
 
     // Sample the proxy's own load counters (active requests + tunnels, reserved at decision
@@ -470,6 +442,8 @@ async fn a_hot_key_with_bounded_loads_never_pushes_a_backend_over_the_bound() {
                 worst.push((loads, total));
             }
             samples += 1;
+            // The sampling period: frequent enough to catch a violation, sparse enough to
+            // leave the 2 cores to the upgrades.
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         (samples, worst)
@@ -502,9 +476,9 @@ async fn a_hot_key_with_bounded_loads_never_pushes_a_backend_over_the_bound() {
     }
     assert_eq!(counts.values().sum::<usize>(), TUNNELS);
     eprintln!("figure: one hot key, {TUNNELS} tunnels, balance_factor {FACTOR}: {counts:?} (bound {limit})");
-    let skips = stack.decisions("bounded_load_skip");
+    let skips = stack.decisions("bounded_load_skip").await;
     assert!(skips > 0, "skips past the hot key's home are counted");
-    assert_eq!(stack.decisions("key"), TUNNELS as u64);
+    assert_eq!(stack.decisions("key").await, TUNNELS as u64);
     futures_util::future::join_all(sockets.into_iter().map(|(_, ws)| close(ws))).await;
 }
 
@@ -515,20 +489,13 @@ async fn two_proxies_sharing_key_env_agree_on_every_key_and_honour_each_others_c
     const KEY: &str = "a shared secret of at least thirty-two bytes, for tests";
     let backends =
         [EchoBackend::start("app-1").await, EchoBackend::start("app-2").await, EchoBackend::start("app-3").await];
-    let affinity =
-        "      key: [ { header: X-User-Id } ]\n      cookie: { name: TETHER_AFFINITY, key_env: TETHER_COOKIE_KEY }\n";
-    let yaml = config(&Stack::list(&backends), affinity, "");
-    let start = |env: &[(&str, &str)]| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tether.yaml");
-        std::fs::write(&path, &yaml).expect("write config");
-        ProxyProcess::start_with(dir, &path, env)
-    };
-    let a = start(&[("TETHER_COOKIE_KEY", KEY)]);
-    let b = start(&[("TETHER_COOKIE_KEY", KEY)]);
+    let affinity = "{ key: [ { header: X-User-Id } ], cookie: { name: TETHER_AFFINITY, key_env: TETHER_COOKIE_KEY } }";
+    let yaml = yaml(&Stack::list(&backends), affinity).build();
+    let a = TestProxy::builder().yaml(&yaml).env("TETHER_COOKIE_KEY", KEY).spawn_process().await;
+    let b = TestProxy::builder().yaml(&yaml).env("TETHER_COOKIE_KEY", KEY).spawn_process().await;
     // A third replica whose operator forgot the key: it hashes keys the same way, but signs
     // (and accepts) cookies with its own random key.
-    let c = start(&[]);
+    let c = TestProxy::builder().yaml(&yaml).spawn_process().await;
     let (pa, pb, pc) = (a.addr("public"), b.addr("public"), c.addr("public"));
 
     let (mut ca, mut cb, mut cc) = (H1::connect(pa).await, H1::connect(pb).await, H1::connect(pc).await);
@@ -564,12 +531,7 @@ async fn two_proxies_sharing_key_env_agree_on_every_key_and_honour_each_others_c
         assert!(fresh.is_some_and(|f| f != pin), "cookie {i}: a replica with another key re-pins");
     }
     let warning = "replicas will not share sticky cookies";
-    within("the keyless replica's startup warning", async {
-        while !c.stderr().contains(warning) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    c.wait_for_stderr_line("the keyless replica's startup warning", warning).await;
     assert!(!a.stderr().contains(warning) && !b.stderr().contains(warning), "replicas with the key do not warn");
 }
 
@@ -578,7 +540,7 @@ async fn two_proxies_sharing_key_env_agree_on_every_key_and_honour_each_others_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_move_only_the_users_they_must() {
     const KEYED_USERS: usize = 150;
-    let stack = Stack::start(3, KEY_BY_HEADER, "").await;
+    let stack = Stack::start(3, KEY_BY_HEADER).await;
     let mut conn = H1::connect(stack.public()).await;
     let users: Vec<String> = (0..KEYED_USERS).map(|u| format!("member-user-{u}")).collect();
     async fn where_all(conn: &mut H1, users: &[String]) -> Vec<String> {
@@ -611,12 +573,7 @@ async fn membership_changes_move_only_the_users_they_must() {
     let old_app1_requests = stack.backend("app-1").requests.load(Ordering::SeqCst);
     let mut list = Stack::list(&stack.backends);
     list[0].1 = moved_app1.addr;
-    let write = |list: &[(&str, SocketAddr)]| {
-        std::fs::write(stack.proxy.dir.path().join("tether.yaml"), config(list, KEY_BY_HEADER, ""))
-            .expect("rewrite config");
-    };
-    write(&list);
-    assert_eq!(stack.proxy.running.reload().await.ok(), Some(2));
+    assert_eq!(stack.proxy.rewrite(yaml(&list, KEY_BY_HEADER)).await, Ok(2));
     assert_eq!(where_all(&mut conn, &users).await, before, "a new address moves no one");
     let app1_users = before.iter().filter(|b| *b == "app-1").count();
     assert_eq!(moved_app1.requests.load(Ordering::SeqCst), app1_users);
@@ -625,8 +582,7 @@ async fn membership_changes_move_only_the_users_they_must() {
     // Scaling out moves users only onto the new backend.
     let app4 = EchoBackend::start("app-4").await;
     list.push(("app-4", app4.addr));
-    write(&list);
-    assert_eq!(stack.proxy.running.reload().await.ok(), Some(3));
+    assert_eq!(stack.proxy.rewrite(yaml(&list, KEY_BY_HEADER)).await, Ok(3));
     let after = where_all(&mut conn, &users).await;
     let mut moved = 0;
     for ((user, was), now) in users.iter().zip(&before).zip(&after) {
@@ -643,7 +599,7 @@ async fn membership_changes_move_only_the_users_they_must() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_and_garbage_cookies_are_answered_with_a_fresh_pin() {
-    let stack = Stack::start(3, COOKIE_ONLY, "").await;
+    let stack = Stack::start(3, COOKIE_ONLY).await;
     let addr = stack.public();
     let good = sticky_cookie(&client::get(addr, "/", &[]).await.headers).expect("a pin");
     let mut tampered = good.clone().into_bytes();
@@ -670,19 +626,17 @@ async fn tampered_and_garbage_cookies_are_answered_with_a_fresh_pin() {
         assert_eq!(sticky_cookie(&again.headers), None, "{what}");
     }
     // A bad cookie is no cookie: counted as a fallback, not a re-pin.
-    assert_eq!(stack.decisions("fallback"), 1 + cases.len() as u64);
-    assert_eq!(stack.decisions("cookie"), cases.len() as u64);
-    assert_eq!(stack.decisions("repin"), 0);
+    assert_eq!(stack.decisions("fallback").await, 1 + cases.len() as u64);
+    assert_eq!(stack.decisions("cookie").await, cases.len() as u64);
+    assert_eq!(stack.decisions("repin").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_for_a_backend_removed_by_reload_is_repinned() {
-    let stack = Stack::start(3, COOKIE_ONLY, "").await;
+    let stack = Stack::start(3, COOKIE_ONLY).await;
     let addr = stack.public();
     let pin = stack.cookie_for("app-3").await;
-    let yaml = config(&Stack::list(&stack.backends[..2]), COOKIE_ONLY, "");
-    std::fs::write(stack.proxy.dir.path().join("tether.yaml"), yaml).expect("rewrite config");
-    assert_eq!(stack.proxy.running.reload().await.ok(), Some(2));
+    assert_eq!(stack.proxy.rewrite(yaml(&Stack::list(&stack.backends[..2]), COOKIE_ONLY)).await, Ok(2));
     let before = stack.backend("app-3").requests.load(Ordering::SeqCst);
 
     let reply = client::get(addr, "/", &[("cookie", &format!("{COOKIE}={pin}"))]).await;
@@ -694,22 +648,17 @@ async fn a_cookie_for_a_backend_removed_by_reload_is_repinned() {
     assert_eq!(backend_of(&again), served);
     assert_eq!(sticky_cookie(&again.headers), None);
     assert_eq!(stack.backend("app-3").requests.load(Ordering::SeqCst), before, "the removed backend got nothing");
-    assert_eq!(stack.decisions("repin"), 1);
+    assert_eq!(stack.decisions("repin").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_naming_an_unreachable_backend_fails_over_and_is_repinned() {
-    let stack = Stack::start(3, COOKIE_ONLY, "").await;
+    let stack = Stack::start(3, COOKIE_ONLY).await;
     let addr = stack.public();
     let pin = stack.cookie_for("app-3").await;
     let gone = stack.backend("app-3");
     gone.stop();
-    within("app-3 to refuse connections", async {
-        while TcpStream::connect(gone.addr).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until("app-3 to refuse connections", async || TcpStream::connect(gone.addr).await.is_err()).await;
 
     let reply = client::get(addr, "/", &[("cookie", &format!("{COOKIE}={pin}"))]).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -720,13 +669,13 @@ async fn a_cookie_naming_an_unreachable_backend_fails_over_and_is_repinned() {
     assert_eq!(backend_of(&again), served);
     assert_eq!(sticky_cookie(&again.headers), None);
     // The cookie itself was valid: the decision honoured it and the connect failed over.
-    assert_eq!(stack.decisions("cookie"), 2);
+    assert_eq!(stack.decisions("cookie").await, 2);
     assert_eq!(stack.admin_backend("app-3").await["totals"]["connect_failures"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_naming_a_draining_backend_is_repinned_and_the_backend_gets_nothing_new() {
-    let stack = Stack::start(3, COOKIE_ONLY, "").await;
+    let stack = Stack::start(3, COOKIE_ONLY).await;
     let addr = stack.public();
     let pin = stack.cookie_for("app-2").await;
     // A tunnel already on app-2 stays through the drain.
@@ -753,7 +702,7 @@ async fn a_cookie_naming_a_draining_backend_is_repinned_and_the_backend_gets_not
     close(ws).await;
 
     assert_eq!(stack.backend("app-2").requests.load(Ordering::SeqCst), before, "nothing new reached app-2");
-    assert_eq!(stack.decisions("repin"), 2);
+    assert_eq!(stack.decisions("repin").await, 2);
     // The old tunnel still works.
     live.send(Message::text("still here")).await.expect("send");
     assert_eq!(within("echo", live.next()).await.expect("open").expect("frame"), Message::text("still here"));
@@ -764,13 +713,12 @@ async fn a_cookie_naming_a_draining_backend_is_repinned_and_the_backend_gets_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_claim_keys_are_read_from_a_header_a_cookie_and_the_query() {
-    let affinity = r#"      key:
-        - jwt_claim: { from: "header:Authorization", claim: sub }
-        - jwt_claim: { from: "cookie:session", claim: sub }
-        - jwt_claim: { from: "query:access_token", claim: sub }
-      cookie: { name: TETHER_AFFINITY }
-"#;
-    let stack = Stack::start(3, affinity, "").await;
+    let affinity = r#"{ key: [
+        { jwt_claim: { from: "header:Authorization", claim: sub } },
+        { jwt_claim: { from: "cookie:session", claim: sub } },
+        { jwt_claim: { from: "query:access_token", claim: sub } } ],
+      cookie: { name: TETHER_AFFINITY } }"#;
+    let stack = Stack::start(3, affinity).await;
     let mut conn = H1::connect(stack.public()).await;
     let mut homes = BTreeSet::new();
     for u in 0..30 {
@@ -792,16 +740,14 @@ async fn jwt_claim_keys_are_read_from_a_header_a_cookie_and_the_query() {
     let numeric =
         conn.get("/", &[("authorization", &format!("Bearer {}", jwt(&serde_json::json!({ "sub": 42 }))))]).await;
     assert_eq!(backend_of(&numeric), stack.home_of("42"));
-    assert_eq!(stack.decisions("key"), 91);
-    assert_eq!(stack.decisions("fallback"), 0);
+    assert_eq!(stack.decisions("key").await, 91);
+    assert_eq!(stack.decisions("fallback").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_jwt_is_answered_normally_by_the_fallback() {
-    let affinity = r#"      key: [ { jwt_claim: { from: "header:Authorization", claim: sub } } ]
-      cookie: { name: TETHER_AFFINITY }
-"#;
-    let stack = Stack::start(3, affinity, "").await;
+    let affinity = r#"{ key: [ { jwt_claim: { from: "header:Authorization", claim: sub } } ], cookie: { name: TETHER_AFFINITY } }"#;
+    let stack = Stack::start(3, affinity).await;
     let seg = |s: &str| URL_SAFE_NO_PAD.encode(s);
     let header = seg(r#"{"alg":"none"}"#);
     let cases = [
@@ -823,8 +769,8 @@ async fn a_malformed_jwt_is_answered_normally_by_the_fallback() {
         assert_eq!(reply.status, StatusCode::OK, "{what}");
         assert!(sticky_cookie(&reply.headers).is_some(), "{what}: the fallback pins like for any anonymous user");
     }
-    assert_eq!(stack.decisions("fallback"), cases.len() as u64);
-    assert_eq!(stack.decisions("key"), 0);
+    assert_eq!(stack.decisions("fallback").await, cases.len() as u64);
+    assert_eq!(stack.decisions("key").await, 0);
 }
 
 // ----- fail-over ---------------------------------------------------------------------------
@@ -834,20 +780,13 @@ async fn a_refused_connection_to_the_first_candidate_is_retried_on_the_next() {
     let dead = dead_address().await;
     let two = EchoBackend::start("app-2").await;
     let three = EchoBackend::start("app-3").await;
-    let yaml = config(&[("app-1", dead), ("app-2", two.addr), ("app-3", three.addr)], KEY_BY_HEADER, "");
-    let proxy = TestProxy::start(&yaml).await;
-    let (addr, admin) = (proxy.addr("public"), proxy.addr("admin"));
+    let proxy =
+        TestProxy::start(yaml(&[("app-1", dead), ("app-2", two.addr), ("app-3", three.addr)], KEY_BY_HEADER)).await;
+    let (addr, admin) = (proxy.addr("public"), proxy.admin());
 
     // A key whose first candidate is the dead backend, as the admin helper reports it.
-    let mut found = None;
-    for i in 0..200 {
-        let route = client::get(admin, &format!("/admin/upstreams/app/route?key=retry-{i}"), &[]).await.json();
-        if route["backend"] == "app-1" {
-            found = Some((format!("retry-{i}"), route["candidates"][1].as_str().expect("second").to_owned()));
-            break;
-        }
-    }
-    let (key, next) = found.expect("some key has app-1 first");
+    let key = admin.key_on("app", "app-1", "retry-").await;
+    let next = admin.route("app", &key).await.1[1].clone();
 
     let reply = client::get(addr, "/", &[("x-user-id", &key)]).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -874,20 +813,19 @@ async fn a_refused_connection_to_the_first_candidate_is_retried_on_the_next() {
     close(ws).await;
 
     // The failures are visible to operators.
-    let doc = client::get(admin, "/admin/upstreams/app", &[]).await.json();
-    let app1 = doc["backends"].as_array().and_then(|l| l.iter().find(|b| b["id"] == "app-1")).expect("app-1");
+    let app1 = admin.listed("app", "app-1").await;
     assert_eq!(app1["totals"]["connect_failures"], 3, "{app1}");
     assert_eq!(app1["totals"]["requests"], 0, "{app1}");
-    let text = proxy.running.proxy().metrics_text();
-    assert_eq!(metric(&text, r#"tether_backend_connect_failures_total{upstream="app",backend="app-1"}"#), 3);
+    let failures = admin.metric("tether_backend_connect_failures_total", &[("upstream", "app"), ("backend", "app-1")]);
+    assert_eq!(failures.await, 3.0);
 }
 
 // ----- admin route helper and debug header -------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_route_helper_answers_the_contract_and_agrees_with_real_requests() {
-    let stack = Stack::start(3, KEY_BY_HEADER, "").await;
-    let (addr, admin) = (stack.public(), stack.admin());
+    let stack = Stack::start(3, KEY_BY_HEADER).await;
+    let (addr, admin) = (stack.public(), stack.proxy.addr("admin"));
 
     let reply = client::get(admin, "/admin/upstreams/app/route?key=alice", &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -929,7 +867,7 @@ async fn the_admin_route_helper_answers_the_contract_and_agrees_with_real_reques
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_debug_header_names_the_backend_only_when_enabled() {
-    let off = Stack::start(2, KEY_BY_HEADER, "").await;
+    let off = Stack::start(2, KEY_BY_HEADER).await;
     let reply = client::get(off.public(), "/", &[("x-user-id", "dbg")]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("x-tether-backend"), None, "off by default");
@@ -937,7 +875,7 @@ async fn the_debug_header_names_the_backend_only_when_enabled() {
     assert!(resp.headers().get("x-tether-backend").is_none(), "off by default on a 101 too");
     close(ws).await;
 
-    let on = Stack::start(2, KEY_BY_HEADER, "debug: { backend_header: true }\n").await;
+    let on = Stack::start_with(2, KEY_BY_HEADER, |yaml| yaml.set("debug", "{ backend_header: true }")).await;
     for user in ["dbg", "dbg-2", "dbg-3", "dbg-4"] {
         let reply = client::get(on.public(), "/", &[("x-user-id", user)]).await;
         assert_eq!(reply.header("x-tether-backend"), Some(backend_of(&reply).as_str()), "{user}");
@@ -956,13 +894,14 @@ async fn the_pin_is_secure_on_tls_listeners_and_holds_over_http2() {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().expect("tempdir");
     ca.write_leaf(dir.path(), "a", &["a.test"]);
-    let plain = config(&Stack::list(&backends), COOKIE_ONLY, "");
-    let yaml = plain.replacen(
-        "listeners:\n",
-        "listeners:\n  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls: { certificates: [ { cert: a.crt, key: a.key } ] }\n",
-        1,
-    );
-    let proxy = TestProxy::start_in(dir, &yaml).await;
+    let yaml = Yaml::new()
+        .tls_listener("tls", &[("a.crt", "a.key")])
+        .listener("public")
+        .admin()
+        .route("app")
+        .upstream("app", |u| u.backends(Stack::list(&backends)).affinity(COOKIE_ONLY))
+        .set("access_log", "{ format: off }");
+    let proxy = TestProxy::builder().dir(dir).yaml(yaml).spawn().await;
 
     // secure: auto: no Secure attribute over plain HTTP, Secure over TLS.
     let over_plain = client::get(proxy.addr("public"), "/", &[]).await;

@@ -50,7 +50,7 @@ upstreams:
 }
 
 #[tokio::test]
-async fn a_port_out_of_range_is_reported_like_the_issue_example() {
+async fn a_port_out_of_range_is_reported_with_line_column_and_field() {
     let text = "\
 # tether
 # two backends, one with a typo

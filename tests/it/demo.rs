@@ -1,86 +1,49 @@
 //! `tether demo` gives a working multi-instance chat, and `@stomp/stompjs` (a client nobody
 //! here wrote) works through `tether proxy`, including reconnecting after a drain.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
+use tempfile::TempDir;
 use tether::app::LocalBus;
 use tokio::io::{AsyncBufReadExt as _, BufReader as AsyncBufReader};
 
-use crate::support::backend::TestBackend;
+use crate::support::admin::AdminClient;
+use crate::support::app::TestApp;
+use crate::support::config::Yaml;
 use crate::support::http as client;
-use crate::support::proxy::{TestProxy, tether_bin};
+use crate::support::process::Tether;
+use crate::support::proxy::TestProxy;
 use crate::support::stomp_client::{ConnectOptions, StompClient};
 use crate::support::within;
 
 /// `tether demo` as a child process, killed on drop.
 struct Demo {
-    child: Child,
-    addrs: Vec<(String, SocketAddr)>,
+    tether: Tether,
+    _dir: TempDir,
 }
 
 impl Demo {
-    fn start() -> Self {
-        let mut child = Command::new(tether_bin())
-            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tether demo");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut addrs = Vec::new();
-        let deadline = Instant::now() + crate::support::WAIT;
-        while addrs.len() < 4 {
-            let line =
-                rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("demo listening lines");
-            let mut parts = line.split_whitespace();
-            if let (Some("listening"), Some(name), Some(addr)) = (parts.next(), parts.next(), parts.next()) {
-                addrs.push((name.to_owned(), addr.parse().expect("address")));
-            }
-        }
-        Self { child, addrs }
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = ["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from);
+        let tether = Tether::spawn(&args, &[], &dir.path().join("stderr.log"), |seen| seen.len() >= 4).await;
+        Self { tether, _dir: dir }
     }
 
     fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a).expect("listener")
+        self.tether.addr(name).expect("listener")
     }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A user name that the demo's ring sends to `backend`.
-async fn user_on(admin: SocketAddr, backend: &str) -> String {
-    for i in 0..200 {
-        let name = format!("user{i}");
-        let route = client::get(admin, &format!("/admin/upstreams/app/route?key={name}"), &[]).await.json();
-        if route["backend"] == backend {
-            return name;
-        }
-    }
-    panic!("no user name maps to {backend}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_is_a_multi_instance_chat_whose_users_survive_a_drain() {
-    let demo = Demo::start();
+    let demo = Demo::start().await;
     let public = demo.addr("public");
     let admin = demo.addr("admin");
+    let admin_api = AdminClient::new(admin);
 
     let page = client::get(public, "/", &[]).await;
     assert_eq!(page.status, 200);
@@ -89,8 +52,8 @@ async fn the_demo_is_a_multi_instance_chat_whose_users_survive_a_drain() {
     assert!(status_page.text().contains("/admin/upstreams"), "the status page is served");
 
     // One user per instance, keyed as a browser does (?user=), so they talk across instances.
-    let alice = user_on(admin, "app-1").await;
-    let bob = user_on(admin, "app-2").await;
+    let alice = admin_api.key_on("app", "app-1", "user").await;
+    let bob = admin_api.key_on("app", "app-2", "user").await;
     let connect = |user: &str| {
         let url = format!("ws://{public}/ws?user={user}");
         let opts = ConnectOptions::default().login(user);
@@ -110,15 +73,7 @@ async fn the_demo_is_a_multi_instance_chat_whose_users_survive_a_drain() {
 
     // Drain app-1: alice gets a clean close (1001) after the drain timeout and reconnects to
     // app-2; bob is untouched.
-    let drained = client::H1::connect(admin)
-        .await
-        .send(
-            http::Request::post("/admin/upstreams/app/backends/app-1/drain")
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(drained.status, 200);
+    admin_api.drain("app", "app-1").await;
     let (close, _) = a.expect_close(Duration::from_secs(20)).await;
     assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
     let mut a = connect(&alice).await;
@@ -161,13 +116,12 @@ fn js_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stompjs_works_through_the_proxy_and_reconnects_after_a_drain() {
     let bus = LocalBus::new();
-    let one = TestBackend::builder().id("app-1").bus(&bus).spawn().await;
-    let two = TestBackend::builder().id("app-2").bus(&bus).spawn().await;
-    let yaml = format!(
-        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n      - {{ id: app-1, address: \"{}\" }}\n      - {{ id: app-2, address: \"{}\" }}\n    drain: {{ timeout: 500ms, close_spread: 200ms }}\n",
-        one.addr, two.addr
-    );
-    let proxy = TestProxy::start(&yaml).await;
+    let one = TestApp::builder().id("app-1").bus(&bus).spawn().await;
+    let two = TestApp::builder().id("app-2").bus(&bus).spawn().await;
+    let proxy = TestProxy::start(Yaml::app(|u| {
+        u.backend("app-1", one.addr).backend("app-2", two.addr).drain("{ timeout: 500ms, close_spread: 200ms }")
+    }))
+    .await;
     let url = format!("ws://{}/ws", proxy.addr("public"));
     assert!(
         js_dir().join("node_modules/@stomp/stompjs").is_dir(),
@@ -186,7 +140,7 @@ async fn stompjs_works_through_the_proxy_and_reconnects_after_a_drain() {
     let first = next_event(&mut lines, "subscribed").await;
     let first_instance = first["instance"].as_str().expect("instance").to_owned();
     let other = if first_instance == "app-1" { "app-2" } else { "app-1" };
-    assert!(proxy.running.proxy().drain("app", &first_instance), "backend {first_instance} exists");
+    proxy.admin().drain("app", &first_instance).await;
     let closed = next_event(&mut lines, "closed").await;
     assert_eq!(closed["code"], 1001, "a clean close, not a dropped connection");
     let second = next_event(&mut lines, "subscribed").await;

@@ -14,17 +14,18 @@ use std::time::{Duration, Instant};
 use serde_yaml::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::WAIT;
-use crate::support::backend_process::BackendProcess;
+use crate::support::admin::AdminClient;
+use crate::support::app_process::AppProcess;
 use crate::support::deploy_files::{
     compose, duration, flag, parse_config, port_of, read, repo_path, service, str_at, strings, with_flags,
 };
 use crate::support::http;
 use crate::support::http_client;
-use crate::support::proxy::ProxyProcess;
+use crate::support::proxy::TestProxy;
 use crate::support::reconnecting_client::ReconnectingClient;
 use crate::support::redis::TestRedis;
 use crate::support::stomp_client::{ConnectOptions, StompClient};
+use crate::support::{WAIT, until};
 
 const TOPIC: &str = "/topic/deploy";
 const ADMIN_TOKEN: &str = "deploy-compose-test-token";
@@ -65,29 +66,6 @@ async fn instance_for(proxy: SocketAddr, headers: &[(&str, &str)]) -> http::Repl
 
 fn instance_of(reply: &http::Reply) -> String {
     reply.json()["instance"].as_str().expect("instance").to_owned()
-}
-
-async fn backend_state(admin: SocketAddr, id: &str) -> String {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let reply = http::get(admin, "/admin/upstreams/app", &[("authorization", &auth)]).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let doc = reply.json();
-    let backends = doc["backends"].as_array().expect("backends");
-    let backend = backends.iter().find(|b| b["id"] == id).unwrap_or_else(|| panic!("no backend {id}: {doc}"));
-    backend["state"].as_str().expect("state").to_owned()
-}
-
-/// Polls tether's admin API until backend `id` is in one of `states`; returns how long it took.
-async fn wait_state(admin: SocketAddr, id: &str, states: &[&str], within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let now = backend_state(admin, id).await;
-        if states.contains(&now.as_str()) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "backend {id} still {now}, not {states:?}, after {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// One POST /publish: its sequence number and when it started.
@@ -159,8 +137,8 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
     let compose = compose();
     let redis = TestRedis::start().await;
     let app1_args = local_args(&compose, "app1", "127.0.0.1:0", &redis.url());
-    let mut app1 = BackendProcess::spawn(&app1_args).await;
-    let app2 = BackendProcess::spawn(&local_args(&compose, "app2", "127.0.0.1:0", &redis.url())).await;
+    let mut app1 = AppProcess::spawn(&app1_args).await;
+    let app2 = AppProcess::spawn(&local_args(&compose, "app2", "127.0.0.1:0", &redis.url())).await;
 
     let (app1_addr, app2_addr) = (app1.addr.to_string(), app2.addr.to_string());
     let env = [
@@ -171,9 +149,9 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
         ("TETHER_ADMIN_TOKEN", ADMIN_TOKEN),
     ];
     let config = repo_path("docker/tether.compose.yaml");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut proxy = tokio::task::block_in_place(|| ProxyProcess::start_with(dir, &config, &env));
+    let mut proxy = env.iter().fold(TestProxy::builder().file(&config), |b, (k, v)| b.env(k, v)).spawn_process().await;
     let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
+    let admin_api = AdminClient::with_token(admin, ADMIN_TOKEN);
 
     // The compose health checks, run against the live processes.
     let app_check = strings(&service(&compose, "app1")["healthcheck"]["test"]);
@@ -251,7 +229,9 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
     // ... tether sees the 503 and stops sending app1 new sessions before app1 stops serving,
     // and the compose healthcheck reports app1 unhealthy.
     // (`drained` once its last tunnel is gone.)
-    let noticed = wait_state(admin, "app1", &["draining", "drained"], delay).await;
+    let sigterm_at = Instant::now();
+    admin_api.wait_state("app", "app1", &["draining", "drained"]).await;
+    let noticed = sigterm_at.elapsed();
     assert!(noticed < delay, "tether noticed the drain after {noticed:?}");
     assert!(!healthcheck_passes(&app_check, app_port, app1.addr.port()).await, "a draining app1 is unhealthy");
     // Each client of app1 gets one Close 1001 and reconnects, to app2, within the grace period.
@@ -263,20 +243,16 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
 
     // ... and the container starts again on the same address.
     let restarted_args = with_flags(&app1_args, &[("--listen", &app1_addr)]);
-    let app1 = BackendProcess::spawn(&restarted_args).await;
+    let app1 = AppProcess::spawn(&restarted_args).await;
     assert_eq!(app1.addr.to_string(), app1_addr);
     assert!(healthcheck_passes(&app_check, app_port, app1.addr.port()).await, "restarted app1 healthcheck");
-    wait_state(admin, "app1", &["active"], WAIT).await;
+    admin_api.wait_state("app", "app1", &["active"]).await;
     // New sessions of app1's users go home again; the reconnected ones stay where they are.
     assert_eq!(instance_of(&instance_for(public, &[("x-user-id", &on_app1[0])]).await), "app1");
     let app1_internal = app1.internal.expect("app1 internal listener");
     let before = publisher.count();
     publisher.set_targets(vec![app1_internal, app2_internal]);
-    let deadline = Instant::now() + WAIT;
-    while publisher.count() < before + 20 {
-        assert!(Instant::now() < deadline, "publisher stalled");
-        tokio::time::sleep(PUBLISH_EVERY).await;
-    }
+    until("20 more publishes", async || publisher.count() >= before + 20).await;
     let published = publisher.finish().await;
 
     // Nothing published after a connection's SUBSCRIBE was receipted is missed, and nothing
@@ -317,7 +293,7 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
     let all: Vec<u64> = published.iter().map(|p| p.seq).collect();
     assert_eq!(got, all, "app2's client got every message exactly once");
 
-    assert!(matches!(proxy.child.try_wait(), Ok(None)), "tether proxy is still running");
+    assert!(proxy.is_running(), "tether proxy is still running");
     drop(app2);
     drop(redis);
 }

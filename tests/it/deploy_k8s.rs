@@ -17,19 +17,17 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_yaml::Value;
-use tether::server::{self, Options, Running};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::WAIT;
-use crate::support::backend_process::BackendProcess;
-use crate::support::deploy_files::{
-    at, config_map_file, container, find, manifests, parse_config, strings, with_flags,
-};
+use crate::support::app_process::AppProcess;
+use crate::support::deploy_files::{at, config_map_file, container, find, manifests, strings, with_flags};
 use crate::support::http;
 use crate::support::http_client;
+use crate::support::proxy::TestProxy;
 use crate::support::reconnecting_client::ReconnectingClient;
 use crate::support::redis::TestRedis;
 use crate::support::resolver::{Answer, ScriptedResolver};
+use crate::support::{WAIT, until};
 
 const TOPIC: &str = "/topic/rollout";
 /// What the ConfigMap's discovery resolves (the headless Service in namespace tether-demo).
@@ -196,33 +194,30 @@ async fn backend_states(admin: SocketAddr) -> BTreeMap<String, String> {
 
 /// Polls tether's admin API until `pred` holds for its view of the backends.
 async fn wait_backends(admin: SocketAddr, what: &str, pred: impl Fn(&BTreeMap<String, String>) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let states = backend_states(admin).await;
-        if pred(&states) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "tether never saw {what}: {states:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(&format!("tether to see {what}"), async || pred(&backend_states(admin).await)).await;
 }
 
-async fn start_proxy(records: Arc<ScriptedResolver>, dir: &tempfile::TempDir) -> Running {
+/// tether in-process with the ConfigMap's config, discovering pods through `records`.
+async fn start_proxy(records: Arc<ScriptedResolver>) -> TestProxy {
     let docs = manifests("docker/k8s/tether-config.yaml");
     let text = config_map_file(find(&docs, "ConfigMap", "tether-config"), "tether.yaml");
-    let path = dir.path().join("tether.yaml");
-    std::fs::write(&path, &text).expect("write config");
-    let mut config =
-        parse_config(&path, &text, &[("TETHER_LISTEN", "127.0.0.1:0"), ("TETHER_ADMIN_BIND", "127.0.0.1:0")]);
-    let discovery = config.upstreams[0].discovery.clone().expect("discovery");
-    assert_eq!((discovery.dns.host.as_str(), discovery.dns.port), (HEADLESS, 8080));
-    // In the pod the admin token comes from the Secret through the environment; this
-    // in-process proxy shares the test binary's environment, which tests must not change, so
-    // its (loopback) admin listener runs without a token.
-    if let Some(admin) = config.admin.as_mut() {
-        admin.token_env = None;
-    }
-    server::start_with(config, Options { resolver: records }).await.expect("proxy starts")
+    TestProxy::builder()
+        .yaml(text)
+        .env("TETHER_LISTEN", "127.0.0.1:0")
+        .env("TETHER_ADMIN_BIND", "127.0.0.1:0")
+        .resolver(records)
+        .edit(|config| {
+            let discovery = config.upstreams[0].discovery.clone().expect("discovery");
+            assert_eq!((discovery.dns.host.as_str(), discovery.dns.port), (HEADLESS, 8080));
+            // In the pod the admin token comes from the Secret through the environment; this
+            // in-process proxy shares the test binary's environment, which tests must not
+            // change, so its (loopback) admin listener runs without a token.
+            if let Some(admin) = config.admin.as_mut() {
+                admin.token_env = None;
+            }
+        })
+        .spawn()
+        .await
 }
 
 /// When the old pod's record leaves the headless Service's DNS answer.
@@ -256,13 +251,12 @@ async fn rolling_update(removal: RecordRemoval) {
     );
 
     let redis = TestRedis::start().await;
-    let mut old = BackendProcess::spawn(&pod_args(&template, "pod-old", &redis.url())).await;
-    let stays = BackendProcess::spawn(&pod_args(&template, "pod-stays", &redis.url())).await;
+    let mut old = AppProcess::spawn(&pod_args(&template, "pod-old", &redis.url())).await;
+    let stays = AppProcess::spawn(&pod_args(&template, "pod-stays", &redis.url())).await;
     let records = Arc::new(ScriptedResolver::new(vec![old.addr, stays.addr]));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let running = start_proxy(records.clone(), &dir).await;
-    let public = running.addr("public").expect("public listener");
-    let admin = running.addr("admin").expect("admin listener");
+    let proxy = start_proxy(records.clone()).await;
+    let public = proxy.addr("public");
+    let admin = proxy.addr("admin");
     let (old_id, stays_id) = (old.addr.to_string(), stays.addr.to_string());
     wait_backends(admin, "both discovered pods active", |s| {
         s.get(&old_id).is_some_and(|st| st == "active") && s.get(&stays_id).is_some_and(|st| st == "active")
@@ -305,16 +299,12 @@ async fn rolling_update(removal: RecordRemoval) {
 
     // maxSurge 1: the new pod starts, passes its readinessProbe, and only then appears in the
     // headless Service's records; tether adds it after its own healthy check.
-    let new = BackendProcess::spawn(&pod_args(&template, "pod-new", &redis.url())).await;
+    let new = AppProcess::spawn(&pod_args(&template, "pod-new", &redis.url())).await;
     assert_eq!(http_client::get(new.addr, "/readyz").await.status, 200, "new pod ready");
     records.set(Answer::Addrs(vec![old.addr, stays.addr, new.addr]));
     let new_id = new.addr.to_string();
     wait_backends(admin, "the new pod active", |s| s.get(&new_id).is_some_and(|st| st == "active")).await;
-    let deadline = Instant::now() + WAIT;
-    while load.served_by("pod-new") == 0 {
-        assert!(Instant::now() < deadline, "no load request reached the new pod");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("a load request to reach the new pod", async || load.served_by("pod-new") > 0).await;
 
     // maxUnavailable 0: only now is the old pod terminated. SIGTERM flips its readiness to
     // 503 at once; its record goes away now or after it exited.
@@ -333,11 +323,7 @@ async fn rolling_update(removal: RecordRemoval) {
 
     // Keep the load going a little after the old pod is gone, then stop it.
     let ok_then = load.ok();
-    let deadline = Instant::now() + WAIT;
-    while load.ok() < ok_then + 100 {
-        assert!(Instant::now() < deadline, "load stalled");
-        tokio::time::sleep(PACE).await;
-    }
+    until("100 more answered load requests", async || load.ok() >= ok_then + 100).await;
     let report = load.finish().await;
     assert!(
         report.failures.is_empty(),
@@ -372,6 +358,6 @@ async fn rolling_update(removal: RecordRemoval) {
     let log = bystander.stop().await;
     assert!(log.closes.is_empty(), "a client of another pod was disturbed: {:?}", log.closes);
 
-    // The proxy's tasks end with this test's runtime; the child processes die on drop.
-    drop((running, stays, new, redis));
+    // The in-process proxy stops and the child processes die on drop.
+    drop((proxy, stays, new, redis));
 }

@@ -1,4 +1,4 @@
-//! Rolling updates end to end (issue 5): draining with graceful WebSocket closes, health
+//! Rolling updates end to end: draining with graceful WebSocket closes, health
 //! states, passive ejection, panic mode, rebalancing, the proxy's own SIGTERM sequence and the
 //! admin token. Real proxy, real sockets, real WebSocket clients (tokio-tungstenite).
 
@@ -10,107 +10,29 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::http::{self as client, H1, Reply};
-use crate::support::proxy::{ProxyProcess, TestProxy, tether_bin};
-use crate::support::within;
+use crate::support::admin::AdminClient;
+use crate::support::config::{Upstream, Yaml};
+use crate::support::http::{self as client, H1};
+use crate::support::process::tether_bin;
+use crate::support::proxy::TestProxy;
 use crate::support::ws_stream::{self, Readiness, StreamBackend};
+use crate::support::{eventually, until, within};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// How often a test looks at the admin API while it waits for a state.
-const POLL: Duration = Duration::from_millis(20);
-
-/// One listener `public`, an admin listener, and upstream `app` over `backends`;
-/// `upstream_extra` is YAML indented under `app:`, `top_extra` top-level YAML.
-fn config(backends: &[&StreamBackend], upstream_extra: &str, top_extra: &str) -> String {
-    let mut yaml = String::from(
-        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n",
-    );
-    for b in backends {
-        yaml.push_str(&format!("      - {{ id: {}, address: \"{}\" }}\n", b.id, b.addr));
-    }
-    yaml.push_str(upstream_extra);
-    yaml.push_str(top_extra);
-    yaml
-}
-
-// ----- admin API helpers ----------------------------------------------------------------------
-
-async fn admin_get(admin: SocketAddr, path: &str) -> Value {
-    let reply = client::get(admin, path, &[]).await;
-    assert_eq!(reply.status, StatusCode::OK, "GET {path}: {}", reply.text());
-    reply.json()
-}
-
-async fn admin_post(admin: SocketAddr, path: &str, token: Option<&str>) -> Reply {
-    let mut req = Request::post(path).header("host", "admin.test");
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    H1::connect(admin).await.send(req.body(Full::new(Bytes::new())).unwrap()).await
-}
-
-async fn drain(admin: SocketAddr, id: &str) -> Value {
-    let reply = admin_post(admin, &format!("/admin/upstreams/app/backends/{id}/drain"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "drain {id}: {}", reply.text());
-    reply.json()
-}
-
-async fn undrain(admin: SocketAddr, id: &str) -> Value {
-    let reply = admin_post(admin, &format!("/admin/upstreams/app/backends/{id}/undrain"), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "undrain {id}: {}", reply.text());
-    reply.json()
-}
-
-/// The admin API's view of backend `id` of upstream `app`.
-async fn backend_status(admin: SocketAddr, id: &str) -> Value {
-    let upstream = admin_get(admin, "/admin/upstreams/app").await;
-    upstream["backends"]
-        .as_array()
-        .and_then(|all| all.iter().find(|b| b["id"] == id))
-        .cloned()
-        .unwrap_or_else(|| panic!("backend {id} is not listed: {upstream}"))
-}
-
-/// Poll until backend `id` is in `state`; returns its JSON at that moment.
-async fn wait_state(admin: SocketAddr, id: &str, state: &str) -> Value {
-    within(&format!("backend {id} to be {state}"), async {
-        loop {
-            let b = backend_status(admin, id).await;
-            if b["state"] == state {
-                return b;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await
-}
-
-/// Where the admin API routes `key` now (`backend`) and its whole ring order (`candidates`).
-async fn route_of(admin: SocketAddr, key: &str) -> (String, Vec<String>) {
-    let v = admin_get(admin, &format!("/admin/upstreams/app/route?key={key}")).await;
-    let backend = v["backend"].as_str().unwrap_or_else(|| panic!("no backend for {key}: {v}")).to_owned();
-    let candidates = v["candidates"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
-    (backend, candidates)
-}
-
-/// The value of one sample of the Prometheus text (`name{labels}` exactly as exported), 0 when
-/// the series does not exist yet.
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let text = client::get(admin, "/metrics", &[]).await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap_or_else(|e| panic!("{series}: bad value {v:?}: {e}")))
+/// Listener `public`, an admin listener, and upstream `app` over `backends`, set up by
+/// `upstream`.
+fn yaml(backends: &[&StreamBackend], upstream: impl FnOnce(Upstream) -> Upstream) -> Yaml {
+    Yaml::app(|u| upstream(u.backends(backends.iter().map(|b| (b.id.as_str(), b.addr)))))
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -289,19 +211,18 @@ async fn a_rolling_update_closes_each_tunnel_gracefully_at_the_timeout_and_fails
     let backends =
         [StreamBackend::start("b1").await, StreamBackend::start("b2").await, StreamBackend::start("b3").await];
     let [b1, b2, b3] = &backends;
-    let yaml = config(
-        &[b1, b2, b3],
-        "    affinity:\n      key: [ { header: X-User-Id } ]\n      cookie: { name: TETHER_AFFINITY }\n      fallback: round_robin\n    drain: { timeout: 3s, close_spread: 2s, close_code: 1012 }\n",
-        "",
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
+    let proxy = TestProxy::start(yaml(&[b1, b2, b3], |u| {
+        u.affinity("{ key: [ { header: X-User-Id } ], cookie: { name: TETHER_AFFINITY }, fallback: round_robin }")
+            .drain("{ timeout: 3s, close_spread: 2s, close_code: 1012 }")
+    }))
+    .await;
+    let (public, admin) = (proxy.addr("public"), proxy.admin());
 
     // 100 keyed WebSocket clients, each where the ring says.
     let keys: Vec<String> = (0..CLIENTS).map(|i| format!("user-{i}")).collect();
     let mut routes = HashMap::new();
     for key in &keys {
-        routes.insert(key.clone(), route_of(admin, key).await);
+        routes.insert(key.clone(), admin.route("app", key).await);
     }
     let mut on_b1 = Vec::new();
     let mut elsewhere = Vec::new();
@@ -362,7 +283,7 @@ async fn a_rolling_update_closes_each_tunnel_gracefully_at_the_timeout_and_fails
     }
 
     let before = Instant::now();
-    let drained = drain(admin, "b1").await;
+    let drained = admin.drain("app", "b1").await;
     let after = Instant::now();
     assert_eq!(drained["state"], "draining");
     assert_eq!(drained["drain"]["reason"], "admin");
@@ -386,17 +307,12 @@ async fn a_rolling_update_closes_each_tunnel_gracefully_at_the_timeout_and_fails
     }
 
     // Nothing is left on b1: the admin API reports it drained; only then is it stopped.
-    let status = wait_state(admin, "b1", "drained").await;
+    let status = admin.wait_state("app", "b1", &["drained"]).await;
     assert_eq!(status["tunnels"], 0);
     assert_eq!(status["drain"]["closes_sent"], n);
     b1.stop();
     let at_stop = done.load(Ordering::SeqCst);
-    within("more requests after b1 stopped", async {
-        while done.load(Ordering::SeqCst) < at_stop + 60 {
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
+    until("more requests after b1 stopped", async || done.load(Ordering::SeqCst) >= at_stop + 60).await;
     stop_load.cancel();
     let mut samples = Vec::new();
     for task in load {
@@ -426,7 +342,7 @@ async fn a_rolling_update_closes_each_tunnel_gracefully_at_the_timeout_and_fails
     let new_pin = later[0].backend.clone().expect("answered by a backend");
     assert!(new_pin == "b2" || new_pin == "b3", "re-pinned to {new_pin}");
     assert!(later.iter().all(|s| s.backend.as_deref() == Some(new_pin.as_str())), "{later:?}");
-    assert_eq!(backend_status(admin, "b1").await["pins"].as_u64().unwrap(), pins_at_drain, "no new pin to b1");
+    assert_eq!(admin.listed("app", "b1").await["pins"].as_u64().unwrap(), pins_at_drain, "no new pin to b1");
     assert_eq!(b1.stats.upgrades.load(Ordering::SeqCst), n, "no new upgrade reached b1");
 
     // Every tunnel on b1 got a Close with the configured code, at the drain timeout, spread.
@@ -455,21 +371,11 @@ async fn a_rolling_update_closes_each_tunnel_gracefully_at_the_timeout_and_fails
     assert!(burst <= 2.max(n / 2), "{burst} of {n} closes within 250 ms");
     // The backend side got its (masked) Close with the same code, at a frame boundary too:
     // tungstenite on the backend would have failed the session otherwise.
-    within("b1 to see every Close", async {
-        while b1.stats.closes.lock().unwrap().len() < n {
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
+    until("b1 to see every Close", async || b1.stats.closes.lock().unwrap().len() >= n).await;
     assert_eq!(*b1.stats.closes.lock().unwrap(), vec![Some(1012); n]);
-    let closes_sent = "tether_closes_sent_total{upstream=\"app\",code=\"1012\"}";
-    within("closes to be counted", async {
-        while metric(admin, closes_sent).await < n as f64 {
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
-    assert_eq!(metric(admin, closes_sent).await, n as f64);
+    let closes_sent = ("tether_closes_sent_total", [("upstream", "app"), ("code", "1012")]);
+    admin.wait_metric(closes_sent.0, &closes_sent.1, n as f64).await;
+    assert_eq!(admin.metric(closes_sent.0, &closes_sent.1).await, n as f64);
 
     // Reconnected clients land by the affinity rules: the first active backend of their key's
     // ring order.
@@ -488,17 +394,17 @@ async fn a_rolling_update_closes_each_tunnel_gracefully_at_the_timeout_and_fails
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_readiness_503_drains_at_once_and_keeps_the_tunnels() {
     let (b1, b2) = (StreamBackend::start("b1").await, StreamBackend::start("b2").await);
-    let yaml = config(
-        &[&b1, &b2],
-        "    affinity: { key: [ { header: X-User-Id } ] }\n    health_check: { path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 2, unhealthy_after: 3 }\n    drain: { timeout: 30s, close_spread: 1s }\n",
-        "",
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
+    let proxy = TestProxy::start(yaml(&[&b1, &b2], |u| {
+        u.affinity("{ key: [ { header: X-User-Id } ] }")
+            .health_check("{ path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 2, unhealthy_after: 3 }")
+            .drain("{ timeout: 30s, close_spread: 1s }")
+    }))
+    .await;
+    let (public, admin) = (proxy.addr("public"), proxy.admin());
     let mut keys = Vec::new();
     for i in 0..200 {
         let key = format!("user-{i}");
-        if route_of(admin, &key).await.0 == "b1" {
+        if admin.route("app", &key).await.0 == "b1" {
             keys.push(key);
         }
         if keys.len() == 3 {
@@ -514,7 +420,7 @@ async fn a_readiness_503_drains_at_once_and_keeps_the_tunnels() {
     }
 
     b1.set_readiness(Readiness::NotReady);
-    let status = wait_state(admin, "b1", "draining").await;
+    let status = admin.wait_state("app", "b1", &["draining"]).await;
     let first_503 = unix_ms(b1.stats.first_not_ready.lock().unwrap().expect("b1 answered 503"));
     let since = status["state_since_ms"].as_u64().unwrap();
     // Checks run every 200 ms: draining within 200 ms of the first 503 means the first 503
@@ -535,7 +441,7 @@ async fn a_readiness_503_drains_at_once_and_keeps_the_tunnels() {
 
     // Ready again: active after `healthy_after` good checks, with the same tunnels.
     b1.set_readiness(Readiness::Ready);
-    wait_state(admin, "b1", "active").await;
+    admin.wait_state("app", "b1", &["active"]).await;
     for ws in &mut clients {
         assert_echoes(ws, "a tunnel on b1 after it recovered").await;
     }
@@ -548,17 +454,13 @@ async fn a_dead_or_silent_backend_is_down_within_unhealthy_after_intervals_plus_
     let backends =
         [StreamBackend::start("b1").await, StreamBackend::start("b2").await, StreamBackend::start("b3").await];
     let [b1, b2, b3] = &backends;
-    let yaml = config(
-        &[b1, b2, b3],
-        "    health_check: { path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 2, unhealthy_after: 3 }\n",
-        "",
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
-    within("first checks", async {
-        while b1.stats.probes.load(Ordering::SeqCst) == 0 || b2.stats.probes.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(POLL).await;
-        }
+    let proxy = TestProxy::start(yaml(&[b1, b2, b3], |u| {
+        u.health_check("{ path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 2, unhealthy_after: 3 }")
+    }))
+    .await;
+    let (public, admin) = (proxy.addr("public"), proxy.admin());
+    until("first checks", async || {
+        b1.stats.probes.load(Ordering::SeqCst) > 0 && b2.stats.probes.load(Ordering::SeqCst) > 0
     })
     .await;
     // 3 * 200 ms + 150 ms + 1 s.
@@ -569,21 +471,19 @@ async fn a_dead_or_silent_backend_is_down_within_unhealthy_after_intervals_plus_
     b2.set_readiness(Readiness::Hang); // accepts, never answers
     let mut down_after: BTreeMap<&str, Duration> = BTreeMap::new();
     let mut seen: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    within("b1 and b2 to be down", async {
-        while down_after.len() < 2 {
-            for id in ["b1", "b2"] {
-                let b = backend_status(admin, id).await;
-                let state = b["state"].as_str().unwrap().to_owned();
-                if state == "down" && !down_after.contains_key(id) {
-                    down_after.insert(id, start.elapsed());
-                    let check = &b["health"]["last_check"];
-                    assert_eq!(check["result"], "failed", "{id}: {b}");
-                    assert!(check["error"].is_string(), "{id}: the admin API says why: {b}");
-                }
-                seen.entry(id).or_default().push(state);
+    until("b1 and b2 to be down", async || {
+        for id in ["b1", "b2"] {
+            let b = admin.listed("app", id).await;
+            let state = b["state"].as_str().unwrap().to_owned();
+            if state == "down" && !down_after.contains_key(id) {
+                down_after.insert(id, start.elapsed());
+                let check = &b["health"]["last_check"];
+                assert_eq!(check["result"], "failed", "{id}: {b}");
+                assert!(check["error"].is_string(), "{id}: the admin API says why: {b}");
             }
-            tokio::time::sleep(POLL).await;
+            seen.entry(id).or_default().push(state);
         }
+        down_after.len() == 2
     })
     .await;
     for (id, after) in &down_after {
@@ -592,7 +492,7 @@ async fn a_dead_or_silent_backend_is_down_within_unhealthy_after_intervals_plus_
     for (id, states) in &seen {
         assert!(states.iter().all(|s| s == "active" || s == "down"), "{id} went through {states:?}");
     }
-    assert_eq!(backend_status(admin, "b3").await["state"], "active");
+    assert_eq!(admin.listed("app", "b3").await["state"], "active");
     let mut h1 = H1::connect(public).await;
     for _ in 0..6 {
         let reply = h1.get("/", &[]).await;
@@ -606,14 +506,14 @@ async fn passive_ejection_backs_off_exponentially_up_to_the_cap_and_recovers() {
     const EJECTION: u64 = 500;
     const MAX: u64 = 1000;
     let (b1, b2) = (StreamBackend::start("b1").await, StreamBackend::start("b2").await);
-    let yaml = config(
-        &[&b1, &b2],
-        "    affinity: { fallback: round_robin }\n    passive: { consecutive_failures: 2, ejection: 500ms, max_ejection: 1s }\n",
-        "",
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
-    let ejections = "tether_backend_state_changes_total{upstream=\"app\",backend=\"b1\",state=\"ejected\"}";
+    let proxy = TestProxy::start(yaml(&[&b1, &b2], |u| {
+        u.affinity("{ fallback: round_robin }")
+            .passive("{ consecutive_failures: 2, ejection: 500ms, max_ejection: 1s }")
+    }))
+    .await;
+    let (public, admin) = (proxy.addr("public"), proxy.admin());
+    let ejections =
+        ("tether_backend_state_changes_total", [("upstream", "app"), ("backend", "b1"), ("state", "ejected")]);
     let mut h1 = H1::connect(public).await;
     b1.stop();
 
@@ -626,7 +526,7 @@ async fn passive_ejection_backs_off_exponentially_up_to_the_cap_and_recovers() {
                 let reply = h1.get("/", &[]).await;
                 assert_eq!(reply.status, StatusCode::OK, "failover hides the dead backend");
                 assert_eq!(reply.header("x-backend-id"), Some("b2"));
-                let b = backend_status(admin, "b1").await;
+                let b = admin.listed("app", "b1").await;
                 if b["state"] == "ejected" {
                     return b;
                 }
@@ -634,9 +534,9 @@ async fn passive_ejection_backs_off_exponentially_up_to_the_cap_and_recovers() {
             }
         })
         .await;
-        assert_eq!(metric(admin, ejections).await, round as f64, "one ejection per round");
+        assert_eq!(admin.metric(ejections.0, &ejections.1).await, round as f64, "one ejection per round");
         assert_eq!(ejected["health"]["ejected"], true);
-        let active = wait_state(admin, "b1", "active").await;
+        let active = admin.wait_state("app", "b1", &["active"]).await;
         let length = active["state_since_ms"].as_u64().unwrap() - ejected["state_since_ms"].as_u64().unwrap();
         lengths.push(length);
     }
@@ -658,25 +558,25 @@ async fn passive_ejection_backs_off_exponentially_up_to_the_cap_and_recovers() {
         }
     })
     .await;
-    let status = backend_status(admin, "b1").await;
+    let status = admin.listed("app", "b1").await;
     assert_eq!(status["state"], "active");
     assert_eq!(status["health"]["ejected"], false);
-    assert_eq!(metric(admin, ejections).await, 3.0);
+    assert_eq!(admin.metric(ejections.0, &ejections.1).await, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_backend_drains_new_sessions_still_go_to_them_in_panic_mode() {
     let (b1, b2) = (StreamBackend::start("b1").await, StreamBackend::start("b2").await);
-    let proxy = TestProxy::start(&config(&[&b1, &b2], "", "")).await;
-    let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
-    let panics = "tether_affinity_decisions_total{upstream=\"app\",reason=\"panic\"}";
+    let proxy = TestProxy::start(yaml(&[&b1, &b2], |u| u)).await;
+    let (public, admin) = (proxy.addr("public"), proxy.admin());
+    let panics = ("tether_affinity_decisions_total", [("upstream", "app"), ("reason", "panic")]);
     assert_eq!(client::get(public, "/", &[]).await.status, StatusCode::OK);
-    assert_eq!(metric(admin, panics).await, 0.0);
+    assert_eq!(admin.metric(panics.0, &panics.1).await, 0.0);
 
-    drain(admin, "b1").await;
-    drain(admin, "b2").await;
-    wait_state(admin, "b1", "drained").await;
-    wait_state(admin, "b2", "drained").await;
+    admin.drain("app", "b1").await;
+    admin.drain("app", "b2").await;
+    admin.wait_state("app", "b1", &["drained"]).await;
+    admin.wait_state("app", "b2", &["drained"]).await;
     let mut h1 = H1::connect(public).await;
     for _ in 0..5 {
         let reply = h1.get("/", &[]).await;
@@ -685,24 +585,25 @@ async fn when_every_backend_drains_new_sessions_still_go_to_them_in_panic_mode()
     }
     let (mut ws, _) = connect_ws(public, None).await;
     assert_echoes(&mut ws, "a tunnel opened in panic mode").await;
-    assert_eq!(metric(admin, panics).await, 6.0, "each decision in panic mode is counted");
+    assert_eq!(admin.metric(panics.0, &panics.1).await, 6.0, "each decision in panic mode is counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_usable_backend_the_answer_is_503_at_once() {
     let (b1, b2) = (StreamBackend::start("b1").await, StreamBackend::start("b2").await);
-    let yaml = config(
-        &[&b1, &b2],
-        "    health_check: { path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 2, unhealthy_after: 2 }\n",
-        "timeouts: { connect: 5s, request: 10s }\n",
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
+    let proxy = TestProxy::start(
+        yaml(&[&b1, &b2], |u| {
+            u.health_check("{ path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 2, unhealthy_after: 2 }")
+        })
+        .set("timeouts", "{ connect: 5s, request: 10s }"),
+    )
+    .await;
+    let (public, admin) = (proxy.addr("public"), proxy.admin());
     b1.stop();
     // b2 still serves ordinary requests but never answers its readiness check.
     b2.set_readiness(Readiness::Hang);
-    wait_state(admin, "b1", "down").await;
-    wait_state(admin, "b2", "down").await;
+    admin.wait_state("app", "b1", &["down"]).await;
+    admin.wait_state("app", "b2", &["down"]).await;
     let served_by_b2 = b2.stats.requests.load(Ordering::SeqCst);
 
     let start = Instant::now();
@@ -739,21 +640,21 @@ async fn undraining_a_backend_moves_exactly_the_tunnels_whose_key_it_owns_at_the
         StreamBackend::start("b4").await,
     ];
     let refs: Vec<&StreamBackend> = backends.iter().collect();
-    let yaml = config(
-        &refs,
-        "    affinity: { key: [ { header: X-User-Id } ] }\n    rebalance: { enabled: true, max_closes_per_second: 4 }\n    drain: { timeout: 30s, close_spread: 1s, close_code: 1012 }\n",
-        "",
-    );
-    let proxy = TestProxy::start(&yaml).await;
-    let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
-    drain(admin, "b4").await;
-    wait_state(admin, "b4", "drained").await;
+    let proxy = TestProxy::start(yaml(&refs, |u| {
+        u.affinity("{ key: [ { header: X-User-Id } ] }")
+            .rebalance("{ enabled: true, max_closes_per_second: 4 }")
+            .drain("{ timeout: 30s, close_spread: 1s, close_code: 1012 }")
+    }))
+    .await;
+    let (public, admin) = (proxy.addr("public"), proxy.admin());
+    admin.drain("app", "b4").await;
+    admin.wait_state("app", "b4", &["drained"]).await;
 
     // Keys b4 owns on the full ring (now placed on b1-b3), and keys it does not.
     let (mut owned, mut others) = (Vec::new(), Vec::new());
     for i in 0..1000 {
         let key = format!("user-{i}");
-        let (backend, candidates) = route_of(admin, &key).await;
+        let (backend, candidates) = admin.route("app", &key).await;
         assert_ne!(backend, "b4");
         if candidates[0] == "b4" && owned.len() < 8 {
             owned.push(key);
@@ -783,7 +684,7 @@ async fn undraining_a_backend_moves_exactly_the_tunnels_whose_key_it_owns_at_the
     }
 
     let undrained = Instant::now();
-    assert_eq!(undrain(admin, "b4").await["state"], "active");
+    assert_eq!(admin.undrain("app", "b4").await["state"], "active");
     let mut moved = Vec::new();
     for m in movers {
         moved.push(within("a tunnel owned by b4 to move", m).await.unwrap());
@@ -805,51 +706,31 @@ async fn undraining_a_backend_moves_exactly_the_tunnels_whose_key_it_owns_at_the
 
     // Nothing else is touched. A misplaced tunnel left over would have been scheduled within
     // one more slot (1 / RATE s) after the last: wait two slots, then look.
-    let rebalanced = "tether_rebalance_closes_total{upstream=\"app\"}";
-    within("rebalance closes to be counted", async {
-        while metric(admin, rebalanced).await < 8.0 {
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
+    let rebalanced = ("tether_rebalance_closes_total", [("upstream", "app")]);
+    admin.wait_metric(rebalanced.0, &rebalanced.1, 8.0).await;
+    // Time under test: no further close may come during two more rate slots.
     tokio::time::sleep(Duration::from_millis(2 * 1000 / u64::from(RATE))).await;
-    assert_eq!(metric(admin, rebalanced).await, 8.0);
+    assert_eq!(admin.metric(rebalanced.0, &rebalanced.1).await, 8.0);
     let mut expected_tunnels: BTreeMap<String, u64> = BTreeMap::from([("b4".to_owned(), 8)]);
     for (key, backend, ws) in &mut stayers {
         assert_echoes(ws, key).await;
         *expected_tunnels.entry(backend.clone()).or_default() += 1;
     }
     for (id, count) in &expected_tunnels {
-        assert_eq!(backend_status(admin, id).await["tunnels"], *count, "tunnels on {id}");
-    }
-}
-
-/// Poll the child until it exits (bounded by `limit`), without blocking the runtime.
-async fn wait_exit(proxy: &mut ProxyProcess, limit: Duration) -> Option<(std::process::ExitStatus, Instant)> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = proxy.child.try_wait() {
-            return Some((status, Instant::now()));
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(admin.listed("app", id).await["tunnels"], *count, "tunnels on {id}");
     }
 }
 
 /// Poll `/readyz` on `probe` (a keep-alive connection, like a load balancer's health checker)
 /// until it answers 503; returns when it did.
 async fn wait_not_ready(probe: &mut H1) -> Instant {
-    within("/readyz to answer 503", async {
-        loop {
-            let reply = probe.get("/readyz", &[]).await;
-            if reply.status == StatusCode::SERVICE_UNAVAILABLE {
-                return Instant::now();
-            }
-            assert_eq!(reply.status, StatusCode::OK);
-            tokio::time::sleep(POLL).await;
+    eventually("/readyz to answer 503", async || {
+        let reply = probe.get("/readyz", &[]).await;
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            return Some(Instant::now());
         }
+        assert_eq!(reply.status, StatusCode::OK);
+        None
     })
     .await
 }
@@ -860,8 +741,8 @@ async fn sigterm_flips_readiness_keeps_accepting_for_the_delay_closes_tunnels_wi
     const SPREAD: Duration = Duration::from_secs(1);
     const TIMEOUT: Duration = Duration::from_secs(8);
     let backend = StreamBackend::start("b1").await;
-    let yaml = config(&[&backend], "    drain: { close_spread: 1s }\n", "shutdown: { delay: 2s, timeout: 8s }\n");
-    let mut proxy = ProxyProcess::start(&yaml);
+    let yaml = yaml(&[&backend], |u| u.drain("{ close_spread: 1s }")).set("shutdown", "{ delay: 2s, timeout: 8s }");
+    let mut proxy = TestProxy::builder().yaml(yaml).spawn_process().await;
     let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
 
     // Traffic before the signal: a pooled backend connection, open tunnels, and a slow request
@@ -873,12 +754,7 @@ async fn sigterm_flips_readiness_keeps_accepting_for_the_delay_closes_tunnels_wi
     }
     let slow_ms = (DELAY + Duration::from_millis(1500)).as_millis();
     let slow = tokio::spawn(async move { client::get(public, &format!("/slow?ms={slow_ms}"), &[]).await });
-    within("the slow request to reach the backend", async {
-        while backend.stats.requests.load(Ordering::SeqCst) < 2 {
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
+    until("the slow request to reach the backend", async || backend.stats.requests.load(Ordering::SeqCst) >= 2).await;
 
     // A keep-alive connection to the admin listener stays open throughout: it must not hold
     // the shutdown up.
@@ -904,16 +780,11 @@ async fn sigterm_flips_readiness_keeps_accepting_for_the_delay_closes_tunnels_wi
         closes.push(within("a tunnel to be closed", r).await.unwrap());
     }
     // After the delay the listener is closed, while the process still finishes its work.
-    let refused = within("new connections to be refused", async {
-        loop {
-            if TcpStream::connect(public).await.is_err() {
-                return Instant::now();
-            }
-            tokio::time::sleep(POLL).await;
-        }
+    let refused = eventually("new connections to be refused", async || {
+        TcpStream::connect(public).await.is_err().then(Instant::now)
     })
     .await;
-    assert!(proxy.child.try_wait().unwrap().is_none(), "refused because the listener closed, not because it exited");
+    assert!(proxy.is_running(), "refused because the listener closed, not because it exited");
     assert!(refused >= signalled + DELAY);
     let slow = within("the in-flight slow request", slow).await.unwrap();
     assert_eq!((slow.status, slow.text().as_str()), (StatusCode::OK, "slow"), "in-flight requests finish");
@@ -932,7 +803,7 @@ async fn sigterm_flips_readiness_keeps_accepting_for_the_delay_closes_tunnels_wi
     times.sort();
     assert!(times[times.len() - 1] - times[0] >= SPREAD / 2, "closes are spread over close_spread");
 
-    let (status, exited) = wait_exit(&mut proxy, TIMEOUT + Duration::from_secs(2)).await.expect("the proxy exits");
+    let (status, exited) = proxy.wait_exit(TIMEOUT + Duration::from_secs(2)).await.expect("the proxy exits");
     assert_eq!(status.code(), Some(0), "exit status; stderr:\n{}", proxy.stderr());
     assert!(
         exited - signalled < TIMEOUT,
@@ -947,15 +818,15 @@ async fn sigterm_flips_readiness_keeps_accepting_for_the_delay_closes_tunnels_wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let backend = StreamBackend::start("b1").await;
-    let yaml = config(&[&backend], "", "shutdown: { delay: 10s, timeout: 20s }\n");
-    let mut proxy = ProxyProcess::start(&yaml);
+    let yaml = yaml(&[&backend], |u| u).set("shutdown", "{ delay: 10s, timeout: 20s }");
+    let mut proxy = TestProxy::builder().yaml(yaml).spawn_process().await;
     let mut probe = H1::connect(proxy.addr("admin")).await;
     let _tunnel = connect_ws(proxy.addr("public"), None).await;
     proxy.signal(libc::SIGTERM);
     wait_not_ready(&mut probe).await;
     let second = Instant::now();
     proxy.signal(libc::SIGINT);
-    let (status, exited) = wait_exit(&mut proxy, Duration::from_secs(5)).await.expect("the proxy exits");
+    let (status, exited) = proxy.wait_exit(Duration::from_secs(5)).await.expect("the proxy exits");
     assert!(exited - second < Duration::from_secs(2), "exited {:?} after the second signal", exited - second);
     assert_eq!(status.code(), Some(1), "the forced exit is reported as a failure");
 }
@@ -965,13 +836,14 @@ async fn the_admin_token_guards_admin_endpoints_but_not_the_probes() {
     const VAR: &str = "TETHER_DRAIN_TEST_ADMIN_TOKEN";
     const TOKEN: &str = "drain-test-token-7f3a";
     let backend = StreamBackend::start("b1").await;
-    let yaml = config(&[&backend], "", "").replace(
-        "admin:\n  bind: \"127.0.0.1:0\"\n",
-        &format!("admin:\n  bind: \"127.0.0.1:0\"\n  token_env: {VAR}\n"),
-    );
+    let yaml = Yaml::new()
+        .listener("public")
+        .admin_with_token_env(VAR)
+        .route("app")
+        .upstream("app", |u| u.backend(&backend.id, backend.addr));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tether.yaml");
-    std::fs::write(&path, &yaml).unwrap();
+    std::fs::write(&path, yaml.build()).unwrap();
 
     // Without the variable the proxy refuses to start, and says why.
     let refused = within(
@@ -990,7 +862,7 @@ async fn the_admin_token_guards_admin_endpoints_but_not_the_probes() {
     assert_eq!(check.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&check.stderr).contains(&format!("environment variable {VAR} is not set")));
 
-    let proxy = ProxyProcess::start_with(dir, &path, &[(VAR, TOKEN)]);
+    let proxy = TestProxy::builder().dir(dir).file(&path).env(VAR, TOKEN).spawn_process().await;
     let admin = proxy.addr("admin");
     for probe in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(client::get(admin, probe, &[]).await.status, StatusCode::OK, "{probe} stays open");
@@ -1008,11 +880,12 @@ async fn the_admin_token_guards_admin_endpoints_but_not_the_probes() {
     assert_eq!(reply.json()["upstreams"][0]["backends"][0]["state"], "active");
 
     let path = "/admin/upstreams/app/backends/b1/drain";
-    assert_eq!(admin_post(admin, path, None).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(admin_post(admin, path, Some("wrong")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(AdminClient::new(admin).request(Method::POST, path).await.status, StatusCode::UNAUTHORIZED);
+    let wrong = AdminClient::with_token(admin, "wrong");
+    assert_eq!(wrong.request(Method::POST, path).await.status, StatusCode::UNAUTHORIZED);
     let reply = client::get(admin, "/admin/upstreams/app", &[("authorization", &bearer)]).await;
     assert_eq!(reply.json()["backends"][0]["state"], "active", "a refused drain changes nothing");
-    let reply = admin_post(admin, path, Some(TOKEN)).await;
+    let reply = AdminClient::with_token(admin, TOKEN).request(Method::POST, path).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json()["state"], "drained");
 }

@@ -3,14 +3,14 @@
 mod support;
 
 mod affinity;
-mod backend_fanout;
-mod backend_heartbeat;
-mod backend_interop;
-mod backend_protocol;
-mod backend_redis_outage;
-mod backend_shutdown;
-mod backend_slow_consumer;
-mod backend_user;
+mod app_fanout;
+mod app_heartbeat;
+mod app_interop;
+mod app_protocol;
+mod app_redis_outage;
+mod app_shutdown;
+mod app_slow_consumer;
+mod app_user;
 mod config_check;
 mod demo;
 mod deploy_compose;

@@ -1,4 +1,4 @@
-//! The admin API contract (issue 6): `GET /admin/config` shows the running config as written
+//! The admin API contract: `GET /admin/config` shows the running config as written
 //! (`${VAR}` unexpanded, no secret), `POST /admin/reload` answers the generation or the
 //! errors, `/admin/*` needs the bearer token when one is configured, and the backend JSON
 //! carries weight, health, totals, pins, state change time and drain progress.
@@ -6,9 +6,10 @@
 use http::{Method, StatusCode};
 
 use crate::support::admin::AdminClient;
+use crate::support::config::Yaml;
 use crate::support::echo::EchoBackend;
-use crate::support::proxy::{ProxyProcess, TestProxy};
-use crate::support::ws;
+use crate::support::proxy::TestProxy;
+use crate::support::{eventually, ws};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_config_is_the_running_file_as_written_without_secrets() {
@@ -31,12 +32,14 @@ upstreams:
     affinity:
       cookie: { name: PIN, key_env: OPS_COOKIE_KEY }
 "#;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("tether.yaml");
-    std::fs::write(&path, text).expect("write config");
     let backend = a.addr.to_string();
-    let env = [("OPS_ADMIN_TOKEN", TOKEN), ("OPS_BACKEND_ADDR", backend.as_str()), ("OPS_COOKIE_KEY", COOKIE_KEY)];
-    let proxy = ProxyProcess::start_with(dir, &path, &env);
+    let proxy = TestProxy::builder()
+        .yaml(text)
+        .env("OPS_ADMIN_TOKEN", TOKEN)
+        .env("OPS_BACKEND_ADDR", &backend)
+        .env("OPS_COOKIE_KEY", COOKIE_KEY)
+        .spawn_process()
+        .await;
     let admin = AdminClient::with_token(proxy.addr("admin"), TOKEN);
     let anonymous = AdminClient::new(proxy.addr("admin"));
     let wrong = AdminClient::with_token(proxy.addr("admin"), "not-the-token");
@@ -78,19 +81,11 @@ upstreams:
 async fn post_admin_reload_answers_the_generation_or_the_errors() {
     let a = EchoBackend::start("a").await;
     let b = EchoBackend::start("b").await;
-    let config = |backends: &str| {
-        format!(
-            "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n{backends}"
-        )
-    };
-    let one = config(&format!("      - {{ id: a, address: \"{}\" }}\n", a.addr));
-    let two = config(&format!(
-        "      - {{ id: a, address: \"{}\" }}\n      - {{ id: b, address: \"{}\", weight: 3 }}\n",
-        a.addr, b.addr
-    ));
+    let one = Yaml::app(|u| u.backend("a", a.addr)).build();
+    let two = Yaml::app(|u| u.backend("a", a.addr).weighted("b", b.addr, 3)).build();
     let proxy = TestProxy::start(&one).await;
-    let admin = AdminClient::new(proxy.addr("admin"));
-    let path = proxy.dir.path().join("tether.yaml");
+    let admin = proxy.admin();
+    let path = proxy.config_path().to_owned();
 
     std::fs::write(&path, &two).expect("write");
     let (status, body) = admin.post("/admin/reload").await;
@@ -120,15 +115,17 @@ async fn post_admin_reload_answers_the_generation_or_the_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_json_carries_weight_health_totals_pins_and_drain_progress() {
     let a = EchoBackend::start("a").await;
-    let proxy = TestProxy::start(&format!(
-        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n      - {{ id: a, address: \"{}\", weight: 7 }}\n    affinity: {{ cookie: {{ name: PIN }} }}\n    health_check: {{ path: /readyz, interval: 200ms, timeout: 150ms }}\n    drain: {{ timeout: 30s, close_spread: 1s }}\n",
-        a.addr
-    ))
+    let proxy = TestProxy::start(Yaml::app(|u| {
+        u.weighted("a", a.addr, 7)
+            .affinity("{ cookie: { name: PIN } }")
+            .health_check("{ path: /readyz, interval: 200ms, timeout: 150ms }")
+            .drain("{ timeout: 30s, close_spread: 1s }")
+    }))
     .await;
-    let admin = AdminClient::new(proxy.addr("admin"));
+    let admin = proxy.admin();
     let (_tunnel, _) = ws::open(proxy.addr("public"), &[]).await;
     let listed = admin.wait_state("app", "a", &["active"]).await;
-    let checked = crate::support::admin::eventually("a first health check", async || {
+    let checked = eventually("a first health check", async || {
         admin.backend("app", "a").await.filter(|b| b["health"]["last_check"]["result"] == "healthy")
     })
     .await;

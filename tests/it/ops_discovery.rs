@@ -1,4 +1,4 @@
-//! DNS discovery (issue 6): every address a name resolves to is a backend named after its
+//! DNS discovery: every address a name resolves to is a backend named after its
 //! address; new ones join after a healthy check, vanished ones drain, a failed lookup keeps the
 //! last good set, and a hashed user keeps their backend while its address stays. Driven
 //! through an injected resolver whose answer the test changes, plus the system resolver on
@@ -9,79 +9,36 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tempfile::TempDir;
-use tether::server::{Options, Running};
-
-use crate::support::admin::{AdminClient, eventually};
+use crate::support::admin::AdminClient;
+use crate::support::config::{Upstream, Yaml};
 use crate::support::echo::EchoBackend;
 use crate::support::gated::GatedBackend;
 use crate::support::http::{self as client, H1};
+use crate::support::proxy::TestProxy;
 use crate::support::resolver::{Answer, ScriptedResolver};
-use crate::support::ws;
+use crate::support::{until, ws};
 
-/// Listener `public`, admin, and upstream `app` discovering `app.internal:8080`, with
-/// `upstream_extra` under `app`.
-fn yaml(static_backends: &[(&str, SocketAddr)], upstream_extra: &str) -> String {
-    let mut y = String::from(
-        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    discovery: { dns: \"app.internal:8080\", interval: 100ms }\n    backends:",
-    );
-    if static_backends.is_empty() {
-        y.push_str(" []\n");
-    } else {
-        y.push('\n');
-        for (id, addr) in static_backends {
-            y.push_str(&format!("      - {{ id: {id}, address: \"{addr}\" }}\n"));
-        }
-    }
-    y.push_str(upstream_extra);
-    y
+/// Listener `public`, admin, and upstream `app` discovering `app.internal:8080` every 100 ms
+/// besides `static_backends`, set up by `upstream`.
+fn yaml(static_backends: &[(&str, SocketAddr)], upstream: impl FnOnce(Upstream) -> Upstream) -> Yaml {
+    Yaml::app(|u| upstream(u.discovery("app.internal:8080", "100ms").backends(static_backends.iter().copied())))
 }
 
-struct Started {
-    _running: Running,
-    admin: AdminClient,
-    public: SocketAddr,
-    _dir: TempDir,
-}
-
-async fn start(yaml: &str, resolver: Option<Arc<ScriptedResolver>>) -> Started {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("tether.yaml");
-    std::fs::write(&path, yaml).expect("write config");
-    let config = tether::config::parse(&path, yaml, &|_| None)
-        .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{yaml}"))
-        .config;
-    let running = match resolver {
-        Some(resolver) => tether::server::start_with(config, Options { resolver }).await,
-        None => tether::server::start(config).await,
-    }
-    .expect("proxy starts");
-    let admin = AdminClient::new(running.addr("admin").expect("admin"));
-    let public = running.addr("public").expect("public");
-    Started { _running: running, admin, public, _dir: dir }
+/// The proxy with `resolver` answering its lookups.
+async fn start(yaml: Yaml, resolver: &Arc<ScriptedResolver>) -> TestProxy {
+    TestProxy::builder().yaml(yaml).resolver(resolver.clone()).spawn().await
 }
 
 /// Wait until `/admin/upstreams/app` lists exactly `ids` (any order).
 async fn wait_ids(admin: &AdminClient, ids: &[String]) {
     let mut want = ids.to_vec();
     want.sort();
-    eventually(&format!("backends {want:?}"), async || {
+    until(&format!("backends {want:?}"), async || {
         let mut got = admin.backend_ids("app").await;
         got.sort();
-        (got == want).then_some(())
+        got == want
     })
     .await;
-}
-
-/// A key the ring currently sends to backend `id`.
-async fn key_for(admin: &AdminClient, id: &str) -> String {
-    for i in 0..1000 {
-        let key = format!("user-{i}");
-        if admin.get_json(&format!("/admin/upstreams/app/route?key={key}")).await["backend"] == id {
-            return key;
-        }
-    }
-    panic!("no key of 1000 hashes to {id}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,9 +49,18 @@ async fn discovered_addresses_join_after_a_healthy_check_and_vanished_ones_drain
     let e3 = GatedBackend::start("e3", false).await;
     let (id1, id2, id3) = (e1.addr.to_string(), e2.addr.to_string(), e3.addr.to_string());
     let resolver = Arc::new(ScriptedResolver::new(vec![e1.addr, e2.addr]));
-    let extra = "    affinity: { key: [ { header: X-User-Id } ] }\n    health_check: { path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 1, unhealthy_after: 100 }\n    drain: { timeout: 2s, close_spread: 100ms, close_code: 1012 }\n";
-    let proxy = start(&yaml(&[("fixed", fixed.addr)], extra), Some(resolver.clone())).await;
-    let admin = &proxy.admin;
+    let proxy = start(
+        yaml(&[("fixed", fixed.addr)], |u| {
+            u.affinity("{ key: [ { header: X-User-Id } ] }")
+                .health_check(
+                    "{ path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 1, unhealthy_after: 100 }",
+                )
+                .drain("{ timeout: 2s, close_spread: 100ms, close_code: 1012 }")
+        }),
+        &resolver,
+    )
+    .await;
+    let (admin, public) = (&proxy.admin(), proxy.addr("public"));
 
     // Static backends and discovered ones side by side; the discovered ones are named by
     // their address.
@@ -105,23 +71,23 @@ async fn discovered_addresses_join_after_a_healthy_check_and_vanished_ones_drain
     assert_eq!(listed["source"], "dns");
     assert_eq!(listed["address"], id1);
     admin.wait_state("app", &id2, &["active"]).await;
-    let user_of_e2 = key_for(admin, &id2).await;
-    let (mut on_e2, greeted) = ws::open(proxy.public, &[("x-user-id", &user_of_e2)]).await;
+    let user_of_e2 = admin.key_on("app", &id2, "user-").await;
+    let (mut on_e2, greeted) = ws::open(public, &[("x-user-id", &user_of_e2)]).await;
     assert_eq!(greeted, "e2");
 
     // A new record joins only once its check passes.
     resolver.set(Answer::Addrs(vec![e1.addr, e2.addr, e3.addr]));
     wait_ids(admin, &["fixed".into(), id1.clone(), id2.clone(), id3.clone()]).await;
-    eventually("two failed checks of e3", async || (e3.checks.load(Ordering::SeqCst) >= 2).then_some(())).await;
+    until("two failed checks of e3", async || e3.checks.load(Ordering::SeqCst) >= 2).await;
     assert_eq!(admin.backend("app", &id3).await.expect("e3")["state"], "joining");
-    let mut conn = H1::connect(proxy.public).await;
+    let mut conn = H1::connect(public).await;
     for i in 0..30 {
         conn.get("/", &[("x-user-id", &format!("probe-{i}"))]).await;
     }
     assert_eq!(e3.served.load(Ordering::SeqCst), 0, "a joining backend gets no session");
     e3.set_ready(true);
     admin.wait_state("app", &id3, &["active"]).await;
-    let user_of_e3 = key_for(admin, &id3).await;
+    let user_of_e3 = admin.key_on("app", &id3, "user-").await;
     assert_eq!(conn.get("/", &[("x-user-id", &user_of_e3)]).await.header("x-backend-id"), Some("e3"));
 
     // A record that disappears drains: its tunnel stays until drain.timeout, then is closed
@@ -144,11 +110,11 @@ async fn a_failed_lookup_or_an_empty_answer_keeps_the_last_good_set() {
     let (id1, id2) = (e1.addr.to_string(), e2.addr.to_string());
     let resolver = Arc::new(ScriptedResolver::new(vec![e1.addr, e2.addr]));
     let proxy = start(
-        &yaml(&[], "    affinity: { fallback: round_robin }\n    drain: { timeout: 200ms, close_spread: 100ms }\n"),
-        Some(resolver.clone()),
+        yaml(&[], |u| u.affinity("{ fallback: round_robin }").drain("{ timeout: 200ms, close_spread: 100ms }")),
+        &resolver,
     )
     .await;
-    let admin = &proxy.admin;
+    let (admin, public) = (&proxy.admin(), proxy.addr("public"));
     wait_ids(admin, &[id1.clone(), id2.clone()]).await;
 
     for answer in [Answer::Fail, Answer::Addrs(Vec::new())] {
@@ -164,7 +130,7 @@ async fn a_failed_lookup_or_an_empty_answer_keeps_the_last_good_set() {
             assert_eq!(admin.backend("app", id).await.expect("listed")["state"], "active", "after {answer:?}");
         }
         let mut seen = Vec::new();
-        let mut conn = H1::connect(proxy.public).await;
+        let mut conn = H1::connect(public).await;
         for _ in 0..4 {
             seen.push(conn.get("/", &[]).await.text());
         }
@@ -174,7 +140,7 @@ async fn a_failed_lookup_or_an_empty_answer_keeps_the_last_good_set() {
     // Lookups still count: a good answer applies again.
     resolver.set(Answer::Addrs(vec![e1.addr]));
     wait_ids(admin, std::slice::from_ref(&id1)).await;
-    assert_eq!(client::get(proxy.public, "/", &[]).await.text(), "e1");
+    assert_eq!(client::get(public, "/", &[]).await.text(), "e1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,13 +154,13 @@ async fn a_hashed_user_keeps_their_backend_while_its_address_stays_in_dns() {
     let addr = |i: usize| backends[i].addr;
     let id = |i: usize| backends[i].addr.to_string();
     let resolver = Arc::new(ScriptedResolver::new(vec![addr(0), addr(1), addr(2)]));
-    let proxy = start(&yaml(&[], "    affinity: { key: [ { header: X-User-Id } ] }\n"), Some(resolver.clone())).await;
-    let admin = &proxy.admin;
+    let proxy = start(yaml(&[], |u| u.affinity("{ key: [ { header: X-User-Id } ] }")), &resolver).await;
+    let (admin, public) = (&proxy.admin(), proxy.addr("public"));
     wait_ids(admin, &[id(0), id(1), id(2)]).await;
 
     let users: Vec<String> = (0..120).map(|i| format!("user-{i}")).collect();
     let placement = async || {
-        let mut conn = H1::connect(proxy.public).await;
+        let mut conn = H1::connect(public).await;
         let mut at = HashMap::new();
         for user in &users {
             at.insert(user.clone(), conn.get("/", &[("x-user-id", user)]).await.text());
@@ -240,8 +206,9 @@ async fn a_hashed_user_keeps_their_backend_while_its_address_stays_in_dns() {
 async fn the_system_resolver_discovers_localhost() {
     let e1 = EchoBackend::start("e1").await;
     let port = e1.addr.port();
-    let yaml = yaml(&[], "").replace("app.internal:8080", &format!("localhost:{port}"));
-    let proxy = start(&yaml, None).await;
+    let yaml = Yaml::app(|u| u.discovery(&format!("localhost:{port}"), "100ms"));
+    let proxy = TestProxy::start(yaml).await;
+    let (admin, public) = (&proxy.admin(), proxy.addr("public"));
     // What the system resolver says localhost is, here: every answer is a backend.
     let mut expected: Vec<String> = tokio::net::lookup_host(("localhost", port))
         .await
@@ -251,7 +218,7 @@ async fn the_system_resolver_discovers_localhost() {
     expected.sort();
     expected.dedup();
     assert!(expected.contains(&e1.addr.to_string()), "localhost resolves to 127.0.0.1 here: {expected:?}");
-    wait_ids(&proxy.admin, &expected).await;
-    assert_eq!(proxy.admin.backend("app", &e1.addr.to_string()).await.expect("listed")["source"], "dns");
-    assert_eq!(client::get(proxy.public, "/", &[]).await.text(), "e1");
+    wait_ids(admin, &expected).await;
+    assert_eq!(admin.backend("app", &e1.addr.to_string()).await.expect("listed")["source"], "dns");
+    assert_eq!(client::get(public, "/", &[]).await.text(), "e1");
 }

@@ -1,4 +1,4 @@
-//! Prometheus metrics (issue 6): scripted traffic, then `/metrics` must parse as Prometheus
+//! Prometheus metrics: scripted traffic, then `/metrics` must parse as Prometheus
 //! text and every counter must have moved by exactly what the script did.
 
 use std::io;
@@ -16,13 +16,13 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::admin::{AdminClient, eventually};
+use crate::support::config::Yaml;
 use crate::support::echo::{EchoBackend, dead_address};
 use crate::support::http::H1;
 use crate::support::prom::{self, Scrape};
 use crate::support::proxy::TestProxy;
-use crate::support::within;
 use crate::support::ws;
+use crate::support::{eventually, within};
 
 /// A TCP stream that keeps a copy of every byte read and written, so a test knows exactly
 /// what crossed the wire.
@@ -91,38 +91,28 @@ async fn ws_session(addr: SocketAddr, user: &str) -> (u64, u64) {
     (up, down)
 }
 
-fn config(a: SocketAddr, dead: SocketAddr, s: SocketAddr) -> String {
-    format!(
-        r#"listeners:
-  - name: public
-    bind: "127.0.0.1:0"
-admin:
-  bind: "127.0.0.1:0"
-routes:
-  - {{ host: broken.test, upstream: broken }}
-  - {{ host: spare.test, upstream: spare }}
-  - {{ host: down.test, upstream: down }}
-  - {{ upstream: app }}
-upstreams:
-  app:
-    backends: [ {{ id: a, address: "{a}" }} ]
-    affinity:
-      key: [ {{ header: X-User-Id }} ]
-      cookie: {{ name: PIN }}
-      fallback: round_robin
-  broken:
-    backends: [ {{ id: dead, address: "{dead}" }} ]
-  spare:
-    backends: [ {{ id: s, address: "{s}" }} ]
-    drain: {{ timeout: 300ms, close_spread: 100ms, close_code: 1012 }}
-  down:
-    backends: [ {{ id: gone, address: "{dead}" }} ]
-    health_check: {{ interval: 100ms, timeout: 50ms, unhealthy_after: 1 }}
-"#
-    )
+/// Upstream `app` (keyed, cookie, round robin) for most traffic, plus by host: `broken` (a
+/// dead address), `spare` (for a drain) and `down` (health-checked, never up).
+fn config(a: SocketAddr, dead: SocketAddr, s: SocketAddr) -> Yaml {
+    Yaml::new()
+        .listener("public")
+        .admin()
+        .route_when("host: broken.test", "broken")
+        .route_when("host: spare.test", "spare")
+        .route_when("host: down.test", "down")
+        .route("app")
+        .upstream("app", |u| {
+            u.backend("a", a)
+                .affinity("{ key: [ { header: X-User-Id } ], cookie: { name: PIN }, fallback: round_robin }")
+        })
+        .upstream("broken", |u| u.backend("dead", dead))
+        .upstream("spare", |u| u.backend("s", s).drain("{ timeout: 300ms, close_spread: 100ms, close_code: 1012 }"))
+        .upstream("down", |u| {
+            u.backend("gone", dead).health_check("{ interval: 100ms, timeout: 50ms, unhealthy_after: 1 }")
+        })
 }
 
-/// The families the issue requires, with their Prometheus types.
+/// The metric families tether exports, with their Prometheus types.
 const FAMILIES: [(&str, &str); 18] = [
     ("tether_requests", "counter"),
     ("tether_request_duration_seconds", "histogram"),
@@ -149,10 +139,10 @@ async fn counters_move_by_exactly_what_scripted_traffic_did() {
     let a = EchoBackend::start("a").await;
     let s = EchoBackend::start("s").await;
     let dead = dead_address().await;
-    let yaml = config(a.addr, dead, s.addr);
+    let yaml = config(a.addr, dead, s.addr).build();
     let proxy = TestProxy::start(&yaml).await;
     let public = proxy.addr("public");
-    let admin = AdminClient::new(proxy.addr("admin"));
+    let admin = proxy.admin();
     let reply = admin.request(http::Method::GET, "/metrics").await;
     assert!(reply.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics-text")));
     let before = prom::parse(&reply.text()).unwrap_or_else(|e| panic!("{e}"));
@@ -201,13 +191,7 @@ async fn counters_move_by_exactly_what_scripted_traffic_did() {
     }
     let (up1, down1) = ws_session(public, "bob").await;
     let (up2, down2) = ws_session(public, "carol").await;
-    eventually("both tunnels to be accounted", async || {
-        let m = admin.metrics().await;
-        (m.value("tether_tunnel_lifetime_seconds_count", &[("backend", "a")]) == 2.0).then_some(())
-    })
-    .await;
-
-    let m = admin.metrics().await;
+    let m = admin.wait_metric("tether_tunnel_lifetime_seconds_count", &[("backend", "a")], 2.0).await;
     let app_a = [("upstream", "app"), ("backend", "a")];
     let class = |c: &str| m.value("tether_requests_total", &[("upstream", "app"), ("backend", "a"), ("class", c)]);
     assert_eq!(class("2xx"), 12.0, "5 keyed + 3 fallback + 2 cookie + upload + download");
@@ -247,11 +231,7 @@ async fn counters_move_by_exactly_what_scripted_traffic_did() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ws::expect_close(&mut tunnel).await, 1012);
     admin.wait_state("spare", "s", &["drained"]).await;
-    let m = eventually("the drain to finish", async || {
-        let m = admin.metrics().await;
-        (m.value("tether_drains_finished_total", &[("backend", "s")]) == 1.0).then_some(m)
-    })
-    .await;
+    let m = admin.wait_metric("tether_drains_finished_total", &[("backend", "s")], 1.0).await;
     let spare_s = [("upstream", "spare"), ("backend", "s")];
     assert_eq!(m.value("tether_drains_started_total", &spare_s), 1.0);
     assert_eq!(m.value("tether_closes_sent_total", &[("upstream", "spare"), ("code", "1012")]), 1.0);
@@ -264,11 +244,8 @@ async fn counters_move_by_exactly_what_scripted_traffic_did() {
     assert_eq!(m.value("tether_requests_total", &[("backend", "s"), ("class", "1xx")]), 1.0);
 
     // Reloads: one good, one refused.
-    let path = proxy.dir.path().join("tether.yaml");
-    std::fs::write(&path, &yaml).expect("write");
-    assert_eq!(proxy.running.reload().await.ok(), Some(2));
-    std::fs::write(&path, "listeners: [").expect("write");
-    assert!(proxy.running.reload().await.is_err());
+    assert_eq!(proxy.rewrite(&yaml).await, Ok(2));
+    assert!(proxy.rewrite("listeners: [").await.is_err());
     // Client connections held open now: exactly these two.
     let _held = (H1::connect(public).await, H1::connect(public).await);
     drop(conn);
@@ -290,26 +267,23 @@ async fn rebalancing_after_a_backend_joins_counts_each_moved_tunnel_once() {
     let b = EchoBackend::start("b").await;
     let c = EchoBackend::start("c").await;
     let upstream = |backends: &[(&str, SocketAddr)]| {
-        let mut y = String::from(
-            "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    affinity: { key: [ { header: X-User-Id } ] }\n    rebalance: { enabled: true, max_closes_per_second: 200 }\n    drain: { close_code: 1012 }\n    backends:\n",
-        );
-        for (id, addr) in backends {
-            y.push_str(&format!("      - {{ id: {id}, address: \"{addr}\" }}\n"));
-        }
-        y
+        Yaml::app(|u| {
+            u.backends(backends.iter().copied())
+                .affinity("{ key: [ { header: X-User-Id } ] }")
+                .rebalance("{ enabled: true, max_closes_per_second: 200 }")
+                .drain("{ close_code: 1012 }")
+        })
     };
-    let proxy = TestProxy::start(&upstream(&[("a", a.addr), ("b", b.addr)])).await;
+    let proxy = TestProxy::start(upstream(&[("a", a.addr), ("b", b.addr)])).await;
     let public = proxy.addr("public");
-    let admin = AdminClient::new(proxy.addr("admin"));
+    let admin = proxy.admin();
     let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
     let mut sockets = Vec::new();
     for user in &users {
         sockets.push(ws::open(public, &[("x-user-id", user)]).await.0);
     }
 
-    std::fs::write(proxy.dir.path().join("tether.yaml"), upstream(&[("a", a.addr), ("b", b.addr), ("c", c.addr)]))
-        .expect("write");
-    assert_eq!(proxy.running.reload().await.ok(), Some(2));
+    assert_eq!(proxy.rewrite(upstream(&[("a", a.addr), ("b", b.addr), ("c", c.addr)])).await, Ok(2));
     let mut moved = 0;
     for (user, socket) in users.iter().zip(&mut sockets) {
         let home = admin.get_json(&format!("/admin/upstreams/app/route?key={user}")).await["backend"].clone();

@@ -1,4 +1,4 @@
-//! Live reload (issue 6): a reload closes nothing by itself; a broken config is refused and
+//! Live reload: a reload closes nothing by itself; a broken config is refused and
 //! the running one keeps serving; removed backends drain gracefully, added ones wait for a
 //! healthy check; listeners, certificates and affinity settings follow the file.
 
@@ -11,40 +11,22 @@ use futures_util::StreamExt;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
-use crate::support::admin::{AdminClient, eventually};
+use crate::support::config::{Upstream, Yaml};
 use crate::support::echo::EchoBackend;
 use crate::support::gated::GatedBackend;
 use crate::support::http::{self as client, H1};
 use crate::support::proxy::TestProxy;
 use crate::support::tls::TestCa;
-use crate::support::within;
 use crate::support::ws;
+use crate::support::{until, within};
 
-/// A config with listener `public`, an admin listener, and upstream `app` over `backends`;
-/// `upstream_extra` goes under `app` (indented by the caller), `extra` at the top level.
-fn yaml(backends: &[(&str, SocketAddr)], upstream_extra: &str, extra: &str) -> String {
-    yaml_with_listeners("  - name: public\n    bind: \"127.0.0.1:0\"\n", backends, upstream_extra, extra)
-}
-
-fn yaml_with_listeners(listeners: &str, backends: &[(&str, SocketAddr)], upstream_extra: &str, extra: &str) -> String {
-    let mut y = format!(
-        "listeners:\n{listeners}admin:\n  bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n"
-    );
-    for (id, addr) in backends {
-        y.push_str(&format!("      - {{ id: {id}, address: \"{addr}\" }}\n"));
-    }
-    y.push_str(upstream_extra);
-    y.push_str(extra);
-    y
-}
-
-/// Write `yaml` over the proxy's config file and reload it.
-async fn reload(proxy: &TestProxy, yaml: &str) -> Result<u64, String> {
-    std::fs::write(proxy.dir.path().join("tether.yaml"), yaml).expect("write config");
-    within("reload", proxy.running.reload()).await.map_err(|e| e.to_string())
+/// Listener `public`, an admin listener, and upstream `app` over `backends`, set up by
+/// `upstream`.
+fn yaml(backends: &[(&str, SocketAddr)], upstream: impl FnOnce(Upstream) -> Upstream) -> Yaml {
+    Yaml::app(|u| upstream(u.backends(backends.iter().copied())))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,9 +35,9 @@ async fn a_reload_with_a_thousand_open_tunnels_closes_none() {
     let a = EchoBackend::start("a").await;
     let b = EchoBackend::start("b").await;
     let c = EchoBackend::start("c").await;
-    let proxy = TestProxy::start(&yaml(&[("a", a.addr), ("b", b.addr)], "", "")).await;
+    let proxy = TestProxy::start(yaml(&[("a", a.addr), ("b", b.addr)], |u| u)).await;
     let public = proxy.addr("public");
-    let admin = AdminClient::new(proxy.addr("admin"));
+    let admin = proxy.admin();
 
     let mut sockets: Vec<ws::Ws> = futures_util::stream::iter(0..TUNNELS)
         .map(|_| async move { ws::open(public, &[]).await.0 })
@@ -63,20 +45,22 @@ async fn a_reload_with_a_thousand_open_tunnels_closes_none() {
         .collect()
         .await;
     assert_eq!(sockets.len(), TUNNELS);
-    eventually("every tunnel registered", async || {
-        (a.sockets.load(Ordering::SeqCst) + b.sockets.load(Ordering::SeqCst) == TUNNELS).then_some(())
+    until("every tunnel registered", async || {
+        a.sockets.load(Ordering::SeqCst) + b.sockets.load(Ordering::SeqCst) == TUNNELS
     })
     .await;
 
     // Change nearly everything that can change: membership, weights, affinity (keys, cookie,
     // hash), drain and timeout settings, and a new listener.
-    let changed = yaml_with_listeners(
-        "  - name: public\n    bind: \"127.0.0.1:0\"\n  - name: second\n    bind: \"127.0.0.1:0\"\n",
-        &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
-        "    affinity:\n      key: [ { header: X-User-Id } ]\n      hash: { vnodes: 200 }\n      cookie: { name: PIN }\n      fallback: round_robin\n    drain: { timeout: 2s, close_spread: 1s, close_code: 1012 }\n",
-        "timeouts: { connect: 1s, idle: 30s }\n",
-    );
-    assert_eq!(reload(&proxy, &changed).await, Ok(2));
+    let changed = yaml(&[("a", a.addr), ("b", b.addr), ("c", c.addr)], |u| {
+        u.affinity(
+            "{ key: [ { header: X-User-Id } ], hash: { vnodes: 200 }, cookie: { name: PIN }, fallback: round_robin }",
+        )
+        .drain("{ timeout: 2s, close_spread: 1s, close_code: 1012 }")
+    })
+    .listener("second")
+    .set("timeouts", "{ connect: 1s, idle: 30s }");
+    assert_eq!(proxy.rewrite(changed).await, Ok(2));
     assert_eq!(admin.generation().await, 2);
 
     // Every tunnel still answers, and the next thing each one reads is its echo: a Close or
@@ -101,21 +85,19 @@ async fn a_reload_with_a_thousand_open_tunnels_closes_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_config_is_refused_with_file_line_and_field_and_the_old_one_keeps_serving() {
     let a = EchoBackend::start("a").await;
-    let good = yaml(&[("a", a.addr)], "", "");
+    let good = yaml(&[("a", a.addr)], |u| u).build();
     let proxy = TestProxy::start(&good).await;
     let public = proxy.addr("public");
-    let admin = AdminClient::new(proxy.addr("admin"));
+    let admin = proxy.admin();
     let (mut socket, _) = ws::open(public, &[]).await;
     let mut keep_alive = H1::connect(public).await;
     assert_eq!(keep_alive.get("/", &[]).await.text(), "a");
 
-    let broken = yaml(&[("a", a.addr)], "    drain: { timeout: 1s, close_spread: 5s }\n", "")
-        .replace(&a.addr.to_string(), "127.0.0.1:nope");
+    let broken = Yaml::app(|u| u.backend("a", "127.0.0.1:nope").drain("{ timeout: 1s, close_spread: 5s }")).build();
     let address_line = broken.lines().position(|l| l.contains("nope")).expect("bad line") + 1;
     let spread_line = broken.lines().position(|l| l.contains("close_spread")).expect("spread line") + 1;
-    let errors = reload(&proxy, &broken).await.expect_err("a broken config is refused");
-    let file = proxy.dir.path().join("tether.yaml");
-    let file = file.display();
+    let errors = proxy.rewrite(&broken).await.expect_err("a broken config is refused");
+    let file = proxy.config_path().display();
     assert!(
         errors.contains(&format!("{file}:{address_line}:")) && errors.contains("upstreams.app.backends[0].address"),
         "the error names file, line and field: {errors}"
@@ -137,7 +119,7 @@ async fn a_broken_config_is_refused_with_file_line_and_field_and_the_old_one_kee
     assert_eq!(admin.backend("app", "a").await.expect("a listed")["address"], a.addr.to_string());
 
     // Fixed, it applies.
-    assert_eq!(reload(&proxy, &good).await, Ok(2));
+    assert_eq!(proxy.rewrite(&good).await, Ok(2));
     let scrape = admin.metrics().await;
     assert_eq!(scrape.value("tether_reloads_total", &[("result", "ok")]), 1.0);
     assert_eq!(scrape.value("tether_reloads_total", &[("result", "error")]), 1.0);
@@ -145,38 +127,24 @@ async fn a_broken_config_is_refused_with_file_line_and_field_and_the_old_one_kee
     ws::echo(&mut socket, "and still").await;
 }
 
-/// Users (by `X-User-Id`) that the ring sends to `backend`, per the admin route endpoint.
-async fn users_of(admin: &AdminClient, backend: &str, n: usize) -> Vec<String> {
-    let mut found = Vec::new();
-    for i in 0..500 {
-        let user = format!("user-{i}");
-        let route = admin.get_json(&format!("/admin/upstreams/app/route?key={user}")).await;
-        if route["backend"] == backend {
-            found.push(user);
-            if found.len() == n {
-                return found;
-            }
-        }
-    }
-    panic!("fewer than {n} of 500 users hash to {backend}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_backend_drains_gracefully_with_the_drain_close_code() {
     let a = EchoBackend::start("a").await;
     let b = EchoBackend::start("b").await;
-    let upstream = "    affinity:\n      key: [ { header: X-User-Id } ]\n    drain: { timeout: 2s, close_spread: 300ms, close_code: 1012 }\n";
-    let proxy = TestProxy::start(&yaml(&[("a", a.addr), ("b", b.addr)], upstream, "")).await;
+    let upstream = |u: Upstream| {
+        u.affinity("{ key: [ { header: X-User-Id } ] }").drain("{ timeout: 2s, close_spread: 300ms, close_code: 1012 }")
+    };
+    let proxy = TestProxy::start(yaml(&[("a", a.addr), ("b", b.addr)], upstream)).await;
     let public = proxy.addr("public");
-    let admin = AdminClient::new(proxy.addr("admin"));
+    let admin = proxy.admin();
 
     let mut on_a = Vec::new();
-    for user in users_of(&admin, "a", 2).await {
+    for user in admin.keys_on("app", "a", "user-", 2).await {
         let (socket, backend) = ws::open(public, &[("x-user-id", &user)]).await;
         assert_eq!(backend, "a");
         on_a.push(socket);
     }
-    let b_users = users_of(&admin, "b", 3).await;
+    let b_users = admin.keys_on("app", "b", "user-", 3).await;
     let mut on_b = Vec::new();
     for user in &b_users {
         let (socket, backend) = ws::open(public, &[("x-user-id", user)]).await;
@@ -185,7 +153,7 @@ async fn a_removed_backend_drains_gracefully_with_the_drain_close_code() {
     }
 
     let reloaded_at = Instant::now();
-    assert_eq!(reload(&proxy, &yaml(&[("a", a.addr)], upstream, "")).await, Ok(2));
+    assert_eq!(proxy.rewrite(yaml(&[("a", a.addr)], upstream)).await, Ok(2));
     // The reload itself closes nothing: b's tunnels still echo, and b drains.
     for socket in &mut on_b {
         ws::echo(socket, "still on b").await;
@@ -211,10 +179,7 @@ async fn a_removed_backend_drains_gracefully_with_the_drain_close_code() {
     }
     ws::echo(&mut moved, "moved session works").await;
     // Once drained, b is forgotten.
-    eventually("b to leave the admin listing", async || {
-        (!admin.backend_ids("app").await.contains(&"b".to_owned())).then_some(())
-    })
-    .await;
+    until("b to leave the admin listing", async || !admin.backend_ids("app").await.contains(&"b".to_owned())).await;
     let scrape = admin.metrics().await;
     assert_eq!(scrape.value("tether_closes_sent_total", &[("upstream", "app"), ("code", "1012")]), 3.0);
     assert_eq!(scrape.value("tether_drains_started_total", &[("backend", "b")]), 1.0);
@@ -226,15 +191,18 @@ async fn a_removed_backend_drains_gracefully_with_the_drain_close_code() {
 async fn an_added_backend_receives_new_sessions_only_after_a_healthy_check() {
     let a = GatedBackend::start("a", true).await;
     let c = GatedBackend::start("c", false).await;
-    let upstream = "    affinity: { fallback: round_robin }\n    health_check: { path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 1, unhealthy_after: 100 }\n";
-    let proxy = TestProxy::start(&yaml(&[("a", a.addr)], upstream, "")).await;
+    let upstream = |u: Upstream| {
+        u.affinity("{ fallback: round_robin }")
+            .health_check("{ path: /readyz, interval: 200ms, timeout: 150ms, healthy_after: 1, unhealthy_after: 100 }")
+    };
+    let proxy = TestProxy::start(yaml(&[("a", a.addr)], upstream)).await;
     let public = proxy.addr("public");
-    let admin = AdminClient::new(proxy.addr("admin"));
-    assert_eq!(reload(&proxy, &yaml(&[("a", a.addr), ("c", c.addr)], upstream, "")).await, Ok(2));
+    let admin = proxy.admin();
+    assert_eq!(proxy.rewrite(yaml(&[("a", a.addr), ("c", c.addr)], upstream)).await, Ok(2));
     assert_eq!(admin.backend("app", "c").await.expect("c listed")["state"], "joining");
 
     // c is checked and fails: it stays out of rotation however many requests come.
-    eventually("two failed checks of c", async || (c.checks.load(Ordering::SeqCst) >= 2).then_some(())).await;
+    until("two failed checks of c", async || c.checks.load(Ordering::SeqCst) >= 2).await;
     let mut conn = H1::connect(public).await;
     for _ in 0..10 {
         assert_eq!(conn.get("/", &[]).await.header("x-backend-id"), Some("a"));
@@ -258,30 +226,32 @@ async fn an_added_backend_receives_new_sessions_only_after_a_healthy_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_are_added_and_removed_by_reload_without_closing_open_connections() {
     let a = EchoBackend::start("a").await;
-    let public_only = "  - name: public\n    bind: \"127.0.0.1:0\"\n";
-    let proxy = TestProxy::start(&yaml_with_listeners(public_only, &[("a", a.addr)], "", "")).await;
+    let with_listeners = |names: &[&str]| {
+        names
+            .iter()
+            .fold(Yaml::new(), |y, name| y.listener(name))
+            .admin()
+            .route("app")
+            .upstream("app", |u| u.backend("a", a.addr))
+    };
+    let proxy = TestProxy::start(with_listeners(&["public"])).await;
     let public = proxy.addr("public");
     let mut keep_alive = H1::connect(public).await;
     assert_eq!(keep_alive.get("/", &[]).await.text(), "a");
     let (mut socket, _) = ws::open(public, &[]).await;
 
-    let second_only = "  - name: second\n    bind: \"127.0.0.1:0\"\n";
-    assert_eq!(reload(&proxy, &yaml_with_listeners(second_only, &[("a", a.addr)], "", "")).await, Ok(2));
-    assert_eq!(proxy.running.addr("public"), None);
-    let second = proxy.running.addr("second").expect("the added listener is bound");
+    assert_eq!(proxy.rewrite(with_listeners(&["second"])).await, Ok(2));
+    assert_eq!(proxy.try_addr("public"), None);
+    let second = proxy.try_addr("second").expect("the added listener is bound");
     assert_eq!(client::get(second, "/", &[]).await.text(), "a");
-    eventually("the removed listener to stop accepting", async || {
-        TcpStream::connect(public).await.is_err().then_some(())
-    })
-    .await;
+    until("the removed listener to stop accepting", async || TcpStream::connect(public).await.is_err()).await;
     // What was open on the removed listener carries on.
     assert_eq!(keep_alive.get("/", &[]).await.text(), "a");
     ws::echo(&mut socket, "listener gone, tunnel stays").await;
 
-    let both = "  - name: second\n    bind: \"127.0.0.1:0\"\n  - name: public\n    bind: \"127.0.0.1:0\"\n";
-    assert_eq!(reload(&proxy, &yaml_with_listeners(both, &[("a", a.addr)], "", "")).await, Ok(3));
-    assert_eq!(proxy.running.addr("second"), Some(second), "an unchanged listener keeps its socket");
-    let public_again = proxy.running.addr("public").expect("public is back");
+    assert_eq!(proxy.rewrite(with_listeners(&["second", "public"])).await, Ok(3));
+    assert_eq!(proxy.try_addr("second"), Some(second), "an unchanged listener keeps its socket");
+    let public_again = proxy.try_addr("public").expect("public is back");
     assert_eq!(client::get(public_again, "/", &[]).await.text(), "a");
     assert_eq!(client::get(second, "/", &[]).await.text(), "a");
 }
@@ -292,11 +262,7 @@ async fn tls_connect(
     addr: SocketAddr,
     ca: &TestCa,
 ) -> (CertificateDer<'static>, hyper::client::conn::http1::SendRequest<Full<Bytes>>) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[b"http/1.1"]));
-    let name = ServerName::try_from("localhost").expect("name");
-    let tls = within("TLS handshake", connector.connect(name, tcp)).await.expect("TLS handshake");
-    let presented = tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone().into_owned();
+    let (presented, tls) = ca.connect(addr).await;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("h1 handshake");
     tokio::spawn(conn);
     (presented, sender)
@@ -319,18 +285,22 @@ async fn a_certificate_change_is_picked_up_by_new_tls_connections() {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, _, first) = ca.write_leaf(dir.path(), "site", &["localhost"]);
-    let listeners = "  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - { cert: site.crt, key: site.key }\n";
-    let config = yaml_with_listeners(listeners, &[("a", a.addr)], "", "");
-    let proxy = TestProxy::start_in(dir, &config).await;
+    let config = Yaml::new()
+        .tls_listener("tls", &[("site.crt", "site.key")])
+        .admin()
+        .route("app")
+        .upstream("app", |u| u.backend("a", a.addr))
+        .build();
+    let proxy = TestProxy::builder().dir(dir).yaml(&config).spawn().await;
     let addr = proxy.addr("tls");
     let (presented, mut old_conn) = tls_connect(addr, &ca).await;
     assert_eq!(presented, first.cert_der);
     assert_eq!(tls_get(&mut old_conn).await, "a");
 
     // Rotate the files in place (the config text is unchanged) and reload.
-    let (_, _, second) = ca.write_leaf(proxy.dir.path(), "site", &["localhost"]);
+    let (_, _, second) = ca.write_leaf(proxy.dir(), "site", &["localhost"]);
     assert_ne!(first.cert_der, second.cert_der);
-    assert_eq!(reload(&proxy, &config).await, Ok(2));
+    assert_eq!(proxy.rewrite(&config).await, Ok(2));
     let (presented, mut new_conn) = tls_connect(addr, &ca).await;
     assert_eq!(presented, second.cert_der, "new connections get the new certificate");
     assert_eq!(tls_get(&mut new_conn).await, "a");
@@ -341,12 +311,11 @@ async fn a_certificate_change_is_picked_up_by_new_tls_connections() {
 async fn affinity_setting_changes_apply_to_new_requests() {
     let backends = [EchoBackend::start("a").await, EchoBackend::start("b").await, EchoBackend::start("c").await];
     let list: Vec<(&str, SocketAddr)> = backends.iter().map(|b| (b.id.as_str(), b.addr)).collect();
-    let before = "    affinity:\n      key: [ { header: X-User-Id } ]\n      cookie: { name: OLD_PIN }\n      fallback: round_robin\n";
-    let after =
-        "    affinity:\n      key: [ { query: user } ]\n      cookie: { name: NEW_PIN }\n      fallback: round_robin\n";
-    let proxy = TestProxy::start(&yaml(&list, before, "")).await;
+    let before = "{ key: [ { header: X-User-Id } ], cookie: { name: OLD_PIN }, fallback: round_robin }";
+    let after = "{ key: [ { query: user } ], cookie: { name: NEW_PIN }, fallback: round_robin }";
+    let proxy = TestProxy::start(yaml(&list, |u| u.affinity(before))).await;
     let public = proxy.addr("public");
-    let admin = AdminClient::new(proxy.addr("admin"));
+    let admin = proxy.admin();
     let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
 
     let reply = client::get(public, "/", &[]).await;
@@ -362,7 +331,7 @@ async fn affinity_setting_changes_apply_to_new_requests() {
     assert_eq!(reasons(&mid, "fallback") - reasons(&start, "fallback"), 20.0, "a query parameter is no key yet");
     assert_eq!(reasons(&mid, "key"), reasons(&start, "key"));
 
-    assert_eq!(reload(&proxy, &yaml(&list, after, "")).await, Ok(2));
+    assert_eq!(proxy.rewrite(yaml(&list, |u| u.affinity(after))).await, Ok(2));
     let reply = client::get(public, "/", &[]).await;
     let cookie = reply.header("set-cookie").expect("a pin cookie");
     assert!(cookie.starts_with("NEW_PIN="), "the cookie name changed: {cookie}");

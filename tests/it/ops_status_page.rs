@@ -1,4 +1,4 @@
-//! The status page (issue 6): fetched, it is one self-contained HTML document; loaded in a real
+//! The status page: fetched, it is one self-contained HTML document; loaded in a real
 //! headless Chromium (Debian's `chromium`, driven by playwright-core from `tests/js`), it shows
 //! the backends with their state, its drain button drains (checked through the admin API), it
 //! refreshes itself, and it works behind an admin token.
@@ -12,21 +12,21 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use crate::support::admin::AdminClient;
+use crate::support::config::Yaml;
 use crate::support::echo::EchoBackend;
-use crate::support::proxy::{ProxyProcess, TestProxy};
+use crate::support::proxy::TestProxy;
 use crate::support::ws;
 
-fn yaml(a: std::net::SocketAddr, b: std::net::SocketAddr, admin_extra: &str) -> String {
-    format!(
-        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nadmin:\n  bind: \"127.0.0.1:0\"\n{admin_extra}routes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n      - {{ id: a, address: \"{a}\" }}\n      - {{ id: b, address: \"{b}\" }}\n    drain: {{ timeout: 30s, close_spread: 1s }}\n"
-    )
+/// Listener `public`, an admin listener and upstream `app` over backends `a` and `b`.
+fn yaml(a: std::net::SocketAddr, b: std::net::SocketAddr) -> Yaml {
+    Yaml::app(|u| u.backend("a", a).backend("b", b).drain("{ timeout: 30s, close_spread: 1s }"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_is_one_self_contained_html_document() {
     let a = EchoBackend::start("a").await;
     let b = EchoBackend::start("b").await;
-    let proxy = TestProxy::start(&yaml(a.addr, b.addr, "")).await;
+    let proxy = TestProxy::start(yaml(a.addr, b.addr)).await;
     let page = AdminClient::new(proxy.addr("admin")).request(Method::GET, "/").await;
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
@@ -156,7 +156,7 @@ fn assert_only_admin_requests(done: &Value, admin: std::net::SocketAddr) {
 async fn headless_chromium_shows_the_backends_and_its_drain_button_drains() {
     let a = EchoBackend::start("a").await;
     let b = EchoBackend::start("b").await;
-    let proxy = TestProxy::start(&yaml(a.addr, b.addr, "")).await;
+    let proxy = TestProxy::start(yaml(a.addr, b.addr)).await;
     let admin_addr = proxy.addr("admin");
     let admin = AdminClient::new(admin_addr);
     // One tunnel on each backend (least connections spreads them), so the page has numbers
@@ -207,10 +207,8 @@ async fn the_status_page_works_behind_an_admin_token() {
     const TOKEN: &str = "status-page-test-token-0123456789";
     let a = EchoBackend::start("a").await;
     let b = EchoBackend::start("b").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("tether.yaml");
-    std::fs::write(&path, yaml(a.addr, b.addr, "  token_env: TETHER_OPS_ADMIN_TOKEN\n")).expect("write config");
-    let proxy = ProxyProcess::start_with(dir, &path, &[("TETHER_OPS_ADMIN_TOKEN", TOKEN)]);
+    let yaml = yaml(a.addr, b.addr).admin_with_token_env("TETHER_OPS_ADMIN_TOKEN");
+    let proxy = TestProxy::builder().yaml(yaml).env("TETHER_OPS_ADMIN_TOKEN", TOKEN).spawn_process().await;
     let admin_addr = proxy.addr("admin");
     let without = AdminClient::new(admin_addr);
     assert_eq!(without.request(Method::GET, "/admin/upstreams").await.status, StatusCode::UNAUTHORIZED);

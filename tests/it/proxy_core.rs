@@ -14,22 +14,16 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::support::config::Yaml;
 use crate::support::echo::{EchoBackend, dead_address};
 use crate::support::http::{self as client, H1};
 use crate::support::proxy::{ProxyProcess, TestProxy};
 use crate::support::tls::TestCa;
-use crate::support::within;
+use crate::support::{until, within};
 
-/// One plain listener `public` on port 0 and upstream `app` over `backends`, plus `extra` YAML.
-fn config(backends: &[(&str, SocketAddr)], extra: &str) -> String {
-    let mut yaml = String::from(
-        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n",
-    );
-    for (id, addr) in backends {
-        yaml.push_str(&format!("      - {{ id: {id}, address: \"{addr}\" }}\n"));
-    }
-    yaml.push_str(extra);
-    yaml
+/// One plain listener `public` (no admin listener) and upstream `app` over backend `id`.
+fn yaml(id: &str, addr: SocketAddr) -> Yaml {
+    Yaml::new().listener("public").route("app").upstream("app", |u| u.backend(id, addr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,24 +32,17 @@ async fn requests_are_routed_by_host_then_path_first_match_wins() {
     let api_v2 = EchoBackend::start("api-v2").await;
     let sockets = EchoBackend::start("sockets").await;
     let fallback = EchoBackend::start("fallback").await;
-    let yaml = format!(
-        r#"listeners:
-  - name: public
-    bind: "127.0.0.1:0"
-routes:
-  - {{ host: api.test, path_prefix: /v2/, upstream: api-v2 }}
-  - {{ host: api.test, upstream: api }}
-  - {{ host: "*.ws.test", upstream: sockets }}
-  - {{ path_prefix: /static/, upstream: fallback }}
-upstreams:
-  api: {{ backends: [ {{ id: a, address: "{}" }} ] }}
-  api-v2: {{ backends: [ {{ id: b, address: "{}" }} ] }}
-  sockets: {{ backends: [ {{ id: c, address: "{}" }} ] }}
-  fallback: {{ backends: [ {{ id: d, address: "{}" }} ] }}
-"#,
-        api.addr, api_v2.addr, sockets.addr, fallback.addr
-    );
-    let proxy = TestProxy::start(&yaml).await;
+    let yaml = Yaml::new()
+        .listener("public")
+        .route_when("host: api.test, path_prefix: /v2/", "api-v2")
+        .route_when("host: api.test", "api")
+        .route_when("host: \"*.ws.test\"", "sockets")
+        .route_when("path_prefix: /static/", "fallback")
+        .upstream("api", |u| u.backend("a", api.addr))
+        .upstream("api-v2", |u| u.backend("b", api_v2.addr))
+        .upstream("sockets", |u| u.backend("c", sockets.addr))
+        .upstream("fallback", |u| u.backend("d", fallback.addr));
+    let proxy = TestProxy::start(yaml).await;
     let addr = proxy.addr("public");
     let cases = [
         ("api.test", "/v2/users", StatusCode::OK, "api-v2"),
@@ -77,7 +64,7 @@ upstreams:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_removed_and_forwarded_headers_replaced() {
     let backend = EchoBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
+    let proxy = TestProxy::start(yaml("app-1", backend.addr)).await;
     let reply = client::get(
         proxy.addr("public"),
         "/headers?q=1",
@@ -112,7 +99,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxies_keep_their_forwarded_chain() {
     let backend = EchoBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "trusted_proxies: [\"127.0.0.0/8\"]\n")).await;
+    let proxy = TestProxy::start(yaml("app-1", backend.addr).set("trusted_proxies", "[\"127.0.0.0/8\"]")).await;
     let reply = client::get(
         proxy.addr("public"),
         "/headers",
@@ -129,11 +116,14 @@ async fn trusted_proxies_keep_their_forwarded_chain() {
 async fn a_dead_backend_gets_502_and_a_slow_one_504() {
     let dead = dead_address().await;
     let slow = EchoBackend::start("slow").await;
-    let yaml = format!(
-        "listeners:\n  - name: public\n    bind: \"127.0.0.1:0\"\nroutes:\n  - {{ path_prefix: /dead, upstream: dead }}\n  - {{ upstream: slow }}\nupstreams:\n  dead: {{ backends: [ {{ id: d, address: \"{dead}\" }} ] }}\n  slow: {{ backends: [ {{ id: s, address: \"{}\" }} ] }}\ntimeouts: {{ connect: 1s, request: 300ms }}\n",
-        slow.addr
-    );
-    let proxy = TestProxy::start(&yaml).await;
+    let yaml = Yaml::new()
+        .listener("public")
+        .route_when("path_prefix: /dead", "dead")
+        .route("slow")
+        .upstream("dead", |u| u.backend("d", dead))
+        .upstream("slow", |u| u.backend("s", slow.addr))
+        .set("timeouts", "{ connect: 1s, request: 300ms }");
+    let proxy = TestProxy::start(yaml).await;
     let addr = proxy.addr("public");
     let reply = client::get(addr, "/dead", &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
@@ -149,7 +139,7 @@ async fn a_dead_backend_gets_502_and_a_slow_one_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_answered_400_and_never_reach_a_backend() {
     let backend = EchoBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
+    let proxy = TestProxy::start(yaml("app-1", backend.addr)).await;
     let addr = proxy.addr("public");
     let smuggle = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n";
     let cases: [(&str, &[u8]); 5] = [
@@ -177,7 +167,7 @@ async fn malformed_requests_are_answered_400_and_never_reach_a_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_is_stripped_and_served_as_http1() {
     let backend = EchoBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
+    let proxy = TestProxy::start(yaml("app-1", backend.addr)).await;
     let reply = client::raw(
         proxy.addr("public"),
         b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: close\r\n\r\n",
@@ -192,7 +182,7 @@ async fn an_h2c_upgrade_is_stripped_and_served_as_http1() {
 async fn slowloris_connections_are_closed_after_header_read() {
     let backend = EchoBackend::start("app-1").await;
     let proxy =
-        TestProxy::start(&config(&[("app-1", backend.addr)], "timeouts: { header_read: 500ms, idle: 30s }\n")).await;
+        TestProxy::start(yaml("app-1", backend.addr).set("timeouts", "{ header_read: 500ms, idle: 30s }")).await;
     let mut stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
     let started = Instant::now();
@@ -207,7 +197,7 @@ async fn slowloris_connections_are_closed_after_header_read() {
 async fn idle_keep_alive_connections_live_for_idle_not_header_read() {
     let backend = EchoBackend::start("app-1").await;
     let proxy =
-        TestProxy::start(&config(&[("app-1", backend.addr)], "timeouts: { header_read: 300ms, idle: 1500ms }\n")).await;
+        TestProxy::start(yaml("app-1", backend.addr).set("timeouts", "{ header_read: 300ms, idle: 1500ms }")).await;
     let mut stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 4096];
@@ -227,7 +217,7 @@ async fn idle_keep_alive_connections_live_for_idle_not_header_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_max_connections_are_refused_with_503() {
     let backend = EchoBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "limits: { max_connections: 2 }\n")).await;
+    let proxy = TestProxy::start(yaml("app-1", backend.addr).set("limits", "{ max_connections: 2 }")).await;
     let addr = proxy.addr("public");
     let mut a = H1::connect(addr).await;
     let mut b = H1::connect(addr).await;
@@ -237,14 +227,8 @@ async fn connections_over_max_connections_are_refused_with_503() {
     assert!(third.starts_with("HTTP/1.1 503"), "{third}");
     drop(a);
     // The slot frees once the first connection is gone.
-    within("a freed slot", async {
-        loop {
-            let reply = client::raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
-            if reply.starts_with("HTTP/1.1 200") {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+    until("a freed slot", async || {
+        client::raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.starts_with("HTTP/1.1 200")
     })
     .await;
     assert_eq!(b.get("/", &[]).await.status, StatusCode::OK);
@@ -253,7 +237,7 @@ async fn connections_over_max_connections_are_refused_with_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_works_on_a_plain_listener() {
     let backend = EchoBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
+    let proxy = TestProxy::start(yaml("app-1", backend.addr)).await;
     let stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -277,7 +261,10 @@ async fn h2c_prior_knowledge_works_on_a_plain_listener() {
 async fn large_bodies_stream_both_ways_in_bounded_memory() {
     const SIZE: u64 = 256 * 1024 * 1024;
     let backend = EchoBackend::start("app-1").await;
-    let proxy = ProxyProcess::start(&config(&[("app-1", backend.addr)], "access_log: { format: off }\n"));
+    let proxy = TestProxy::builder()
+        .yaml(yaml("app-1", backend.addr).set("access_log", "{ format: off }"))
+        .spawn_process()
+        .await;
     let addr = proxy.addr("public");
     // Warm up allocator and connection pool before the baseline.
     assert_eq!(client::get(addr, "/download?bytes=65536", &[]).await.body.len(), 65536);
@@ -360,25 +347,20 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy_over_ws() {
     let backend = EchoBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
+    let proxy = TestProxy::start(yaml("app-1", backend.addr)).await;
     let url = format!("ws://{}/ws", proxy.addr("public"));
     let (mut ws, resp) = within("ws connect", tokio_tungstenite::connect_async(url)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(resp.headers().get("x-backend-id").unwrap(), "app-1");
     ws_echo_roundtrip(&mut ws).await;
     drop(ws);
-    within("tunnel to be unregistered", async {
-        while proxy.running.proxy().loads("app")[0].tunnels != 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until("tunnel to be unregistered", async || proxy.running().proxy().loads("app")[0].tunnels == 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upgrade_is_relayed_as_an_ordinary_response() {
     let backend = EchoBackend::start("app-1").await;
-    let proxy = TestProxy::start(&config(&[("app-1", backend.addr)], "")).await;
+    let proxy = TestProxy::start(yaml("app-1", backend.addr)).await;
     let url = format!("ws://{}/refuse-upgrade", proxy.addr("public"));
     match within("ws connect", tokio_tungstenite::connect_async(url)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
@@ -388,12 +370,15 @@ async fn a_refused_upgrade_is_relayed_as_an_ordinary_response() {
     }
 }
 
-fn tls_config(backend: SocketAddr, dir: &std::path::Path, ca: &TestCa, extra: &str) -> String {
+/// Listener `tls` with certificates `a` (the default, for a.test and localhost) and `b` (for
+/// b.test and *.b.test), written to `dir`, in front of `backend`.
+fn tls_config(backend: SocketAddr, dir: &std::path::Path, ca: &TestCa) -> Yaml {
     ca.write_leaf(dir, "a", &["a.test", "localhost"]);
     ca.write_leaf(dir, "b", &["b.test", "*.b.test"]);
-    format!(
-        "listeners:\n  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - {{ cert: a.crt, key: a.key }}\n        - {{ cert: b.crt, key: b.key }}\nroutes:\n  - upstream: app\nupstreams:\n  app:\n    backends:\n      - {{ id: app-1, address: \"{backend}\" }}\n{extra}"
-    )
+    Yaml::new()
+        .tls_listener("tls", &[("a.crt", "a.key"), ("b.crt", "b.key")])
+        .route("app")
+        .upstream("app", |u| u.backend("app-1", backend))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,8 +386,8 @@ async fn websocket_echo_through_the_proxy_over_wss() {
     let backend = EchoBackend::start("app-1").await;
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
-    let yaml = tls_config(backend.addr, dir.path(), &ca, "");
-    let proxy = TestProxy::start_in(dir, &yaml).await;
+    let yaml = tls_config(backend.addr, dir.path(), &ca);
+    let proxy = TestProxy::builder().dir(dir).yaml(yaml).spawn().await;
     let addr = proxy.addr("tls");
     let tcp = TcpStream::connect(addr).await.unwrap();
     let request = format!("wss://localhost:{}/ws", addr.port()).into_client_request().unwrap();
@@ -420,8 +405,8 @@ async fn http2_over_tls_is_negotiated_by_alpn_and_proxied_as_http1() {
     let backend = EchoBackend::start("app-1").await;
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
-    let yaml = tls_config(backend.addr, dir.path(), &ca, "");
-    let proxy = TestProxy::start_in(dir, &yaml).await;
+    let yaml = tls_config(backend.addr, dir.path(), &ca);
+    let proxy = TestProxy::builder().dir(dir).yaml(yaml).spawn().await;
     let (mut sender, alpn) = client::h2_tls(proxy.addr("tls"), "a.test", ca.client_config(&[b"h2", b"http/1.1"])).await;
     assert_eq!(alpn, b"h2");
     let mut ids = Vec::new();
@@ -444,10 +429,10 @@ async fn sni_selects_the_matching_certificate_and_the_first_is_the_default() {
     let backend = EchoBackend::start("app-1").await;
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
-    let yaml = tls_config(backend.addr, dir.path(), &ca, "");
+    let yaml = tls_config(backend.addr, dir.path(), &ca);
     let a_der = std::fs::read_to_string(dir.path().join("a.crt")).unwrap();
     let b_der = std::fs::read_to_string(dir.path().join("b.crt")).unwrap();
-    let proxy = TestProxy::start_in(dir, &yaml).await;
+    let proxy = TestProxy::builder().dir(dir).yaml(yaml).spawn().await;
     let addr = proxy.addr("tls");
     let leaf_for = |name: &'static str| {
         let config = ca.client_config(&[b"http/1.1"]);
@@ -526,22 +511,13 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 
 /// The first access-log line of `kind` (`request` or `tunnel`) the proxy wrote to stderr.
 async fn log_line(proxy: &ProxyProcess, kind: &str) -> String {
-    let marker = format!("\"kind\":\"{kind}\"");
-    within("an access log line", async {
-        loop {
-            if let Some(line) = proxy.stderr().lines().find(|l| l.contains(&marker)).map(str::to_owned) {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
+    proxy.wait_for_stderr_line("an access log line", &format!("\"kind\":\"{kind}\"")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_are_json_with_redacted_query_parameters() {
     let backend = EchoBackend::start("app-1").await;
-    let proxy = ProxyProcess::start(&config(&[("app-1", backend.addr)], ""));
+    let proxy = TestProxy::builder().yaml(yaml("app-1", backend.addr)).spawn_process().await;
     let addr = proxy.addr("public");
     assert_eq!(client::get(addr, "/login?user=bob&access_token=s3cr3t", &[]).await.status, StatusCode::OK);
     let line = log_line(&proxy, "request").await;
@@ -603,7 +579,7 @@ async fn half_close_backend() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_passes_a_half_close_on_and_keeps_the_other_direction_open() {
     let backend = half_close_backend().await;
-    let proxy = TestProxy::start(&config(&[("raw", backend)], "")).await;
+    let proxy = TestProxy::start(yaml("raw", backend)).await;
     let mut stream = TcpStream::connect(proxy.addr("public")).await.unwrap();
     stream
         .write_all(b"GET /raw HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")

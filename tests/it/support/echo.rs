@@ -140,6 +140,7 @@ impl Ctx {
                 resp
             }
             "/slow" => {
+                // A slow backend is the point of this route: it answers after `ms`.
                 tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(1000))).await;
                 full(StatusCode::OK, "slow")
             }

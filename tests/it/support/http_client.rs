@@ -7,7 +7,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 
-use super::stomp_client::WAIT;
+use super::WAIT;
 
 pub struct HttpResponse {
     pub status: StatusCode,

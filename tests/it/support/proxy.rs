@@ -1,116 +1,248 @@
-//! Running tether's proxy in tests: in-process ([`TestProxy`]) or as the real binary
-//! ([`ProxyProcess`]), always from a YAML config written to a temporary directory.
+//! Running tether's proxy in tests, from one builder: in-process ([`TestProxy`], on its own
+//! [`ServerRuntime`]) or as the real binary ([`ProxyProcess`]).
+//!
+//! ```ignore
+//! let proxy = TestProxy::builder().yaml(Yaml::app(|u| u.backend("a", a.addr))).spawn().await;
+//! let proxy = TestProxy::builder().dir(dir).yaml(&text).env("VAR", "value").spawn_process().await;
+//! ```
+//!
+//! The config is written to `<tempdir>/tether.yaml` (so relative paths resolve there) unless
+//! an existing file is given with [`TestProxyBuilder::file`]. Dropping either kind stops it:
+//! the in-process proxy's runtime is shut down without waiting (and a panic of the proxy fails
+//! the test), the child process is killed.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use tether::server::Running;
+use tether::config::Config;
+use tether::server::{Options, Running};
+use tether::upstream::discovery::Resolve;
+use tokio::process::Child;
 
-/// A proxy running inside the test process.
+use super::admin::AdminClient;
+use super::process::Tether;
+use super::server_runtime::ServerRuntime;
+use super::within;
+
+type Edit = Box<dyn FnOnce(&mut Config) + Send>;
+
+/// Where the config comes from and what the proxy runs with.
+#[derive(Default)]
+pub struct TestProxyBuilder {
+    yaml: Option<String>,
+    file: Option<PathBuf>,
+    dir: Option<TempDir>,
+    env: Vec<(String, String)>,
+    resolver: Option<Arc<dyn Resolve>>,
+    edit: Option<Edit>,
+}
+
+impl TestProxyBuilder {
+    /// The config text, written to `<dir>/tether.yaml`.
+    pub fn yaml(mut self, yaml: impl Into<String>) -> Self {
+        self.yaml = Some(yaml.into());
+        self
+    }
+
+    /// Use this existing config file as it is (nothing is written).
+    pub fn file(mut self, path: &Path) -> Self {
+        self.file = Some(path.to_owned());
+        self
+    }
+
+    /// The directory the config goes into (and the proxy keeps alive), e.g. one that already
+    /// holds certificate files. Default: a fresh temporary directory.
+    pub fn dir(mut self, dir: TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// An environment variable for `${VAR}` in the config (in-process) or for the child.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The DNS resolver discovery uses (in-process only).
+    pub fn resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Change the parsed config before the proxy starts (in-process only).
+    pub fn edit(mut self, edit: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.edit = Some(Box::new(edit));
+        self
+    }
+
+    /// Write the config (unless a file was given); returns the directory and the config path.
+    fn prepare(&mut self) -> (TempDir, PathBuf) {
+        let dir = self.dir.take().unwrap_or_else(|| tempfile::tempdir().expect("tempdir"));
+        let path = match (&self.file, &self.yaml) {
+            (Some(file), None) => file.clone(),
+            (None, Some(yaml)) => {
+                let path = dir.path().join("tether.yaml");
+                std::fs::write(&path, yaml).expect("write config");
+                path
+            }
+            _ => panic!("give the proxy either yaml(..) or file(..)"),
+        };
+        (dir, path)
+    }
+
+    /// Start the proxy in this process, on its own runtime.
+    pub async fn spawn(mut self) -> TestProxy {
+        let (dir, path) = self.prepare();
+        let text = std::fs::read_to_string(&path).expect("read config");
+        let env = std::mem::take(&mut self.env);
+        let lookup = |name: &str| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| std::env::var(name).ok())
+        };
+        let mut config = tether::config::parse(&path, &text, &lookup)
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{text}"))
+            .config;
+        if let Some(edit) = self.edit.take() {
+            edit(&mut config);
+        }
+        let options = match self.resolver.take() {
+            Some(resolver) => Options { resolver },
+            None => Options::default(),
+        };
+        let runtime = ServerRuntime::start("the proxy");
+        let running = within("the proxy to start", runtime.run(tether::server::start_with(config, options)))
+            .await
+            .unwrap_or_else(|e| panic!("the proxy does not start: {e:#}\n---\n{text}"));
+        TestProxy { running, path, runtime, dir }
+    }
+
+    /// Start `tether proxy -c <config>` as a child process and wait for its `listening` lines.
+    pub async fn spawn_process(mut self) -> ProxyProcess {
+        assert!(self.resolver.is_none() && self.edit.is_none(), "resolver and edit are for the in-process proxy");
+        let (dir, path) = self.prepare();
+        let env = std::mem::take(&mut self.env);
+        ProxyProcess::start(dir, &path, &env).await
+    }
+}
+
+/// A proxy running inside the test process, on its own runtime; stopped on drop.
 pub struct TestProxy {
-    pub running: Running,
-    pub dir: TempDir,
+    running: Running,
+    path: PathBuf,
+    runtime: ServerRuntime,
+    dir: TempDir,
 }
 
 impl TestProxy {
-    /// Start from `yaml` (written to `<tempdir>/tether.yaml`, so relative paths resolve there).
-    pub async fn start(yaml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(dir, yaml).await
+    pub fn builder() -> TestProxyBuilder {
+        TestProxyBuilder::default()
     }
 
-    pub async fn start_in(dir: TempDir, yaml: &str) -> Self {
-        let path = dir.path().join("tether.yaml");
-        std::fs::write(&path, yaml).expect("write config");
-        let loaded = tether::config::parse(&path, yaml, &|name| std::env::var(name).ok())
-            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{yaml}"));
-        let running = tether::server::start(loaded.config).await.expect("proxy starts");
-        Self { running, dir }
+    /// Shorthand for `builder().yaml(yaml).spawn()`.
+    pub async fn start(yaml: impl Into<String>) -> Self {
+        Self::builder().yaml(yaml).spawn().await
     }
 
-    pub fn addr(&self, listener: &str) -> SocketAddr {
-        self.running.addr(listener).unwrap_or_else(|| panic!("no listener named {listener}"))
+    /// The address of listener `name` (`admin` for the admin listener).
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.try_addr(name).unwrap_or_else(|| panic!("no listener named {name}"))
     }
-}
 
-/// The `tether` binary under test.
-pub fn tether_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tether"))
+    pub fn try_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.running.addr(name)
+    }
+
+    /// A client of the admin listener.
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::new(self.addr("admin"))
+    }
+
+    /// The running proxy, for looking at its state directly.
+    pub fn running(&self) -> &Running {
+        &self.running
+    }
+
+    /// The directory holding the config file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-read the config file, as SIGHUP does.
+    pub async fn reload(&self) -> Result<u64, String> {
+        let running = self.running.clone();
+        within("the reload", self.runtime.run(async move { running.reload().await.map_err(|e| e.to_string()) })).await
+    }
+
+    /// Write `yaml` over the config file and reload it.
+    pub async fn rewrite(&self, yaml: impl Into<String>) -> Result<u64, String> {
+        std::fs::write(&self.path, yaml.into()).expect("write config");
+        self.reload().await
+    }
+
+    /// Reload whenever the config file changes.
+    pub fn watch_config(&self) {
+        let _runtime = self.runtime.handle().enter();
+        self.running.watch_config().expect("watch the config file");
+    }
 }
 
 /// A `tether proxy` child process; killed on drop.
 pub struct ProxyProcess {
-    pub child: Child,
-    pub addrs: Vec<(String, SocketAddr)>,
-    pub dir: TempDir,
+    child: Child,
+    addrs: Vec<(String, SocketAddr)>,
+    dir: TempDir,
+    path: PathBuf,
     stderr_path: PathBuf,
 }
 
 impl ProxyProcess {
-    pub fn start(yaml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tether.yaml");
-        std::fs::write(&path, yaml).expect("write config");
-        Self::start_with(dir, &path, &[])
-    }
-
-    /// Start `tether proxy -c config`, with extra environment variables, and wait for its
-    /// `listening` lines.
-    pub fn start_with(dir: TempDir, config: &Path, env: &[(&str, &str)]) -> Self {
+    async fn start(dir: TempDir, config: &Path, env: &[(String, String)]) -> Self {
         let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(tether_bin());
-        cmd.arg("proxy").arg("-c").arg(config).stdout(Stdio::piped()).stderr(stderr);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn tether proxy");
-        let stdout = child.stdout.take().expect("stdout");
         let expected = count_listeners(config);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut addrs = Vec::new();
-        let deadline = Instant::now() + super::WAIT;
-        while addrs.len() < expected {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let mut parts = line.split_whitespace();
-                    if let (Some("listening"), Some(name), Some(addr)) = (parts.next(), parts.next(), parts.next()) {
-                        addrs.push((name.to_owned(), addr.parse().expect("listening address")));
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!("tether proxy did not report its listeners; stderr:\n{log}");
-                }
-            }
-        }
-        Self { child, addrs, dir, stderr_path }
+        let args = ["proxy".to_owned(), "-c".to_owned(), config.display().to_string()];
+        let Tether { child, listeners, mut stdout, .. } =
+            Tether::spawn(&args, env, &stderr_path, |seen| seen.len() >= expected).await;
+        // Keep reading stdout (a reload prints new listeners) so the child never blocks on a
+        // full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        Self { child, addrs: listeners, dir, path: config.to_owned(), stderr_path }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
         self.addrs.iter().find(|(n, _)| n == listener).map(|(_, a)| *a).expect("listener")
     }
 
+    /// A client of the admin listener.
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::new(self.addr("admin"))
+    }
+
+    /// The directory holding the config file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.id().expect("tether proxy still running")
     }
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Wait until the process's stderr has a line containing `needle`; returns that line.
+    pub async fn wait_for_stderr_line(&self, what: &str, needle: &str) -> String {
+        super::eventually(what, async || self.stderr().lines().find(|l| l.contains(needle)).map(str::to_owned)).await
     }
 
     /// Resident set size now, and its peak, in KiB (from /proc).
@@ -134,25 +266,15 @@ impl ProxyProcess {
         }
     }
 
-    /// Wait for the process to exit, up to `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Wait for the process to exit, up to `limit`; returns its status and when it exited.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<(std::process::ExitStatus, Instant)> {
+        let status = tokio::time::timeout(limit, self.child.wait()).await.ok()?.expect("wait for tether proxy");
+        Some((status, Instant::now()))
     }
-}
 
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 }
 

@@ -67,21 +67,19 @@ impl ReconnectingClient {
 
     /// Polls the log until `pred` holds, failing the test after `within`.
     pub async fn wait_until(&self, what: &str, within: Duration, pred: impl Fn(&ClientLog) -> bool) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
+        let what = format!("{}: {what}", self.user);
+        super::eventually_within(&what, within, async || {
             if pred(&self.log.lock().expect("client log")) {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("{}: {what} did not happen within {within:?}; log: {:?}", self.user, self.log());
+                return Some(());
             }
             if let Some(task) = &self.task
                 && task.is_finished()
             {
-                panic!("{}: the client task ended while waiting for {what}; log: {:?}", self.user, self.log());
+                panic!("{what}: the client task ended while waiting; log: {:?}", self.log());
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            None
+        })
+        .await;
     }
 
     /// Stops reading and returns the final log; re-raises a panic of the client task.

@@ -83,13 +83,12 @@ impl TestRedis {
     }
 
     async fn wait_ready(&mut self, log: &std::path::Path) {
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         let client = redis::Client::open(self.url()).expect("redis url");
-        loop {
+        super::eventually_within("redis-server to accept connections", READY_TIMEOUT, async || {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                 let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
                 if pong.is_ok() {
-                    return;
+                    return Some(());
                 }
             }
             if let Some(child) = self.child.as_mut()
@@ -98,12 +97,9 @@ impl TestRedis {
                 let log = std::fs::read_to_string(log).unwrap_or_default();
                 panic!("redis-server exited with {status} during startup:\n{log}");
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not accept connections within {READY_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            None
+        })
+        .await;
     }
 }
 

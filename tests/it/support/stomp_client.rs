@@ -14,8 +14,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// Generous bound on any single wait: the machine is small and shared.
-pub const WAIT: Duration = Duration::from_secs(10);
+use super::WAIT;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -306,6 +305,7 @@ impl StompClient {
         beat.tick().await;
         loop {
             tokio::select! {
+                // Time under test: the connection must stay up (and quiet) for `duration`.
                 _ = tokio::time::sleep_until(end) => return,
                 _ = beat.tick(), if beat_every.is_some() => {
                     self.send_raw(Message::text("\n")).await;

@@ -1,10 +1,13 @@
 //! Certificates made on the fly: a test CA and leaf certificates signed by it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
@@ -58,5 +61,16 @@ impl TestCa {
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
+    }
+
+    /// An HTTP/1.1 TLS connection to `addr` for `localhost`, trusting only this CA; returns the
+    /// leaf certificate the server presented, and the stream.
+    pub async fn connect(&self, addr: SocketAddr) -> (CertificateDer<'static>, TlsStream<TcpStream>) {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let connector = tokio_rustls::TlsConnector::from(self.client_config(&[b"http/1.1"]));
+        let name = ServerName::try_from("localhost").expect("name");
+        let tls = super::within("TLS handshake", connector.connect(name, tcp)).await.expect("TLS handshake");
+        let presented = tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone().into_owned();
+        (presented, tls)
     }
 }

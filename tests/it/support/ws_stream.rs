@@ -205,6 +205,7 @@ impl Ctx {
                     .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "ms"))
                     .and_then(|(_, v)| v.parse().ok())
                     .unwrap_or(1000);
+                // A slow backend is the point of this route: it answers after `ms`.
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 text(StatusCode::OK, "slow")
             }
@@ -383,6 +384,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Trickle<T> {
         let n = buf.len().min(TRICKLE_CHUNK);
         let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[..n]));
         if written.is_ok() {
+            // The trickle is the point of this stream: a pause between small writes.
             self.pause = Some(Box::pin(tokio::time::sleep(TRICKLE_PAUSE)));
         }
         Poll::Ready(written)

@@ -1,18 +1,19 @@
-//! `BackendProcess`: the real `tether backend` binary as a child process (as a container or a
+//! `AppProcess`: the real `tether backend` binary as a child process (as a container or a
 //! pod runs it), with the command line a deployment file gives it. Killed on drop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
 
-use super::WAIT;
+use super::process::Tether;
+use super::within;
 
-pub struct BackendProcess {
+pub struct AppProcess {
     child: Child,
     /// The main listener (`--listen`).
     pub addr: SocketAddr,
@@ -20,49 +21,30 @@ pub struct BackendProcess {
     pub internal: Option<SocketAddr>,
     /// The command line it was started with (after `tether`).
     pub args: Vec<String>,
+    /// Standard output after the `listening` lines (kept open: the process may write more).
+    stdout: Lines<BufReader<ChildStdout>>,
     stderr_path: PathBuf,
     _dir: TempDir,
 }
 
-impl BackendProcess {
+impl AppProcess {
     /// Runs `tether <args>` (args start with `backend`) and waits for its `listening` lines.
-    pub async fn spawn(args: &[String]) -> BackendProcess {
+    pub async fn spawn(args: &[String]) -> AppProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn tether backend");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
         let wants_internal = args.iter().any(|a| a == "--internal-listen");
-        let mut addr = None;
-        let mut internal = None;
-        while addr.is_none() || (wants_internal && internal.is_none()) {
-            let line = match tokio::time::timeout(WAIT, lines.next_line()).await {
-                Ok(Ok(Some(line))) => line,
-                other => {
-                    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!("tether {args:?} did not report its listeners ({other:?}); stderr:\n{log}");
-                }
-            };
-            let mut parts = line.split_whitespace();
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("listening"), Some("backend"), Some(a)) => addr = Some(a.parse().expect("address")),
-                (Some("listening"), Some("internal"), Some(a)) => internal = Some(a.parse().expect("address")),
-                _ => panic!("unexpected stdout line from tether backend: {line:?}"),
-            }
-        }
-        BackendProcess {
-            child,
-            addr: addr.expect("main listener"),
-            internal,
+        let names = |seen: &[(String, SocketAddr)], name: &str| seen.iter().any(|(n, _)| n == name);
+        let tether = Tether::spawn(args, &[], &stderr_path, |seen| {
+            names(seen, "backend") && (!wants_internal || names(seen, "internal"))
+        })
+        .await;
+        assert!(tether.other_lines.is_empty(), "unexpected stdout lines from tether backend: {:?}", tether.other_lines);
+        AppProcess {
+            addr: tether.addr("backend").expect("main listener"),
+            internal: tether.addr("internal"),
+            child: tether.child,
             args: args.to_vec(),
+            stdout: tether.stdout,
             stderr_path,
             _dir: dir,
         }
@@ -96,5 +78,15 @@ impl BackendProcess {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The lines written to stdout after the `listening` lines, up to the end of the stream
+    /// (call it once the process has exited).
+    pub async fn rest_of_stdout(&mut self) -> Vec<String> {
+        let mut rest = Vec::new();
+        while let Some(line) = within("the end of stdout", self.stdout.next_line()).await.expect("read stdout") {
+            rest.push(line);
+        }
+        rest
     }
 }

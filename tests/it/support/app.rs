@@ -1,8 +1,9 @@
-//! `TestBackend`: an in-process `tether backend` instance on 127.0.0.1:0.
+//! `TestApp`: the reference STOMP application (`tether backend`) in-process, on 127.0.0.1:0.
 //!
-//! `TestBackend::builder().redis(&url).spawn().await` runs `tether::app::run_with_fanout`
-//! on its own task; `shutdown()` triggers the graceful shutdown and re-raises a failure or a
-//! panic of the instance. Dropping it aborts the instance.
+//! `TestApp::builder().redis(&url).spawn().await` runs `tether::app::run_with_fanout` on its
+//! own [`ServerRuntime`]; `shutdown()` runs the graceful shutdown and re-raises a failure or a
+//! panic of the instance. Dropping it stops the instance at once, and a panic of any of its
+//! tasks fails the test.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,15 +14,16 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::http_client::{self, HttpResponse};
-use super::stomp_client::WAIT;
+use super::server_runtime::ServerRuntime;
+use super::{WAIT, eventually, within};
 
-pub struct TestBackendBuilder {
+pub struct TestAppBuilder {
     args: AppArgs,
     fanout: Fanout,
     internal: bool,
 }
 
-impl TestBackendBuilder {
+impl TestAppBuilder {
     pub fn id(mut self, id: &str) -> Self {
         self.args.id = Some(id.into());
         self
@@ -68,36 +70,55 @@ impl TestBackendBuilder {
         self
     }
 
-    pub async fn spawn(self) -> TestBackend {
-        let main = TcpListener::bind("127.0.0.1:0").await.expect("bind main");
-        let addr = main.local_addr().expect("main addr");
-        let internal =
-            if self.internal { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind internal")) } else { None };
-        let internal_addr = internal.as_ref().map(|l| l.local_addr().expect("addr"));
+    /// [`Self::spawn`], then wait until the app's Redis connection is up.
+    pub async fn spawn_with_redis_up(self) -> TestApp {
+        assert!(matches!(self.fanout, Fanout::Redis(_)), "spawn_with_redis_up needs .redis(url)");
+        let app = self.spawn().await;
+        app.wait_redis("up").await;
+        app
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let runtime = ServerRuntime::start("the app");
+        let Self { args, fanout, internal } = self;
         let (stop, stopped) = oneshot::channel::<()>();
-        let listeners = AppListeners { main, internal };
-        let task = tokio::spawn(tether::app::run_with_fanout(self.args, listeners, self.fanout, async move {
-            let _ = stopped.await;
-        }));
-        TestBackend { addr, internal: internal_addr, stop: Some(stop), task: Some(task) }
+        // Bound on the app's own runtime, whose reactor then drives them.
+        let (addr, internal, task) = within(
+            "the app to start",
+            runtime.run(async move {
+                let main = TcpListener::bind("127.0.0.1:0").await.expect("bind main");
+                let addr = main.local_addr().expect("main addr");
+                let internal =
+                    if internal { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind internal")) } else { None };
+                let internal_addr = internal.as_ref().map(|l| l.local_addr().expect("addr"));
+                let listeners = AppListeners { main, internal };
+                let task = tokio::spawn(tether::app::run_with_fanout(args, listeners, fanout, async move {
+                    let _ = stopped.await;
+                }));
+                (addr, internal_addr, task)
+            }),
+        )
+        .await;
+        TestApp { addr, internal, stop: Some(stop), task: Some(task), runtime }
     }
 }
 
-pub struct TestBackend {
+pub struct TestApp {
     pub addr: SocketAddr,
     pub internal: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tether::app::AppError>>>,
+    runtime: ServerRuntime,
 }
 
-impl TestBackend {
+impl TestApp {
     /// Test defaults: short shutdown delay and drain spread, heart-beats at 10 s (clients in
     /// tests send `0,0` unless they test heart-beats).
-    pub fn builder() -> TestBackendBuilder {
+    pub fn builder() -> TestAppBuilder {
         let mut args = AppArgs::new("127.0.0.1:0".parse().expect("addr"));
         args.shutdown_delay = Duration::from_millis(200);
         args.drain_spread = Duration::from_millis(500);
-        TestBackendBuilder { args, fanout: Fanout::Local(LocalBus::new()), internal: false }
+        TestAppBuilder { args, fanout: Fanout::Local(LocalBus::new()), internal: false }
     }
 
     pub fn ws_url(&self) -> String {
@@ -128,17 +149,12 @@ impl TestBackend {
         http_client::post(self.operator_addr(), &format!("/publish?{query}"), body.to_owned()).await
     }
 
-    /// Polls `/healthz` until `redis` reports `state` (bounded by `within`).
-    pub async fn wait_redis(&self, state: &str, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let h = self.health().await;
-            if h["redis"] == state {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "redis did not become {state} within {within:?}: {h}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    /// Wait until `/healthz` reports redis `state`.
+    pub async fn wait_redis(&self, state: &str) {
+        eventually(&format!("redis to be {state} on /healthz"), async || {
+            (self.health().await["redis"] == state).then_some(())
+        })
+        .await;
     }
 
     /// Starts the graceful shutdown without waiting for it.
@@ -148,7 +164,8 @@ impl TestBackend {
         }
     }
 
-    /// Shuts down and waits for `run` to return Ok; re-raises a panic of the instance.
+    /// Shuts down and waits for `run` to return Ok; re-raises a panic of the instance or of
+    /// any of its tasks.
     pub async fn shutdown(mut self) {
         self.begin_shutdown();
         self.join().await;
@@ -160,18 +177,11 @@ impl TestBackend {
         let grace = WAIT * 2;
         match tokio::time::timeout(grace, task).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => panic!("backend failed: {e}"),
+            Ok(Ok(Err(e))) => panic!("the app failed: {e}"),
             Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Ok(Err(e)) => panic!("backend task failed: {e}"),
-            Err(_) => panic!("backend did not shut down within {grace:?}"),
+            Ok(Err(e)) => panic!("the app task failed: {e}"),
+            Err(_) => panic!("the app did not shut down within {grace:?}"),
         }
-    }
-}
-
-impl Drop for TestBackend {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.runtime.assert_no_panic();
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use tether::app::LocalBus;
 use tether::app::stomp::Command;
 
-use crate::support::backend::TestBackend;
+use crate::support::app::TestApp;
 use crate::support::http_client;
 use crate::support::redis::TestRedis;
 use crate::support::stomp_client::StompClient;
@@ -16,7 +16,7 @@ const TOPIC: &str = "/topic/auction.1";
 
 /// Sends `from-a` (STOMP on A), `from-b` (STOMP on B) and `from-http` (POST on A), each
 /// confirmed before the next, then markers `end-a` and `end-b`; returns the senders.
-async fn publish_all(a: &TestBackend, b: &TestBackend) -> (StompClient, StompClient) {
+async fn publish_all(a: &TestApp, b: &TestApp) -> (StompClient, StompClient) {
     let mut sender_a = StompClient::connect(&a.ws_url()).await;
     let mut sender_b = StompClient::connect(&b.ws_url()).await;
     let r = sender_a.send_with_receipt(TOPIC, "from-a").await;
@@ -52,7 +52,7 @@ fn expected() -> BTreeMap<String, usize> {
     ["from-a", "from-b", "from-http", "end-a", "end-b"].into_iter().map(|s| (s.to_owned(), 1)).collect()
 }
 
-async fn fifty_subscribers_get_every_message_once(a: TestBackend, b: TestBackend) {
+async fn fifty_subscribers_get_every_message_once(a: TestApp, b: TestApp) {
     let mut clients = Vec::new();
     for i in 0..50 {
         let backend = if i % 2 == 0 { &a } else { &b };
@@ -75,18 +75,16 @@ async fn fifty_subscribers_get_every_message_once(a: TestBackend, b: TestBackend
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_send_reaches_fifty_subscribers_on_two_redis_instances_exactly_once() {
     let redis = TestRedis::start().await;
-    let a = TestBackend::builder().id("app-a").redis(&redis.url()).spawn().await;
-    let b = TestBackend::builder().id("app-b").redis(&redis.url()).spawn().await;
-    a.wait_redis("up", crate::support::stomp_client::WAIT).await;
-    b.wait_redis("up", crate::support::stomp_client::WAIT).await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn_with_redis_up().await;
+    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn_with_redis_up().await;
     fifty_subscribers_get_every_message_once(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_send_reaches_fifty_subscribers_on_a_shared_local_bus_exactly_once() {
     let bus = LocalBus::new();
-    let a = TestBackend::builder().id("app-a").bus(&bus).spawn().await;
-    let b = TestBackend::builder().id("app-b").bus(&bus).spawn().await;
+    let a = TestApp::builder().id("app-a").bus(&bus).spawn().await;
+    let b = TestApp::builder().id("app-b").bus(&bus).spawn().await;
     fifty_subscribers_get_every_message_once(a, b).await;
 }
 
@@ -94,10 +92,8 @@ async fn one_send_reaches_fifty_subscribers_on_a_shared_local_bus_exactly_once()
 async fn replicas_sharing_an_id_still_get_each_others_messages() {
     // Local bypass keys on a random per-process nonce, never on --id.
     let redis = TestRedis::start().await;
-    let a = TestBackend::builder().id("same").redis(&redis.url()).spawn().await;
-    let b = TestBackend::builder().id("same").redis(&redis.url()).spawn().await;
-    a.wait_redis("up", crate::support::stomp_client::WAIT).await;
-    b.wait_redis("up", crate::support::stomp_client::WAIT).await;
+    let a = TestApp::builder().id("same").redis(&redis.url()).spawn_with_redis_up().await;
+    let b = TestApp::builder().id("same").redis(&redis.url()).spawn_with_redis_up().await;
     let mut on_b = StompClient::connect(&b.ws_url()).await;
     on_b.subscribe("/topic/x", "s").await;
     let mut on_a = StompClient::connect(&a.ws_url()).await;
@@ -110,7 +106,7 @@ async fn replicas_sharing_an_id_still_get_each_others_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_metrics_move_to_the_internal_listener() {
-    let a = TestBackend::builder().internal_listener().spawn().await;
+    let a = TestApp::builder().internal_listener().spawn().await;
     let internal = a.internal.expect("internal listener");
     let mut c = StompClient::connect(&a.ws_url()).await;
     c.subscribe("/topic/biz", "s").await;

@@ -1,23 +1,20 @@
 //! Spring-style user destinations across instances, and dynamic Redis subscriptions that
 //! follow local subscribers (checked with `PUBSUB CHANNELS`).
 
-use std::time::Duration;
-
 use tether::app::stomp::Command;
 
-use crate::support::backend::TestBackend;
+use crate::support::app::TestApp;
 use crate::support::redis::TestRedis;
-use crate::support::stomp_client::{ConnectOptions, StompClient, WAIT};
+use crate::support::stomp_client::{ConnectOptions, StompClient};
+use crate::support::until;
 
 const QUEUE: &str = "/user/queue/notifications";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_destinations_reach_every_session_of_that_user_on_any_instance() {
     let redis = TestRedis::start().await;
-    let a = TestBackend::builder().id("app-a").redis(&redis.url()).spawn().await;
-    let b = TestBackend::builder().id("app-b").redis(&redis.url()).spawn().await;
-    a.wait_redis("up", WAIT).await;
-    b.wait_redis("up", WAIT).await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn_with_redis_up().await;
+    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn_with_redis_up().await;
 
     // Identity from the trusted upgrade header on A, from CONNECT login on B.
     let mut alice_a = StompClient::connect_with(&a.ws_url(), ConnectOptions::default().user_header("alice")).await;
@@ -61,8 +58,7 @@ async fn user_destinations_reach_every_session_of_that_user_on_any_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_channels_follow_local_subscribers() {
     let redis = TestRedis::start().await;
-    let a = TestBackend::builder().id("app-a").redis(&redis.url()).spawn().await;
-    a.wait_redis("up", WAIT).await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn_with_redis_up().await;
     let all = "tether:dest:*";
     assert!(redis.pubsub_channels(all).await.is_empty());
 
@@ -81,10 +77,7 @@ async fn redis_channels_follow_local_subscribers() {
     assert_eq!(redis.pubsub_channels(all).await, ["tether:dest:/user/carol/queue/x"]);
     // A session that goes away without unsubscribing releases its channels too.
     carol.disconnect().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !redis.pubsub_channels(all).await.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "channel still subscribed after the session ended");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the channel to be released after the session ended", async || redis.pubsub_channels(all).await.is_empty())
+        .await;
     a.shutdown().await;
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use tether::app::stomp::Command;
 use tokio::sync::Semaphore;
 
-use crate::support::backend::TestBackend;
-use crate::support::stomp_client::{StompClient, WAIT};
+use crate::support::WAIT;
+use crate::support::app::TestApp;
+use crate::support::stomp_client::StompClient;
 
 const TOPIC: &str = "/topic/flood";
 /// 400 x 32 KiB = 12.8 MiB: several times what loopback socket buffers absorb for a reader that
@@ -17,7 +18,7 @@ const BODY_BYTES: usize = 32 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_never_delays_the_others() {
-    let a = TestBackend::builder().outbound_queue(8).spawn().await;
+    let a = TestApp::builder().outbound_queue(8).spawn().await;
     let mut slow = StompClient::connect(&a.ws_url()).await;
     slow.subscribe(TOPIC, "s").await;
     let mut fast = StompClient::connect(&a.ws_url()).await;

@@ -9,8 +9,8 @@ use tether::app::LocalBus;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::backend::TestBackend;
-use crate::support::stomp_client::WAIT;
+use crate::support::WAIT;
+use crate::support::app::TestApp;
 
 fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
@@ -65,7 +65,7 @@ async fn wait_event(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stompjs_connects_subscribes_sends_and_receives() {
-    let a = TestBackend::builder().id("app-a").spawn().await;
+    let a = TestApp::builder().id("app-a").spawn().await;
     let mut node = spawn_node("basic", &[a.ws_url()]);
     let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
 
@@ -83,8 +83,8 @@ async fn stompjs_connects_subscribes_sends_and_receives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stompjs_reconnects_to_the_other_instance_after_a_drain_and_still_receives() {
     let bus = LocalBus::new();
-    let mut a = TestBackend::builder().id("app-a").bus(&bus).spawn().await;
-    let b = TestBackend::builder().id("app-b").bus(&bus).spawn().await;
+    let mut a = TestApp::builder().id("app-a").bus(&bus).spawn().await;
+    let b = TestApp::builder().id("app-b").bus(&bus).spawn().await;
     let mut node = spawn_node("drain", &[a.ws_url(), b.ws_url()]);
     let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
 

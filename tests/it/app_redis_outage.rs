@@ -4,10 +4,11 @@
 
 use tether::app::stomp::Command;
 
-use crate::support::backend::TestBackend;
+use crate::support::WAIT;
+use crate::support::app::TestApp;
 use crate::support::http_client;
 use crate::support::redis::TestRedis;
-use crate::support::stomp_client::{StompClient, WAIT};
+use crate::support::stomp_client::StompClient;
 
 const TOPIC: &str = "/topic/outage";
 
@@ -18,10 +19,8 @@ fn has_line(metrics: &str, line: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_degrades_then_fan_out_resumes() {
     let mut redis = TestRedis::start().await;
-    let a = TestBackend::builder().id("app-a").redis(&redis.url()).spawn().await;
-    let b = TestBackend::builder().id("app-b").redis(&redis.url()).spawn().await;
-    a.wait_redis("up", WAIT).await;
-    b.wait_redis("up", WAIT).await;
+    let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn_with_redis_up().await;
+    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn_with_redis_up().await;
 
     let mut sub_a = StompClient::connect(&a.ws_url()).await;
     let mut sub_b = StompClient::connect(&b.ws_url()).await;
@@ -34,8 +33,8 @@ async fn redis_outage_degrades_then_fan_out_resumes() {
     assert_eq!(sub_b.next_body().await, "before");
 
     redis.stop();
-    a.wait_redis("down", WAIT).await;
-    b.wait_redis("down", WAIT).await;
+    a.wait_redis("down").await;
+    b.wait_redis("down").await;
     assert_eq!(http_client::get(a.addr, "/readyz").await.status, 200);
     assert_eq!(http_client::get(b.addr, "/readyz").await.status, 200);
     assert!(has_line(&a.metrics().await, "tether_backend_redis_up 0"));
@@ -57,8 +56,8 @@ async fn redis_outage_degrades_then_fan_out_resumes() {
     assert_eq!(sub_a.next_body().await, "during-receipt");
 
     redis.restart().await;
-    a.wait_redis("up", WAIT).await;
-    b.wait_redis("up", WAIT).await;
+    a.wait_redis("up").await;
+    b.wait_redis("up").await;
     let metrics = a.metrics().await;
     assert!(has_line(&metrics, "tether_backend_redis_up 1"), "{metrics}");
     assert!(has_line(&metrics, "tether_backend_redis_reconnects_total 1"), "{metrics}");

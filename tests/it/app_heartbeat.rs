@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::backend::TestBackend;
+use crate::support::app::TestApp;
 use crate::support::http_client;
 use crate::support::stomp_client::{ConnectOptions, StompClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_closed_within_three_intervals() {
-    let a = TestBackend::builder().heartbeat(Duration::from_secs(1)).spawn().await;
+    let a = TestApp::builder().heartbeat(Duration::from_secs(1)).spawn().await;
     // The client promises a heart-beat every 1 s and wants none back, then stays silent.
     let mut c = StompClient::connect_with(&a.ws_url(), ConnectOptions::default().heart_beat("1000,0")).await;
     assert_eq!(c.connected.get("heart-beat"), Some("1000,1000"));
@@ -31,7 +31,7 @@ async fn a_silent_client_is_closed_within_three_intervals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heart_beating_client_is_kept_and_gets_server_heart_beats() {
-    let a = TestBackend::builder().heartbeat(Duration::from_secs(1)).spawn().await;
+    let a = TestApp::builder().heartbeat(Duration::from_secs(1)).spawn().await;
     let mut c = StompClient::connect_with(&a.ws_url(), ConnectOptions::default().heart_beat("1000,1000")).await;
     c.subscribe("/topic/hb", "s").await;
     // Five agreed intervals, well past the 3-interval limit, beating twice per interval.

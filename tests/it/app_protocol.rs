@@ -5,9 +5,10 @@
 use tether::app::stomp::{self, Command, Frame, Version};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::backend::TestBackend;
+use crate::support::WAIT;
+use crate::support::app::TestApp;
 use crate::support::http_client;
-use crate::support::stomp_client::{ConnectOptions, StompClient, WAIT};
+use crate::support::stomp_client::{ConnectOptions, StompClient};
 
 fn close_code(c: &Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> Option<u16> {
     c.as_ref().map(|c| u16::from(c.code))
@@ -15,7 +16,7 @@ fn close_code(c: &Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_gets_an_error_and_closes_only_that_session() {
-    let a = TestBackend::builder().spawn().await;
+    let a = TestApp::builder().spawn().await;
     let mut victim = StompClient::connect(&a.ws_url()).await;
     let mut bystander = StompClient::connect(&a.ws_url()).await;
     bystander.subscribe("/topic/p", "s").await;
@@ -34,7 +35,7 @@ async fn a_malformed_frame_gets_an_error_and_closes_only_that_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_frame_is_refused() {
-    let a = TestBackend::builder().max_frame_bytes(16 * 1024).spawn().await;
+    let a = TestApp::builder().max_frame_bytes(16 * 1024).spawn().await;
     let mut c = StompClient::connect(&a.ws_url()).await;
     c.subscribe("/topic/big", "s").await;
     // Just under the limit passes intact.
@@ -57,7 +58,7 @@ async fn an_oversized_frame_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_split_across_and_batched_within_websocket_messages() {
-    let a = TestBackend::builder().spawn().await;
+    let a = TestApp::builder().spawn().await;
     let (mut ws, protocol) = crate::support::stomp_client::open_ws(&a.ws_url(), &ConnectOptions::default()).await;
     assert_eq!(protocol.as_deref(), Some("v12.stomp"));
     use futures_util::{SinkExt as _, StreamExt as _};
@@ -100,7 +101,7 @@ async fn frames_split_across_and_batched_within_websocket_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subprotocol_and_version_are_negotiated() {
-    let a = TestBackend::builder().spawn().await;
+    let a = TestApp::builder().spawn().await;
     let opts = ConnectOptions {
         subprotocols: Some("v11.stomp, v12.stomp".into()),
         accept_version: "1.0,1.1".into(),
@@ -132,7 +133,7 @@ async fn subprotocol_and_version_are_negotiated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_out_of_place_are_errors() {
-    let a = TestBackend::builder().spawn().await;
+    let a = TestApp::builder().spawn().await;
     // Anything before CONNECT.
     let (mut ws, _) = crate::support::stomp_client::open_ws(&a.ws_url(), &ConnectOptions::default()).await;
     use futures_util::{SinkExt as _, StreamExt as _};
@@ -160,7 +161,7 @@ async fn frames_out_of_place_are_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_are_receipted_and_disconnect_closes_normally() {
-    let a = TestBackend::builder().spawn().await;
+    let a = TestApp::builder().spawn().await;
     let mut c = StompClient::connect(&a.ws_url()).await;
     c.send_frame(&Frame::new(Command::Ack).header("id", "m1").header("receipt", "ack-1")).await;
     c.expect_receipt("ack-1").await;
@@ -178,7 +179,7 @@ async fn acks_are_receipted_and_disconnect_closes_normally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_surface_answers_probes_whoami_and_refuses_plain_gets_on_ws() {
-    let a = TestBackend::builder().id("app-x").spawn().await;
+    let a = TestApp::builder().id("app-x").spawn().await;
     let r = http_client::get(a.addr, "/ws").await;
     assert_eq!(r.status, 426);
     assert_eq!(r.headers.get("upgrade").map(|v| v.as_bytes()), Some(&b"websocket"[..]));

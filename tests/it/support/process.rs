@@ -1,0 +1,77 @@
+//! Starting the `tether` binary under test: `tether <args>` with its `listening <name> <addr>`
+//! lines read from stdout, stderr to a file, killed on drop. Used by [`super::proxy::ProxyProcess`],
+//! [`super::app_process::AppProcess`] and the `tether demo` test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use super::WAIT;
+
+/// The `tether` binary under test.
+pub fn tether_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tether"))
+}
+
+/// A started `tether` process.
+pub struct Tether {
+    /// Killed on drop.
+    pub child: Child,
+    /// `(name, address)` of each `listening` line, in order.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// Other stdout lines seen before the last awaited `listening` line.
+    pub other_lines: Vec<String>,
+    /// The rest of stdout.
+    pub stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Tether {
+    /// Run `tether <args>` with `env` added, stderr written to `stderr`, and read stdout until
+    /// `ready` holds for the `listening` lines seen.
+    pub async fn spawn(
+        args: &[String],
+        env: &[(String, String)],
+        stderr: &Path,
+        ready: impl Fn(&[(String, SocketAddr)]) -> bool,
+    ) -> Tether {
+        let file = std::fs::File::create(stderr).expect("stderr file");
+        let mut child = Command::new(tether_bin())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn tether {args:?}: {e}"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut listeners, mut other_lines) = (Vec::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !ready(&listeners) {
+            let line = match tokio::time::timeout_at(deadline, stdout.next_line()).await {
+                Ok(Ok(Some(line))) => line,
+                other => {
+                    let _ = child.start_kill();
+                    let log = std::fs::read_to_string(stderr).unwrap_or_default();
+                    panic!("tether {args:?} did not report its listeners ({other:?}); stderr:\n{log}");
+                }
+            };
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("listening"), Some(name), Some(addr)) => {
+                    listeners.push((name.to_owned(), addr.parse().expect("listening address")))
+                }
+                _ => other_lines.push(line),
+            }
+        }
+        Tether { child, listeners, other_lines, stdout }
+    }
+
+    /// The address of the `listening` line named `name`.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+}
