@@ -8,6 +8,11 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::*;
+use crate::config::{
+    AccessLogFormat, AffinityConfig, BackendAddress, BackendConfig, CookieConfig, DiscoveryConfig, DrainConfig,
+    Fallback, HashConfig, HealthCheckConfig, HostMatch, KeySource, PassiveConfig, RebalanceConfig, RouteConfig,
+    SameSite, SecureMode, TokenSource,
+};
 
 /// A small valid config; tests append top-level sections or write their own text.
 const BASE: &str = "\

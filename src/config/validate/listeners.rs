@@ -1,0 +1,170 @@
+//! Listeners, their TLS certificates, the admin listener and routes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::config::file::{FileAdmin, FileCertificate, FileConfig, FileListener, FileRoute, FileTls};
+use crate::config::tls;
+use crate::config::values::{binds_conflict, parse_host_match};
+use crate::config::{AdminConfig, CertificateConfig, HostMatch, ListenerConfig, RouteConfig, TlsConfig};
+
+use super::{Checked, Reported, Validator};
+
+impl Validator<'_> {
+    pub(super) fn listeners(&mut self, listeners: &[FileListener]) -> Checked<Vec<ListenerConfig>> {
+        if listeners.is_empty() {
+            return Err(self.error("listeners", "at least one listener is required"));
+        }
+        let mut out = Ok(Vec::with_capacity(listeners.len()));
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut binds: Vec<(SocketAddr, usize)> = Vec::new();
+        for (i, listener) in listeners.iter().enumerate() {
+            let path = format!("listeners[{i}]");
+            let name = self.name(&format!("{path}.name"), &listener.name, "listener name");
+            let name = name.and_then(|name| match names.insert(&listener.name.0, i) {
+                Some(first) => Err(self.error(
+                    &format!("{path}.name"),
+                    format!("duplicate listener name {name:?} (also listeners[{first}])"),
+                )),
+                None => Ok(name),
+            });
+            let bind = self.socket_addr(&format!("{path}.bind"), &listener.bind);
+            let bind = bind.and_then(|bind| match binds.iter().find(|(other, _)| binds_conflict(bind, *other)) {
+                Some((_, first)) => {
+                    Err(self.error(&format!("{path}.bind"), format!("bind {bind} is also used by listeners[{first}]")))
+                }
+                None => {
+                    binds.push((bind, i));
+                    Ok(bind)
+                }
+            });
+            let tls = listener.tls.as_ref().map(|tls| self.tls(&format!("{path}.tls"), tls)).transpose();
+            match (name, bind, tls, &mut out) {
+                (Ok(name), Ok(bind), Ok(tls), Ok(out)) => out.push(ListenerConfig { name, bind, tls }),
+                (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) => out = Err(r),
+                (_, _, _, Err(_)) => {}
+            }
+        }
+        out
+    }
+
+    pub(super) fn tls(&mut self, path: &str, tls: &FileTls) -> Checked<TlsConfig> {
+        if tls.certificates.is_empty() {
+            return Err(self.error(&format!("{path}.certificates"), "at least one certificate is required"));
+        }
+        let mut certificates = Ok(Vec::new());
+        for (i, certificate) in tls.certificates.iter().enumerate() {
+            let checked = self.certificate(&format!("{path}.certificates[{i}]"), certificate);
+            match (checked, &mut certificates) {
+                (Ok(c), Ok(all)) => all.push(c),
+                (Err(r), _) => certificates = Err(r),
+                (Ok(_), Err(_)) => {}
+            }
+        }
+        Ok(TlsConfig { certificates: certificates? })
+    }
+
+    pub(super) fn certificate(&mut self, path: &str, file: &FileCertificate) -> Checked<CertificateConfig> {
+        let loaded = tls::load_certificate(&self.provider, &self.base_dir, file.cert.as_str(), file.key.as_str());
+        loaded.map_err(|problems| {
+            let tls::CertificateProblems { first, second } = *problems;
+            let reported = self.certificate_error(path, &first);
+            if let Some(second) = second {
+                self.certificate_error(path, &second);
+            }
+            reported
+        })
+    }
+
+    pub(super) fn certificate_error(&mut self, path: &str, problem: &tls::CertificateError) -> Reported {
+        let field = match problem.file() {
+            tls::PemFile::Cert => format!("{path}.cert"),
+            tls::PemFile::Key => format!("{path}.key"),
+        };
+        self.error(&field, problem.to_string())
+    }
+
+    pub(super) fn admin(&mut self, admin: &FileAdmin, listeners: &[FileListener]) -> Checked<AdminConfig> {
+        let bind = self.socket_addr("admin.bind", &admin.bind);
+        let token_env = admin.token_env.as_ref().map(|name| self.env_name("admin.token_env", name)).transpose();
+        if let Ok(name) = &token_env {
+            match name.as_deref().map(|n| (n, (self.env)(n))) {
+                Some((name, None)) => self.warn(
+                    "admin.token_env",
+                    format!(
+                        "environment variable {name} is not set; tether proxy will refuse to \
+                         start until it is set"
+                    ),
+                ),
+                Some((name, Some(token))) if token.is_empty() => self.warn(
+                    "admin.token_env",
+                    format!(
+                        "environment variable {name} is empty; tether proxy will refuse to \
+                         start until it is set"
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        let bind = bind.and_then(|bind| {
+            let conflict = listeners
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.bind.as_str().parse::<SocketAddr>().is_ok_and(|other| binds_conflict(bind, other)));
+            if let Some((i, _)) = conflict {
+                return Err(self.error("admin.bind", format!("admin bind {bind} is also used by listeners[{i}]")));
+            }
+            if !bind.ip().is_loopback() && admin.token_env.is_none() {
+                return Err(self.error(
+                    "admin.bind",
+                    format!(
+                        "admin bind {bind} is not a loopback address: set token_env so that \
+                         /admin/* requires a bearer token"
+                    ),
+                ));
+            }
+            Ok(bind)
+        });
+        Ok(AdminConfig { bind: bind?, token_env: token_env? })
+    }
+
+    pub(super) fn routes(&mut self, routes: &[FileRoute], file: &FileConfig) -> Checked<Vec<RouteConfig>> {
+        if routes.is_empty() {
+            return Err(self.error("routes", "at least one route is required"));
+        }
+        let mut out = Ok(Vec::with_capacity(routes.len()));
+        for (i, route) in routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let host = match &route.host {
+                None => Ok(HostMatch::Any),
+                Some(host) => {
+                    parse_host_match(host.as_str()).map_err(|message| self.error(&format!("{path}.host"), message))
+                }
+            };
+            let path_prefix = match &route.path_prefix {
+                None => Ok("/".to_owned()),
+                Some(prefix) => self.url_path(&format!("{path}.path_prefix"), prefix),
+            };
+            let upstream = route.upstream.as_str();
+            let upstream = if file.upstreams.0.iter().any(|(name, _)| name == upstream) {
+                Ok(upstream.to_owned())
+            } else {
+                let defined: Vec<&str> = file.upstreams.0.iter().map(|(name, _)| name.as_str()).collect();
+                let defined = if defined.is_empty() {
+                    "no upstreams are defined".to_owned()
+                } else {
+                    format!("defined upstreams: {}", defined.join(", "))
+                };
+                Err(self.error(&format!("{path}.upstream"), format!("unknown upstream {upstream:?} ({defined})")))
+            };
+            match (host, path_prefix, upstream, &mut out) {
+                (Ok(host), Ok(path_prefix), Ok(upstream), Ok(out)) => {
+                    out.push(RouteConfig { host, path_prefix, upstream })
+                }
+                (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) => out = Err(r),
+                (_, _, _, Err(_)) => {}
+            }
+        }
+        out
+    }
+}
