@@ -72,10 +72,13 @@ limits: { max_connections: 5000 }
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// An app instance's listener.
     #[error("cannot bind an app listener on 127.0.0.1")]
     Bind(#[source] std::io::Error),
+    /// The generated proxy config.
     #[error("the demo config is invalid (a bug):\n{0}")]
     Config(crate::config::ConfigErrors),
+    /// The proxy.
     #[error(transparent)]
     Proxy(#[from] crate::server::StartError),
 }

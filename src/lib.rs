@@ -44,6 +44,8 @@
 //! mutexes (a panic while holding one does not poison it: the state they guard is valid after
 //! every statement) and are never held across an `.await`.
 
+#![warn(missing_docs)]
+
 pub mod accept;
 pub mod admin;
 #[cfg(feature = "app")]

@@ -120,7 +120,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Already-bound listeners.
 #[derive(Debug)]
 pub struct AppListeners {
+    /// The public listener: STOMP at `/ws`, the demo page, probes.
     pub main: TcpListener,
+    /// The internal listener for `/publish` and `/metrics`, when separate.
     pub internal: Option<TcpListener>,
 }
 
@@ -136,10 +138,13 @@ pub enum Fanout {
 /// Why the backend could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// The `--redis` URL cannot be used.
     #[error(transparent)]
     Redis(#[from] broker::redis::RedisUrlError),
+    /// `--user-header` is not a valid HTTP header name.
     #[error("invalid --user-header {0:?}: not an HTTP header name")]
     UserHeader(String),
+    /// A queue or frame limit of zero.
     #[error("--outbound-queue and --max-frame-bytes must be greater than zero")]
     ZeroLimit,
 }

@@ -22,20 +22,35 @@ pub(crate) const DEFAULT_MAX_HEADERS: usize = 64;
 /// A STOMP command (the first line of a frame).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Command {
+    /// Client: open a session (STOMP 1.0 name).
     Connect,
+    /// Client: open a session (STOMP 1.1+ name).
     Stomp,
+    /// Server: the session is open.
     Connected,
+    /// Client: publish to a destination.
     Send,
+    /// Client: receive a destination's messages.
     Subscribe,
+    /// Client: stop receiving a subscription.
     Unsubscribe,
+    /// Client: acknowledge a message.
     Ack,
+    /// Client: refuse a message.
     Nack,
+    /// Client: start a transaction.
     Begin,
+    /// Client: commit a transaction.
     Commit,
+    /// Client: abort a transaction.
     Abort,
+    /// Client: end the session.
     Disconnect,
+    /// Server: a message for a subscription.
     Message,
+    /// Server: a frame with a `receipt` header was processed.
     Receipt,
+    /// Server: something went wrong; the session closes.
     Error,
 }
 
@@ -99,8 +114,11 @@ impl std::fmt::Display for Command {
 /// A negotiated protocol version; it decides header escaping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Version {
+    /// STOMP 1.0: no header escaping.
     V1_0,
+    /// STOMP 1.1: escaping, heart-beats.
     V1_1,
+    /// STOMP 1.2: escaping of `\r` too.
     V1_2,
 }
 
@@ -136,12 +154,15 @@ impl Version {
 /// of a repeated header is the one that counts ([`Frame::get`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
+    /// What the frame is.
     pub command: Command,
     pub(crate) headers: Vec<(String, String)>,
+    /// The body, without the terminating NUL.
     pub body: Bytes,
 }
 
 impl Frame {
+    /// A frame with no headers and an empty body.
     pub fn new(command: Command) -> Frame {
         Frame { command, headers: Vec::new(), body: Bytes::new() }
     }
@@ -171,6 +192,7 @@ impl Frame {
 pub struct Limits {
     /// Largest frame, command line through NUL.
     pub max_frame_bytes: usize,
+    /// Most headers accepted in one frame.
     pub max_headers: usize,
 }
 
@@ -184,19 +206,33 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("frame larger than {limit} bytes")]
-    FrameTooLarge { limit: usize },
+    /// A frame bigger than the limit.
+    FrameTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     #[error("frame has more than {limit} headers")]
-    TooManyHeaders { limit: usize },
+    /// More headers than the limit.
+    TooManyHeaders {
+        /// The limit.
+        limit: usize,
+    },
+    /// A command this codec does not know.
     #[error("unknown command {0:?}")]
     UnknownCommand(String),
+    /// A header line without `:`.
     #[error("header line without ':'")]
     MalformedHeader,
+    /// An escape sequence STOMP does not define.
     #[error("undefined escape sequence in header")]
     InvalidEscape,
+    /// A head that is not UTF-8.
     #[error("header is not valid UTF-8")]
     InvalidUtf8,
+    /// A `content-length` that is not a number.
     #[error("invalid content-length {0:?}")]
     InvalidContentLength(String),
+    /// A body with a `content-length` not followed by NUL.
     #[error("body not terminated by NUL after content-length bytes")]
     MissingNul,
 }
@@ -206,6 +242,7 @@ pub enum DecodeError {
 pub enum Item {
     /// One EOL between frames: a heart-beat.
     HeartBeat,
+    /// A complete frame.
     Frame(Frame),
 }
 

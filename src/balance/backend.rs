@@ -69,6 +69,7 @@ impl Borrow<str> for BackendId {
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Availability {
+    /// Takes new sessions.
     Active = 0,
     /// Added, waiting for its first healthy check.
     Joining = 1,

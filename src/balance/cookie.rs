@@ -60,7 +60,11 @@ pub enum CookieKeyError {
         "the cookie key is {len} bytes long; at least {min} bytes of secret are required",
         min = CookieKey::MIN_LEN
     )]
-    TooShort { len: usize },
+    /// Fewer than [`CookieKey::MIN_LEN`] bytes.
+    TooShort {
+        /// The key's length, in bytes.
+        len: usize,
+    },
 }
 
 impl CookieKey {

@@ -39,6 +39,7 @@ use crate::config::Fallback;
 /// What [`route`] reads from a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
+    /// The request's headers (keys, cookies).
     pub headers: &'a HeaderMap,
     /// The raw query string, without `?`.
     pub query: Option<&'a str>,

@@ -16,10 +16,17 @@ use crate::config::{AffinityConfig, CookieConfig, Fallback, KeySource, SameSite,
 /// reject these first; this keeps the decision total if it does not.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
+    /// The cookie name is not a token.
     #[error("cookie name {0:?} is not an RFC 6265 token")]
     CookieName(String),
     #[error("cookie {attribute} {value:?} contains ';' or a control character")]
-    CookieAttribute { attribute: &'static str, value: String },
+    /// A `Path` or `Domain` that would break the header.
+    CookieAttribute {
+        /// Which attribute.
+        attribute: &'static str,
+        /// Its value.
+        value: String,
+    },
 }
 
 /// See the module doc.
@@ -58,6 +65,7 @@ impl AffinityPolicy {
         Ok(Self { keys: config.keys.clone(), balance_factor, fallback: config.fallback, cookie, cookie_key })
     }
 
+    /// The key the policy signs cookies with.
     pub fn cookie_key(&self) -> &CookieKey {
         &self.cookie_key
     }

@@ -36,17 +36,25 @@ pub struct Config {
     /// Where the config came from and its text as written (`${VAR}` unexpanded), for
     /// `/admin/config` and for resolving relative paths.
     pub source: ConfigSource,
+    /// Client listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
+    /// The admin listener, if configured.
     pub admin: Option<AdminConfig>,
     /// In file order: the first matching route wins.
     pub routes: Vec<RouteConfig>,
     /// In file order.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Connection and request timeouts.
     pub timeouts: Timeouts,
+    /// Size and connection limits.
     pub limits: Limits,
+    /// Peers whose forwarding headers are kept and extended.
     pub trusted_proxies: Vec<IpNet>,
+    /// The access log.
     pub access_log: AccessLogConfig,
+    /// The SIGTERM sequence.
     pub shutdown: ShutdownConfig,
+    /// Debugging aids.
     pub debug: DebugConfig,
 }
 
@@ -54,23 +62,33 @@ pub struct Config {
 /// variables, for example), which `tether check` prints and `tether proxy` logs.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The validated configuration.
     pub config: Config,
+    /// Problems that do not prevent running, one line each.
     pub warnings: Vec<String>,
 }
 
+/// Where a config came from.
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
+    /// The file, as given.
     pub path: PathBuf,
+    /// Its text as written.
     pub text: String,
 }
 
+/// One client listener.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
+    /// Unique name (metrics, logs, the `listening` line).
     pub name: String,
+    /// Address to bind (port 0: any free port).
     pub bind: SocketAddr,
+    /// TLS termination, when set.
     pub tls: Option<TlsConfig>,
 }
 
+/// The certificates of a TLS listener.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     /// Chosen by SNI; the first is the default for clients that send no (or an unknown) name.
@@ -80,22 +98,29 @@ pub struct TlsConfig {
 /// A certificate chain and its private key, already read, parsed and checked to match.
 #[derive(Debug, Clone)]
 pub struct CertificateConfig {
+    /// The PEM certificate chain file.
     pub cert_path: PathBuf,
+    /// The PEM private key file.
     pub key_path: PathBuf,
+    /// Chain and key, parsed and checked to belong together.
     pub certified: Arc<rustls::sign::CertifiedKey>,
     /// DNS names from the leaf's subjectAltName (lowercase; may start with `*.`).
     pub names: Vec<String>,
 }
 
+/// The admin listener.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
+    /// Address to bind; loopback unless a token protects it.
     pub bind: SocketAddr,
     /// Name of the environment variable holding the bearer token for `/admin/*`.
     pub token_env: Option<String>,
 }
 
+/// One route: requests matching host and path prefix go to an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
+    /// Which hosts the route applies to.
     pub host: HostMatch,
     /// Always starts with `/`.
     pub path_prefix: String,
@@ -103,6 +128,7 @@ pub struct RouteConfig {
     pub upstream: String,
 }
 
+/// A route's host rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMatch {
     /// `"*"`
@@ -113,24 +139,33 @@ pub enum HostMatch {
     Suffix(String),
 }
 
+/// A named group of backends and how requests are spread over them.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
+    /// Unique name (routes, metrics, the admin API).
     pub name: String,
     /// Static backends, in file order. Ids are unique within the upstream.
     pub backends: Vec<BackendConfig>,
+    /// DNS discovery of more backends, when set.
     pub discovery: Option<DiscoveryConfig>,
+    /// How users are pinned to backends.
     pub affinity: AffinityConfig,
     /// `None`: no active checks, backends are judged passively only.
     pub health_check: Option<HealthCheckConfig>,
+    /// Ejection after connect failures.
     pub passive: PassiveConfig,
+    /// How a backend that leaves is drained.
     pub drain: DrainConfig,
+    /// Moving tunnels when a backend becomes active.
     pub rebalance: RebalanceConfig,
 }
 
+/// One static backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     /// Stable identity: it goes on the hash ring and into sticky cookies, never the address.
     pub id: String,
+    /// Where to connect.
     pub address: BackendAddress,
     /// >= 1.
     pub weight: u32,
@@ -141,6 +176,7 @@ pub struct BackendConfig {
 pub struct BackendAddress {
     /// IPv6 literals are stored without brackets.
     pub host: String,
+    /// TCP port.
     pub port: u16,
 }
 
@@ -164,38 +200,58 @@ impl std::str::FromStr for BackendAddress {
     }
 }
 
+/// Backends from the A/AAAA records of a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoveryConfig {
+    /// The name and the port every record's backend uses.
     pub dns: BackendAddress,
+    /// How often the name is resolved again.
     pub interval: Duration,
 }
 
+/// How requests and tunnels are pinned to backends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AffinityConfig {
     /// Tried in order; the first that yields a non-empty value wins. Empty: no key affinity.
     pub keys: Vec<KeySource>,
+    /// The consistent-hash ring the keys are hashed onto.
     pub hash: HashConfig,
     /// `None`: no sticky cookie is ever set.
     pub cookie: Option<CookieConfig>,
+    /// How requests without a key or a usable pin are placed.
     pub fallback: Fallback,
 }
 
+/// Where an affinity key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
+    /// A request header.
     Header(HeaderName),
+    /// A request cookie.
     Cookie(String),
+    /// A query parameter.
     Query(String),
-    JwtClaim { from: TokenSource, claim: String },
+    /// A claim of a JWT, decoded without verifying it (routing only).
+    JwtClaim {
+        /// Where the token is.
+        from: TokenSource,
+        /// The claim whose value is the key.
+        claim: String,
+    },
 }
 
 /// Where a JWT is read from: `header:NAME`, `cookie:NAME` or `query:NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
+    /// A header (`Authorization: Bearer` is understood).
     Header(HeaderName),
+    /// A cookie.
     Cookie(String),
+    /// A query parameter.
     Query(String),
 }
 
+/// The consistent-hash ring.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HashConfig {
     /// Virtual nodes per unit of weight.
@@ -204,73 +260,108 @@ pub struct HashConfig {
     pub balance_factor: f64,
 }
 
+/// The signed sticky cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CookieConfig {
+    /// Cookie name.
     pub name: String,
     /// Zero = session cookie.
     pub ttl: Duration,
+    /// When the `Secure` attribute is set.
     pub secure: SecureMode,
+    /// `HttpOnly`.
     pub http_only: bool,
+    /// `SameSite`.
     pub same_site: SameSite,
+    /// `Path` (empty: none).
     pub path: String,
+    /// `Domain`, when set.
     pub domain: Option<String>,
     /// Environment variable holding the HMAC key shared by all proxy replicas.
     pub key_env: Option<String>,
 }
 
+/// When the sticky cookie is marked `Secure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecureMode {
     /// Secure on TLS listeners only.
     Auto,
+    /// On every listener.
     Always,
+    /// Never.
     Never,
 }
 
+/// The sticky cookie's `SameSite` attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameSite {
+    /// `SameSite=Lax`.
     Lax,
+    /// `SameSite=Strict`.
     Strict,
+    /// `SameSite=None` (requires `Secure`).
     None,
 }
 
+/// How requests without a key or a usable pin are placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fallback {
+    /// The backend with the least requests and tunnels.
     #[default]
     LeastConnections,
+    /// Each backend in turn.
     RoundRobin,
+    /// The less loaded of two random backends.
     RandomTwoChoices,
 }
 
+/// Active health checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckConfig {
+    /// Path requested (`GET`).
     pub path: String,
+    /// Time between checks.
     pub interval: Duration,
+    /// How long a check may take.
     pub timeout: Duration,
+    /// Good checks in a row before a backend is healthy again.
     pub healthy_after: u32,
+    /// Failed checks in a row before a backend is down.
     pub unhealthy_after: u32,
 }
 
+/// Passive ejection after connect failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassiveConfig {
+    /// Failures in a row that eject a backend.
     pub consecutive_failures: u32,
+    /// Length of the first ejection (doubled for each one in a row).
     pub ejection: Duration,
+    /// Longest ejection.
     pub max_ejection: Duration,
 }
 
+/// Draining a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainConfig {
+    /// How long tunnels may stay before they get their Close.
     pub timeout: Duration,
+    /// Window the Closes are spread over.
     pub close_spread: Duration,
     /// 1001 (going away) or 1012 (service restart).
     pub close_code: u16,
 }
 
+/// Rebalancing tunnels when a backend becomes active.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebalanceConfig {
+    /// Off by default.
     pub enabled: bool,
+    /// Pace of the closes.
     pub max_closes_per_second: u32,
 }
 
+/// Timeouts of connections and requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP connect to a backend.
@@ -285,6 +376,7 @@ pub struct Timeouts {
     pub tunnel_idle: Duration,
 }
 
+/// Size and connection limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// >= 8 KiB (hyper's minimum read buffer).
@@ -293,20 +385,27 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// The access log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLogConfig {
+    /// Format, or off.
     pub format: AccessLogFormat,
     /// Query parameters whose values are replaced by `REDACTED` in logged paths.
     pub redact_query: Vec<String>,
 }
 
+/// How access log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessLogFormat {
+    /// One JSON object per line.
     Json,
+    /// Human-readable text.
     Text,
+    /// No access log.
     Off,
 }
 
+/// The SIGTERM sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownConfig {
     /// Keep accepting this long after SIGTERM, with `/readyz` answering 503.
@@ -315,6 +414,7 @@ pub struct ShutdownConfig {
     pub timeout: Duration,
 }
 
+/// Debugging aids.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DebugConfig {
     /// Add `X-Tether-Backend: <backend id>` to responses.
@@ -322,6 +422,7 @@ pub struct DebugConfig {
 }
 
 impl Config {
+    /// The upstream named `name`.
     pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
         self.upstreams.iter().find(|u| u.name == name)
     }

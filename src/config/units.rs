@@ -13,16 +13,22 @@ use std::time::Duration;
 /// Why a duration or size was rejected; the message states the expected form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
+    /// Not a duration like `250ms` or `10s`.
     #[error("invalid duration {0:?}: {DURATION_FORM}")]
     Duration(String),
+    /// A negative duration.
     #[error("invalid duration {0:?}: must not be negative; {DURATION_FORM}")]
     NegativeDuration(String),
+    /// A duration too large to represent.
     #[error("invalid duration {0:?}: too large")]
     DurationTooLarge(String),
+    /// Not a size like `16KiB`.
     #[error("invalid size {0:?}: {SIZE_FORM}")]
     Size(String),
+    /// A negative size.
     #[error("invalid size {0:?}: must not be negative; {SIZE_FORM}")]
     NegativeSize(String),
+    /// A size too large to represent.
     #[error("invalid size {0:?}: too large")]
     SizeTooLarge(String),
 }

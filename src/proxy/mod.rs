@@ -387,6 +387,7 @@ pub struct BackendLoad {
     pub(crate) id: String,
     /// Requests in flight plus open tunnels (the load bounded loads count).
     pub load: u32,
+    /// Open tunnels.
     pub tunnels: usize,
 }
 

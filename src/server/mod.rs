@@ -36,6 +36,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 /// What can be swapped for tests.
 pub struct Options {
+    /// Resolves `discovery.dns` names.
     pub resolver: Arc<dyn Resolve>,
 }
 
@@ -48,18 +49,26 @@ impl Default for Options {
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The admin token variable is unset or empty.
     #[error("admin.token_env names {0}, which is not set: refusing to start an unprotected admin API")]
     AdminToken(String),
+    /// A listener could not bind.
     #[error("listener {listener}: cannot listen on {addr}")]
     Bind {
+        /// The listener's name.
         listener: String,
+        /// The address it was to bind.
         addr: SocketAddr,
+        /// Why not.
         #[source]
         source: std::io::Error,
     },
+    /// A TLS listener's settings could not be built.
     #[error("listener {listener}: TLS setup failed")]
     Tls {
+        /// The listener's name.
         listener: String,
+        /// Why not.
         #[source]
         source: rustls::Error,
     },
@@ -117,6 +126,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with(config, Options::default()).await
 }
 
+/// [`start`] with what tests swap out.
 pub async fn start_with(config: Config, options: Options) -> Result<Running, StartError> {
     let admin_token = match config.admin.as_ref().and_then(|a| a.token_env.as_deref()) {
         Some(var) => match std::env::var(var) {
@@ -260,6 +270,7 @@ impl Running {
         addrs
     }
 
+    /// The address of the listener named `name` (`admin` for the admin listener).
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
         self.addrs().into_iter().find(|(n, _)| n == name).map(|(_, a)| a)
     }

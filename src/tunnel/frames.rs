@@ -27,10 +27,15 @@ use std::fmt;
 pub mod opcode {
     /// A later fragment of a fragmented message.
     pub const CONTINUATION: u8 = 0x0;
+    /// The first fragment of a text message.
     pub const TEXT: u8 = 0x1;
+    /// The first fragment of a binary message.
     pub const BINARY: u8 = 0x2;
+    /// Close.
     pub const CLOSE: u8 = 0x8;
+    /// Ping.
     pub const PING: u8 = 0x9;
+    /// Pong.
     pub const PONG: u8 = 0xA;
 }
 
@@ -64,6 +69,7 @@ pub struct FrameHeader {
     pub rsv: u8,
     /// See [`opcode`]; 0..=15.
     pub opcode: u8,
+    /// The payload is masked (client to server).
     pub masked: bool,
     /// As announced by the peer; not checked against anything (a garbage stream can announce
     /// `u64::MAX`, which is just a very long payload).
@@ -76,6 +82,7 @@ impl FrameHeader {
         self.opcode & 0x8 != 0
     }
 
+    /// A Close frame.
     pub const fn is_close(&self) -> bool {
         self.opcode == opcode::CLOSE
     }

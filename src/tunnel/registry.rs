@@ -23,10 +23,12 @@ pub struct TunnelControl {
 }
 
 impl TunnelControl {
+    /// The tunnel's number on its backend (registration order).
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// The affinity key the tunnel was routed by.
     pub fn key(&self) -> Option<&str> {
         self.key.as_deref()
     }
@@ -39,6 +41,7 @@ impl TunnelControl {
         }
     }
 
+    /// The close code requested, if any.
     pub fn close_requested(&self) -> Option<u16> {
         match self.close_code.load(Ordering::Acquire) {
             0 => None,
@@ -76,6 +79,7 @@ pub struct TunnelRegistry {
 }
 
 impl TunnelRegistry {
+    /// An empty registry that signals `emptied` whenever its last tunnel ends.
     pub fn new(emptied: Arc<Notify>) -> Self {
         Self { open: Mutex::default(), next_id: AtomicU64::new(0), emptied }
     }
@@ -92,6 +96,7 @@ impl TunnelRegistry {
         self.lock().len()
     }
 
+    /// No tunnel is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -116,6 +121,7 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// The handle drains use to close this tunnel.
     pub fn control(&self) -> &Arc<TunnelControl> {
         &self.control
     }

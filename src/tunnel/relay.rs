@@ -33,6 +33,7 @@ const CLOSE_REASON: &str = "tether: backend draining";
 
 /// One end of a tunnel.
 pub enum Side {
+    /// Plain TCP.
     Plain(TcpStream),
     /// Boxed: a rustls connection is large and most tunnels are plain.
     Tls(Box<TlsStream<TcpStream>>),
@@ -356,14 +357,18 @@ impl Flow {
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
+    /// The client ended its side first.
     ClientClosed,
+    /// The backend ended its side first.
     BackendClosed,
+    /// Nothing moved for `tunnel_idle`.
     IdleTimeout,
     /// Closed gracefully at the proxy's request (drain, shutdown, rebalance), with the close
     /// handshake completed on both sides.
     ClosedByProxy,
     /// A close was requested but a peer did not finish its frame or answer in time.
     CloseTimedOut,
+    /// A socket failed.
     Error,
 }
 
@@ -383,6 +388,7 @@ impl End {
 /// What a finished tunnel reports.
 #[derive(Debug, Clone, Copy)]
 pub struct Report {
+    /// Why the tunnel ended.
     pub end: End,
     /// Client -> backend.
     pub(crate) bytes_up: u64,

@@ -14,6 +14,7 @@ use crate::config::BackendAddress;
 
 /// Looks names up. The system resolver in production; tests inject their own.
 pub trait Resolve: Send + Sync + 'static {
+    /// The addresses `host` resolves to, with `port`.
     fn resolve<'a>(
         &'a self,
         host: &'a str,

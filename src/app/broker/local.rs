@@ -32,6 +32,7 @@ impl std::fmt::Debug for LocalBus {
 }
 
 impl LocalBus {
+    /// A bus with no instance attached yet.
     pub fn new() -> LocalBus {
         LocalBus::default()
     }

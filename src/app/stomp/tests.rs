@@ -1,4 +1,3 @@
-
 use super::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};

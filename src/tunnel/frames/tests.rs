@@ -1,4 +1,3 @@
-
 use std::io::{Cursor, Read, Write};
 
 use proptest::prelude::*;
