@@ -44,27 +44,44 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// Why a listener could not come up, at startup or in a reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// Binding its address failed.
+    #[error("listener {listener}: cannot listen on {addr}")]
+    Bind {
+        /// The listener's name.
+        listener: String,
+        /// The address it was to bind.
+        addr: std::net::SocketAddr,
+        /// Why not.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its TLS settings could not be built.
+    #[error("listener {listener}: TLS setup failed")]
+    Tls {
+        /// The listener's name.
+        listener: String,
+        /// Why not.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
 /// Why a reload left the running configuration in place.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// The file has problems (every one of them, as `tether check` prints them).
     #[error("{0}")]
     Invalid(ConfigErrors),
-    #[error("listener {listener}: cannot listen on {addr}")]
-    Bind {
-        listener: String,
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("listener {listener}: TLS setup failed")]
-    Tls {
-        listener: String,
-        #[source]
-        source: rustls::Error,
-    },
+    /// A new listener could not come up.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// A listener kept its name and bind but gained or lost TLS.
     #[error("listener {0}: turning TLS on or off needs a new listener name or bind")]
     TlsToggle(String),
+    /// The task reading the file failed.
     #[error("the reload task failed")]
     Task(#[source] tokio::task::JoinError),
 }

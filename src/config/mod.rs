@@ -26,9 +26,9 @@ pub mod units;
 mod validate;
 mod values;
 
-pub(crate) use error::{ConfigError, ConfigErrors, ReloadError};
+pub use error::{ConfigError, ConfigErrors, ListenerError, ReloadError};
 pub use validate::{load, parse};
-pub(crate) use values::AddressError;
+pub use values::AddressError;
 
 /// A validated configuration plus the text it came from.
 #[derive(Debug, Clone)]

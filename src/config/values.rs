@@ -105,16 +105,22 @@ pub(super) fn parse_host_match(host: &str) -> Result<HostMatch, String> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
     #[error("expected host:port (e.g. \"127.0.0.1:9001\", \"[::1]:9001\" or \"app:8080\")")]
+    /// Not `host:port`.
     Form,
     #[error("the host is empty")]
+    /// Nothing before the port.
     EmptyHost,
     #[error("IPv6 addresses must be in brackets (e.g. \"[::1]:8080\")")]
+    /// An IPv6 literal without brackets.
     UnbracketedIpv6,
     #[error("{0:?} is neither an IP address nor a DNS name")]
+    /// A host that is neither an IP address nor a DNS name.
     BadHost(String),
     #[error("the port {0:?} is not a number")]
+    /// A port that is not a number.
     PortNotNumber(String),
     #[error("port {0} is out of range (1-65535)")]
+    /// A port outside 1-65535.
     PortOutOfRange(String),
 }
 

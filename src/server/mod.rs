@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin, Readiness};
-use crate::config::{Config, ListenerConfig, ReloadError, TlsConfig};
+use crate::config::{Config, ListenerConfig, ListenerError, ReloadError, TlsConfig};
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::proxy::Proxy;
 use crate::upstream::{Resolve, SystemResolver};
@@ -52,26 +52,9 @@ pub enum StartError {
     /// The admin token variable is unset or empty.
     #[error("admin.token_env names {0}, which is not set: refusing to start an unprotected admin API")]
     AdminToken(String),
-    /// A listener could not bind.
-    #[error("listener {listener}: cannot listen on {addr}")]
-    Bind {
-        /// The listener's name.
-        listener: String,
-        /// The address it was to bind.
-        addr: SocketAddr,
-        /// Why not.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A TLS listener's settings could not be built.
-    #[error("listener {listener}: TLS setup failed")]
-    Tls {
-        /// The listener's name.
-        listener: String,
-        /// Why not.
-        #[source]
-        source: rustls::Error,
-    },
+    /// A listener could not come up.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
 }
 
 /// One bound client listener.
@@ -140,31 +123,25 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     let metrics = Arc::new(Metrics::new());
     let mut bound = Vec::new();
     for listener_config in &config.listeners {
-        let (listener, b) = bind_listener(listener_config, &metrics)
-            .map_err(|e| start_error(e, &listener_config.name, listener_config.bind))?;
-        bound.push((listener, b));
+        bound.push(bind_listener(listener_config, &metrics)?);
     }
     let admin_listener = match &config.admin {
-        Some(admin) => Some(bind(admin.bind).map_err(|source| StartError::Bind {
-            listener: "admin".into(),
-            addr: admin.bind,
-            source,
-        })?),
+        Some(admin) => {
+            let listener = bind(admin.bind).and_then(|l| Ok((l.local_addr()?, l)));
+            Some(listener.map_err(|source| ListenerError::Bind {
+                listener: "admin".into(),
+                addr: admin.bind,
+                source,
+            })?)
+        }
         None => None,
     };
     let proxy = Proxy::new(config.clone(), metrics, options.resolver);
-    let admin = match &admin_listener {
-        Some(l) => Some(AdminListener {
-            addr: l.local_addr().map_err(|source| StartError::Bind {
-                listener: "admin".into(),
-                addr: config.admin.as_ref().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.bind),
-                source,
-            })?,
-            stop: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-        }),
-        None => None,
-    };
+    let admin = admin_listener.as_ref().map(|(addr, _)| AdminListener {
+        addr: *addr,
+        stop: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
     let server = Arc::new(Server {
         proxy,
         readiness: Arc::new(Readiness::default()),
@@ -182,7 +159,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         server.spawn_accept(listener, &b);
         server.listeners.lock().push(b);
     }
-    if let (Some(listener), Some(handle)) = (admin_listener, &server.admin) {
+    if let (Some((_, listener)), Some(handle)) = (admin_listener, &server.admin) {
         let admin = Arc::new(Admin {
             proxy: server.proxy.clone(),
             readiness: server.readiness.clone(),
@@ -194,33 +171,12 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     Ok(Running { server })
 }
 
-/// A listener that failed to come up: the bind or its TLS settings.
-enum ListenerError {
-    Bind(std::io::Error),
-    Tls(rustls::Error),
-}
-
-fn start_error(e: ListenerError, listener: &str, addr: SocketAddr) -> StartError {
-    let listener = listener.to_owned();
-    match e {
-        ListenerError::Bind(source) => StartError::Bind { listener, addr, source },
-        ListenerError::Tls(source) => StartError::Tls { listener, source },
-    }
-}
-
-fn reload_error(e: ListenerError, listener: &str, addr: SocketAddr) -> ReloadError {
-    let listener = listener.to_owned();
-    match e {
-        ListenerError::Bind(source) => ReloadError::Bind { listener, addr, source },
-        ListenerError::Tls(source) => ReloadError::Tls { listener, source },
-    }
-}
-
 fn bind_listener(config: &ListenerConfig, metrics: &Metrics) -> Result<(TcpListener, Bound), ListenerError> {
-    let listener = bind(config.bind).map_err(ListenerError::Bind)?;
-    let addr = listener.local_addr().map_err(ListenerError::Bind)?;
+    let bind_error = |source| ListenerError::Bind { listener: config.name.clone(), addr: config.bind, source };
+    let listener = bind(config.bind).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
     let tls = match &config.tls {
-        Some(tls) => Some(ArcSwap::new(tls_settings(tls).map_err(ListenerError::Tls)?)),
+        Some(tls) => Some(ArcSwap::new(tls_settings(&config.name, tls)?)),
         None => None,
     };
     let name: Arc<str> = config.name.as_str().into();
@@ -235,8 +191,8 @@ fn bind_listener(config: &ListenerConfig, metrics: &Metrics) -> Result<(TcpListe
     Ok((listener, bound))
 }
 
-fn tls_settings(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    tls::server_config(tls)
+fn tls_settings(listener: &str, tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, ListenerError> {
+    tls::server_config(tls).map_err(|source| ListenerError::Tls { listener: listener.to_owned(), source })
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::{Server, bind_listener, reload_error, tls_settings};
+use super::{Server, bind_listener, tls_settings};
 use crate::admin::Reloader;
 use crate::config::{self, ReloadError};
 use crate::metrics::ResultLabels;
@@ -48,10 +48,7 @@ impl Server {
                 match current.iter().find(|b| b.name == wanted.name && b.bind == wanted.bind) {
                     Some(existing) => {
                         let tls = match &wanted.tls {
-                            Some(tls) => Some(
-                                tls_settings(tls)
-                                    .map_err(|source| ReloadError::Tls { listener: wanted.name.clone(), source })?,
-                            ),
+                            Some(tls) => Some(tls_settings(&wanted.name, tls)?),
                             None => None,
                         };
                         if tls.is_some() != existing.state.tls.is_some() {
@@ -59,10 +56,7 @@ impl Server {
                         }
                         tls_updates.push((existing.state.clone(), tls));
                     }
-                    None => fresh.push(
-                        bind_listener(wanted, self.proxy.metrics())
-                            .map_err(|e| reload_error(e, &wanted.name, wanted.bind))?,
-                    ),
+                    None => fresh.push(bind_listener(wanted, self.proxy.metrics())?),
                 }
             }
         }
