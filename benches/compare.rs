@@ -465,27 +465,33 @@ impl Bench {
         let result = runtime.block_on(async {
             let limit = Duration::from_secs(180);
             // Warm-up: a few tunnels, closed again, so one-time allocations are in the baseline.
-            drop(ws::open_tunnels(addr, connector.as_ref(), 20, 20, limit).await?);
+            if let Err(e) = ws::open_tunnels(addr, connector.as_ref(), 20, 20, limit).await {
+                return json!({"error": format!("warm-up: {e}")});
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
             let base_kib = common::rss_kib(&proxy.pids());
             let mut open = Vec::new();
             let mut points = Vec::new();
             for &n in &steps {
                 let more = n.saturating_sub(open.len());
-                open.extend(ws::open_tunnels(addr, connector.as_ref(), more, OPEN_CONCURRENCY, limit).await?);
+                match ws::open_tunnels(addr, connector.as_ref(), more, OPEN_CONCURRENCY, limit).await {
+                    Ok(streams) => open.extend(streams),
+                    Err(e) => {
+                        // Keep the readings so far; say where it broke.
+                        let error = format!("at {} of {n} tunnels: {e}", open.len());
+                        return json!({"base_kib": base_kib, "points": points, "error": error});
+                    }
+                }
                 // Let them go idle (buffers used by the echo are released where the proxy does so).
                 tokio::time::sleep(idle).await;
                 points.push(json!({"n": n, "rss_kib": common::rss_kib(&proxy.pids())}));
             }
             drop(open);
-            Ok::<_, String>(json!({"base_kib": base_kib, "points": points}))
+            json!({"base_kib": base_kib, "points": points})
         });
         runtime.shutdown_timeout(Duration::from_secs(5));
         drop(proxy);
-        let record = match result {
-            Ok(v) => merge(merge(base, v), json!({"seconds": started.elapsed().as_secs_f64()})),
-            Err(e) => merge(base, json!({"error": e})),
-        };
+        let record = merge(merge(base, result), json!({"seconds": started.elapsed().as_secs_f64()}));
         report(&format!("{} w{workers}", kind.name()), &record);
         self.emit(record);
     }

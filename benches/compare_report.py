@@ -135,14 +135,14 @@ class Memory:
 
     @staticmethod
     def per_tunnel(m):
-        if "error" in m or not m.get("points"):
+        if not m.get("points"):
             return {}
         base = m["base_kib"]
         return {p["n"]: (p["rss_kib"] - base) * 1024 / p["n"] for p in m["points"]}
 
     @staticmethod
     def slopes(m):
-        if "error" in m or not m.get("points"):
+        if not m.get("points"):
             return {}
         pts = m["points"]
         out = {}
@@ -153,14 +153,9 @@ class Memory:
     def runs(self, system, scheme):
         return sorted(self.by.get((system, scheme), []), key=lambda m: m["rep"])
 
-    def headline(self, system, scheme):
-        """Median over repetitions of bytes per tunnel at the largest N, and that N."""
-        runs = self.runs(system, scheme)
-        ns = sorted({n for m in runs for n in self.per_tunnel(m)})
-        if not ns:
-            return None, None
-        n = ns[-1]
-        return median([self.per_tunnel(m).get(n) for m in runs]), n
+    def headline(self, system, scheme, n):
+        """Median over repetitions of bytes per tunnel at N tunnels (None: not measured there)."""
+        return median([self.per_tunnel(m).get(n) for m in self.runs(system, scheme)])
 
     def workers(self, system, scheme):
         runs = self.runs(system, scheme)
@@ -240,15 +235,14 @@ def summary_table(tp, mem, meta):
     for scheme in ("ws", "wss"):
         cells = []
         vals = {}
-        n_max = None
+        n_max = max(meta.get("tunnels") or [0])
         for s in PROXIES:
             if s == "tether-log":
                 cells.append("—")
                 continue
-            v, n = mem.headline(s, scheme)
+            v = mem.headline(s, scheme, n_max)
             vals[s] = v
-            n_max = n_max or n
-            cells.append("not run" if v is None else f"{fmt_int(v)}")
+            cells.append(fmt_int(v) if v is not None else "failed" if mem.runs(s, scheme) else "not run")
         others = [vals.get(s) for s in ("nginx", "haproxy") if vals.get(s) is not None]
         r = ratio(vals.get("tether"), min(others)) if others else None
         t = vals.get("tether")
@@ -316,7 +310,7 @@ def memory_tables(mem, meta):
                 continue
             per = [mem.per_tunnel(m) for m in runs]
             slopes = [mem.slopes(m) for m in runs]
-            base = median([m.get("base_kib") for m in runs if "error" not in m])
+            base = median([m.get("base_kib") for m in runs])
 
             def cellv(values):
                 vals = [v for v in values]
