@@ -42,6 +42,8 @@
 #   --write / --no-write update (or not) benches/RESULTS.md and README.md
 #   --no-install         do not apt-get anything (missing proxies are skipped, missing tools fail)
 #   --budget SECONDS     hard limit for the measuring binary [COMPARE_BUDGET, derived from the above]
+#   --report-only DIR    measure nothing: render the report again from a stored run
+#                        (target/compare/<date>), writing RESULTS.md/README.md unless --no-write
 #
 # Every step is bounded: apt-get, the builds and the measuring binary run under `timeout`; the
 # binary bounds each wait itself (proxy start-up, each load run, tunnel opening). Every process it
@@ -68,6 +70,7 @@ SYSTEMS=${COMPARE_SYSTEMS:-direct,nginx,haproxy,tether,tether-log}
 WORKERS=${COMPARE_WORKERS:-1,2}
 TESTS=${COMPARE_TESTS:-http,ws,h2,mem}
 BUDGET=${COMPARE_BUDGET:-}
+REPORT_ONLY=""
 
 usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -85,6 +88,7 @@ while [ $# -gt 0 ]; do
         --no-write) WRITE=0 ;;
         --no-install) INSTALL=0 ;;
         --budget) BUDGET=$2; shift ;;
+        --report-only) REPORT_ONLY=$2; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -98,6 +102,14 @@ else
 fi
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+if [ -n "$REPORT_ONLY" ]; then
+    [ -s "$REPORT_ONLY/results.jsonl" ] && [ -s "$REPORT_ONLY/meta.json" ] \
+        || { echo "compare.sh: no results.jsonl and meta.json in $REPORT_ONLY" >&2; exit 1; }
+    args=(--results "$REPORT_ONLY/results.jsonl" --meta "$REPORT_ONLY/meta.json" --report "$REPORT_ONLY/RESULTS-section.md" --print)
+    if [ "$WRITE" = 1 ]; then args+=(--results-md "$ROOT/benches/RESULTS.md" --readme "$ROOT/README.md"); fi
+    exec python3 "$ROOT/benches/compare_report.py" "${args[@]}"
+fi
 
 # --- 1. tools -------------------------------------------------------------------------------
 SUDO=""
