@@ -330,7 +330,7 @@ impl Bench {
 
     /// One proxy process at `workers` workers: http, ws and h2 in turn.
     fn variant(&mut self, rep: usize, system: System, workers: u32) {
-        let access_log = self.dir.path().join("access.log");
+        let access_log = access_log_path(self.dir.path());
         let proxy = match system {
             System::Direct => None,
             System::Proxy { kind, log } => {
@@ -497,6 +497,14 @@ impl Bench {
     }
 }
 
+/// Where tether (log on) writes its access log: not in the directory of its config file, which
+/// tether watches for changes (reload): there, every log line would also wake the watcher.
+fn access_log_path(dir: &std::path::Path) -> PathBuf {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    logs.join("access.log")
+}
+
 /// One progress line on stderr.
 fn report(label: &str, r: &Value) {
     let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
@@ -549,12 +557,13 @@ fn report(label: &str, r: &Value) {
 
 fn smoke() {
     let started = Instant::now();
+    cpu_reading_agrees();
     let backends = Backends::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let tls = Tls::generate(dir.path());
     let wrk = common::which("wrk");
     let h2load = common::which("h2load");
-    let log = dir.path().join("access.log");
+    let log = access_log_path(dir.path());
     let variants =
         [(Kind::Tether, Some(log.clone())), (Kind::Tether, None), (Kind::Nginx, None), (Kind::Haproxy, None)];
     for (kind, access_log) in variants {
@@ -617,6 +626,22 @@ fn smoke() {
         "compare smoke: done in {:.1} s (run with --bench, or benches/compare.sh, to measure)",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The /proc reading used for every CPU figure agrees with getrusage(2) on this process after
+/// some user-space work (utime and stime both counted, nothing else).
+fn cpu_reading_agrees() {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < Duration::from_millis(300) {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    let proc_ticks = common::cpu_ticks(&[std::process::id()]) as i64;
+    let rusage = common::rusage_ticks(libc::RUSAGE_SELF) as i64;
+    assert!(proc_ticks >= 20, "/proc CPU reading {proc_ticks} ticks after 300 ms of work");
+    assert!((proc_ticks - rusage).abs() <= 5, "/proc says {proc_ticks} ticks, getrusage {rusage}");
 }
 
 /// The response head of `GET /api` on a fresh connection.

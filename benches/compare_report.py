@@ -404,7 +404,8 @@ open and idle, divided by N; the slopes between N values are in the detail table
 
 Equivalent work: every proxy balances round-robin over the same 3 backends, keeps idle upstream
 connections, supports the WebSocket upgrade, logs nothing (except the *log on* column: tether's
-JSON access log, one line per request, written to a file) and inserts a sticky cookie named `SRV`
+JSON access log, one line per request, written to a file outside the directory of its config
+file, which tether watches for reloads) and inserts a sticky cookie named `SRV`
 on every response to a request without one (wrk, h2load and the WebSocket client never send it):
 tether with `affinity.cookie` (HMAC-signed value); HAProxy with `cookie SRV insert indirect nocache
 httponly`; nginx, which has no sticky cookie in its free version, with a `map $cookie_SRV` choosing

@@ -236,12 +236,19 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
-/// The fields of `/proc/PID/stat` after the parenthesised command name (field 3 is index 0).
+/// The fields of `/proc/PID/stat` after the parenthesised command name: field 3 (the state, a
+/// letter, read as 0) is index 0, so field N (as proc(5) numbers them) is index N - 3.
 fn stat_fields(pid: u32) -> Option<Vec<u64>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().skip(1).map(|f| f.parse::<u64>().unwrap_or(0)).collect())
+    Some(rest.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0)).collect())
 }
+
+/// Field 4, the parent's pid.
+const STAT_PPID: usize = 4 - 3;
+/// Fields 14 and 15: user and system CPU time, clock ticks.
+const STAT_UTIME: usize = 14 - 3;
+const STAT_STIME: usize = 15 - 3;
 
 /// `pid` and all its descendants.
 pub fn process_tree(pid: u32) -> Vec<u32> {
@@ -252,8 +259,7 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
             entries
                 .flatten()
                 .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-                // The parent pid is field 4, index 1 after the command name.
-                .filter_map(|child| Some((child, *stat_fields(child)?.get(1)? as u32)))
+                .filter_map(|child| Some((child, *stat_fields(child)?.get(STAT_PPID)? as u32)))
                 .collect()
         })
         .unwrap_or_default();
@@ -272,7 +278,10 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
 /// User + system CPU time of `pids` (all their threads), in clock ticks (utime + stime of
 /// `/proc/PID/stat`, fields 14 and 15).
 pub fn cpu_ticks(pids: &[u32]) -> u64 {
-    pids.iter().filter_map(|&pid| stat_fields(pid)).map(|f| f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)).sum()
+    pids.iter()
+        .filter_map(|&pid| stat_fields(pid))
+        .map(|f| f.get(STAT_UTIME).unwrap_or(&0) + f.get(STAT_STIME).unwrap_or(&0))
+        .sum()
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`).
@@ -284,9 +293,14 @@ pub fn ticks_per_second() -> f64 {
 
 /// CPU time of this process's reaped children (wrk, h2load), clock ticks.
 pub fn children_cpu_ticks() -> u64 {
+    rusage_ticks(libc::RUSAGE_CHILDREN)
+}
+
+/// User + system CPU time from getrusage(2), clock ticks.
+pub fn rusage_ticks(who: libc::c_int) -> u64 {
     // SAFETY: getrusage writes into the struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    unsafe { libc::getrusage(who, &mut usage) };
     let micros = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
     ((micros(usage.ru_utime) + micros(usage.ru_stime)) / 1e6 * ticks_per_second()) as u64
 }
