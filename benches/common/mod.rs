@@ -1,13 +1,19 @@
 //! What the side-by-side benchmarks share: the proxies under test (tether, nginx, HAProxy)
-//! started as processes with equivalent configs, a backend process, TLS material, and
-//! process-memory readings. Loopback only; every wait is bounded.
+//! started as processes with equivalent configs, a backend process serving three backends, TLS
+//! material, process-memory and CPU readings, the load generators (`load`: wrk and h2load;
+//! `ws`: a raw WebSocket client). Loopback only; every wait is bounded; only processes started
+//! here are ever stopped, by process group id.
 #![allow(dead_code)]
+
+pub mod load;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,11 +22,99 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-/// Bound on how long a proxy may take to come up.
-pub const PHASE_LIMIT: Duration = Duration::from_secs(120);
+/// Bound on how long a proxy or the backend may take to come up.
+pub const PHASE_LIMIT: Duration = Duration::from_secs(60);
+
+/// How many backends every proxy balances over (all served by one backend process).
+pub const BACKENDS: usize = 3;
+
+/// Name of the sticky cookie, the same for every proxy.
+pub const COOKIE: &str = "SRV";
 
 /// Set in the environment of the re-executed benchmark binary that serves as the backend.
 const BACKEND_ROLE: &str = "TETHER_BENCH_BACKEND";
+
+/// When set, the process-group ids of every process started here are kept in this file (one a
+/// line, only those still running), so a wrapper script can stop them if this process is killed.
+pub const PIDFILE_ENV: &str = "TETHER_BENCH_PIDFILE";
+
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` runs the same `harness = false`
+/// binary without it, and then every benchmark only does a quick smoke run.
+pub fn bench_mode() -> bool {
+    std::env::args().skip(1).any(|a| a == "--bench")
+}
+
+/// A number from the environment, or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes started here: each in its own process group, stopped by group id.
+
+static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn write_pidfile(groups: &[u32]) {
+    if let Some(path) = std::env::var_os(PIDFILE_ENV) {
+        let text: String = groups.iter().map(|g| format!("{g}\n")).collect();
+        let _ = std::fs::write(path, text);
+    }
+}
+
+/// Spawn `command` as the leader of a new process group, remembered until [`stop_group`].
+pub fn spawn_group(command: &mut Command) -> std::io::Result<Child> {
+    let child = command.process_group(0).spawn()?;
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    started.push(child.id());
+    write_pidfile(&started);
+    Ok(child)
+}
+
+/// SIGKILL the process group led by `child` (nginx's workers die with their master) and reap it.
+pub fn stop_group(child: &mut Child) {
+    let group = child.id();
+    // SAFETY: kill(2) on a process group this benchmark created (its leader is our child and has
+    // not been reaped yet, so the id cannot have been reused).
+    unsafe {
+        libc::kill(-(group as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    started.retain(|g| *g != group);
+    write_pidfile(&started);
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: stop every process group started here, then exit 130.
+pub fn stop_all_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
+                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+            let started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+            for group in started.iter() {
+                // SAFETY: kill(2) on process groups this benchmark created.
+                unsafe {
+                    libc::kill(-(*group as i32), libc::SIGKILL);
+                }
+            }
+            eprintln!("interrupted: stopped {} process group(s) started by this benchmark", started.len());
+            std::process::exit(130);
+        });
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backend: this binary re-executed, serving BACKENDS listeners.
 
 /// Call first in `main`: when this process is the backend, serve until killed and never return.
 pub fn maybe_serve_backend() {
@@ -29,30 +123,56 @@ pub fn maybe_serve_backend() {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let addr = start_backend().await;
-        println!("{addr}");
+        for _ in 0..BACKENDS {
+            let addr = start_backend().await;
+            println!("{addr}");
+        }
         std::future::pending::<()>().await;
     });
 }
 
-/// Start this binary again as the backend (in its own process, so the benchmark process only
-/// holds the client sockets: the open-file limit is per process); returns it and its address.
-pub fn start_backend_process() -> (Child, SocketAddr) {
-    use std::io::BufRead as _;
-    let mut child = Command::new(std::env::current_exe().expect("current exe"))
-        .env(BACKEND_ROLE, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+/// The backend process: [`BACKENDS`] hyper servers (one tokio runtime, 2 threads), each on its
+/// own port, so "direct" measurements against one of them load the same process as proxied ones.
+pub struct Backends {
+    pub child: Child,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Backends {
+    /// Start this binary again as the backend (in its own process, so the benchmark process only
+    /// holds the client sockets: the open-file limit is per process).
+    pub fn start() -> Self {
+        use std::io::BufRead as _;
+        let mut child = spawn_group(
+            Command::new(std::env::current_exe().expect("current exe"))
+                .env(BACKEND_ROLE, "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        )
         .expect("start the backend");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("backend address");
-    let addr = line.trim().parse().expect("backend address");
-    (child, addr)
+        let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut addrs = Vec::new();
+        for _ in 0..BACKENDS {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("backend address");
+            addrs.push(line.trim().parse().expect("backend address"));
+        }
+        Self { child, addrs }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        stop_group(&mut self.child);
+    }
 }
 
 /// The response body of plain requests: small, like an API answer.
-const BODY: &[u8] = b"{\"status\":\"ok\",\"instance\":\"bench\"}";
+pub const BODY: &[u8] = b"{\"status\":\"ok\",\"instance\":\"bench\"}";
 
 /// HTTP/1.1 backend: `/ws` is a WebSocket echo, anything else answers 200 with [`BODY`].
 async fn start_backend() -> SocketAddr {
@@ -103,6 +223,9 @@ async fn start_backend() -> SocketAddr {
     addr
 }
 
+// ---------------------------------------------------------------------------------------------
+// /proc readings.
+
 /// Resident set of `pids`, KiB.
 pub fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter()
@@ -113,22 +236,38 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// The fields of `/proc/PID/stat` after the parenthesised command name: field 3 (the state, a
+/// letter, read as 0) is index 0, so field N (as proc(5) numbers them) is index N - 3.
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0)).collect())
+}
+
+/// Field 4, the parent's pid.
+const STAT_PPID: usize = 4 - 3;
+/// Fields 14 and 15: user and system CPU time, clock ticks.
+const STAT_UTIME: usize = 14 - 3;
+const STAT_STIME: usize = 15 - 3;
+
 /// `pid` and all its descendants.
 pub fn process_tree(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
     let mut i = 0;
+    let candidates: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+                .filter_map(|child| Some((child, *stat_fields(child)?.get(STAT_PPID)? as u32)))
+                .collect()
+        })
+        .unwrap_or_default();
     while i < all.len() {
         let parent = all[i];
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-                // The parent pid is the 2nd field after the parenthesised command name.
-                let ppid =
-                    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-                if ppid == Some(parent) && !all.contains(&child) {
-                    all.push(child);
-                }
+        for &(child, ppid) in &candidates {
+            if ppid == parent && !all.contains(&child) {
+                all.push(child);
             }
         }
         i += 1;
@@ -136,7 +275,50 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     all
 }
 
-#[derive(Clone, Copy)]
+/// User + system CPU time of `pids` (all their threads), in clock ticks (utime + stime of
+/// `/proc/PID/stat`, fields 14 and 15).
+pub fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|&pid| stat_fields(pid))
+        .map(|f| f.get(STAT_UTIME).unwrap_or(&0) + f.get(STAT_STIME).unwrap_or(&0))
+        .sum()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`).
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// CPU time of this process's reaped children (wrk, h2load), clock ticks.
+pub fn children_cpu_ticks() -> u64 {
+    rusage_ticks(libc::RUSAGE_CHILDREN)
+}
+
+/// User + system CPU time from getrusage(2), clock ticks.
+pub fn rusage_ticks(who: libc::c_int) -> u64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut usage) };
+    let micros = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    ((micros(usage.ru_utime) + micros(usage.ru_stime)) / 1e6 * ticks_per_second()) as u64
+}
+
+/// The whole machine's CPU time from `/proc/stat`: (busy, steal), clock ticks summed over cores.
+pub fn machine_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return (0, 0) };
+    let Some(line) = stat.lines().next() else { return (0, 0) };
+    let f: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0, 1, 2, 5, 6].iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum();
+    (busy, f.get(7).copied().unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxies.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     Tether,
     Nginx,
@@ -169,7 +351,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// A free loopback port (the kernel's pick, released for the proxy to bind; nginx and HAProxy
-/// cannot report an ephemeral port back). Only used by this benchmark.
+/// cannot report an ephemeral port back). Only used by these benchmarks.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
@@ -195,120 +377,280 @@ impl Tls {
         std::fs::write(&combined, format!("{}{}", cert.pem(), key.serialize_pem())).expect("write pem");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der().clone()).expect("root");
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
         Self { cert: cert_path, key: key_path, combined, client: Arc::new(client) }
     }
 }
 
+/// How a proxy is run.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// nginx `worker_processes`, HAProxy `nbthread`, tether `TOKIO_WORKER_THREADS`.
+    pub workers: u32,
+    /// tether only: write its JSON access log (stderr) to this file; `None` = `format: off`.
+    pub access_log: Option<PathBuf>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self { workers: 1, access_log: None }
+    }
+}
+
+/// A proxy running as its own process group, listening on `plain_addr` (HTTP/1.1, ws) and
+/// `tls_addr` (TLS with ALPN h2 and http/1.1, wss), balancing over every backend with a sticky
+/// cookie named [`COOKIE`] set on every response to a request that does not carry a valid one.
+///
+/// What each proxy does per request, kept as equal as the three allow:
+/// - tether: `affinity.cookie` (name `SRV`, a signed opaque value, `HttpOnly; SameSite=Lax`),
+///   `fallback: round_robin`, pooled backend connections, access log off (or JSON to a file);
+/// - HAProxy: `balance roundrobin` + `cookie SRV insert indirect nocache httponly`, server-side
+///   keep-alive (`http-reuse safe`, the default), no `log` line;
+/// - nginx has no sticky cookie in its free version, so it is emulated: a `map` from
+///   `$cookie_SRV` picks a one-server upstream (or the round-robin upstream of all three when the
+///   cookie is absent or unknown), and `add_header Set-Cookie "SRV=<id of $upstream_addr>..."
+///   always` names the server that answered, on every response. Each upstream keeps 64 idle
+///   connections per worker; `access_log off`; `keepalive_requests` raised from its default of
+///   1,000 (client and upstream side), which would otherwise end every connection, h2 ones
+///   included, after 1,000 requests (HAProxy and tether set no such limit); `worker_connections`
+///   above the 20,000 open files, because nginx starts closing fresh connections that have not
+///   sent their request yet once fewer than 1/16 of its connection slots are free (9,000 tunnels
+///   take 18,000 slots).
 pub struct ProxyUnderTest {
+    pub kind: Kind,
     pub child: Child,
     pub plain_addr: SocketAddr,
     pub tls_addr: SocketAddr,
 }
 
+/// The HMAC key tether signs its cookies with (>= 32 bytes; fixed, so no startup warning).
+const COOKIE_KEY_ENV: &str = "TETHER_BENCH_COOKIE_KEY";
+const COOKIE_KEY: &str = "bench-cookie-key-0123456789abcdef0123456789";
+
 impl ProxyUnderTest {
-    pub fn start(kind: Kind, dir: &Path, backend: SocketAddr, tls: &Tls) -> Self {
+    pub fn start(kind: Kind, dir: &Path, backends: &[SocketAddr], tls: &Tls, options: &ProxyOptions) -> Self {
         let plain = free_port();
         let secure = free_port();
+        let workers = options.workers.max(1);
+        let stderr = |name: &str| Stdio::from(std::fs::File::create(dir.join(name)).expect("stderr file"));
         let child = match kind {
             Kind::Tether => {
                 let config = dir.join("tether.yaml");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "listeners:\n  - {{ name: plain, bind: \"127.0.0.1:{plain}\" }}\n  - name: tls\n    bind: \"127.0.0.1:{secure}\"\n    tls: {{ certificates: [ {{ cert: \"{}\", key: \"{}\" }} ] }}\nroutes: [ {{ upstream: app }} ]\nupstreams:\n  app:\n    backends: [ {{ id: app, address: \"{backend}\" }} ]\ntimeouts: {{ tunnel_idle: 1h }}\nlimits: {{ max_connections: 9500 }}\naccess_log: {{ format: off }}\n",
-                        tls.cert.display(),
-                        tls.key.display()
-                    ),
-                )
-                .expect("write config");
-                Command::new(env!("CARGO_BIN_EXE_tether"))
+                std::fs::write(&config, tether_config(plain, secure, backends, tls, options.access_log.is_some()))
+                    .expect("write config");
+                let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+                command
                     .args(["proxy", "-c"])
                     .arg(&config)
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start tether")
+                    .env("TOKIO_WORKER_THREADS", workers.to_string())
+                    .env(COOKIE_KEY_ENV, COOKIE_KEY)
+                    .env_remove("RUST_LOG")
+                    .stdout(Stdio::null());
+                match &options.access_log {
+                    Some(log) => command.stderr(Stdio::from(std::fs::File::create(log).expect("access log file"))),
+                    None => command.stderr(stderr("tether.stderr")),
+                };
+                spawn_group(&mut command).expect("start tether")
             }
             Kind::Nginx => {
                 let prefix = dir.join("nginx");
                 std::fs::create_dir_all(prefix.join("logs")).expect("nginx dirs");
                 let config = prefix.join("nginx.conf");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "worker_processes 1;\ndaemon off;\nuser root;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log warn;\nworker_rlimit_nofile 20000;\nevents {{ worker_connections 19000; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/body; proxy_temp_path {p}/proxy; fastcgi_temp_path {p}/fastcgi; uwsgi_temp_path {p}/uwsgi; scgi_temp_path {p}/scgi;\n  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}\n  upstream app {{ server {backend}; keepalive 64; }}\n  server {{\n    listen 127.0.0.1:{plain};\n    listen 127.0.0.1:{secure} ssl;\n    ssl_certificate {c};\n    ssl_certificate_key {k};\n    location / {{\n      proxy_pass http://app;\n      proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 1h;\n      proxy_send_timeout 1h;\n    }}\n  }}\n}}\n",
-                        p = prefix.display(),
-                        c = tls.cert.display(),
-                        k = tls.key.display()
-                    ),
+                std::fs::write(&config, nginx_config(&prefix, plain, secure, backends, tls, workers))
+                    .expect("write nginx.conf");
+                spawn_group(
+                    Command::new(which("nginx").expect("nginx"))
+                        .arg("-p")
+                        .arg(&prefix)
+                        .arg("-e")
+                        .arg(prefix.join("logs/error.log"))
+                        .arg("-c")
+                        .arg(&config)
+                        .stdout(Stdio::null())
+                        .stderr(stderr("nginx.stderr")),
                 )
-                .expect("write nginx.conf");
-                Command::new(which("nginx").expect("nginx"))
-                    .arg("-p")
-                    .arg(&prefix)
-                    .arg("-e")
-                    .arg(prefix.join("logs/error.log"))
-                    .arg("-c")
-                    .arg(&config)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start nginx")
+                .expect("start nginx")
             }
             Kind::Haproxy => {
                 let config = dir.join("haproxy.cfg");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "global\n  maxconn 9000\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\nfrontend fe\n  bind 127.0.0.1:{plain}\n  bind 127.0.0.1:{secure} ssl crt {}\n  default_backend be\nbackend be\n  server app {backend}\n",
-                        tls.combined.display()
-                    ),
+                std::fs::write(&config, haproxy_config(plain, secure, backends, tls, workers))
+                    .expect("write haproxy.cfg");
+                spawn_group(
+                    Command::new(which("haproxy").expect("haproxy"))
+                        .args(["-db", "-f"])
+                        .arg(&config)
+                        .stdout(Stdio::null())
+                        .stderr(stderr("haproxy.stderr")),
                 )
-                .expect("write haproxy.cfg");
-                Command::new(which("haproxy").expect("haproxy"))
-                    .args(["-db", "-f"])
-                    .arg(&config)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start haproxy")
+                .expect("start haproxy")
             }
         };
-        let proxy = Self {
+        let mut proxy = Self {
+            kind,
             child,
             plain_addr: SocketAddr::from(([127, 0, 0, 1], plain)),
             tls_addr: SocketAddr::from(([127, 0, 0, 1], secure)),
         };
-        proxy.wait_listening();
+        if let Err(e) = proxy.wait_listening() {
+            let log = std::fs::read_to_string(dir.join(format!("{}.stderr", kind.name()))).unwrap_or_default();
+            stop_group(&mut proxy.child);
+            panic!("{}: {e}\n{log}", kind.name());
+        }
         proxy
     }
 
-    fn wait_listening(&self) {
+    /// This proxy's processes (nginx: master and workers).
+    pub fn pids(&self) -> Vec<u32> {
+        process_tree(self.child.id())
+    }
+
+    fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + PHASE_LIMIT;
         for addr in [self.plain_addr, self.tls_addr] {
             while std::net::TcpStream::connect(addr).is_err() {
-                assert!(Instant::now() < deadline, "proxy did not start listening on {addr}");
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Err(format!("exited ({status}) before listening on {addr}"));
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("not listening on {addr} within {PHASE_LIMIT:?}"));
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // nginx: the master listens before its workers are up; wait for them too.
+        if self.kind == Kind::Nginx {
+            while self.pids().len() < 2 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 }
 
 impl Drop for ProxyUnderTest {
     fn drop(&mut self) {
-        // SIGKILL the process group we started: nginx's worker dies with its master.
-        for pid in process_tree(self.child.id()).into_iter().rev() {
-            // SAFETY: kill(2) on processes this benchmark started.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-        }
-        let _ = self.child.wait();
+        stop_group(&mut self.child);
     }
+}
+
+fn server_id(i: usize) -> String {
+    format!("s{}", i + 1)
+}
+
+fn tether_config(plain: u16, secure: u16, backends: &[SocketAddr], tls: &Tls, log: bool) -> String {
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("      - {{ id: {}, address: \"{b}\" }}\n", server_id(i)))
+        .collect();
+    format!(
+        "listeners:
+  - {{ name: plain, bind: \"127.0.0.1:{plain}\" }}
+  - name: tls
+    bind: \"127.0.0.1:{secure}\"
+    tls: {{ certificates: [ {{ cert: \"{cert}\", key: \"{key}\" }} ] }}
+routes: [ {{ upstream: app }} ]
+upstreams:
+  app:
+    backends:
+{servers}    affinity:
+      cookie: {{ name: {COOKIE}, key_env: {COOKIE_KEY_ENV} }}
+      fallback: round_robin
+timeouts: {{ tunnel_idle: 1h }}
+limits: {{ max_connections: 9500 }}
+access_log: {{ format: {format} }}
+",
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        format = if log { "json" } else { "off" },
+    )
+}
+
+fn nginx_config(prefix: &Path, plain: u16, secure: u16, backends: &[SocketAddr], tls: &Tls, workers: u32) -> String {
+    let all: String = backends.iter().map(|b| format!("server {b}; ")).collect();
+    let mut singles = String::new();
+    let mut by_cookie = String::new();
+    let mut by_addr = String::new();
+    for (i, b) in backends.iter().enumerate() {
+        let id = server_id(i);
+        singles.push_str(&format!("  upstream app_{id} {{ server {b}; keepalive 64; keepalive_requests 1000000; }}\n"));
+        by_cookie.push_str(&format!(" {id} app_{id};"));
+        by_addr.push_str(&format!(" {b} {id};"));
+    }
+    // Several workers share the port through SO_REUSEPORT so the kernel spreads connections.
+    let reuse = if workers > 1 { " reuseport" } else { "" };
+    format!(
+        "worker_processes {workers};
+daemon off;
+user root;
+pid {p}/nginx.pid;
+error_log {p}/logs/error.log warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {p}/body; proxy_temp_path {p}/proxy; fastcgi_temp_path {p}/fastcgi; uwsgi_temp_path {p}/uwsgi; scgi_temp_path {p}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  upstream app {{ {all}keepalive 64; keepalive_requests 1000000; }}
+{singles}  map $cookie_{COOKIE} $sticky_upstream {{ default app;{by_cookie} }}
+  map $upstream_addr $sticky_id {{ default \"\";{by_addr} }}
+  server {{
+    listen 127.0.0.1:{plain}{reuse};
+    listen 127.0.0.1:{secure} ssl http2{reuse};
+    ssl_certificate {c};
+    ssl_certificate_key {k};
+    location / {{
+      proxy_pass http://$sticky_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      add_header Set-Cookie \"{COOKIE}=$sticky_id; Path=/; HttpOnly\" always;
+      add_header Cache-Control private always;
+    }}
+  }}
+}}
+",
+        p = prefix.display(),
+        c = tls.cert.display(),
+        k = tls.key.display()
+    )
+}
+
+fn haproxy_config(plain: u16, secure: u16, backends: &[SocketAddr], tls: &Tls, workers: u32) -> String {
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("  server {id} {b} cookie {id}\n", id = server_id(i)))
+        .collect();
+    format!(
+        "global
+  maxconn 9200
+  nbthread {workers}
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:{plain}
+  bind 127.0.0.1:{secure} ssl crt {pem} alpn h2,http/1.1
+  default_backend be
+backend be
+  balance roundrobin
+  cookie {COOKIE} insert indirect nocache httponly
+  http-reuse safe
+{servers}",
+        pem = tls.combined.display()
+    )
 }
