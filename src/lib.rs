@@ -11,6 +11,7 @@
 //! - [`accept`]: the one accept loop every listener runs, and the `listening` line.
 //! - [`balance`]: the pure routing decision: backend set and hash ring, affinity keys, signed
 //!   sticky cookie, bounded loads, fallbacks ([`balance::route`]).
+//! - [`auth`]: verified identity: JWT verifiers, where tokens are found, why one is refused.
 //! - [`tunnel`]: WebSocket tunnels after the upgrade: the byte relay, the open-tunnel registry,
 //!   and [`tunnel::frames`], which tracks frame boundaries so a Close can be injected between
 //!   frames.
@@ -50,6 +51,7 @@ pub mod accept;
 pub mod admin;
 #[cfg(feature = "app")]
 pub mod app;
+pub mod auth;
 pub mod balance;
 pub mod config;
 #[cfg(feature = "app")]

@@ -66,6 +66,13 @@ pub(crate) struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AuthLabels {
+    pub(crate) verifier: Arc<str>,
+    /// `missing`, `invalid`, `expired`...
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ListenerLabels {
     pub(crate) listener: Arc<str>,
 }
@@ -107,6 +114,7 @@ pub(crate) struct Metrics {
     pub(crate) connections_open: Family<ListenerLabels, Gauge>,
     pub(crate) connections_refused: Family<ListenerLabels, Counter>,
     pub(crate) rejected: Family<RejectedLabels, Counter>,
+    pub(crate) auth_rejected: Family<AuthLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -191,7 +199,14 @@ impl Metrics {
             "Requests answered by tether itself before any upstream: malformed (400) or unrouted (404)",
             rejected.clone(),
         );
+        let auth_rejected = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_rejected",
+            "Requests refused by a route's token verifier (401), by verifier and reason",
+            auth_rejected.clone(),
+        );
         Self {
+            auth_rejected,
             registry,
             requests,
             request_duration,
@@ -298,6 +313,11 @@ impl Metrics {
     /// A request answered before reaching any upstream (400, 404).
     pub(crate) fn rejected(&self, listener: &Arc<str>, status: u16) {
         self.rejected.get_or_create(&RejectedLabels { listener: listener.clone(), status }).inc();
+    }
+
+    /// A request refused by `verifier`; `reason` is a metric label (`expired`, `signature`...).
+    pub(crate) fn auth_rejected(&self, verifier: &str, reason: &'static str) {
+        self.auth_rejected.get_or_create(&AuthLabels { verifier: verifier.into(), reason }).inc();
     }
 
     pub(crate) fn close_sent(&self, upstream: &Arc<str>, code: u16) {

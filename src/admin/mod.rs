@@ -25,6 +25,7 @@ use crate::config::ReloadError;
 use crate::proxy::Proxy;
 
 pub(crate) mod api;
+mod guard;
 mod page;
 
 /// Admin API bodies are tiny (reload takes none); refuse anything bigger.
@@ -68,6 +69,12 @@ pub(crate) struct Admin {
     /// The bearer token `/admin/*` requires, read from `admin.token_env` at startup.
     pub(crate) token: Option<String>,
     pub(crate) reloader: Arc<dyn Reloader>,
+    /// Host names accepted besides IP literals and `localhost` (lowercase).
+    pub(crate) allowed_hosts: Vec<String>,
+    /// `/metrics` answers without the token.
+    pub(crate) metrics_public: bool,
+    /// Failed token attempts not logged yet, per client address.
+    pub(crate) failures: parking_lot::Mutex<guard::Failures>,
 }
 
 /// Why an admin request was not served.
@@ -87,6 +94,10 @@ enum AdminError {
     BodyTooLarge,
     #[error("the key query parameter is required")]
     MissingKey,
+    #[error("this admin listener does not answer for that host")]
+    Host,
+    #[error("cross-origin requests cannot change anything here")]
+    CrossOrigin,
 }
 
 impl AdminError {
@@ -97,6 +108,8 @@ impl AdminError {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::MissingKey => StatusCode::BAD_REQUEST,
+            AdminError::Host => StatusCode::MISDIRECTED_REQUEST,
+            AdminError::CrossOrigin => StatusCode::FORBIDDEN,
         };
         let mut resp = json(status, &serde_json::json!({ "error": self.to_string() }));
         if matches!(self, AdminError::Unauthorized) {
@@ -161,6 +174,18 @@ impl Admin {
         let path = req.uri().path().to_owned();
         let query = req.uri().query().map(str::to_owned);
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // A page on another site must not reach us by rebinding its own name to our address,
+        // nor make the operator's browser change anything here.
+        if !guard::is_allowed_host(req.headers(), req.uri(), &self.allowed_hosts) {
+            return Err(AdminError::Host);
+        }
+        if guard::is_cross_origin_write(&method, req.headers()) {
+            tracing::warn!(%peer, %path, "admin: cross-origin state-changing request refused");
+            return Err(AdminError::CrossOrigin);
+        }
+        if segments.as_slice() == ["metrics"] && !self.metrics_public && !self.authorized(&req, peer) {
+            return Err(AdminError::Unauthorized);
+        }
 
         match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => return Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
@@ -186,8 +211,7 @@ impl Admin {
         if segments.first() != Some(&"admin") {
             return Err(AdminError::NoEndpoint);
         }
-        if !self.authorized(&req) {
-            tracing::warn!(%peer, %path, "admin request without a valid token");
+        if !self.authorized(&req, peer) {
             return Err(AdminError::Unauthorized);
         }
         // No endpoint uses a body; read a bounded amount so the connection stays usable.
@@ -232,14 +256,21 @@ impl Admin {
         }
     }
 
-    fn authorized<B>(&self, req: &Request<B>) -> bool {
+    /// The request carries the admin token (always true without one). A failure is logged at
+    /// most once per second per client address, with how many there were.
+    fn authorized<B>(&self, req: &Request<B>, peer: SocketAddr) -> bool {
         let Some(token) = &self.token else { return true };
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .unwrap_or("");
-        subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.as_bytes()).into()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.as_bytes()).into();
+        if !ok && let Some(failed) = self.failures.lock().record(peer.ip(), std::time::Instant::now()) {
+            tracing::warn!(client = %peer.ip(), failed, path = req.uri().path(), "admin requests without a valid token");
+        }
+        ok
     }
 }

@@ -24,26 +24,17 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use rand::Rng;
 
 use super::backend::{Availability, LoadGuard};
 use super::bits::Bits;
 use super::cookie::{CookieTag, cookie_pairs};
-use super::keys::{extract_key, truncate_key};
+use super::keys::{RequestFacts, extract_key, truncate_key};
 use super::policy::{AffinityPolicy, unix_secs};
 use super::ring::{self, RingWalk};
 use super::set::BackendSet;
 use crate::config::Fallback;
-
-/// What [`route`] reads from a request head.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
-    /// The request's headers (keys, cookies).
-    pub headers: &'a HeaderMap,
-    /// The raw query string, without `?`.
-    pub query: Option<&'a str>,
-}
 
 /// Why a decision chose its first candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,7 +95,7 @@ pub fn route(
     rng: &mut impl Rng,
 ) -> Decision {
     let state = set.new_session_state();
-    if let Some(key) = extract_key(facts.headers, facts.query, &policy.keys) {
+    if let Some(key) = extract_key(facts, &policy.keys) {
         let key = truncate_key(&key);
         let bounded = match (policy.balance_factor, state) {
             (Some(factor), Some(state)) => Some(Bounded { factor, bound: load_bound(set, state, factor) }),

@@ -29,12 +29,20 @@ pub(crate) fn truncate_key(key: &str) -> &str {
     &key[..key.floor_char_boundary(MAX_KEY_BYTES)]
 }
 
+/// What [`route`](super::route) reads from a request: where affinity keys come from.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The request's headers (keys, cookies).
+    pub headers: &'a HeaderMap,
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    /// The claims of the token the route's verifier accepted, if any.
+    pub verified: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
 /// The first non-empty key among `sources`, in order (not yet truncated).
-pub(crate) fn extract_key<'a>(
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-    sources: &[KeySource],
-) -> Option<Cow<'a, str>> {
+pub(crate) fn extract_key<'a>(facts: &RequestFacts<'a>, sources: &[KeySource]) -> Option<Cow<'a, str>> {
+    let (headers, query) = (facts.headers, facts.query);
     sources.iter().find_map(|source| match source {
         KeySource::Header(name) => header_value(headers, name).map(Cow::Borrowed),
         KeySource::Cookie(name) => cookie_value(headers, name).map(Cow::Borrowed),
@@ -47,6 +55,7 @@ pub(crate) fn extract_key<'a>(
             };
             jwt_claim(&token, claim).map(Cow::Owned)
         }
+        KeySource::VerifiedClaim(claim) => facts.verified.and_then(|claims| claim_value(claims.get(claim)?)),
     })
 }
 
@@ -57,7 +66,7 @@ fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str
 }
 
 /// The first non-empty, UTF-8 value of cookie `name` across all `Cookie` headers.
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     cookie_pairs(headers).find(|(n, v)| *n == name && !v.is_empty()).map(|(_, v)| v)
 }
 
@@ -93,9 +102,14 @@ fn jwt_claim(token: &str, claim: &str) -> Option<String> {
     // Tokens are specified unpadded; tolerate padding some encoders add anyway.
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
-    match claims.get(claim)? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
+    claim_value(claims.get(claim)?).map(Cow::into_owned)
+}
+
+/// A claim usable as a key: a non-empty string, or a number rendered as its JSON text.
+fn claim_value(value: &serde_json::Value) -> Option<Cow<'_, str>> {
+    match value {
+        serde_json::Value::String(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
+        serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
@@ -131,7 +145,7 @@ mod tests {
     }
 
     fn key(h: &HeaderMap, q: Option<&str>) -> Option<String> {
-        extract_key(h, q, &all_sources()).map(Cow::into_owned)
+        extract_key(&RequestFacts { headers: h, query: q, verified: None }, &all_sources()).map(Cow::into_owned)
     }
 
     #[test]
@@ -180,10 +194,17 @@ mod tests {
         let token = jwt(r#"{"uid":"frank"}"#);
         let from_cookie = [KeySource::JwtClaim { from: TokenSource::Cookie("session".into()), claim: "uid".into() }];
         let h = headers(&[("cookie", &format!("session={token}"))]);
-        assert_eq!(extract_key(&h, None, &from_cookie).as_deref(), Some("frank"));
+        assert_eq!(
+            extract_key(&RequestFacts { headers: &h, query: None, verified: None }, &from_cookie).as_deref(),
+            Some("frank")
+        );
         let from_query = [KeySource::JwtClaim { from: TokenSource::Query("access_token".into()), claim: "uid".into() }];
         let q = format!("access_token={token}");
-        assert_eq!(extract_key(&HeaderMap::new(), Some(&q), &from_query).as_deref(), Some("frank"));
+        assert_eq!(
+            extract_key(&RequestFacts { headers: &HeaderMap::new(), query: Some(&q), verified: None }, &from_query)
+                .as_deref(),
+            Some("frank")
+        );
     }
 
     #[test]

@@ -39,7 +39,9 @@ mod set;
 
 pub use backend::{Availability, BackendId, Live, LoadGuard, Member};
 pub use cookie::{CookieKey, CookieKeyError};
-pub use decision::{Decision, Reason, RequestFacts, route};
+pub use decision::{Decision, Reason, route};
+pub use keys::RequestFacts;
+pub(crate) use keys::cookie_value;
 pub use policy::{AffinityPolicy, PolicyError};
 pub use set::BackendSet;
 

@@ -53,7 +53,7 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
-/// A YAML mapping whose order matters (upstreams, in file order).
+/// A YAML mapping whose order matters (upstreams and verifiers in file order, header values).
 #[derive(Debug, Clone)]
 pub(super) struct Ordered<T>(pub Vec<(String, T)>);
 
@@ -63,7 +63,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
         impl<'de, T: Deserialize<'de>> Visitor<'de> for OrderedVisitor<T> {
             type Value = Ordered<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of names to upstreams")
+                f.write_str("a mapping of names")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered<T>, A::Error> {
                 let mut entries = Vec::new();
@@ -90,6 +90,8 @@ pub(super) struct FileConfig {
     pub(crate) access_log: Option<FileAccessLog>,
     pub(crate) shutdown: Option<FileShutdown>,
     pub(crate) debug: Option<FileDebug>,
+    pub(crate) auth: Option<Ordered<FileVerifier>>,
+    pub(crate) forwarded_headers: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +120,8 @@ pub(super) struct FileCertificate {
 pub(super) struct FileAdmin {
     pub(crate) bind: Text,
     pub(crate) token_env: Option<Text>,
+    pub(crate) allowed_hosts: Option<Vec<Text>>,
+    pub(crate) metrics_public: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +130,52 @@ pub(super) struct FileRoute {
     pub(crate) host: Option<Text>,
     pub(crate) path_prefix: Option<Text>,
     pub(crate) upstream: Text,
+    pub(crate) auth: Option<Text>,
+    pub(crate) request_headers: Option<FileHeaderRules>,
+    pub(crate) response_headers: Option<FileHeaderRules>,
+    pub(crate) websocket: Option<FileWebSocket>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+pub(super) struct FileHeaderRules {
+    pub(crate) set: Option<Ordered<Text>>,
+    pub(crate) remove: Option<Vec<Text>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+pub(super) struct FileWebSocket {
+    pub(crate) allowed_origins: Option<Vec<Text>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+pub(super) struct FileVerifier {
+    pub(crate) jwt: FileJwt,
+    pub(crate) token_from: Option<Vec<Text>>,
+    pub(crate) identity: Option<FileIdentity>,
+    pub(crate) required: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+pub(super) struct FileJwt {
+    pub(crate) algorithms: Option<Vec<Text>>,
+    pub(crate) jwks_file: Option<Text>,
+    pub(crate) key_file: Option<Text>,
+    pub(crate) secret_env: Option<Text>,
+    pub(crate) issuer: Option<Text>,
+    pub(crate) audience: Option<Vec<Text>>,
+    pub(crate) leeway: Option<Text>,
+    pub(crate) require_exp: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+pub(super) struct FileIdentity {
+    pub(crate) claim: Option<Text>,
+    pub(crate) header: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +222,7 @@ pub(super) struct FileKeySource {
     pub(crate) cookie: Option<Text>,
     pub(crate) query: Option<Text>,
     pub(crate) jwt_claim: Option<FileJwtClaim>,
+    pub(crate) verified_claim: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,11 +15,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 mod error;
 mod file;
+mod jwt;
 mod source;
 mod tls;
 pub mod units;
@@ -29,6 +30,15 @@ mod values;
 pub use error::{ConfigError, ConfigErrors, ListenerError, ReloadError};
 pub use validate::{load, parse};
 pub use values::AddressError;
+
+/// Looks an environment variable up: where secrets named by `*_env` keys are read at run time
+/// (the process environment, unless an embedder or a test supplies its own).
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The process environment, as an [`Env`].
+pub fn process_env() -> Env {
+    Arc::new(|name: &str| std::env::var(name).ok())
+}
 
 /// A validated configuration plus the text it came from.
 #[derive(Debug, Clone)]
@@ -56,6 +66,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Debugging aids.
     pub debug: DebugConfig,
+    /// Token verifiers, in file order; routes name them in `auth`.
+    pub auth: Vec<VerifierConfig>,
+    /// Which forwarding headers tether writes for backends.
+    pub forwarded_headers: ForwardedHeaders,
 }
 
 /// A successfully loaded config and the warnings found while loading it (unset `*_env`
@@ -115,10 +129,15 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
     /// Name of the environment variable holding the bearer token for `/admin/*`.
     pub token_env: Option<String>,
+    /// Host names (lowercase) accepted in the `Host` of admin requests, besides IP literals
+    /// and `localhost`.
+    pub allowed_hosts: Vec<String>,
+    /// `/metrics` answers without the token.
+    pub metrics_public: bool,
 }
 
 /// One route: requests matching host and path prefix go to an upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteConfig {
     /// Which hosts the route applies to.
     pub host: HostMatch,
@@ -126,12 +145,148 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Name of an upstream that exists in [`Config::upstreams`].
     pub upstream: String,
+    /// Name of the verifier (in [`Config::auth`]) whose token the route requires or reads.
+    pub auth: Option<String>,
+    /// Set and remove headers of requests, after tether's own.
+    pub request_headers: HeaderRules,
+    /// Set and remove headers of responses, after tether's own.
+    pub response_headers: HeaderRules,
+    /// WebSocket upgrades on this route.
+    pub websocket: WebSocketConfig,
+}
+
+/// Headers a route sets (replacing any copies) and removes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderRules {
+    /// Set, in file order.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Removed, every copy.
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderRules {
+    /// No rule at all.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// WebSocket settings of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WebSocketConfig {
+    /// Origins whose pages may open a WebSocket here, besides the request's own origin.
+    pub allowed_origins: Vec<OriginPattern>,
+}
+
+/// An allowed `Origin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `*`: any origin.
+    Any,
+    /// `https://app.example.com`: exactly this origin (port made explicit).
+    Exact {
+        /// `http` or `https`.
+        scheme: String,
+        /// Lowercase host.
+        host: String,
+        /// The port, the scheme's default when not written.
+        port: u16,
+    },
+    /// `https://*.example.com`: any subdomain, at any depth.
+    Subdomains {
+        /// `http` or `https`.
+        scheme: String,
+        /// `.example.com`, lowercase.
+        suffix: String,
+        /// The port, the scheme's default when not written.
+        port: u16,
+    },
+}
+
+/// Which forwarding headers tether writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeaders {
+    /// `X-Forwarded-For`, `-Proto`, `-Host`, `-Port` and `X-Real-IP`.
+    #[default]
+    XForwarded,
+    /// RFC 7239 `Forwarded`.
+    Rfc7239,
+    /// Both.
+    Both,
+}
+
+/// A named token verifier: where its token comes from, how it is checked, and what a
+/// verified token tells the backend.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// Its name, as routes refer to it.
+    pub name: String,
+    /// How tokens are verified.
+    pub jwt: JwtConfig,
+    /// Where the token is looked for; the first found wins.
+    pub token_from: Vec<TokenSource>,
+    /// The verified claim and the header that carries it to backends.
+    pub identity: IdentityConfig,
+    /// A request without a token is refused (401); otherwise it passes as anonymous.
+    pub required: bool,
+}
+
+/// How a verifier checks a JWT.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Accepted `alg` values (never `none`).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// The keys signatures are checked with.
+    pub keys: JwtKeys,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// `aud` must name one of these, when any is set.
+    pub audience: Vec<String>,
+    /// Clock skew allowed for `exp` and `nbf`.
+    pub leeway: Duration,
+    /// A token without `exp` is refused.
+    pub require_exp: bool,
+}
+
+/// Where a verifier's keys come from.
+#[derive(Debug, Clone)]
+pub enum JwtKeys {
+    /// Public keys read from `jwks_file` or `key_file` (read again at every reload).
+    Files {
+        /// The file, resolved.
+        path: PathBuf,
+        /// Its keys.
+        keys: Arc<[JwtKey]>,
+    },
+    /// An HMAC secret in this environment variable, read where it is used.
+    SecretEnv(String),
+}
+
+/// One verification key.
+#[derive(Debug, Clone)]
+pub struct JwtKey {
+    /// Its `kid`, which tokens use to pick it.
+    pub kid: Option<String>,
+    /// The one algorithm it may verify, when its JWK says so.
+    pub alg: Option<jsonwebtoken::Algorithm>,
+    /// The key.
+    pub key: jsonwebtoken::DecodingKey,
+}
+
+/// The verified claim forwarded to backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// The claim (default `sub`).
+    pub claim: String,
+    /// The request header it is written to; client-sent copies are always removed.
+    pub header: HeaderName,
 }
 
 /// A route's host rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum HostMatch {
     /// `"*"`
+    #[default]
     Any,
     /// An exact host name, lowercase, without port.
     Exact(String),
@@ -231,6 +386,8 @@ pub enum KeySource {
     Cookie(String),
     /// A query parameter.
     Query(String),
+    /// A claim of the token verified by the route's `auth`.
+    VerifiedClaim(String),
     /// A claim of a JWT, decoded without verifying it (routing only).
     JwtClaim {
         /// Where the token is.

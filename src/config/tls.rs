@@ -134,7 +134,7 @@ fn read(file: PemFile, what: &str, resolved: &Path) -> Result<Vec<u8>, Certifica
 
 /// `"written"`, plus where it resolved to when that differs, so a relative path that
 /// resolved somewhere unexpected is obvious.
-fn describe(written: &str, resolved: &Path) -> String {
+pub(super) fn describe(written: &str, resolved: &Path) -> String {
     if Path::new(written) == resolved {
         format!("{written:?}")
     } else {

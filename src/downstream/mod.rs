@@ -29,6 +29,8 @@ pub(crate) enum Protocol {
 /// Facts about one client connection, shared by its requests.
 pub(crate) struct ClientConn {
     pub(crate) peer: SocketAddr,
+    /// The listener's address the client connected to.
+    pub(crate) local: SocketAddr,
     pub(crate) listener: Arc<str>,
     pub(crate) is_tls: bool,
     pub(crate) state: Arc<ConnState>,
@@ -41,13 +43,14 @@ pub(crate) struct ClientConn {
 impl ClientConn {
     pub(crate) fn new(
         peer: SocketAddr,
+        local: SocketAddr,
         listener: Arc<str>,
         is_tls: bool,
         state: Arc<ConnState>,
         permit: OwnedSemaphorePermit,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { peer, listener, is_tls, state, permit: Mutex::new(Some(permit)), metrics }
+        Self { peer, local, listener, is_tls, state, permit: Mutex::new(Some(permit)), metrics }
     }
 
     /// The connection slot, for a tunnel that outlives the HTTP connection.

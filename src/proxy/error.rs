@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 use super::body::ClientBody;
 use super::exchange::Exchange;
 use super::headers::Malformed;
+use crate::auth::AuthError;
 use crate::report::Chain;
 
 /// Everything on the request path that ends in an answer from tether rather than a backend.
@@ -20,6 +21,12 @@ pub(crate) enum ProxyError {
     Malformed(#[from] Malformed),
     #[error("no route for this host and path")]
     NoRoute,
+    /// The route's verifier refused the request's token (or found none where one is required).
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    /// A WebSocket upgrade from a page of an origin the route does not allow.
+    #[error("origin not allowed")]
+    Origin,
     /// No backend of the upstream takes new sessions.
     #[error("no backend available")]
     NoBackend,
@@ -39,6 +46,8 @@ impl ProxyError {
         match self {
             ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Origin => StatusCode::FORBIDDEN,
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -68,15 +77,34 @@ impl ProxyError {
                 );
             }
             ProxyError::Malformed(problem) => tracing::debug!(client = %ex.client(), %problem, "malformed request"),
+            ProxyError::Unauthorized(reason) => tracing::debug!(client = %ex.client(), %reason, "token refused"),
+            ProxyError::Origin => tracing::debug!(client = %ex.client(), "WebSocket origin refused"),
             ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::Unreachable => {}
         }
         let status = self.status();
         ex.status = status.as_u16();
         let close = self.closes_connection();
-        let mut resp = Response::new(ClientBody::full(format!("{self}\n"), Some(ex)));
+        let (body, content_type, challenge) = match &self {
+            ProxyError::Unauthorized(reason) => {
+                // RFC 6750 3.1: no error code when the request had no token at all.
+                let (error, challenge) = match reason {
+                    AuthError::Missing => ("missing_token", "Bearer".to_owned()),
+                    other => {
+                        ("invalid_token", format!("Bearer error=\"invalid_token\", error_description=\"{other}\""))
+                    }
+                };
+                let body = serde_json::json!({ "error": error, "reason": reason.to_string() }).to_string();
+                (body, "application/json", Some(challenge))
+            }
+            other => (format!("{other}\n"), "text/plain; charset=utf-8", None),
+        };
+        let mut resp = Response::new(ClientBody::full(body, Some(ex)));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if let Some(challenge) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

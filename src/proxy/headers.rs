@@ -1,14 +1,13 @@
 //! Header rules for forwarding, as pure functions over `http` types.
 //!
-//! Owns: hop-by-hop removal (RFC 9110 section 7.6.1), `X-Forwarded-*`, joining HTTP/2 cookie
-//! crumbs, WebSocket upgrade detection, and the request-shape checks that keep a backend from ever seeing an ambiguous
-//! request. Must not: do I/O or decide where a request goes.
-
-use std::net::IpAddr;
+//! Owns: hop-by-hop removal (RFC 9110 section 7.6.1), joining HTTP/2 cookie crumbs, WebSocket
+//! upgrade detection, a route's header rules, and the request-shape checks that keep a backend
+//! from ever seeing an ambiguous request. Must not: do I/O or decide where a request goes.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
-use ipnet::IpNet;
+
+use crate::config::HeaderRules;
 
 /// Headers that describe one hop and never travel further (RFC 9110 7.6.1), plus the de-facto
 /// `Proxy-Connection` and `Keep-Alive`.
@@ -21,10 +20,6 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// True for an HTTP/1.1 `GET` asking to switch to WebSocket (RFC 6455 4.1). Only this upgrade
 /// is ever tunnelled; any other `Upgrade` (such as `h2c`) is stripped as a hop-by-hop header.
@@ -76,60 +71,14 @@ pub(crate) fn set_websocket_upgrade(headers: &mut HeaderMap) {
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
-/// What the proxy knows about the client side of one request.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientFacts<'a> {
-    pub(crate) peer: IpAddr,
-    pub(crate) is_tls: bool,
-    /// The host the client asked for (Host header, or the URI authority for HTTP/2).
-    pub(crate) host: Option<&'a str>,
-}
-
-/// Set `X-Forwarded-For`, `-Proto` and `-Host`. When the peer is a trusted proxy its values are
-/// kept and the peer is appended to `X-Forwarded-For`; otherwise all three are replaced, so a
-/// client cannot make the backend believe a forged address.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: ClientFacts<'_>, trusted: &[IpNet]) {
-    let peer = client.peer.to_canonical();
-    let is_trusted = trusted.iter().any(|net| net.contains(&peer));
-    let peer_text = peer.to_string();
-    let proto = if client.is_tls { "https" } else { "http" };
-
-    if is_trusted {
-        let prior: Vec<String> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        let mut chain = prior.join(", ");
-        if !chain.is_empty() {
-            chain.push_str(", ");
-        }
-        chain.push_str(&peer_text);
-        set_text(headers, X_FORWARDED_FOR, &chain);
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        }
-        if !headers.contains_key(&X_FORWARDED_HOST)
-            && let Some(host) = client.host
-        {
-            set_text(headers, X_FORWARDED_HOST, host);
-        }
-    } else {
-        set_text(headers, X_FORWARDED_FOR, &peer_text);
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        headers.remove(&X_FORWARDED_HOST);
-        if let Some(host) = client.host {
-            set_text(headers, X_FORWARDED_HOST, host);
-        }
+/// A route's `request_headers` or `response_headers`: removals first, then every `set`
+/// replaces the header's copies.
+pub(crate) fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
+    for name in &rules.remove {
+        headers.remove(name);
     }
-}
-
-fn set_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    headers.remove(&name);
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
+    for (name, value) in &rules.set {
+        headers.insert(name.clone(), value.clone());
     }
 }
 
@@ -313,43 +262,6 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
-    }
-
-    #[test]
-    fn untrusted_peer_gets_forwarded_headers_replaced() {
-        let mut h = HeaderMap::new();
-        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("evil"));
-        let facts = ClientFacts { peer: "10.0.0.9".parse().unwrap(), is_tls: false, host: Some("app.test") };
-        set_forwarded(&mut h, facts, &[]);
-        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
-        assert_eq!(h[X_FORWARDED_PROTO], "http");
-        assert_eq!(h[X_FORWARDED_HOST], "app.test");
-    }
-
-    #[test]
-    fn trusted_peer_has_its_chain_appended_and_values_kept() {
-        let mut h = HeaderMap::new();
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let facts = ClientFacts { peer: "10.1.2.3".parse().unwrap(), is_tls: false, host: Some("h") };
-        set_forwarded(&mut h, facts, &trusted);
-        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
-        assert_eq!(h[X_FORWARDED_PROTO], "https");
-        assert_eq!(h[X_FORWARDED_HOST], "h");
-    }
-
-    #[test]
-    fn ipv4_mapped_peer_matches_ipv4_trust_and_is_logged_as_ipv4() {
-        let mut h = HeaderMap::new();
-        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap()];
-        let facts = ClientFacts { peer: "::ffff:127.0.0.1".parse().unwrap(), is_tls: true, host: None };
-        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("9.9.9.9"));
-        set_forwarded(&mut h, facts, &trusted);
-        assert_eq!(h[X_FORWARDED_FOR], "9.9.9.9, 127.0.0.1");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Owns: turning a client request into a backend request (headers, routing, retries before
 //! any byte is sent), relaying the response, starting WebSocket tunnels, and the config
 //! snapshot requests run on (swapped whole by a reload). Must not: parse config, accept
-//! connections, or pick a backend itself (it asks the upstream for a [`Route`]).
+//! connections, or pick a backend itself (it asks the upstream for a selection).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,8 +18,9 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Verifiers;
 use crate::balance;
-use crate::config::{Config, Timeouts};
+use crate::config::{Config, Env, HeaderRules, Timeouts, TokenSource};
 use crate::downstream::ClientConn;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -27,13 +28,16 @@ use crate::report::Chain;
 use crate::tunnel::relay::ClientStream;
 use crate::upstream::body::UpstreamBody;
 use crate::upstream::pool::{self, Purpose, Sender};
-use crate::upstream::{BackendHandle, Candidate, Resolve, Route, Start, Upstream, UpstreamDeps};
+use crate::upstream::{BackendHandle, Candidate, Resolve, Selection, Start, Upstream, UpstreamDeps};
 
 pub(crate) mod access_log;
 mod body;
 mod error;
 mod exchange;
+mod forwarding;
 pub(crate) mod headers;
+mod origin;
+mod query;
 pub(crate) mod routes;
 mod tunnel;
 
@@ -41,7 +45,7 @@ use access_log::AccessLog;
 pub(crate) use body::ClientBody;
 use error::ProxyError;
 use exchange::Exchange;
-use routes::RouteTable;
+use routes::{Route, RouteTable};
 
 /// Response header naming the backend that served a request, when `debug.backend_header` is on.
 const X_TETHER_BACKEND: header::HeaderName = header::HeaderName::from_static("x-tether-backend");
@@ -54,6 +58,7 @@ const ATTEMPTS_PER_BACKEND: usize = 3;
 pub(crate) struct Snapshot {
     pub(crate) config: Arc<Config>,
     routes: RouteTable,
+    verifiers: Verifiers,
     pub(crate) upstreams: HashMap<Arc<str>, Arc<Upstream>>,
     access_log: Arc<AccessLog>,
     /// 1 at start, +1 per applied reload.
@@ -67,11 +72,26 @@ pub struct Proxy {
     lifecycle: Lifecycle,
 }
 
+impl Snapshot {
+    /// Everything requests need from `config`; secrets come from `env`.
+    fn new(config: Arc<Config>, upstreams: HashMap<Arc<str>, Arc<Upstream>>, env: &Env, generation: u64) -> Self {
+        let verifiers = Verifiers::new(&config.auth, env.as_ref());
+        Self {
+            routes: RouteTable::new(&config.routes, &verifiers),
+            access_log: Arc::new(AccessLog::new(&config.access_log, verifiers.token_query_names())),
+            verifiers,
+            upstreams,
+            config,
+            generation,
+        }
+    }
+}
+
 impl Proxy {
-    pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>, resolver: Arc<dyn Resolve>) -> Arc<Self> {
+    pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>, resolver: Arc<dyn Resolve>, env: Env) -> Arc<Self> {
         let tasks = TaskTracker::new();
         let (lifecycle, events) = Lifecycle::start(&tasks, metrics.clone());
-        let deps = Arc::new(UpstreamDeps { tasks, metrics, resolver, events });
+        let deps = Arc::new(UpstreamDeps { tasks, metrics, resolver, events, env });
         let upstreams = config
             .upstreams
             .iter()
@@ -81,13 +101,7 @@ impl Proxy {
             })
             .collect();
         deps.metrics.config_generation.set(1);
-        let snapshot = Snapshot {
-            routes: RouteTable::new(&config.routes),
-            access_log: Arc::new(AccessLog::new(&config.access_log)),
-            upstreams,
-            config,
-            generation: 1,
-        };
+        let snapshot = Snapshot::new(config, upstreams, &deps.env, 1);
         Arc::new(Self { snapshot: ArcSwap::from_pointee(snapshot), deps, lifecycle })
     }
 
@@ -114,13 +128,7 @@ impl Proxy {
             }
         }
         let generation = old.generation + 1;
-        self.snapshot.store(Arc::new(Snapshot {
-            routes: RouteTable::new(&config.routes),
-            access_log: Arc::new(AccessLog::new(&config.access_log)),
-            upstreams,
-            config,
-            generation,
-        }));
+        self.snapshot.store(Arc::new(Snapshot::new(config, upstreams, &self.deps.env, generation)));
         self.deps.metrics.config_generation.set(generation as i64);
         generation
     }
@@ -201,66 +209,114 @@ impl Proxy {
         let snapshot = self.snapshot();
         let raw_host = raw_host(&req);
         let path_and_query: Box<str> = req.uri().path_and_query().map_or("/", |p| p.as_str()).into();
-        let mut ex = Exchange::new(
+        let ex = Exchange::new(
             conn.clone(),
             req.method().clone(),
             raw_host.as_deref().map(Into::into),
             path_and_query,
             snapshot.access_log.clone(),
         );
-        match self.dispatch::<S>(req, &conn, &snapshot, raw_host, &mut ex).await {
-            Ok((answer, reusable)) => respond(answer, reusable, ex, &snapshot),
-            Err(e) => e.into_response(ex),
-        }
+        let framing =
+            if conn.state.take_length_conflict() { headers::Framing::LengthConflict } else { headers::Framing::Clean };
+        let host = match headers::check_request(&req, framing) {
+            Ok(host) => host,
+            Err(e) => return ProxyError::from(e).into_response(ex),
+        };
+        let Some(route) = snapshot.routes.find(host.as_deref(), req.uri().path()) else {
+            return ProxyError::NoRoute.into_response(ex);
+        };
+        let mut resp = self.on_route::<S>(req, &conn, &snapshot, route, raw_host, ex).await;
+        headers::apply_rules(resp.headers_mut(), &route.config.response_headers);
+        resp
     }
 
-    /// Route the request and send it on; `Ok` is the backend's answer (or a tunnel's `101`)
-    /// and, for a plain request, the connection to return to the pool once its body ends.
-    async fn dispatch<S: ClientStream>(
+    /// A request that matched `route`: check what the route demands, then forward it or open
+    /// its tunnel.
+    async fn on_route<S: ClientStream>(
         &self,
         mut req: Request<Incoming>,
         conn: &Arc<ClientConn>,
         snapshot: &Snapshot,
+        route: &Route,
         raw_host: Option<String>,
-        ex: &mut Exchange,
-    ) -> Result<(Answer, Option<Sender>), ProxyError> {
-        let framing =
-            if conn.state.take_length_conflict() { headers::Framing::LengthConflict } else { headers::Framing::Clean };
-        let host = headers::check_request(&req, framing)?;
-        let upstream = snapshot
-            .routes
-            .find(host.as_deref(), req.uri().path())
-            .and_then(|name| snapshot.upstreams.get(name))
-            .ok_or(ProxyError::NoRoute)?;
+        mut ex: Exchange,
+    ) -> Response<ClientBody> {
+        let Some(upstream) = snapshot.upstreams.get(route.config.upstream.as_str()) else {
+            return ProxyError::NoRoute.into_response(ex);
+        };
         ex.set_upstream(upstream);
-        let facts = balance::RequestFacts { headers: req.headers(), query: req.uri().query() };
-        let route = upstream.route(&facts);
-        route.strip_cookie(req.headers_mut());
-        if headers::wants_websocket(&req) {
-            self.open_tunnel::<S>(req, conn, route, ex, snapshot, raw_host).await
+        let websocket = headers::wants_websocket(&req);
+        if websocket && let Some(page) = req.headers().get(header::ORIGIN) {
+            let own = raw_host.as_deref().and_then(|host| origin::Origin::of_request(conn.is_tls, host));
+            if !origin::is_allowed(page, own.as_ref(), &route.config.websocket.allowed_origins) {
+                return ProxyError::Origin.into_response(ex);
+            }
+        }
+        let verified = match &route.verifier {
+            Some(verifier) => match verifier.verify_request(req.headers(), req.uri().query()) {
+                Ok(verified) => verified,
+                Err(e) => {
+                    self.deps.metrics.auth_rejected(verifier.name(), e.label());
+                    return ProxyError::Unauthorized(e).into_response(ex);
+                }
+            },
+            None => None,
+        };
+        let facts = balance::RequestFacts {
+            headers: req.headers(),
+            query: req.uri().query(),
+            verified: verified.as_ref().map(|v| &v.claims),
+        };
+        let selection = upstream.select(&facts);
+        let headers = req.headers_mut();
+        selection.strip_cookie(headers);
+        // Identity headers are written by verifiers only: a client-sent copy never passes.
+        for name in snapshot.verifiers.identity_headers() {
+            headers.remove(name);
+        }
+        if let (Some(verified), Some(verifier)) = (&verified, &route.verifier) {
+            headers.insert(verifier.identity_header().clone(), verified.identity.clone());
+            if let TokenSource::Query(name) = &verified.from
+                && let Some(stripped) = query::without(&ex.path_and_query, name)
+                && let Ok(uri) = stripped.parse::<Uri>()
+            {
+                // The token stays at the edge: the backend and the access log see the URL without it.
+                *req.uri_mut() = uri;
+                ex.path_and_query = stripped.into();
+            }
+        }
+        let rules = &route.config.request_headers;
+        let result = if websocket {
+            self.open_tunnel::<S>(req, conn, selection, &mut ex, snapshot, raw_host, rules).await
         } else {
-            self.forward(req, conn, route, ex, snapshot, raw_host).await
+            self.forward(req, conn, selection, &mut ex, snapshot, raw_host, rules).await
+        };
+        match result {
+            Ok((answer, reusable)) => respond(answer, reusable, ex, snapshot),
+            Err(e) => e.into_response(ex),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         req: Request<Incoming>,
         conn: &ClientConn,
-        mut route: Route,
+        mut selection: Selection,
         ex: &mut Exchange,
         snapshot: &Snapshot,
         raw_host: Option<String>,
+        rules: &HeaderRules,
     ) -> Result<(Answer, Option<Sender>), ProxyError> {
         let timeouts = &snapshot.config.timeouts;
         let counted = ex.bytes_in.clone();
         let mut request =
-            Some(upstream_request(req, conn, snapshot, raw_host.as_deref(), |b| UpstreamBody::new(b, counted)));
-        while let Some(candidate) = route.next() {
+            Some(upstream_request(req, conn, snapshot, raw_host.as_deref(), rules, |b| UpstreamBody::new(b, counted)));
+        while let Some(candidate) = selection.next() {
             for _ in 0..ATTEMPTS_PER_BACKEND {
                 let mut sender = match candidate.backend.pool().take() {
                     Some(sender) => sender,
-                    None => match self.connect(&route, &candidate.backend, timeouts, Purpose::Requests, ex).await {
+                    None => match self.connect(&selection, &candidate.backend, timeouts, Purpose::Requests, ex).await {
                         Some(sender) => sender,
                         None => break,
                     },
@@ -271,8 +327,8 @@ impl Proxy {
                 let Some(req) = request.take() else { break };
                 match tokio::time::timeout(timeouts.request, sender.try_send_request(req)).await {
                     Ok(Ok(resp)) => {
-                        route.report();
-                        let answer = Answer::new(resp, &route, candidate, conn.is_tls, ex);
+                        selection.report();
+                        let answer = Answer::new(resp, &selection, candidate, conn.is_tls, ex);
                         return Ok((answer, Some(sender)));
                     }
                     Ok(Err(mut e)) => match e.take_message() {
@@ -290,7 +346,7 @@ impl Proxy {
                 }
             }
         }
-        route.report();
+        selection.report();
         Err(no_backend(ex))
     }
 
@@ -298,13 +354,13 @@ impl Proxy {
     /// was sent) is remembered in `ex` for the 502 that follows if no other candidate answers.
     async fn connect(
         &self,
-        route: &Route,
+        selection: &Selection,
         backend: &Arc<BackendHandle>,
         timeouts: &Timeouts,
         purpose: Purpose,
         ex: &mut Exchange,
     ) -> Option<Sender> {
-        let upstream = route.upstream();
+        let upstream = selection.upstream();
         match pool::connect_http1(&backend.address(), timeouts.connect, &self.deps.tasks, purpose).await {
             Ok(sender) => {
                 upstream.on_connect_success(backend);
@@ -319,26 +375,28 @@ impl Proxy {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn open_tunnel<S: ClientStream>(
         &self,
         mut req: Request<Incoming>,
         conn: &Arc<ClientConn>,
-        mut route: Route,
+        mut selection: Selection,
         ex: &mut Exchange,
         snapshot: &Snapshot,
         raw_host: Option<String>,
+        rules: &HeaderRules,
     ) -> Result<(Answer, Option<Sender>), ProxyError> {
         let timeouts = &snapshot.config.timeouts;
         let client_upgrade = hyper::upgrade::on(&mut req);
-        let mut request = upstream_request(req, conn, snapshot, raw_host.as_deref(), |_| UpstreamBody::empty());
+        let mut request = upstream_request(req, conn, snapshot, raw_host.as_deref(), rules, |_| UpstreamBody::empty());
         headers::set_websocket_upgrade(request.headers_mut());
         let mut request = Some(request);
-        while let Some(candidate) = route.next() {
-            let Some(mut sender) = self.connect(&route, &candidate.backend, timeouts, Purpose::Upgrade, ex).await
+        while let Some(candidate) = selection.next() {
+            let Some(mut sender) = self.connect(&selection, &candidate.backend, timeouts, Purpose::Upgrade, ex).await
             else {
                 continue;
             };
-            route.report();
+            selection.report();
             let Some(request) = request.take() else { break };
             let mut resp = match tokio::time::timeout(timeouts.request, sender.send_request(request)).await {
                 Ok(Ok(resp)) => resp,
@@ -353,20 +411,20 @@ impl Proxy {
             };
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS || !headers::confirms_websocket(resp.headers()) {
                 // Refused upgrade: relay it as an ordinary response; the connection is not reused.
-                return Ok((Answer::new(resp, &route, candidate, conn.is_tls, ex), None));
+                return Ok((Answer::new(resp, &selection, candidate, conn.is_tls, ex), None));
             }
             let backend_upgrade = hyper::upgrade::on(&mut resp);
-            let cookie = route.pin(&candidate, conn.is_tls);
+            let cookie = selection.pin(&candidate, conn.is_tls);
             let Candidate { backend, load, .. } = candidate;
             let tunnel = tunnel::Tunnel {
-                registration: backend.tunnels().register(route.shared_key()),
+                registration: backend.tunnels().register(selection.shared_key()),
                 load,
                 permit: conn.take_permit(),
                 client: conn.peer,
                 listener: conn.listener.clone(),
                 host: ex.host.clone(),
                 path_and_query: ex.path_and_query.clone(),
-                upstream: route.upstream().clone(),
+                upstream: selection.upstream().clone(),
                 backend: backend.clone(),
                 idle: timeouts.tunnel_idle,
                 log: snapshot.access_log.clone(),
@@ -376,7 +434,7 @@ impl Proxy {
             ex.backend = Some(backend);
             return Ok((Answer { resp, cookie }, None));
         }
-        route.report();
+        selection.report();
         Err(no_backend(ex))
     }
 }
@@ -400,8 +458,14 @@ struct Answer {
 impl Answer {
     /// `resp` served by `candidate`: the exchange keeps the backend's load until the response
     /// ends, and the client is pinned to the backend if a pin is due.
-    fn new(resp: Response<Incoming>, route: &Route, candidate: Candidate, is_tls: bool, ex: &mut Exchange) -> Self {
-        let cookie = route.pin(&candidate, is_tls);
+    fn new(
+        resp: Response<Incoming>,
+        selection: &Selection,
+        candidate: Candidate,
+        is_tls: bool,
+        ex: &mut Exchange,
+    ) -> Self {
+        let cookie = selection.pin(&candidate, is_tls);
         ex.backend = Some(candidate.backend);
         ex.load = Some(candidate.load);
         Self { resp, cookie }
@@ -430,20 +494,23 @@ fn upstream_request(
     conn: &ClientConn,
     snapshot: &Snapshot,
     raw_host: Option<&str>,
+    rules: &HeaderRules,
     body: impl FnOnce(Incoming) -> UpstreamBody,
 ) -> Request<UpstreamBody> {
     let (mut parts, incoming) = req.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::remove_request_only(&mut parts.headers);
     headers::join_cookies(&mut parts.headers);
-    headers::set_forwarded(
+    forwarding::set_forwarding(
         &mut parts.headers,
-        headers::ClientFacts { peer: conn.peer.ip(), is_tls: conn.is_tls, host: raw_host },
+        forwarding::ClientFacts { peer: conn.peer.ip(), is_tls: conn.is_tls, host: raw_host, port: conn.local.port() },
         &snapshot.config.trusted_proxies,
+        snapshot.config.forwarded_headers,
     );
     if let Some(host) = raw_host.and_then(|h| HeaderValue::from_str(h).ok()) {
         parts.headers.insert(header::HOST, host);
     }
+    headers::apply_rules(&mut parts.headers, rules);
     let origin_form = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = origin_form.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;

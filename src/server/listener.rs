@@ -88,6 +88,7 @@ async fn serve_conn(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else { return };
     let timeouts = proxy.config().timeouts.clone();
     state.open.inc();
     let _open = OpenConn(&state.open);
@@ -107,7 +108,7 @@ async fn serve_conn(
             };
             let protocol =
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
-            let conn = Conn { peer, protocol, transport: Transport::Tls, prefix: Vec::new() };
+            let conn = Conn { peer, local, protocol, transport: Transport::Tls, prefix: Vec::new() };
             serve_http(tls, conn, &state, proxy, permit, &timeouts, shutdown).await;
         }
         None => {
@@ -116,7 +117,7 @@ async fn serve_conn(
                 Ok(Ok(found)) => found,
                 Ok(Err(_)) | Err(_) => return,
             };
-            let conn = Conn { peer, protocol, transport: Transport::Plain, prefix };
+            let conn = Conn { peer, local, protocol, transport: Transport::Plain, prefix };
             serve_http(stream, conn, &state, proxy, permit, &timeouts, shutdown).await;
         }
     }
@@ -125,6 +126,7 @@ async fn serve_conn(
 /// What the accept side learned about a connection before hyper takes it.
 struct Conn {
     peer: SocketAddr,
+    local: SocketAddr,
     protocol: Protocol,
     transport: Transport,
     /// Bytes already read while telling HTTP/2 from HTTP/1, replayed to hyper.
@@ -171,6 +173,7 @@ async fn serve_http<S: ClientStream>(
     let conn_state = Arc::new(ConnState::new(conn.protocol));
     let client = Arc::new(ClientConn::new(
         conn.peer,
+        conn.local,
         state.name.clone(),
         conn.transport == Transport::Tls,
         conn_state.clone(),

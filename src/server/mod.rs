@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin, Readiness};
-use crate::config::{Config, ListenerConfig, ListenerError, ReloadError, TlsConfig};
+use crate::config::{Config, Env, ListenerConfig, ListenerError, ReloadError, TlsConfig};
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::proxy::Proxy;
 use crate::upstream::{Resolve, SystemResolver};
@@ -38,11 +38,13 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub struct Options {
     /// Resolves `discovery.dns` names.
     pub resolver: Arc<dyn Resolve>,
+    /// Where secrets named by `*_env` keys are read (admin token, cookie key, HMAC secrets).
+    pub env: Env,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { resolver: Arc::new(SystemResolver) }
+        Self { resolver: Arc::new(SystemResolver), env: crate::config::process_env() }
     }
 }
 
@@ -112,8 +114,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// [`start`] with what tests swap out.
 pub async fn start_with(config: Config, options: Options) -> Result<Running, StartError> {
     let admin_token = match config.admin.as_ref().and_then(|a| a.token_env.as_deref()) {
-        Some(var) => match std::env::var(var) {
-            Ok(token) if !token.is_empty() => Some(token),
+        Some(var) => match (options.env)(var) {
+            Some(token) if !token.is_empty() => Some(token),
             _ => return Err(StartError::AdminToken(var.to_owned())),
         },
         None => None,
@@ -136,7 +138,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         }
         None => None,
     };
-    let proxy = Proxy::new(config.clone(), metrics, options.resolver);
+    let proxy = Proxy::new(config.clone(), metrics, options.resolver, options.env);
     let admin = admin_listener.as_ref().map(|(addr, _)| AdminListener {
         addr: *addr,
         stop: CancellationToken::new(),
@@ -160,11 +162,15 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         server.listeners.lock().push(b);
     }
     if let (Some((_, listener)), Some(handle)) = (admin_listener, &server.admin) {
+        let admin_config = config.admin.as_ref();
         let admin = Arc::new(Admin {
             proxy: server.proxy.clone(),
             readiness: server.readiness.clone(),
             token: admin_token,
             reloader: server.clone(),
+            allowed_hosts: admin_config.map(|a| a.allowed_hosts.clone()).unwrap_or_default(),
+            metrics_public: admin_config.is_some_and(|a| a.metrics_public),
+            failures: parking_lot::Mutex::default(),
         });
         handle.tasks.spawn(admin::serve(listener, admin, handle.stop.clone(), handle.tasks.clone()));
     }

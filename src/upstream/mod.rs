@@ -5,7 +5,7 @@
 //! turning health events into availability changes. Every change of availability is reported
 //! as an [`Event`] to whoever drives drains and rebalancing (`lifecycle`); this module never
 //! starts one itself. Must not: choose a backend for a request (that is `balance`, through
-//! [`Route`]) or touch client connections.
+//! [`Selection`]) or touch client connections.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::{self, AffinityPolicy, Availability, BackendId, BackendSet, CookieKey, Member};
-use crate::config::{BackendAddress, UpstreamConfig};
+use crate::config::{BackendAddress, Env, UpstreamConfig};
 use crate::metrics::{AffinityCounters, Metrics, UpstreamLabels};
 
 mod backend;
@@ -29,12 +29,12 @@ mod checker;
 pub mod discovery;
 pub(crate) mod health;
 pub(crate) mod pool;
-mod route;
+mod selection;
 
 pub(crate) use backend::BackendHandle;
 pub(crate) use backend::{DrainProgress, DrainReason, Load, Source};
 pub(crate) use discovery::{Resolve, SystemResolver};
-pub(crate) use route::{Candidate, Route};
+pub(crate) use selection::{Candidate, Selection};
 
 /// What upstreams need from the rest of the process.
 pub(crate) struct UpstreamDeps {
@@ -44,6 +44,8 @@ pub(crate) struct UpstreamDeps {
     pub(crate) resolver: Arc<dyn Resolve>,
     /// Where availability changes go (to `lifecycle`).
     pub(crate) events: UnboundedSender<Event>,
+    /// Where secrets named by `*_env` keys are read.
+    pub(crate) env: Env,
 }
 
 /// A change the lifecycle reacts to.
@@ -129,7 +131,7 @@ impl Upstream {
     pub(crate) fn start(config: &UpstreamConfig, deps: Arc<UpstreamDeps>, start: Start) -> Arc<Self> {
         let joining = start == Start::Reloaded && config.health_check.is_some();
         let name: Arc<str> = config.name.as_str().into();
-        let (key_env, key) = cookie_key_for(config, None);
+        let (key_env, key) = cookie_key_for(config, None, &deps.env);
         let backends: Vec<Arc<BackendHandle>> = config
             .backends
             .iter()
@@ -206,7 +208,8 @@ impl Upstream {
     pub(crate) fn apply(self: &Arc<Self>, config: &UpstreamConfig) {
         let (changed, added) = {
             let mut members = self.members.lock();
-            let (env, key) = cookie_key_for(config, Some((&members.cookie_key.0, &members.cookie_key.1)));
+            let (env, key) =
+                cookie_key_for(config, Some((&members.cookie_key.0, &members.cookie_key.1)), &self.deps.env);
             members.cookie_key = (env, key.clone());
             self.settings.store(Arc::new(settings_for(config, &key)));
             let _ = self.deps.metrics.upstream_series(&self.name, config.drain.close_code);
@@ -353,8 +356,8 @@ impl Upstream {
         &self.background.cancel
     }
 
-    /// Decide where a request goes; the route keeps the snapshot the decision was made on.
-    pub(crate) fn route(self: &Arc<Self>, facts: &balance::RequestFacts<'_>) -> Route {
+    /// Select the backends for a request; the selection keeps the snapshot it was made on.
+    pub(crate) fn select(self: &Arc<Self>, facts: &balance::RequestFacts<'_>) -> Selection {
         let membership = self.membership();
         let settings = self.settings();
         let decision = balance::route(facts, &settings.policy, &membership.set, SystemTime::now(), &mut rand::rng());
@@ -369,7 +372,7 @@ impl Upstream {
             counters.panic.inc();
             tracing::warn!(upstream = %self.name, "no active backend: panic mode, sending new sessions to draining backends");
         }
-        Route::new(self.clone(), membership, settings, decision)
+        Selection::new(self.clone(), membership, settings, decision)
     }
 
     /// Current members and retired (still draining) backends.
@@ -487,6 +490,7 @@ impl Upstream {
 fn cookie_key_for(
     config: &UpstreamConfig,
     previous: Option<(&Option<String>, &CookieKey)>,
+    env: &Env,
 ) -> (Option<String>, CookieKey) {
     let Some(var) = config.affinity.cookie.as_ref().and_then(|c| c.key_env.clone()) else {
         if let Some((None, key)) = previous {
@@ -494,7 +498,7 @@ fn cookie_key_for(
         }
         return (None, CookieKey::random());
     };
-    match std::env::var(&var).ok().map(|v| CookieKey::from_bytes(v.as_bytes())) {
+    match env(&var).map(|v| CookieKey::from_bytes(v.as_bytes())) {
         Some(Ok(key)) => (Some(var), key),
         Some(Err(e)) => {
             tracing::warn!(upstream = %config.name, variable = %var, error = %e, "cookie key unusable; using a random per-process key");

@@ -28,7 +28,7 @@ use crate::support::stomp_client::{ConnectOptions, StompClient};
 use crate::support::{WAIT, until};
 
 const TOPIC: &str = "/topic/deploy";
-const ADMIN_TOKEN: &str = "deploy-compose-test-token";
+const ADMIN_TOKEN: &str = "deploy-compose-test-token-0123456789";
 /// Clients pinned to the backend that restarts.
 const USERS_ON_APP1: usize = 3;
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);

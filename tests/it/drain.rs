@@ -834,7 +834,7 @@ async fn a_second_signal_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_guards_admin_endpoints_but_not_the_probes() {
     const VAR: &str = "TETHER_DRAIN_TEST_ADMIN_TOKEN";
-    const TOKEN: &str = "drain-test-token-7f3a";
+    const TOKEN: &str = "drain-test-token-7f3a-0123456789abcdef";
     let backend = StreamBackend::start("b1").await;
     let yaml = Yaml::new()
         .listener("public")
@@ -864,9 +864,13 @@ async fn the_admin_token_guards_admin_endpoints_but_not_the_probes() {
 
     let proxy = TestProxy::builder().dir(dir).file(&path).env(VAR, TOKEN).spawn_process().await;
     let admin = proxy.addr("admin");
-    for probe in ["/healthz", "/readyz", "/metrics"] {
+    for probe in ["/healthz", "/readyz"] {
         assert_eq!(client::get(admin, probe, &[]).await.status, StatusCode::OK, "{probe} stays open");
     }
+    // Metrics say what runs where: with a token they need it, unless metrics_public says otherwise.
+    assert_eq!(client::get(admin, "/metrics", &[]).await.status, StatusCode::UNAUTHORIZED);
+    let with_token = client::get(admin, "/metrics", &[("authorization", &format!("Bearer {TOKEN}"))]).await;
+    assert_eq!(with_token.status, StatusCode::OK);
     // No header, a wrong token, the right token without its scheme, another scheme.
     for auth in [None, Some("Bearer wrong-token"), Some(TOKEN), Some("Basic ZHJhaW46dGVzdA==")] {
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();

@@ -13,7 +13,7 @@ use crate::support::{eventually, ws};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_config_is_the_running_file_as_written_without_secrets() {
-    const TOKEN: &str = "admin-token-value-not-for-eyes";
+    const TOKEN: &str = "admin-token-value-not-for-eyes-0123456789";
     const COOKIE_KEY: &str = "cookie-key-value-0123456789abcdef0123456789";
     let a = EchoBackend::start("a").await;
     let text = r#"# the running config, comments included
@@ -70,10 +70,12 @@ upstreams:
         }
     }
     assert_eq!(admin.backend("app", "a").await.expect("a")["state"], "active", "the refused drain did nothing");
-    // Probes and metrics stay open for orchestrators and scrapers.
-    for path in ["/healthz", "/readyz", "/metrics", "/"] {
+    // Probes stay open for orchestrators; metrics need the token unless admin.metrics_public.
+    for path in ["/healthz", "/readyz", "/"] {
         assert_eq!(anonymous.request(Method::GET, path).await.status, StatusCode::OK, "{path}");
     }
+    assert_eq!(anonymous.request(Method::GET, "/metrics").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(admin.request(Method::GET, "/metrics").await.status, StatusCode::OK);
     assert!(!proxy.stderr().contains(TOKEN), "the token never reaches the logs");
 }
 

@@ -69,6 +69,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarded_headers_replaced() {
         proxy.addr("public"),
         "/headers?q=1",
         &[
+            ("host", "app.test"),
             ("connection", "keep-alive, x-hop"),
             ("x-hop", "secret"),
             ("keep-alive", "timeout=5"),

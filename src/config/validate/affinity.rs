@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::file::{FileAffinity, FileCookie, FileKeySource};
+use crate::config::file::{FileAffinity, FileCookie, FileKeySource, Text};
 use crate::config::values::is_dns_name;
 use crate::config::{AffinityConfig, CookieConfig, Fallback, HashConfig, KeySource, SameSite, SecureMode, TokenSource};
 
@@ -80,15 +80,17 @@ impl Validator<'_> {
             key.cookie.as_ref().map(|_| "cookie"),
             key.query.as_ref().map(|_| "query"),
             key.jwt_claim.as_ref().map(|_| "jwt_claim"),
+            key.verified_claim.as_ref().map(|_| "verified_claim"),
         ]
         .into_iter()
         .flatten()
         .collect();
         if set.len() != 1 {
             let found = if set.is_empty() { "none".to_owned() } else { set.join(" and ") };
-            return Err(
-                self.error(path, format!("set exactly one of header, cookie, query or jwt_claim (found {found})"))
-            );
+            return Err(self.error(
+                path,
+                format!("set exactly one of header, cookie, query, jwt_claim or verified_claim (found {found})"),
+            ));
         }
         if let Some(header) = &key.header {
             return self.header_name(&format!("{path}.header"), header.as_str()).map(KeySource::Header);
@@ -99,29 +101,37 @@ impl Validator<'_> {
         if let Some(query) = &key.query {
             return self.query_name(&format!("{path}.query"), query.as_str()).map(KeySource::Query);
         }
+        if let Some(claim) = &key.verified_claim {
+            return if claim.as_str().is_empty() {
+                Err(self.error(&format!("{path}.verified_claim"), "claim must not be empty"))
+            } else {
+                Ok(KeySource::VerifiedClaim(claim.0.clone()))
+            };
+        }
         let Some(jwt) = &key.jwt_claim else {
-            // `set.len() == 1` and the three other sources were handled above.
-            return Err(self.error(path, "set exactly one of header, cookie, query or jwt_claim"));
+            // `set.len() == 1` and the other sources were handled above.
+            return Err(self.error(path, "set exactly one of header, cookie, query, jwt_claim or verified_claim"));
         };
-        let from_path = format!("{path}.jwt_claim.from");
-        let from = match jwt.from.as_str().split_once(':') {
-            Some(("header", name)) => self.header_name(&from_path, name).map(TokenSource::Header),
-            Some(("cookie", name)) => self.cookie_name(&from_path, name).map(TokenSource::Cookie),
-            Some(("query", name)) => self.query_name(&from_path, name).map(TokenSource::Query),
-            _ => Err(self.error(
-                &from_path,
-                format!(
-                    "invalid token source {:?}; expected header:NAME, cookie:NAME or query:NAME",
-                    jwt.from.as_str()
-                ),
-            )),
-        };
+        let from = self.token_source(&format!("{path}.jwt_claim.from"), &jwt.from);
         let claim = if jwt.claim.as_str().is_empty() {
             Err(self.error(&format!("{path}.jwt_claim.claim"), "claim must not be empty"))
         } else {
             Ok(jwt.claim.0.clone())
         };
         Ok(KeySource::JwtClaim { from: from?, claim: claim? })
+    }
+
+    /// `header:NAME`, `cookie:NAME` or `query:NAME`.
+    pub(super) fn token_source(&mut self, path: &str, text: &Text) -> Checked<TokenSource> {
+        match text.as_str().split_once(':') {
+            Some(("header", name)) => self.header_name(path, name).map(TokenSource::Header),
+            Some(("cookie", name)) => self.cookie_name(path, name).map(TokenSource::Cookie),
+            Some(("query", name)) => self.query_name(path, name).map(TokenSource::Query),
+            _ => Err(self.error(
+                path,
+                format!("invalid token source {:?}; expected header:NAME, cookie:NAME or query:NAME", text.as_str()),
+            )),
+        }
     }
 
     pub(super) fn cookie(&mut self, path: &str, cookie: &FileCookie) -> Checked<CookieConfig> {

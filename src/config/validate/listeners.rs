@@ -1,14 +1,17 @@
-//! Listeners, their TLS certificates, the admin listener and routes.
+//! Listeners, their TLS certificates and the admin listener.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::config::file::{FileAdmin, FileCertificate, FileConfig, FileListener, FileRoute, FileTls};
+use crate::config::file::{FileAdmin, FileCertificate, FileListener, FileTls};
 use crate::config::tls;
-use crate::config::values::{binds_conflict, parse_host_match};
-use crate::config::{AdminConfig, CertificateConfig, HostMatch, ListenerConfig, RouteConfig, TlsConfig};
+use crate::config::values::{binds_conflict, is_dns_name};
+use crate::config::{AdminConfig, CertificateConfig, ListenerConfig, TlsConfig};
 
 use super::{Checked, Reported, Validator};
+
+/// Shortest admin token accepted: 32 bytes is what a guessing attacker cannot cover.
+const MIN_ADMIN_TOKEN_BYTES: usize = 32;
 
 impl Validator<'_> {
     pub(super) fn listeners(&mut self, listeners: &[FileListener]) -> Checked<Vec<ListenerConfig>> {
@@ -103,7 +106,31 @@ impl Validator<'_> {
                          start until it is set"
                     ),
                 ),
+                Some((name, Some(token))) if token.len() < MIN_ADMIN_TOKEN_BYTES => {
+                    self.error(
+                        "admin.token_env",
+                        format!(
+                            "the token in {name} is {} bytes long; use at least {MIN_ADMIN_TOKEN_BYTES} \
+                             random bytes (e.g. openssl rand -hex 32)",
+                            token.len()
+                        ),
+                    );
+                }
                 _ => {}
+            }
+        }
+        let mut allowed_hosts = Ok(Vec::new());
+        for (i, host) in admin.allowed_hosts.iter().flatten().enumerate() {
+            let name = host.as_str().to_ascii_lowercase();
+            match (is_dns_name(&name), &mut allowed_hosts) {
+                (true, Ok(list)) => list.push(name),
+                (false, _) => {
+                    allowed_hosts = Err(self.error(
+                        &format!("admin.allowed_hosts[{i}]"),
+                        format!("invalid host name {:?} (a DNS name, without port)", host.as_str()),
+                    ))
+                }
+                (true, Err(_)) => {}
             }
         }
         let bind = bind.and_then(|bind| {
@@ -125,46 +152,11 @@ impl Validator<'_> {
             }
             Ok(bind)
         });
-        Ok(AdminConfig { bind: bind?, token_env: token_env? })
-    }
-
-    pub(super) fn routes(&mut self, routes: &[FileRoute], file: &FileConfig) -> Checked<Vec<RouteConfig>> {
-        if routes.is_empty() {
-            return Err(self.error("routes", "at least one route is required"));
-        }
-        let mut out = Ok(Vec::with_capacity(routes.len()));
-        for (i, route) in routes.iter().enumerate() {
-            let path = format!("routes[{i}]");
-            let host = match &route.host {
-                None => Ok(HostMatch::Any),
-                Some(host) => {
-                    parse_host_match(host.as_str()).map_err(|message| self.error(&format!("{path}.host"), message))
-                }
-            };
-            let path_prefix = match &route.path_prefix {
-                None => Ok("/".to_owned()),
-                Some(prefix) => self.url_path(&format!("{path}.path_prefix"), prefix),
-            };
-            let upstream = route.upstream.as_str();
-            let upstream = if file.upstreams.0.iter().any(|(name, _)| name == upstream) {
-                Ok(upstream.to_owned())
-            } else {
-                let defined: Vec<&str> = file.upstreams.0.iter().map(|(name, _)| name.as_str()).collect();
-                let defined = if defined.is_empty() {
-                    "no upstreams are defined".to_owned()
-                } else {
-                    format!("defined upstreams: {}", defined.join(", "))
-                };
-                Err(self.error(&format!("{path}.upstream"), format!("unknown upstream {upstream:?} ({defined})")))
-            };
-            match (host, path_prefix, upstream, &mut out) {
-                (Ok(host), Ok(path_prefix), Ok(upstream), Ok(out)) => {
-                    out.push(RouteConfig { host, path_prefix, upstream })
-                }
-                (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) => out = Err(r),
-                (_, _, _, Err(_)) => {}
-            }
-        }
-        out
+        Ok(AdminConfig {
+            bind: bind?,
+            token_env: token_env?,
+            allowed_hosts: allowed_hosts?,
+            metrics_public: admin.metrics_public.unwrap_or(false),
+        })
     }
 }

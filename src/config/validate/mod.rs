@@ -23,7 +23,9 @@ use ipnet::IpNet;
 use rustls::crypto::CryptoProvider;
 
 mod affinity;
+mod auth;
 mod listeners;
+mod routes;
 mod upstreams;
 
 use super::file::{FileAccessLog, FileConfig, FileLimits, FileShutdown, FileTimeouts, Text};
@@ -32,7 +34,7 @@ use super::units::{format_duration, parse_duration, parse_size};
 use super::values::{has_space_or_control, invalid_name_message, is_token, is_valid_name, parse_backend_address};
 use super::{
     AccessLogConfig, AccessLogFormat, BackendAddress, Config, ConfigError, ConfigErrors, ConfigSource, DebugConfig,
-    Limits, Loaded, ShutdownConfig, Timeouts,
+    ForwardedHeaders, Limits, Loaded, ShutdownConfig, Timeouts,
 };
 
 const DEFAULT_CONNECT: Duration = Duration::from_secs(2);
@@ -208,7 +210,9 @@ impl Validator<'_> {
     fn config(&mut self, file: &FileConfig, source: ConfigSource) -> Checked<Config> {
         let listeners = self.listeners(&file.listeners);
         let admin = file.admin.as_ref().map(|a| self.admin(a, &file.listeners)).transpose();
-        let routes = self.routes(&file.routes, file);
+        let auth = self.verifiers(file.auth.as_ref());
+        let routes = self.routes(&file.routes, file, auth.as_deref().unwrap_or_default());
+        let forwarded_headers = self.forwarded_headers(file.forwarded_headers.as_ref());
         let upstreams = self.upstreams(file);
         let timeouts = self.timeouts(file.timeouts.as_ref());
         let limits = self.limits(file.limits.as_ref());
@@ -228,10 +232,22 @@ impl Validator<'_> {
             access_log: access_log?,
             shutdown: shutdown?,
             debug,
+            auth: auth?,
+            forwarded_headers: forwarded_headers?,
         })
     }
 
     // ----- global sections ---------------------------------------------------------------
+
+    fn forwarded_headers(&mut self, text: Option<&Text>) -> Checked<ForwardedHeaders> {
+        match text.map(Text::as_str) {
+            None | Some("x-forwarded") => Ok(ForwardedHeaders::XForwarded),
+            Some("rfc7239") => Ok(ForwardedHeaders::Rfc7239),
+            Some("both") => Ok(ForwardedHeaders::Both),
+            Some(other) => Err(self
+                .error("forwarded_headers", format!("invalid value {other:?}; expected x-forwarded, rfc7239 or both"))),
+        }
+    }
 
     fn timeouts(&mut self, t: Option<&FileTimeouts>) -> Checked<Timeouts> {
         let connect = self.positive_duration("timeouts.connect", t.and_then(|t| t.connect.as_ref()), DEFAULT_CONNECT);

@@ -8,10 +8,12 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::*;
+use jsonwebtoken::Algorithm;
+
 use crate::config::{
     AccessLogFormat, AffinityConfig, BackendAddress, BackendConfig, CookieConfig, DiscoveryConfig, DrainConfig,
-    Fallback, HashConfig, HealthCheckConfig, HostMatch, KeySource, PassiveConfig, RebalanceConfig, RouteConfig,
-    SameSite, SecureMode, TokenSource,
+    Fallback, ForwardedHeaders, HashConfig, HealthCheckConfig, HostMatch, JwtKeys, KeySource, OriginPattern,
+    PassiveConfig, RebalanceConfig, RouteConfig, SameSite, SecureMode, TokenSource,
 };
 
 /// A small valid config; tests append top-level sections or write their own text.
@@ -64,7 +66,15 @@ fn a_minimal_config_gets_every_default() {
     assert_eq!(c.listeners[0].bind, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert!(c.listeners[0].tls.is_none());
     assert!(c.admin.is_none());
-    assert_eq!(c.routes, vec![RouteConfig { host: HostMatch::Any, path_prefix: "/".into(), upstream: "app".into() }]);
+    assert_eq!(
+        c.routes,
+        vec![RouteConfig {
+            host: HostMatch::Any,
+            path_prefix: "/".into(),
+            upstream: "app".into(),
+            ..RouteConfig::default()
+        }]
+    );
     let u = &c.upstreams[0];
     assert_eq!(u.name, "app");
     assert_eq!(
@@ -256,8 +266,16 @@ fn an_unset_admin_token_is_a_warning_and_a_set_one_is_silent() {
         ]
     );
     assert_eq!(loaded.config.admin.expect("admin").token_env.as_deref(), Some("ADMIN_TOKEN"));
-    let loaded = check_with(&text, &[("ADMIN_TOKEN", "secret")]).expect("valid");
+    let loaded = check_with(&text, &[("ADMIN_TOKEN", "a-random-token-of-at-least-32-bytes!")]).expect("valid");
     assert!(loaded.warnings.is_empty());
+    let short = check_with(&text, &[("ADMIN_TOKEN", "secret")]).expect_err("a short token");
+    assert_eq!(
+        short,
+        vec![
+            "c.yaml:12:14: admin.token_env: the token in ADMIN_TOKEN is 6 bytes long; use at least 32 random \
+             bytes (e.g. openssl rand -hex 32)"
+        ]
+    );
 }
 
 #[test]
@@ -455,9 +473,9 @@ fn affinity_problems_are_all_reported() {
         errors(&text),
         vec![
             "c.yaml:11:11: upstreams.app.affinity.key[0]: set exactly one of header, cookie, \
-             query or jwt_claim (found none)",
+             query, jwt_claim or verified_claim (found none)",
             "c.yaml:12:11: upstreams.app.affinity.key[1]: set exactly one of header, cookie, \
-             query or jwt_claim (found header and query)",
+             query, jwt_claim or verified_claim (found header and query)",
             "c.yaml:13:19: upstreams.app.affinity.key[2].header: invalid header name \"X User\"",
             "c.yaml:14:19: upstreams.app.affinity.key[3].cookie: invalid cookie name \"a;b\"; \
              expected an RFC 6265 token (no spaces, quotes or separators)",
@@ -887,4 +905,192 @@ timeouts: { idle: 10 }
              followed by ms, s, m or h (e.g. 250ms, 10s, 5m, 1h)",
         ]
     );
+}
+
+// ----- auth, route rules, origins, forwarding -------------------------------------------------
+
+fn fixtures() -> String {
+    format!("{}/tests/fixtures/jwt", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// BASE with `extra` appended and route 0 given `route_extra`.
+fn with_auth(auth: &str, route_extra: &str) -> String {
+    let base = BASE.replace("  - upstream: app\n", &format!("  - {{ upstream: app{route_extra} }}\n"));
+    format!("{base}auth:\n{auth}")
+}
+
+#[test]
+fn verifiers_read_their_keys_and_routes_refer_to_them() {
+    let dir = fixtures();
+    let text = with_auth(
+        &format!(
+            "  users:\n    jwt:\n      algorithms: [RS256, ES256, EdDSA]\n      jwks_file: {dir}/jwks.json\n      \
+             issuer: https://id.test\n      audience: [chat]\n      leeway: 10s\n    \
+             token_from: [\"header:Authorization\", \"query:access_token\"]\n    \
+             identity: {{ claim: sub, header: X-User-Id }}\n    required: false\n  \
+             pem:\n    jwt: {{ algorithms: [PS256, RS256], key_file: {dir}/rsa.pub.pem, require_exp: false }}\n  \
+             hmac:\n    jwt: {{ algorithms: [HS256], secret_env: JWT_SECRET }}\n"
+        ),
+        ", auth: users",
+    );
+    let loaded = check_with(&text, &[("JWT_SECRET", "a secret of thirty-two bytes or more!")]).expect("valid");
+    let c = loaded.config;
+    assert_eq!(c.routes[0].auth.as_deref(), Some("users"));
+    let users = &c.auth[0];
+    assert_eq!(users.name, "users");
+    assert_eq!(users.jwt.algorithms, vec![Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]);
+    let JwtKeys::Files { keys, .. } = &users.jwt.keys else { panic!("files") };
+    let kids: Vec<_> = keys.iter().map(|k| k.kid.as_deref()).collect();
+    assert_eq!(kids, vec![Some("rsa-1"), Some("ec-1"), Some("ed-1")]);
+    assert_eq!(users.jwt.issuer.as_deref(), Some("https://id.test"));
+    assert_eq!(users.jwt.audience, vec!["chat".to_owned()]);
+    assert_eq!(users.jwt.leeway, Duration::from_secs(10));
+    assert!(users.jwt.require_exp);
+    assert_eq!(
+        users.token_from,
+        vec![TokenSource::Header(http::header::AUTHORIZATION), TokenSource::Query("access_token".into())]
+    );
+    assert_eq!(users.identity.header, HeaderName::from_static("x-user-id"));
+    assert!(!users.required);
+    assert!(!c.auth[1].jwt.require_exp);
+    assert!(c.auth[1].required, "required by default");
+    assert_eq!(
+        c.auth[1].token_from,
+        vec![TokenSource::Header(http::header::AUTHORIZATION)],
+        "Authorization by default"
+    );
+    assert!(matches!(&c.auth[2].jwt.keys, JwtKeys::SecretEnv(v) if v == "JWT_SECRET"));
+    assert_eq!(c.auth[2].jwt.leeway, Duration::from_secs(30), "30 s by default");
+}
+
+#[test]
+fn unsafe_verifier_settings_are_refused() {
+    let dir = fixtures();
+    let problems = |auth: &str| match check_with(
+        &with_auth(auth, ""),
+        &[("SHORT", "too short"), ("GOOD", "a secret of thirty-two bytes or more!")],
+    ) {
+        Ok(_) => panic!("expected problems for {auth}"),
+        Err(e) => e.join("\n"),
+    };
+    let none = problems(&format!("  a:\n    jwt: {{ algorithms: [RS256, none], jwks_file: {dir}/jwks.json }}\n"));
+    assert!(none.contains("auth.a.jwt.algorithms[1]: \"none\" is never accepted"), "{none}");
+    let unknown = problems(&format!("  a:\n    jwt: {{ algorithms: [RS999], jwks_file: {dir}/jwks.json }}\n"));
+    assert!(unknown.contains("unknown algorithm \"RS999\""), "{unknown}");
+    let missing = problems("  a:\n    jwt: { jwks_file: x.json }\n");
+    assert!(missing.contains("auth.a.jwt.algorithms: list the accepted algorithms"), "{missing}");
+    let hs_with_file = problems(&format!("  a:\n    jwt: {{ algorithms: [HS256], key_file: {dir}/rsa.pub.pem }}\n"));
+    assert!(hs_with_file.contains("HS256/HS384/HS512 need secret_env"), "{hs_with_file}");
+    let rs_with_secret = problems("  a:\n    jwt: { algorithms: [HS256, RS256], secret_env: GOOD }\n");
+    assert!(rs_with_secret.contains("secret_env verifies HS256/HS384/HS512 only"), "{rs_with_secret}");
+    let short = problems("  a:\n    jwt: { algorithms: [HS256], secret_env: SHORT }\n");
+    assert!(short.contains("the secret in SHORT is 9 bytes long"), "{short}");
+    let two = problems(&format!(
+        "  a:\n    jwt: {{ algorithms: [RS256], key_file: {dir}/rsa.pub.pem, jwks_file: {dir}/jwks.json }}\n"
+    ));
+    assert!(
+        two.contains("set exactly one of jwks_file, key_file or secret_env (found jwks_file and key_file)"),
+        "{two}"
+    );
+    let mixed = problems(&format!("  a:\n    jwt: {{ algorithms: [RS256, ES256], key_file: {dir}/rsa.pub.pem }}\n"));
+    assert!(mixed.contains("must be of one family"), "{mixed}");
+    let wrong_key = problems(&format!("  a:\n    jwt: {{ algorithms: [ES256], key_file: {dir}/rsa.pub.pem }}\n"));
+    assert!(wrong_key.contains("is not a PEM EC public key"), "{wrong_key}");
+    let no_file = problems("  a:\n    jwt: { algorithms: [RS256], jwks_file: nowhere.json }\n");
+    assert!(no_file.contains("jwks_file \"nowhere.json\""), "{no_file}");
+    let reserved = problems(&format!(
+        "  a:\n    jwt: {{ algorithms: [RS256], jwks_file: {dir}/jwks.json }}\n    identity: {{ header: Authorization }}\n"
+    ));
+    assert!(
+        reserved.contains("auth.a.identity.header: authorization is written by tether or describes one hop"),
+        "{reserved}"
+    );
+    let no_usable = problems(&format!("  a:\n    jwt: {{ algorithms: [PS384], jwks_file: {dir}/jwks.json }}\n"));
+    assert!(no_usable.contains("holds no key usable for PS384"), "{no_usable}");
+    let unknown_route = match check_with(
+        &with_auth(&format!("  a:\n    jwt: {{ algorithms: [RS256], jwks_file: {dir}/jwks.json }}\n"), ", auth: b"),
+        &[],
+    ) {
+        Ok(_) => panic!("an unknown verifier"),
+        Err(e) => e.join("\n"),
+    };
+    assert!(unknown_route.contains("routes[0].auth: unknown verifier \"b\" (defined: a)"), "{unknown_route}");
+}
+
+#[test]
+fn a_jwks_with_a_symmetric_key_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        r#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]}"#,
+    )
+    .expect("write");
+    let text = with_auth(&format!("  a:\n    jwt: {{ algorithms: [RS256], jwks_file: {} }}\n", jwks.display()), "");
+    let errors = check_with(&text, &[]).expect_err("refused").join("\n");
+    assert!(errors.contains("key \"s\" is a symmetric (\"oct\") key"), "{errors}");
+}
+
+#[test]
+fn route_header_rules_and_origins_are_checked() {
+    let dir = fixtures();
+    let auth = format!(
+        "  users:\n    jwt: {{ algorithms: [RS256], jwks_file: {dir}/jwks.json }}\n    identity: {{ header: X-User-Id }}\n"
+    );
+    let good = with_auth(
+        &auth,
+        ", request_headers: { set: { X-Env: prod }, remove: [X-Debug] }, response_headers: { set: { Strict-Transport-Security: \"max-age=63072000\" } }, websocket: { allowed_origins: [\"https://app.example.com\", \"https://*.example.com:8443\"] }",
+    );
+    let c = check_with(&good, &[]).expect("valid").config;
+    let route = &c.routes[0];
+    assert_eq!(
+        route.request_headers.set,
+        vec![(HeaderName::from_static("x-env"), http::HeaderValue::from_static("prod"))]
+    );
+    assert_eq!(route.request_headers.remove, vec![HeaderName::from_static("x-debug")]);
+    assert_eq!(route.response_headers.set[0].0, HeaderName::from_static("strict-transport-security"));
+    assert_eq!(
+        route.websocket.allowed_origins,
+        vec![
+            OriginPattern::Exact { scheme: "https".into(), host: "app.example.com".into(), port: 443 },
+            OriginPattern::Subdomains { scheme: "https".into(), suffix: ".example.com".into(), port: 8443 },
+        ]
+    );
+    for (rule, expected) in [
+        ("request_headers: { set: { X-User-Id: bob } }", "x-user-id carries the identity verified by users"),
+        ("request_headers: { remove: [x-user-id] }", "x-user-id carries the identity verified by users"),
+        ("request_headers: { set: { Connection: close } }", "connection is written by tether or describes one hop"),
+        ("response_headers: { set: { Transfer-Encoding: chunked } }", "transfer-encoding is written by tether"),
+        ("request_headers: { set: { X-A: \"a\\nb\" } }", "invalid header value"),
+        ("websocket: { allowed_origins: [\"app.example.com\"] }", "invalid origin \"app.example.com\""),
+    ] {
+        let errors = check_with(&with_auth(&auth, &format!(", {rule}")), &[]).expect_err(rule).join("\n");
+        assert!(errors.contains(expected), "{rule}: {errors}");
+    }
+}
+
+#[test]
+fn forwarded_headers_and_admin_hosts_are_read() {
+    let c = ok(&format!("{BASE}forwarded_headers: both\n")).config;
+    assert_eq!(c.forwarded_headers, ForwardedHeaders::Both);
+    assert_eq!(ok(BASE).config.forwarded_headers, ForwardedHeaders::XForwarded);
+    assert_eq!(
+        errors(&format!("{BASE}forwarded_headers: rfc9999\n")),
+        vec!["c.yaml:10:20: forwarded_headers: invalid value \"rfc9999\"; expected x-forwarded, rfc7239 or both"]
+    );
+    let admin = ok(&format!(
+        "{BASE}admin: {{ bind: \"127.0.0.1:9901\", allowed_hosts: [Admin.Example.COM], metrics_public: true }}\n"
+    ))
+    .config
+    .admin
+    .expect("admin");
+    assert_eq!(admin.allowed_hosts, vec!["admin.example.com".to_owned()]);
+    assert!(admin.metrics_public);
+}
+
+#[test]
+fn a_verified_claim_is_an_affinity_key() {
+    let text = BASE.replace("    backends:", "    affinity: { key: [ { verified_claim: sub } ] }\n    backends:");
+    let c = ok(&text).config;
+    assert_eq!(c.upstreams[0].affinity.keys, vec![KeySource::VerifiedClaim("sub".into())]);
 }

@@ -28,7 +28,7 @@ impl AdminClient {
     }
 
     pub async fn request(&self, method: Method, path: &str) -> Reply {
-        let mut req = Request::builder().method(method).uri(path).header("host", "admin.test");
+        let mut req = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
         if let Some(token) = &self.token {
             req = req.header("authorization", format!("Bearer {token}"));
         }

@@ -45,6 +45,8 @@ async fn read_whole(resp: Response<hyper::body::Incoming>) -> Reply {
 /// A keep-alive HTTP/1.1 client connection.
 pub struct H1 {
     sender: http1::SendRequest<Full<Bytes>>,
+    /// The `Host` a browser would send: the address connected to.
+    host: String,
 }
 
 impl H1 {
@@ -52,7 +54,7 @@ impl H1 {
         let stream = within("TCP connect", TcpStream::connect(addr)).await.expect("connect");
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("handshake");
         tokio::spawn(conn);
-        Self { sender }
+        Self { sender, host: addr.to_string() }
     }
 
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
@@ -64,7 +66,10 @@ impl H1 {
     }
 
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut b = Request::get(path).header("host", "app.test");
+        let mut b = Request::get(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", &self.host);
+        }
         for (k, v) in headers {
             b = b.header(*k, *v);
         }

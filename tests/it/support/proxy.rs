@@ -98,19 +98,20 @@ impl TestProxyBuilder {
         let (dir, path) = self.prepare();
         let text = std::fs::read_to_string(&path).expect("read config");
         let env = std::mem::take(&mut self.env);
-        let lookup = |name: &str| {
+        let lookup: tether::config::Env = Arc::new(move |name: &str| {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| std::env::var(name).ok())
-        };
-        let mut config = tether::config::parse(&path, &text, &lookup)
+        });
+        let mut config = tether::config::parse(&path, &text, lookup.as_ref())
             .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{text}"))
             .config;
         if let Some(edit) = self.edit.take() {
             edit(&mut config);
         }
-        let options = match self.resolver.take() {
-            Some(resolver) => Options { resolver },
-            None => Options::default(),
-        };
+        // The same variables serve `${VAR}` in the text and the secrets named by `*_env` keys.
+        let mut options = Options { env: lookup, ..Options::default() };
+        if let Some(resolver) = self.resolver.take() {
+            options.resolver = resolver;
+        }
         let runtime = ServerRuntime::start("the proxy");
         let running = within("the proxy to start", runtime.run(tether::server::start_with(config, options)))
             .await

@@ -1,5 +1,5 @@
-//! Where one request is going: a `balance` decision, the snapshot it was made on, and the
-//! backends it yields in turn.
+//! The backends selected for one request: a `balance` decision, the membership snapshot it
+//! was made on, and the candidates it yields in turn.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,7 +13,7 @@ use crate::balance::{Availability, Decision};
 
 /// See the module doc. Keep it for the whole request: the decision's indices refer to its
 /// membership snapshot.
-pub(crate) struct Route {
+pub(crate) struct Selection {
     upstream: Arc<Upstream>,
     membership: Arc<Membership>,
     settings: Arc<Settings>,
@@ -27,7 +27,7 @@ pub(crate) struct Candidate {
     pub(crate) load: Load,
 }
 
-impl Route {
+impl Selection {
     pub(super) fn new(
         upstream: Arc<Upstream>,
         membership: Arc<Membership>,
