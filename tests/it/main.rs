@@ -24,4 +24,5 @@ mod ops_reload;
 mod ops_status_page;
 mod ops_watch;
 mod proxy_core;
+mod trust;
 mod tunnel_close;

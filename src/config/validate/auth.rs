@@ -21,7 +21,7 @@ const DEFAULT_IDENTITY_HEADER: &str = "x-user-id";
 const MIN_SECRET_BYTES: usize = 32;
 
 /// Headers tether writes or that describe one hop: a verifier's identity cannot live in one.
-pub(super) const RESERVED_HEADERS: [&str; 17] = [
+const RESERVED_HEADERS: [&str; 17] = [
     "host",
     "connection",
     "keep-alive",

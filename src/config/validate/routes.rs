@@ -3,11 +3,14 @@
 
 use http::{HeaderName, HeaderValue};
 
-use super::auth::RESERVED_HEADERS;
 use super::{Checked, Validator};
 use crate::config::file::{FileConfig, FileHeaderRules, FileRoute, FileWebSocket, Text};
 use crate::config::values::parse_host_match;
 use crate::config::{HeaderRules, HostMatch, OriginPattern, RouteConfig, VerifierConfig, WebSocketConfig};
+
+/// Headers that describe one hop or frame the body: no rule may set or remove them.
+const FRAMING_HEADERS: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length"];
 
 impl Validator<'_> {
     pub(super) fn routes(
@@ -84,8 +87,8 @@ impl Validator<'_> {
         Err(self.error(path, format!("unknown verifier {:?} ({defined})", name.as_str())))
     }
 
-    /// `set` and `remove` lists; hop-by-hop headers, headers tether manages and identity headers
-    /// cannot be touched (they would break framing, forwarding or the identity guarantee).
+    /// `set` and `remove` lists; hop-by-hop and framing headers and identity headers cannot be
+    /// touched (they would break the exchange or the identity guarantee).
     fn header_rules(
         &mut self,
         path: &str,
@@ -102,11 +105,10 @@ impl Validator<'_> {
                     format!("{name} carries the identity verified by {}; it cannot be changed here", verifier.name),
                 ));
             }
-            if RESERVED_HEADERS.contains(&name.as_str()) {
-                return Err(v.error(
-                    item,
-                    format!("{name} is written by tether or describes one hop; it cannot be changed here"),
-                ));
+            if FRAMING_HEADERS.contains(&name.as_str()) {
+                return Err(
+                    v.error(item, format!("{name} describes one hop or frames the body; it cannot be changed here"))
+                );
             }
             Ok(name)
         };

@@ -1059,8 +1059,8 @@ fn route_header_rules_and_origins_are_checked() {
     for (rule, expected) in [
         ("request_headers: { set: { X-User-Id: bob } }", "x-user-id carries the identity verified by users"),
         ("request_headers: { remove: [x-user-id] }", "x-user-id carries the identity verified by users"),
-        ("request_headers: { set: { Connection: close } }", "connection is written by tether or describes one hop"),
-        ("response_headers: { set: { Transfer-Encoding: chunked } }", "transfer-encoding is written by tether"),
+        ("request_headers: { set: { Connection: close } }", "connection describes one hop or frames the body"),
+        ("response_headers: { set: { Transfer-Encoding: chunked } }", "transfer-encoding describes one hop"),
         ("request_headers: { set: { X-A: \"a\\nb\" } }", "invalid header value"),
         ("websocket: { allowed_origins: [\"app.example.com\"] }", "invalid origin \"app.example.com\""),
     ] {

@@ -1,6 +1,6 @@
 //! A real HTTP/1.1 + WebSocket backend for proxy tests.
 //!
-//! Routes: `/headers` (JSON of what arrived), `/upload` (streams the body, answers its length),
+//! Routes: `/headers` and any path ending in it (JSON of what arrived), `/upload` (streams the body, answers its length),
 //! `/download?bytes=N` (streams N bytes), `/slow?ms=N`, `/ws` (WebSocket echo that greets with
 //! `hello from <id>`), `/ws/headers` (the same echo, greeting with the JSON `/headers` answers,
 //! so a test sees what an upgrade request carried), `/refuse-upgrade` (answers a WebSocket
@@ -146,6 +146,8 @@ impl Ctx {
             }
             "/refuse-upgrade" => full(StatusCode::FORBIDDEN, "no sockets here"),
             "/ws" | "/ws/headers" => return self.upgrade(req),
+            // Below a route prefix (`/private/headers`), the same answer as `/headers`.
+            p if p.ends_with("/headers") => full(StatusCode::OK, self.headers_json(&req)),
             _ => full(StatusCode::OK, self.id.clone()),
         };
         resp.headers_mut().insert("x-backend-id", self.id.parse().expect("id is a header value"));
