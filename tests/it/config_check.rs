@@ -382,7 +382,15 @@ fn loading_the_example_yields_its_listeners_and_upstreams() {
     let backends: Vec<(&str, String, u32)> =
         app.backends.iter().map(|b| (b.id.as_str(), b.address.to_string(), b.weight)).collect();
     assert_eq!(backends, [("app-1", "127.0.0.1:9001".to_owned(), 1), ("app-2", "127.0.0.1:9002".to_owned(), 1),]);
-    assert_eq!(app.affinity.keys, [KeySource::Header(http::HeaderName::from_static("x-user-id"))]);
+    assert_eq!(app.affinity.keys, [KeySource::VerifiedClaim("sub".into())]);
+    assert_eq!(c.routes[0].auth.as_deref(), Some("users"));
+    let users = &c.auth[0];
+    assert_eq!((users.name.as_str(), users.required), ("users", false));
+    assert_eq!(users.identity.header, http::HeaderName::from_static("x-user-id"));
+    let tether::config::JwtKeys::Files { path, keys } = &users.jwt.keys else { panic!("a JWKS file") };
+    assert_eq!(path, &repo_root().join("docker/jwt/jwks.json"));
+    assert_eq!(keys.iter().map(|k| k.kid.as_deref()).collect::<Vec<_>>(), [Some("local-only")]);
+    assert_eq!(c.routes[0].response_headers.set.len(), 1, "the HSTS example");
     let cookie = app.affinity.cookie.as_ref().expect("sticky cookie");
     assert_eq!(cookie.name, "TETHER_AFFINITY");
     assert_eq!(cookie.secure, SecureMode::Auto);
