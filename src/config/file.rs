@@ -134,6 +134,13 @@ pub(super) struct FileRoute {
     pub(crate) request_headers: Option<FileHeaderRules>,
     pub(crate) response_headers: Option<FileHeaderRules>,
     pub(crate) websocket: Option<FileWebSocket>,
+    pub(crate) path: Option<FilePathRules>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+pub(super) struct FilePathRules {
+    pub(crate) allow_encoded_slash: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -153,6 +153,8 @@ pub struct RouteConfig {
     pub response_headers: HeaderRules,
     /// WebSocket upgrades on this route.
     pub websocket: WebSocketConfig,
+    /// Paths with an encoded slash (`%2F`) are accepted here (refused with 400 otherwise).
+    pub allow_encoded_slash: bool,
 }
 
 /// Headers a route sets (replacing any copies) and removes.

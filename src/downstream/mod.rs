@@ -26,6 +26,18 @@ pub(crate) enum Protocol {
     Http2,
 }
 
+/// Where a client connection runs between.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoints {
+    pub(crate) peer: SocketAddr,
+    /// The listener's address the client connected to.
+    pub(crate) local: SocketAddr,
+    pub(crate) is_tls: bool,
+    /// On a TLS listener with several certificates, the SNI name the connection was set up
+    /// for: every request on it must name that host.
+    pub(crate) sni: Option<Box<str>>,
+}
+
 /// Facts about one client connection, shared by its requests.
 pub(crate) struct ClientConn {
     pub(crate) peer: SocketAddr,
@@ -33,6 +45,7 @@ pub(crate) struct ClientConn {
     pub(crate) local: SocketAddr,
     pub(crate) listener: Arc<str>,
     pub(crate) is_tls: bool,
+    pub(crate) sni: Option<Box<str>>,
     pub(crate) state: Arc<ConnState>,
     /// The connection's slot under `limits.max_connections`; a WebSocket tunnel takes it over
     /// when the HTTP connection is handed to it.
@@ -42,15 +55,14 @@ pub(crate) struct ClientConn {
 
 impl ClientConn {
     pub(crate) fn new(
-        peer: SocketAddr,
-        local: SocketAddr,
+        endpoints: Endpoints,
         listener: Arc<str>,
-        is_tls: bool,
         state: Arc<ConnState>,
         permit: OwnedSemaphorePermit,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { peer, local, listener, is_tls, state, permit: Mutex::new(Some(permit)), metrics }
+        let Endpoints { peer, local, is_tls, sni } = endpoints;
+        Self { peer, local, listener, is_tls, sni, state, permit: Mutex::new(Some(permit)), metrics }
     }
 
     /// The connection slot, for a tunnel that outlives the HTTP connection.

@@ -27,6 +27,9 @@ pub(crate) enum ProxyError {
     /// A WebSocket upgrade from a page of an origin the route does not allow.
     #[error("origin not allowed")]
     Origin,
+    /// A request for another host than the one its TLS connection was set up for.
+    #[error("misdirected request: this connection serves another host")]
+    Misdirected,
     /// No backend of the upstream takes new sessions.
     #[error("no backend available")]
     NoBackend,
@@ -48,6 +51,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Origin => StatusCode::FORBIDDEN,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -79,7 +83,7 @@ impl ProxyError {
             ProxyError::Malformed(problem) => tracing::debug!(client = %ex.client(), %problem, "malformed request"),
             ProxyError::Unauthorized(reason) => tracing::debug!(client = %ex.client(), %reason, "token refused"),
             ProxyError::Origin => tracing::debug!(client = %ex.client(), "WebSocket origin refused"),
-            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::Unreachable => {}
+            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::Unreachable | ProxyError::Misdirected => {}
         }
         let status = self.status();
         ex.status = status.as_u16();

@@ -101,6 +101,12 @@ pub(crate) enum Malformed {
     BadHost,
     #[error("several Host headers")]
     ManyHosts,
+    #[error("an HTTP/1.1 request needs a Host header")]
+    MissingHost,
+    #[error("a WebSocket upgrade request has no body")]
+    UpgradeWithBody,
+    #[error("{0}")]
+    Path(#[from] super::path::PathError),
 }
 
 /// Checks hyper does not make for us, and the host the request names (lowercase, without
@@ -131,6 +137,17 @@ pub(crate) fn check_request<B>(req: &Request<B>, framing: Framing) -> Result<Opt
     if hosts.next().is_some() {
         return Err(Malformed::ManyHosts);
     }
+    if host_header.is_none() && req.uri().authority().is_none() && req.version() == Version::HTTP_11 {
+        // RFC 9112 3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+        return Err(Malformed::MissingHost);
+    }
+    if wants_websocket(req)
+        && (headers.contains_key(header::TRANSFER_ENCODING)
+            || headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0"))
+    {
+        // A body before the 101 would be read by the backend as the first WebSocket bytes.
+        return Err(Malformed::UpgradeWithBody);
+    }
     let named = host_header.map(|h| host_name(h.as_bytes()).ok_or(Malformed::BadHost)).transpose()?;
     // The URI authority (HTTP/2, absolute-form) takes precedence over the Host header.
     match req.uri().authority() {
@@ -140,7 +157,8 @@ pub(crate) fn check_request<B>(req: &Request<B>, framing: Framing) -> Result<Opt
 }
 
 /// The host part of a Host header or URI authority (`name`, `name:port`, `[v6]:port`),
-/// lowercased, or None if it is not a plausible host.
+/// lowercased and without a trailing dot (`example.com.` is `example.com`), or None if it is
+/// not a plausible host.
 pub(crate) fn host_name(raw: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(raw).ok()?.trim();
     if s.is_empty() {
@@ -162,6 +180,7 @@ pub(crate) fn host_name(raw: &[u8]) -> Option<String> {
     };
     let ok = !host.is_empty()
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
+    let host = host.strip_suffix('.').filter(|h| !h.is_empty() && !h.ends_with(']')).unwrap_or(host);
     ok.then(|| host.to_ascii_lowercase())
 }
 
@@ -279,7 +298,17 @@ mod tests {
             check_request(&req(&[("host", "App.Test:8080"), ("content-length", "0")]), Framing::Clean),
             Ok(Some("app.test".into()))
         );
-        assert_eq!(check_request(&req(&[]), Framing::Clean), Ok(None));
+        assert_eq!(check_request(&req(&[]), Framing::Clean), Err(Malformed::MissingHost));
+        let mut old = req(&[]);
+        *old.version_mut() = Version::HTTP_10;
+        assert_eq!(check_request(&old, Framing::Clean), Ok(None), "HTTP/1.0 may name no host");
+        let upgrade = [("host", "a"), ("connection", "upgrade"), ("upgrade", "websocket")];
+        assert_eq!(check_request(&req(&upgrade), Framing::Clean), Ok(Some("a".into())));
+        for body in [("content-length", "5"), ("transfer-encoding", "chunked")] {
+            let mut with_body = upgrade.to_vec();
+            with_body.push(body);
+            assert_eq!(check_request(&req(&with_body), Framing::Clean), Err(Malformed::UpgradeWithBody), "{body:?}");
+        }
         let mut absolute = req(&[("host", "ignored.test")]);
         *absolute.uri_mut() = "http://Api.Test:8443/x".parse().unwrap();
         assert_eq!(check_request(&absolute, Framing::Clean), Ok(Some("api.test".into())));
@@ -290,6 +319,7 @@ mod tests {
         assert_eq!(host_name(b"Example.COM:443").as_deref(), Some("example.com"));
         assert_eq!(host_name(b"[::1]:8080").as_deref(), Some("[::1]"));
         assert_eq!(host_name(b"localhost").as_deref(), Some("localhost"));
+        assert_eq!(host_name(b"Example.com.:8080").as_deref(), Some("example.com"), "the root label's dot");
         assert_eq!(host_name(b"").as_deref(), None);
         assert_eq!(host_name(b"[::1]x").as_deref(), None);
     }

@@ -37,6 +37,7 @@ mod exchange;
 mod forwarding;
 pub(crate) mod headers;
 mod origin;
+mod path;
 mod query;
 pub(crate) mod routes;
 mod tunnel;
@@ -202,7 +203,7 @@ impl Proxy {
 
     async fn handle<S: ClientStream>(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: Arc<ClientConn>,
     ) -> Response<ClientBody> {
         conn.state.request_started();
@@ -222,9 +223,34 @@ impl Proxy {
             Ok(host) => host,
             Err(e) => return ProxyError::from(e).into_response(ex),
         };
-        let Some(route) = snapshot.routes.find(host.as_deref(), req.uri().path()) else {
+        if let (Some(sni), Some(host)) = (&conn.sni, &host)
+            && **sni != **host
+        {
+            return ProxyError::Misdirected.into_response(ex);
+        }
+        let normal = match path::normalize(req.uri().path()) {
+            Ok(normal) => normal,
+            Err(e) => return ProxyError::from(headers::Malformed::from(e)).into_response(ex),
+        };
+        let Some(route) = snapshot.routes.find(host.as_deref(), &normal.path) else {
             return ProxyError::NoRoute.into_response(ex);
         };
+        if normal.has_encoded_slash && !route.config.allow_encoded_slash {
+            let e = headers::Malformed::from(path::PathError::EncodedSlash);
+            let mut resp = ProxyError::from(e).into_response(ex);
+            headers::apply_rules(resp.headers_mut(), &route.config.response_headers);
+            return resp;
+        }
+        // The backend gets the path its route was chosen by.
+        if let std::borrow::Cow::Owned(normalised) = normal.path {
+            let target = match req.uri().query() {
+                Some(query) => format!("{normalised}?{query}"),
+                None => normalised,
+            };
+            if let Ok(uri) = target.parse::<Uri>() {
+                *req.uri_mut() = uri;
+            }
+        }
         let mut resp = self.on_route::<S>(req, &conn, &snapshot, route, raw_host, ex).await;
         headers::apply_rules(resp.headers_mut(), &route.config.response_headers);
         resp
@@ -276,8 +302,9 @@ impl Proxy {
         }
         if let (Some(verified), Some(verifier)) = (&verified, &route.verifier) {
             headers.insert(verifier.identity_header().clone(), verified.identity.clone());
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             if let TokenSource::Query(name) = &verified.from
-                && let Some(stripped) = query::without(&ex.path_and_query, name)
+                && let Some(stripped) = query::without(target, name)
                 && let Ok(uri) = stripped.parse::<Uri>()
             {
                 // The token stays at the edge: the backend and the access log see the URL without it.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::path::prefix_matches;
 use crate::auth::{Verifier, Verifiers};
 use crate::config::{HostMatch, RouteConfig};
 
@@ -31,12 +32,12 @@ impl RouteTable {
         Self { routes }
     }
 
-    /// The first route matching `host` (lowercase, without port; None when the request named
-    /// no host) and `path`.
+    /// The first route matching `host` (lowercase, without port or trailing dot; None when the
+    /// request named no host) and `path` (normalised), its prefix by whole segments.
     pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         self.routes
             .iter()
-            .find(|r| host_matches(&r.config.host, host) && path.starts_with(r.config.path_prefix.as_str()))
+            .find(|r| host_matches(&r.config.host, host) && prefix_matches(&r.config.path_prefix, path))
     }
 }
 

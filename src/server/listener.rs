@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Timeouts;
-use crate::downstream::{Action, ClientConn, ConnIo, ConnState, Protocol, watchdog};
+use crate::downstream::{Action, ClientConn, ConnIo, ConnState, Endpoints, Protocol, watchdog};
 use crate::proxy::{ConnService, Proxy};
 use crate::tunnel::relay::ClientStream;
 
@@ -35,9 +35,17 @@ const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: te
 /// certificates; connections already open keep the settings they started with.
 pub(super) struct ListenerState {
     pub(super) name: Arc<str>,
-    pub(super) tls: Option<ArcSwap<rustls::ServerConfig>>,
+    pub(super) tls: Option<ArcSwap<TlsSettings>>,
     pub(super) open: Gauge,
     pub(super) refused: Counter,
+}
+
+/// A TLS listener's settings, swapped whole by a reload.
+pub(super) struct TlsSettings {
+    pub(super) config: Arc<rustls::ServerConfig>,
+    /// Several certificates: a request must name the host its connection's SNI named (else
+    /// 421), since a connection set up for one name must not serve another's.
+    pub(super) several_certificates: bool,
 }
 
 /// Whether a client connection is TLS.
@@ -94,7 +102,8 @@ async fn serve_conn(
     let _open = OpenConn(&state.open);
     match &state.tls {
         Some(tls) => {
-            let acceptor = TlsAcceptor::from(tls.load_full());
+            let settings = tls.load_full();
+            let acceptor = TlsAcceptor::from(settings.config.clone());
             let tls = match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -106,9 +115,13 @@ async fn serve_conn(
                     return;
                 }
             };
-            let protocol =
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
-            let conn = Conn { peer, local, protocol, transport: Transport::Tls, prefix: Vec::new() };
+            let session = tls.get_ref().1;
+            let protocol = if session.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
+            let sni = session
+                .server_name()
+                .filter(|_| settings.several_certificates)
+                .map(|name| name.trim_end_matches('.').to_ascii_lowercase().into());
+            let conn = Conn { peer, local, protocol, transport: Transport::Tls, prefix: Vec::new(), sni };
             serve_http(tls, conn, &state, proxy, permit, &timeouts, shutdown).await;
         }
         None => {
@@ -117,7 +130,7 @@ async fn serve_conn(
                 Ok(Ok(found)) => found,
                 Ok(Err(_)) | Err(_) => return,
             };
-            let conn = Conn { peer, local, protocol, transport: Transport::Plain, prefix };
+            let conn = Conn { peer, local, protocol, transport: Transport::Plain, prefix, sni: None };
             serve_http(stream, conn, &state, proxy, permit, &timeouts, shutdown).await;
         }
     }
@@ -131,6 +144,8 @@ struct Conn {
     transport: Transport,
     /// Bytes already read while telling HTTP/2 from HTTP/1, replayed to hyper.
     prefix: Vec<u8>,
+    /// The SNI name every request on the connection must name (TLS with several certificates).
+    sni: Option<Box<str>>,
 }
 
 /// Decrements the open-connections gauge when the connection task ends, however it ends.
@@ -172,10 +187,8 @@ async fn serve_http<S: ClientStream>(
     let max_header_bytes = proxy.config().limits.max_header_bytes;
     let conn_state = Arc::new(ConnState::new(conn.protocol));
     let client = Arc::new(ClientConn::new(
-        conn.peer,
-        conn.local,
+        Endpoints { peer: conn.peer, local: conn.local, is_tls: conn.transport == Transport::Tls, sni: conn.sni },
         state.name.clone(),
-        conn.transport == Transport::Tls,
         conn_state.clone(),
         permit,
         proxy.metrics().clone(),

@@ -182,7 +182,7 @@ fn bind_listener(config: &ListenerConfig, metrics: &Metrics) -> Result<(TcpListe
     let listener = bind(config.bind).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
     let tls = match &config.tls {
-        Some(tls) => Some(ArcSwap::new(tls_settings(&config.name, tls)?)),
+        Some(tls) => Some(ArcSwap::from_pointee(tls_settings(&config.name, tls)?)),
         None => None,
     };
     let name: Arc<str> = config.name.as_str().into();
@@ -197,8 +197,10 @@ fn bind_listener(config: &ListenerConfig, metrics: &Metrics) -> Result<(TcpListe
     Ok((listener, bound))
 }
 
-fn tls_settings(listener: &str, tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, ListenerError> {
-    tls::server_config(tls).map_err(|source| ListenerError::Tls { listener: listener.to_owned(), source })
+fn tls_settings(listener: &str, tls: &TlsConfig) -> Result<listener::TlsSettings, ListenerError> {
+    let config =
+        tls::server_config(tls).map_err(|source| ListenerError::Tls { listener: listener.to_owned(), source })?;
+    Ok(listener::TlsSettings { config, several_certificates: tls.certificates.len() > 1 })
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

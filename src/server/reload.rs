@@ -65,7 +65,7 @@ impl Server {
         }
         for (state, tls) in tls_updates {
             if let (Some(slot), Some(tls)) = (&state.tls, tls) {
-                slot.store(tls);
+                slot.store(Arc::new(tls));
             }
         }
         {

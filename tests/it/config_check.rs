@@ -45,7 +45,7 @@ upstreams:
     assert_eq!(
         check_text(text, &[]).await,
         failed(&["config.yaml:6:5: routes[0].path: unknown key \"path\"; allowed keys: host, \
-             path_prefix, upstream, auth, request_headers, response_headers, websocket"])
+             path_prefix, upstream, auth, request_headers, response_headers, websocket, path"])
     );
 }
 

@@ -62,6 +62,7 @@ impl Validator<'_> {
                     request_headers: request_headers?,
                     response_headers: response_headers?,
                     websocket: websocket?,
+                    allow_encoded_slash: route.path.as_ref().and_then(|p| p.allow_encoded_slash).unwrap_or(false),
                 })
             })();
             match (route, &mut out) {
