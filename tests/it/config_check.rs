@@ -36,7 +36,7 @@ listeners:
     bind: \"127.0.0.1:8080\"
 routes:
   - upstream: app
-    path: /
+    prefix: /
 upstreams:
   app:
     backends:
@@ -44,7 +44,7 @@ upstreams:
 ";
     assert_eq!(
         check_text(text, &[]).await,
-        failed(&["config.yaml:6:5: routes[0].path: unknown key \"path\"; allowed keys: host, \
+        failed(&["config.yaml:6:5: routes[0].prefix: unknown key \"prefix\"; allowed keys: host, \
              path_prefix, upstream, auth, request_headers, response_headers, websocket, path"])
     );
 }
