@@ -15,7 +15,7 @@ use super::tls::describe;
 
 /// Why a key file cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum KeyFileError {
+pub(crate) enum KeyFileError {
     #[error("{what} does not exist")]
     Missing { what: String },
     #[error("cannot read {what}: {source}")]
@@ -43,7 +43,16 @@ pub(super) fn read_jwks(
 ) -> Result<(Vec<JwtKey>, Vec<String>), KeyFileError> {
     let what = format!("jwks_file {}", describe(written, resolved));
     let text = read(&what, resolved)?;
-    let document: serde_json::Value = serde_json::from_slice(&text)
+    parse_jwks(what, &text, algorithms)
+}
+
+/// The keys of the JWKS document `text` (described as `what` in errors); see [`read_jwks`].
+pub(crate) fn parse_jwks(
+    what: String,
+    text: &[u8],
+    algorithms: &[Algorithm],
+) -> Result<(Vec<JwtKey>, Vec<String>), KeyFileError> {
+    let document: serde_json::Value = serde_json::from_slice(text)
         .map_err(|e| KeyFileError::NotJwks { what: what.clone(), reason: e.to_string() })?;
     let Some(entries) = document.get("keys").and_then(|k| k.as_array()) else {
         return Err(KeyFileError::NotJwks { what, reason: "no \"keys\" array".into() });

@@ -20,7 +20,7 @@ use ipnet::IpNet;
 
 mod error;
 mod file;
-mod jwt;
+pub(crate) mod jwt;
 mod source;
 mod tls;
 pub mod units;
