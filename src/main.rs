@@ -53,7 +53,7 @@ fn main() -> ExitCode {
 /// The demo logs human-readable text: it is meant to be watched in a terminal.
 #[cfg(feature = "app")]
 fn demo(args: tether::demo::DemoArgs) -> ExitCode {
-    init_logging(AccessLogFormat::Text);
+    let (_log, _) = init_logging(AccessLogFormat::Text);
     run_async(async move {
         let stop = tokio_util::sync::CancellationToken::new();
         let signal = shutdown_signal()?;
@@ -91,12 +91,13 @@ fn proxy(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(loaded.config.access_log.format);
+    let (_log, log_drops) = init_logging(loaded.config.access_log.format);
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
     run_async(async move {
-        let running = tether::server::start(loaded.config).await?;
+        let options = tether::server::Options { log_drops: Some(log_drops), ..Default::default() };
+        let running = tether::server::start_with(loaded.config, options).await?;
         // Handlers first: a signal sent right after the `listening` lines must not kill us.
         let signals = Signals::install()?;
         if let Err(e) = running.watch_config() {
@@ -175,9 +176,15 @@ fn run_async(main: impl std::future::Future<Output = anyhow::Result<()>>) -> Exi
     }
 }
 
-/// Logs go to stderr (stdout carries only the `listening` lines): JSON unless the config asks
-/// for text. `RUST_LOG` overrides the default level.
-fn init_logging(format: AccessLogFormat) {
+/// Lines the log writer holds for a sink that is slower than the proxy; past them lines are
+/// dropped (and counted), never waited for: a stalled log collector must not stall requests.
+const LOG_BUFFER_LINES: usize = 16 * 1024;
+
+/// Logs go to stderr (stdout carries only the `listening` lines) through a bounded,
+/// non-blocking writer: JSON unless the config asks for text. `RUST_LOG` overrides the default
+/// level. Keep the returned guard for the life of the process (it flushes on drop); the
+/// closure reads how many lines were dropped.
+fn init_logging(format: AccessLogFormat) -> (tracing_appender::non_blocking::WorkerGuard, tether::metrics::LogDrops) {
     use tracing_subscriber::EnvFilter;
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if format == AccessLogFormat::Off
@@ -185,12 +192,19 @@ fn init_logging(format: AccessLogFormat) {
     {
         filter = filter.add_directive(directive);
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("tether-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if format == AccessLogFormat::Text {
         builder.init();
     } else {
         builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
     }
+    (guard, std::sync::Arc::new(move || dropped.dropped_lines() as u64))
 }
 
 /// Binds the listeners, prints `listening <name> <addr>` per listener on stdout, logs JSON lines
@@ -198,7 +212,7 @@ fn init_logging(format: AccessLogFormat) {
 /// drain.
 #[cfg(feature = "app")]
 fn app(args: tether::app::AppArgs) -> ExitCode {
-    init_logging(AccessLogFormat::Json);
+    let (_log, _) = init_logging(AccessLogFormat::Json);
     run_async(async move {
         let main = tokio::net::TcpListener::bind(args.listen)
             .await

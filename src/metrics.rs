@@ -92,6 +92,33 @@ const LATENCY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 const LIFETIME_BUCKETS: [f64; 10] =
     [1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0];
 
+/// Reads how many log lines were dropped so far (the log writer counts them when its sink
+/// cannot keep up).
+pub type LogDrops = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// `tether_log_lines_dropped_total`, read from the log writer at each scrape.
+struct LogDropsCollector(Option<LogDrops>);
+
+impl std::fmt::Debug for LogDropsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogDropsCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for LogDropsCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let counter = prometheus_client::metrics::counter::ConstCounter::new(self.0.as_ref().map_or(0, |read| read()));
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log sink could not keep up (the proxy never waits for it)",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
 /// Every metric tether exports.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -117,15 +144,11 @@ pub(crate) struct Metrics {
     pub(crate) auth_rejected: Family<AuthLabels, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// Every family, registered; `log_drops` reads the log writer's drop count.
+    pub(crate) fn new(log_drops: Option<LogDrops>) -> Self {
         let mut registry = Registry::with_prefix("tether");
+        registry.register_collector(Box::new(LogDropsCollector(log_drops)));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "HTTP requests answered, by backend and status class", requests.clone());
         let request_duration =

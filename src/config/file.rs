@@ -106,6 +106,7 @@ pub(super) struct FileListener {
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileTls {
     pub(crate) certificates: Vec<FileCertificate>,
+    pub(crate) strict_key_permissions: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin, Readiness};
 use crate::config::{Config, Env, ListenerConfig, ListenerError, ReloadError, TlsConfig};
-use crate::metrics::{ListenerLabels, Metrics};
+use crate::metrics::{ListenerLabels, LogDrops, Metrics};
 use crate::proxy::Proxy;
 use crate::upstream::{Resolve, SystemResolver};
 
@@ -40,11 +40,13 @@ pub struct Options {
     pub resolver: Arc<dyn Resolve>,
     /// Where secrets named by `*_env` keys are read (admin token, cookie key, HMAC secrets).
     pub env: Env,
+    /// How many log lines the log writer dropped (`tether_log_lines_dropped_total`).
+    pub log_drops: Option<LogDrops>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { resolver: Arc::new(SystemResolver), env: crate::config::process_env() }
+        Self { resolver: Arc::new(SystemResolver), env: crate::config::process_env(), log_drops: None }
     }
 }
 
@@ -122,7 +124,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     };
     let max_connections = effective_max_connections(config.limits.max_connections, raise_nofile_limit());
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(options.log_drops.clone()));
     let mut bound = Vec::new();
     for listener_config in &config.listeners {
         bound.push(bind_listener(listener_config, &metrics)?);

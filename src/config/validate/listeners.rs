@@ -56,8 +56,13 @@ impl Validator<'_> {
             return Err(self.error(&format!("{path}.certificates"), "at least one certificate is required"));
         }
         let mut certificates = Ok(Vec::new());
+        let strict = tls.strict_key_permissions.unwrap_or(false);
         for (i, certificate) in tls.certificates.iter().enumerate() {
-            let checked = self.certificate(&format!("{path}.certificates[{i}]"), certificate);
+            let item = format!("{path}.certificates[{i}]");
+            let checked = self.certificate(&item, certificate).and_then(|c| {
+                self.key_permissions(&format!("{item}.key"), &c.key_path, strict)?;
+                Ok(c)
+            });
             match (checked, &mut certificates) {
                 (Ok(c), Ok(all)) => all.push(c),
                 (Err(r), _) => certificates = Err(r),
@@ -65,6 +70,27 @@ impl Validator<'_> {
             }
         }
         Ok(TlsConfig { certificates: certificates? })
+    }
+
+    /// A private key that other users can read is a key that may already be someone else's:
+    /// a warning, or an error with `strict_key_permissions`.
+    fn key_permissions(&mut self, path: &str, key: &std::path::Path, strict: bool) -> Checked<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Ok(mode) = std::fs::metadata(key).map(|m| m.permissions().mode()) else { return Ok(()) };
+        if mode & 0o077 == 0 {
+            return Ok(());
+        }
+        let message = format!(
+            "private key {} is readable by {} (mode {:o}); restrict it with chmod 600",
+            key.display(),
+            if mode & 0o007 != 0 { "everyone" } else { "its group" },
+            mode & 0o777
+        );
+        if strict {
+            return Err(self.error(path, message));
+        }
+        self.warn(path, message);
+        Ok(())
     }
 
     pub(super) fn certificate(&mut self, path: &str, file: &FileCertificate) -> Checked<CertificateConfig> {

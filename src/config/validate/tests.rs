@@ -1094,3 +1094,24 @@ fn a_verified_claim_is_an_affinity_key() {
     let c = ok(&text).config;
     assert_eq!(c.upstreams[0].affinity.keys, vec![KeySource::VerifiedClaim("sub".into())]);
 }
+
+#[test]
+fn a_private_key_others_can_read_is_a_warning_or_with_strict_permissions_an_error() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let files = TlsFiles::new();
+    let key = files.dir.path().join("one.key");
+    let one = "        - { cert: one.crt, key: one.key }\n";
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(files.check(one).expect("valid").warnings, Vec::<String>::new());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let warnings = files.check(one).expect("valid").warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("listeners[0].tls.certificates[0].key: private key")
+            && warnings[0].contains("is readable by its group (mode 640)"),
+        "{warnings:?}"
+    );
+    let strict = files.check(&format!("{one}      strict_key_permissions: true\n")).expect_err("refused");
+    assert_eq!(strict.len(), 1, "{strict:?}");
+    assert!(strict[0].contains("is readable by its group (mode 640); restrict it with chmod 600"), "{strict:?}");
+}
