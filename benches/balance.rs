@@ -70,7 +70,13 @@ fn cookie_requests(policy: &AffinityPolicy, set: &BackendSet) -> Vec<HeaderMap> 
     let mut rng = SmallRng::seed_from_u64(2);
     (0..REQUESTS)
         .map(|i| {
-            let d = route(&RequestFacts { headers: &HeaderMap::new(), query: None }, policy, set, now(), &mut rng);
+            let d = route(
+                &RequestFacts { headers: &HeaderMap::new(), query: None, path: "/" },
+                policy,
+                set,
+                now(),
+                &mut rng,
+            );
             let pin = d.set_cookie(policy, set, i % BACKENDS, now(), false).expect("cookie configured");
             let pair = pin.to_str().expect("ASCII").split(';').next().expect("pair").to_owned();
             let mut h = HeaderMap::new();
@@ -87,7 +93,7 @@ fn bench_decision(c: &mut Criterion, name: &str, policy: &AffinityPolicy, reques
     c.bench_function(name, |b| {
         b.iter(|| {
             i = (i + 1) % requests.len();
-            let facts = RequestFacts { headers: &requests[i], query: None };
+            let facts = RequestFacts { headers: &requests[i], query: None, path: "/" };
             let mut decision = route(&facts, policy, &set, now(), &mut rng);
             black_box(decision.next_candidate(&set).map(|(index, _guard)| index))
         })

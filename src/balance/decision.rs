@@ -43,6 +43,8 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// The raw query string, without `?`.
     pub query: Option<&'a str>,
+    /// The request path, without the query (`path_segment` keys).
+    pub path: &'a str,
 }
 
 /// Why a decision chose its first candidate.
@@ -104,7 +106,7 @@ pub fn route(
     rng: &mut impl Rng,
 ) -> Decision {
     let state = set.new_session_state();
-    if let Some(key) = extract_key(facts.headers, facts.query, &policy.keys) {
+    if let Some(key) = extract_key(facts.headers, facts.query, facts.path, &policy.keys) {
         let key = truncate_key(&key);
         let bounded = match (policy.balance_factor, state) {
             (Some(factor), Some(state)) => Some(Bounded { factor, bound: load_bound(set, state, factor) }),

@@ -231,6 +231,9 @@ pub enum KeySource {
     Cookie(String),
     /// A query parameter.
     Query(String),
+    /// The 0-based segment of the request path (`/ws/{server}/{session}/xhr`: 1 is `{server}`),
+    /// for clients that carry their session in the URL rather than a cookie (SockJS).
+    PathSegment(usize),
     /// A claim of a JWT, decoded without verifying it (routing only).
     JwtClaim {
         /// Where the token is.

@@ -233,7 +233,7 @@ impl Proxy {
             .and_then(|name| snapshot.upstreams.get(name))
             .ok_or(ProxyError::NoRoute)?;
         ex.set_upstream(upstream);
-        let facts = balance::RequestFacts { headers: req.headers(), query: req.uri().query() };
+        let facts = balance::RequestFacts { headers: req.headers(), query: req.uri().query(), path: req.uri().path() };
         let route = upstream.route(&facts);
         route.strip_cookie(req.headers_mut());
         if headers::wants_websocket(&req) {

@@ -79,6 +79,7 @@ impl Validator<'_> {
             key.header.as_ref().map(|_| "header"),
             key.cookie.as_ref().map(|_| "cookie"),
             key.query.as_ref().map(|_| "query"),
+            key.path_segment.as_ref().map(|_| "path_segment"),
             key.jwt_claim.as_ref().map(|_| "jwt_claim"),
         ]
         .into_iter()
@@ -86,9 +87,10 @@ impl Validator<'_> {
         .collect();
         if set.len() != 1 {
             let found = if set.is_empty() { "none".to_owned() } else { set.join(" and ") };
-            return Err(
-                self.error(path, format!("set exactly one of header, cookie, query or jwt_claim (found {found})"))
-            );
+            return Err(self.error(
+                path,
+                format!("set exactly one of header, cookie, query, path_segment or jwt_claim (found {found})"),
+            ));
         }
         if let Some(header) = &key.header {
             return self.header_name(&format!("{path}.header"), header.as_str()).map(KeySource::Header);
@@ -99,9 +101,12 @@ impl Validator<'_> {
         if let Some(query) = &key.query {
             return self.query_name(&format!("{path}.query"), query.as_str()).map(KeySource::Query);
         }
+        if let Some(segment) = key.path_segment {
+            return Ok(KeySource::PathSegment(segment));
+        }
         let Some(jwt) = &key.jwt_claim else {
-            // `set.len() == 1` and the three other sources were handled above.
-            return Err(self.error(path, "set exactly one of header, cookie, query or jwt_claim"));
+            // `set.len() == 1` and the four other sources were handled above.
+            return Err(self.error(path, "set exactly one of header, cookie, query, path_segment or jwt_claim"));
         };
         let from_path = format!("{path}.jwt_claim.from");
         let from = match jwt.from.as_str().split_once(':') {
