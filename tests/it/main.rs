@@ -3,8 +3,10 @@
 mod support;
 
 mod affinity;
+mod app_broker;
 mod app_fanout;
 mod app_heartbeat;
+mod app_integration;
 mod app_interop;
 mod app_protocol;
 mod app_redis_outage;

@@ -506,7 +506,9 @@ impl Session {
             Command::Abort => self.transactions.abort(tx),
             _ => match self.transactions.commit(tx) {
                 Ok(held) => {
-                    for f in held {
+                    for mut f in held {
+                        // Its RECEIPT went out when it was held.
+                        f.headers.retain(|(n, _)| n != "receipt");
                         match f.command {
                             Command::Send => self.on_send(f)?,
                             _ => self.on_ack(&f)?,
