@@ -240,10 +240,7 @@ pub(crate) fn choose_subprotocol(headers: &HeaderMap) -> Option<&'static str> {
 
 /// Checks a WebSocket upgrade request and builds the 101 answer; Err is the refusal to send
 /// instead. With `stomp`, the first STOMP subprotocol offered is chosen.
-pub(crate) fn websocket_handshake(
-    headers: &HeaderMap,
-    stomp: bool,
-) -> Result<(Response<Body>, Option<&'static str>), Box<Response<Body>>> {
+pub(crate) fn websocket_handshake(headers: &HeaderMap, stomp: bool) -> Result<Response<Body>, Box<Response<Body>>> {
     if !wants_websocket(headers) {
         let mut r =
             text(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", "Can \"Upgrade\" only to \"WebSocket\".");
@@ -271,12 +268,12 @@ pub(crate) fn websocket_handshake(
     if let Some(p) = protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
-    Ok((r, protocol))
+    Ok(r)
 }
 
 /// STOMP over a plain WebSocket (`/ws`, `/ws/websocket`).
 pub(crate) fn upgrade(inst: Arc<Instance>, req: Request<Incoming>, sessions: &TaskTracker) -> Response<Body> {
-    let (response, _) = match websocket_handshake(req.headers(), true) {
+    let response = match websocket_handshake(req.headers(), true) {
         Ok(r) => r,
         Err(r) => return *r,
     };
@@ -288,7 +285,7 @@ pub(crate) fn upgrade(inst: Arc<Instance>, req: Request<Incoming>, sessions: &Ta
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                session::serve(inst, Link::WebSocket(ws), user).await;
+                session::serve(inst, Link::WebSocket(Box::new(ws)), user).await;
             }
             Err(e) => tracing::debug!(event = "upgrade_failed", error = %e),
         }

@@ -74,11 +74,14 @@ async fn mapped_redis_channels_reach_stomp_subscribers_on_every_instance() {
     b.shutdown().await;
 }
 
+/// What the application was sent: path, user header, one forwarded STOMP header, body.
+type Seen = Mutex<Vec<(String, Option<String>, Option<String>, String)>>;
+
 /// A stand-in for the seeds' Spring application: answers POST /app/bid with the message to
 /// publish, and records what it was sent.
 struct Application {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, Option<String>, Option<String>, String)>>>,
+    seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,10 +108,7 @@ impl Application {
         Application { addr, seen, task }
     }
 
-    async fn answer(
-        req: Request<Incoming>,
-        seen: &Mutex<Vec<(String, Option<String>, Option<String>, String)>>,
-    ) -> Response<Full<Bytes>> {
+    async fn answer(req: Request<Incoming>, seen: &Seen) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
         let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let (user, note) = (header("x-user-id"), header("x-stomp-header-x-note"));

@@ -183,7 +183,7 @@ async fn streaming_responses_flow_through_the_proxy_unbuffered() {
         let connect = serde_json::to_string(&["CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0"]).unwrap();
         let r = http_client::post(proxy, &format!("/ws/7/{session}/xhr_send"), connect).await;
         assert_eq!(r.status, 204, "{}", r.body);
-        stream.until(&format!("a[\"CONNECTED\\n")).await;
+        stream.until("a[\"CONNECTED\\n").await;
         stream.until(sep).await;
         let connected = started.elapsed();
         eprintln!("{transport} through the proxy: open frame after {first_frame:?}, CONNECTED after {connected:?}");

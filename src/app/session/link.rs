@@ -22,7 +22,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The transport under one STOMP session.
 pub(crate) enum Link {
-    WebSocket(WebSocketStream<TokioIo<Upgraded>>),
+    WebSocket(Box<WebSocketStream<TokioIo<Upgraded>>>),
     SockJs { link: SockLink, disconnect_delay: Duration },
 }
 
@@ -96,7 +96,7 @@ impl Link {
                     }
                     let close = close.map(|(code, reason)| CloseFrame { code, reason: reason.to_owned().into() });
                     // After a peer's Close this flushes tungstenite's queued reply instead.
-                    let _ = ws.close(close).await;
+                    let _ = WebSocketStream::close(&mut **ws, close).await;
                     while let Some(Ok(_)) = ws.next().await {}
                 })
                 .await;

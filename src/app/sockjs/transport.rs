@@ -233,7 +233,7 @@ fn websocket(
     user: Option<String>,
     sessions: &TaskTracker,
 ) -> Response<Body> {
-    let (response, _) = match websocket_handshake(req.headers(), false) {
+    let response = match websocket_handshake(req.headers(), false) {
         Ok(r) => r,
         Err(r) => return *r,
     };

@@ -1,0 +1,57 @@
+// The demo chat page in headless Chromium (Debian's /usr/bin/chromium via playwright-core), as a
+// new user tries it: `/?user=alice` names the user; joining twice in a row is one subscription;
+// messages with an empty, `null` or non-JSON body render without breaking the page; two
+// visitors without ?user get different random names.
+//
+//   node demo_page.mjs URL            (URL like http://127.0.0.1:PORT/)
+//
+// Prints {"event":"joined",...}, waits for a line on stdin (the test published the odd
+// messages), then prints {"event":"done", "rows": [...], "names": [...], "errors": [...]}.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const [url] = process.argv.slice(2);
+const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const profile = mkdtempSync(join(tmpdir(), 'tether-chromium-'));
+let context;
+const errors = [];
+try {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run'],
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(20000);
+  page.on('pageerror', (e) => errors.push('pageerror: ' + e.message));
+  await page.goto(url + '?user=alice');
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('connected'));
+  const user = await page.inputValue('#user');
+  // Join twice in a row, before the first RECEIPT can arrive.
+  await page.evaluate(() => { document.getElementById('join').click(); document.getElementById('join').click(); });
+  await page.waitForFunction(() => !document.getElementById('text').disabled);
+  const log = await page.textContent('#log');
+  emit({ event: 'joined', user, log });
+  await stdinLines.next();
+  await page.waitForFunction(() => document.querySelectorAll('#messages .msg').length >= 4);
+  const rows = await page.$$eval('#messages .msg', (els) => els.map((e) => e.textContent));
+  const names = [];
+  for (let i = 0; i < 2; i++) {
+    const p = await context.newPage();
+    await p.goto(url);
+    names.push(await p.inputValue('#user'));
+    await p.close();
+  }
+  emit({ event: 'done', rows, names, errors });
+} catch (e) {
+  emit({ event: 'error', message: String(e && e.message), errors });
+} finally {
+  if (context) await context.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
+process.exit(0);
