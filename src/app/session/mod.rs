@@ -14,6 +14,7 @@
 mod ack;
 mod frames;
 mod link;
+mod publish;
 mod transaction;
 
 use std::collections::HashMap;
@@ -32,11 +33,9 @@ pub(crate) use link::Link;
 use self::ack::{AckMode, Acks};
 use self::link::Incoming;
 use self::transaction::Transactions;
-use super::app_forward::{self, is_app_destination};
-use super::broker::{BrokerError, Envelope};
+use super::broker::BrokerError;
 use super::hub::{SessionId, Subscriber, USER_PREFIX, is_valid_user_id, subscription_key};
-use super::instance::{CloseReason, Delivery, Instance, SessionHandle, SessionSignal, unix_ms};
-use super::metrics::Source;
+use super::instance::{CloseReason, Delivery, Instance, SessionHandle, SessionSignal};
 use super::stomp::{self, Command, DecodeError, Decoder, Frame, Item, Version};
 
 /// A client must send CONNECT this soon after the upgrade.
@@ -333,88 +332,6 @@ impl Session {
         self.write(vec![stomp::to_bytes(&connected, self.version)]).await
     }
 
-    /// A SEND (now, or at its transaction's COMMIT): published, or for `/app/...` handed to
-    /// the application. Its answer waits on the broker; a failure is an ERROR even without a
-    /// receipt, since the message reached nobody.
-    fn on_send(&mut self, frame: Frame) -> Result<(), End> {
-        let Some(destination) = frame.get("destination") else {
-            return Err(protocol_error(&frame, "SEND without destination"));
-        };
-        let receipt = frame.get("receipt").map(str::to_owned);
-        if is_app_destination(destination) {
-            return self.forward_to_app(frame, receipt);
-        }
-        let envelope = Envelope {
-            origin: self.inst.nonce,
-            instance: self.inst.id.clone(),
-            id: self.inst.next_message_id(),
-            destination: destination.to_owned(),
-            sender: self.user.clone(),
-            content_type: frame.get("content-type").map(str::to_owned),
-            headers: frame.headers.iter().filter(|(n, _)| !RESERVED_HEADERS.contains(&n.as_str())).cloned().collect(),
-            body: frame.body.clone(),
-            published_at_ms: unix_ms(),
-        };
-        let published = self.inst.publish(envelope, Source::Stomp);
-        let timeout = self.inst.settings.confirm_timeout;
-        self.pending.push_back(
-            async move {
-                match tokio::time::timeout(timeout, published).await {
-                    Ok(Ok(())) => Reply::Done(receipt),
-                    Ok(Err(e)) => broker_failed(receipt, &e),
-                    Err(_) => broker_failed(receipt, &BrokerError::Timeout),
-                }
-            }
-            .boxed(),
-        );
-        Ok(())
-    }
-
-    fn forward_to_app(&mut self, frame: Frame, receipt: Option<String>) -> Result<(), End> {
-        let Some(base) = self.inst.settings.app_url.clone() else {
-            return Err(protocol_error(
-                &frame,
-                "no application handles /app destinations (the backend runs without --app-url)",
-            ));
-        };
-        let inst = self.inst.clone();
-        let (user, session) = (self.user.clone(), self.name.clone());
-        self.pending.push_back(
-            async move {
-                let timeout = inst.settings.confirm_timeout;
-                let user_header = &inst.settings.user_header;
-                let answer = app_forward::forward(&base, user_header, user.as_deref(), &session, &frame, timeout).await;
-                let publish = match answer {
-                    Ok(None) => return Reply::Done(receipt),
-                    Ok(Some(p)) => p,
-                    Err(e) => {
-                        inst.metrics.app_forward_failures.inc();
-                        let detail = e.to_string();
-                        return Reply::Failed { message: "the application refused the message", receipt, detail };
-                    }
-                };
-                let envelope = Envelope {
-                    origin: inst.nonce,
-                    instance: inst.id.clone(),
-                    id: inst.next_message_id(),
-                    destination: publish.destination,
-                    sender: user,
-                    content_type: Some(publish.content_type),
-                    headers: Vec::new(),
-                    body: publish.body,
-                    published_at_ms: unix_ms(),
-                };
-                match tokio::time::timeout(timeout, inst.publish(envelope, Source::App)).await {
-                    Ok(Ok(())) => Reply::Done(receipt),
-                    Ok(Err(e)) => broker_failed(receipt, &e),
-                    Err(_) => broker_failed(receipt, &BrokerError::Timeout),
-                }
-            }
-            .boxed(),
-        );
-        Ok(())
-    }
-
     fn on_subscribe(&mut self, frame: &Frame) -> Result<(), End> {
         let Some(destination) = frame.get("destination") else {
             return Err(protocol_error(frame, "SUBSCRIBE without destination"));
@@ -621,10 +538,6 @@ fn protocol_error(frame: &Frame, message: &str) -> End {
 
 fn slow_consumer(detail: &str) -> End {
     End::Error { frame: frames::error("slow consumer", None, detail), code: CloseCode::Again }
-}
-
-fn broker_failed(receipt: Option<String>, e: &BrokerError) -> Reply {
-    Reply::Failed { message: "message not published", receipt, detail: e.to_string() }
 }
 
 fn subscribe_failed(receipt: Option<String>, e: &BrokerError) -> Reply {
