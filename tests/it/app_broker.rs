@@ -179,3 +179,25 @@ async fn one_publishers_messages_arrive_in_order_on_every_instance() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_reported_slow_not_down_and_recovers() {
+    let redis = TestRedis::start().await;
+    let a = TestApp::builder()
+        .id("app-a")
+        .redis(&redis.url())
+        .redis_slow_after(std::time::Duration::from_millis(200))
+        .spawn_with_redis_up()
+        .await;
+    let mut c = StompClient::connect(&a.ws_url()).await;
+    c.subscribe("/topic/s", "s").await;
+    // Time under test: Redis answers nothing for 1.5 s, well past the 200 ms slow threshold.
+    redis.pause(1500).await;
+    c.send("/topic/s", "waited").await;
+    a.wait_redis("slow").await;
+    assert_eq!(c.next_body().await, "waited");
+    a.wait_redis("up").await;
+    let metrics = a.metrics().await;
+    assert!(has_line(&metrics, "tether_backend_redis_reconnects_total 0"), "{metrics}");
+    a.shutdown().await;
+}

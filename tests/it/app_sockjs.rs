@@ -20,6 +20,7 @@ use crate::support::config::Yaml;
 use crate::support::http_client;
 use crate::support::proxy::TestProxy;
 use crate::support::redis::TestRedis;
+use crate::support::stomp_client::StompClient;
 
 struct Stack {
     _redis: TestRedis,
@@ -196,6 +197,12 @@ async fn streaming_responses_flow_through_the_proxy_unbuffered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sockjs_endpoint_speaks_the_protocol() {
     let a = TestApp::builder().sockjs(Duration::from_millis(300), Duration::from_millis(500), 4096).spawn().await;
+    // The raw WebSocket Spring offers plain WebSocket clients of a SockJS endpoint.
+    let mut raw = StompClient::connect(&format!("ws://{}/ws/websocket", a.addr)).await;
+    raw.subscribe("/topic/raw", "s").await;
+    raw.send("/topic/raw", "plain").await;
+    assert_eq!(raw.next_body().await, "plain");
+    raw.disconnect().await;
     let info = http_client::request(a.addr, http::Method::GET, "/ws/info", &[("origin", "http://shop.test")], "").await;
     assert_eq!(info.status, 200);
     let json = info.json();
