@@ -8,14 +8,10 @@ use tether::app::stomp::{Command, Frame, Version};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::WAIT;
-use crate::support::app::TestApp;
+use crate::support::app::{TestApp, has_line};
 use crate::support::redis::TestRedis;
 use crate::support::stomp_client::StompClient;
 use crate::support::until;
-
-fn has_line(metrics: &str, line: &str) -> bool {
-    metrics.lines().any(|l| l == line)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscribe_the_broker_did_not_confirm_is_an_error_and_leaves_nothing_behind() {

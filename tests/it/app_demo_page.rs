@@ -2,42 +2,18 @@
 //! in the page's URL is the one that chats, joining is one subscription however often it is
 //! clicked, odd message bodies render, and random names do not collide.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::process::Command;
+use tokio::io::AsyncWriteExt as _;
 
 use crate::support::WAIT;
 use crate::support::app::TestApp;
+use crate::support::node::NodeScript;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_page_chats_as_the_user_in_its_url_and_survives_odd_bodies() {
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: run scripts/test-deps.sh"
-    );
     let a = TestApp::builder().id("app-a").spawn().await;
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    let mut child = Command::new("node")
-        .arg("demo_page.mjs")
-        .arg(format!("http://{}/", a.addr))
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run node ({e}): run scripts/test-deps.sh"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut next = async || -> serde_json::Value {
-        let line =
-            tokio::time::timeout(WAIT * 2, lines.next_line()).await.expect("the page script in time").expect("read");
-        let line = line.expect("the page script exited early");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    };
-    let joined = next().await;
+    let mut page = NodeScript::start("demo_page.mjs", &[format!("http://{}/", a.addr)], true);
+    let mut stdin = page.stdin.take().expect("stdin");
+    let joined = page.next_event().await.expect("an event");
     assert_eq!(joined["event"], "joined", "{joined}");
     assert_eq!(joined["user"], "alice");
     assert!(joined["log"].as_str().unwrap().contains("as alice"), "{joined}");
@@ -47,7 +23,7 @@ async fn the_demo_page_chats_as_the_user_in_its_url_and_survives_odd_bodies() {
         assert_eq!(a.publish("/topic/room.lobby", body).await.status, 202);
     }
     stdin.write_all(b"go\n").await.expect("write");
-    let done = next().await;
+    let done = page.next_event().await.expect("an event");
     assert_eq!(done["event"], "done", "{done}");
     assert_eq!(done["errors"], serde_json::json!([]), "{done}");
     let rows: Vec<String> = serde_json::from_value(done["rows"].clone()).expect("rows");
@@ -58,6 +34,6 @@ async fn the_demo_page_chats_as_the_user_in_its_url_and_survives_odd_bodies() {
     for n in &names {
         assert!(n.len() == 21 && n.starts_with("user-"), "{n}");
     }
-    let _ = tokio::time::timeout(WAIT, child.wait()).await;
+    let _ = tokio::time::timeout(WAIT, page.child.wait()).await;
     a.shutdown().await;
 }

@@ -5,16 +5,12 @@
 use tether::app::stomp::Command;
 
 use crate::support::WAIT;
-use crate::support::app::TestApp;
+use crate::support::app::{TestApp, has_line};
 use crate::support::http_client;
 use crate::support::redis::TestRedis;
 use crate::support::stomp_client::StompClient;
 
 const TOPIC: &str = "/topic/outage";
-
-fn has_line(metrics: &str, line: &str) -> bool {
-    metrics.lines().any(|l| l == line)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_degrades_then_fan_out_resumes() {

@@ -6,18 +6,16 @@
 //! CORS, cookie, one receiver per session, send errors, the streaming limit).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 
 use crate::support::WAIT;
 use crate::support::app::TestApp;
 use crate::support::config::Yaml;
 use crate::support::http_client;
+use crate::support::node::NodeScript;
 use crate::support::proxy::TestProxy;
 use crate::support::redis::TestRedis;
 use crate::support::stomp_client::StompClient;
@@ -46,46 +44,6 @@ async fn stack() -> Stack {
     Stack { _redis: redis, a, b, proxy }
 }
 
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-/// Runs a script of `tests/js` and returns its JSON lines (it exits by itself, bounded).
-async fn node(script: &str, args: &[String]) -> Vec<serde_json::Value> {
-    let dir = js_dir();
-    assert!(
-        dir.join("node_modules/sockjs-client").is_dir(),
-        "tests/js/node_modules is missing: run scripts/test-deps.sh"
-    );
-    let mut child = Command::new("node")
-        .arg(script)
-        .args(args)
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run node ({e}): run scripts/test-deps.sh"));
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut events = Vec::new();
-    loop {
-        let line = tokio::time::timeout(WAIT * 3, lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("{script} said nothing for {:?}", WAIT * 3))
-            .expect("stdout readable");
-        let Some(line) = line else { break };
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        let done = event["event"] == "done";
-        events.push(event);
-        if done {
-            break;
-        }
-    }
-    let _ = tokio::time::timeout(WAIT, child.wait()).await;
-    events
-}
-
 fn check_transports(events: &[serde_json::Value], transports: &[&str]) {
     for e in events {
         assert_ne!(e["event"], "error", "{e}");
@@ -109,15 +67,11 @@ async fn sockjs_client_with_stompjs_works_over_every_transport_through_the_proxy
     let node_transports = ["websocket", "xhr-streaming", "xhr-polling", "eventsource"];
     let mut args = vec![base];
     args.extend(node_transports.iter().map(|t| t.to_string()));
-    let events = node("sockjs_transports.mjs", &args).await;
+    let events = NodeScript::start("sockjs_transports.mjs", &args, false).until_done().await;
     check_transports(&events, &node_transports);
 
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "/usr/bin/chromium is missing: run scripts/test-deps.sh"
-    );
     let origin = format!("http://{}", s.proxy.addr("public"));
-    let events = node("sockjs_browser.mjs", &[origin, "htmlfile".into()]).await;
+    let events = NodeScript::start("sockjs_browser.mjs", &[origin, "htmlfile".into()], true).until_done().await;
     check_transports(&events, &["htmlfile"]);
     s.a.shutdown().await;
     s.b.shutdown().await;

@@ -7,27 +7,17 @@
 //
 // Prints {"event":"joined",...}, waits for a line on stdin (the test published the odd
 // messages), then prints {"event":"done", "rows": [...], "names": [...], "errors": [...]}.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [url] = process.argv.slice(2);
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const profile = mkdtempSync(join(tmpdir(), 'tether-chromium-'));
-let context;
+let browser;
 const errors = [];
 try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(20000);
+  browser = await launch();
+  const { context, page } = browser;
   page.on('pageerror', (e) => errors.push('pageerror: ' + e.message));
   await page.goto(url + '?user=alice');
   await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('connected'));
@@ -51,7 +41,6 @@ try {
 } catch (e) {
   emit({ event: 'error', message: String(e && e.message), errors });
 } finally {
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
+  if (browser) await browser.close();
 }
 process.exit(0);

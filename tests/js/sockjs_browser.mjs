@@ -5,25 +5,16 @@
 //   node sockjs_browser.mjs ORIGIN TRANSPORT...      (ORIGIN like http://127.0.0.1:PORT)
 //
 // Prints {"event":"transport",...} per transport and {"event":"done","ok":...}.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { readFileSync } from 'node:fs';
+import { launch } from './chromium.mjs';
 
 const [origin, ...transports] = process.argv.slice(2);
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
-const profile = mkdtempSync(join(tmpdir(), 'tether-chromium-'));
 let ok = true;
-let context;
+let browser;
 try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(20000);
+  browser = await launch();
+  const { page } = browser;
   // A blank page of the proxy's origin (htmlfile is same-origin only), served by the test.
   await page.route(`${origin}/sockjs-test`, (route) =>
     route.fulfill({ status: 200, contentType: 'text/html', body: '<!doctype html><html><body></body></html>' }));
@@ -71,8 +62,7 @@ try {
   ok = false;
   emit({ event: 'error', message: String(e && e.message) });
 } finally {
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
+  if (browser) await browser.close();
 }
 emit({ event: 'done', ok });
 process.exit(ok ? 0 : 1);

@@ -365,22 +365,31 @@ impl Session {
             Err(e) => return Err(protocol_error(frame, &e.to_string())),
         };
         self.subs.insert(id.into(), Sub { seq, mode });
-        let receipt = frame.get("receipt").map(str::to_owned);
-        let timeout = self.inst.settings.confirm_timeout;
         // RECEIPT means "from now on you receive this destination on every instance"; when the
         // broker cannot confirm that, the answer is an ERROR (and the session ends, taking the
         // subscription with it).
+        self.answer_after(frame.get("receipt").map(str::to_owned), confirmed, "subscription not confirmed");
+        Ok(())
+    }
+
+    /// Queues the answer to a frame that waits on the broker: its RECEIPT (when asked for)
+    /// once `confirmed` resolves, else an ERROR `failure` naming the cause.
+    fn answer_after(
+        &mut self,
+        receipt: Option<String>,
+        confirmed: impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static,
+        failure: &'static str,
+    ) {
+        let timeout = self.inst.settings.confirm_timeout;
         self.pending.push_back(
             async move {
-                match tokio::time::timeout(timeout, confirmed).await {
-                    Ok(Ok(())) => Reply::Done(receipt),
-                    Ok(Err(e)) => subscribe_failed(receipt, &e),
-                    Err(_) => subscribe_failed(receipt, &BrokerError::Timeout),
+                match tokio::time::timeout(timeout, confirmed).await.unwrap_or(Err(BrokerError::Timeout)) {
+                    Ok(()) => Reply::Done(receipt),
+                    Err(e) => Reply::Failed { message: failure, receipt, detail: e.to_string() },
                 }
             }
             .boxed(),
         );
-        Ok(())
     }
 
     fn on_unsubscribe(&mut self, frame: &Frame) -> Result<(), End> {
@@ -538,8 +547,4 @@ fn protocol_error(frame: &Frame, message: &str) -> End {
 
 fn slow_consumer(detail: &str) -> End {
     End::Error { frame: frames::error("slow consumer", None, detail), code: CloseCode::Again }
-}
-
-fn subscribe_failed(receipt: Option<String>, e: &BrokerError) -> Reply {
-    Reply::Failed { message: "subscription not confirmed", receipt, detail: e.to_string() }
 }

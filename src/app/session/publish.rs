@@ -34,17 +34,7 @@ impl Session {
             published_at_ms: unix_ms(),
         };
         let published = self.inst.publish(envelope, Source::Stomp);
-        let timeout = self.inst.settings.confirm_timeout;
-        self.pending.push_back(
-            async move {
-                match tokio::time::timeout(timeout, published).await {
-                    Ok(Ok(())) => Reply::Done(receipt),
-                    Ok(Err(e)) => broker_failed(receipt, &e),
-                    Err(_) => broker_failed(receipt, &BrokerError::Timeout),
-                }
-            }
-            .boxed(),
-        );
+        self.answer_after(receipt, published, NOT_PUBLISHED);
         Ok(())
     }
 
@@ -94,6 +84,9 @@ impl Session {
     }
 }
 
+/// The ERROR `message` of a SEND the broker did not take.
+const NOT_PUBLISHED: &str = "message not published";
+
 fn broker_failed(receipt: Option<String>, e: &BrokerError) -> Reply {
-    Reply::Failed { message: "message not published", receipt, detail: e.to_string() }
+    Reply::Failed { message: NOT_PUBLISHED, receipt, detail: e.to_string() }
 }

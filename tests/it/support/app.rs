@@ -137,6 +137,11 @@ impl TestAppBuilder {
     }
 }
 
+/// Whether the `/metrics` text has exactly this sample line.
+pub fn has_line(metrics: &str, line: &str) -> bool {
+    metrics.lines().any(|l| l == line)
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub internal: Option<SocketAddr>,

@@ -21,6 +21,7 @@ pub mod echo;
 pub mod gated;
 pub mod http;
 pub mod http_client;
+pub mod node;
 pub mod process;
 pub mod prom;
 pub mod proxy;
