@@ -71,7 +71,7 @@ fn cookie_requests(policy: &AffinityPolicy, set: &BackendSet) -> Vec<HeaderMap> 
     (0..REQUESTS)
         .map(|i| {
             let d = route(
-                &RequestFacts { headers: &HeaderMap::new(), query: None, verified: None },
+                &RequestFacts { headers: &HeaderMap::new(), query: None, path: "/", verified: None },
                 policy,
                 set,
                 now(),
@@ -93,7 +93,7 @@ fn bench_decision(c: &mut Criterion, name: &str, policy: &AffinityPolicy, reques
     c.bench_function(name, |b| {
         b.iter(|| {
             i = (i + 1) % requests.len();
-            let facts = RequestFacts { headers: &requests[i], query: None, verified: None };
+            let facts = RequestFacts { headers: &requests[i], query: None, path: "/", verified: None };
             let mut decision = route(&facts, policy, &set, now(), &mut rng);
             black_box(decision.next_candidate(&set).map(|(index, _guard)| index))
         })

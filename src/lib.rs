@@ -28,7 +28,8 @@
 //! - [`server`]: the running process: listeners, TLS, per-connection timeouts, live reload,
 //!   the shutdown sequence; starts the admin listener.
 //! - [`app`] (feature `app`, on by default): `tether backend`, the reference STOMP-over-WebSocket
-//!   application: codec, sessions, hub, broker (Redis | in-process), probes, metrics.
+//!   application: codec, sessions (WebSocket or SockJS), hub, broker (Redis | in-process),
+//!   mapped Redis channels, `/app` forwarding, probes, metrics.
 //! - [`demo`] (feature `app`): `tether demo`, the proxy and two app instances in one process.
 //!
 //! # The request path

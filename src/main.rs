@@ -32,7 +32,7 @@ enum Command {
     /// Run the reference app: STOMP over WebSocket, fanned out through Redis.
     #[cfg(feature = "app")]
     #[command(visible_alias = "app")]
-    Backend(tether::app::AppArgs),
+    Backend(Box<tether::app::AppArgs>),
     /// Run the whole stack in one process: the proxy in front of two reference app instances.
     #[cfg(feature = "app")]
     Demo(tether::demo::DemoArgs),
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Proxy { config } => proxy(&config),
         #[cfg(feature = "app")]
-        Command::Backend(args) => app(args),
+        Command::Backend(args) => app(*args),
         #[cfg(feature = "app")]
         Command::Demo(args) => demo(args),
     }

@@ -1,5 +1,6 @@
 //! The HTTP surface of an instance: routing, probes, `/whoami`, `/publish`, `/metrics`, the demo
-//! page, and the WebSocket upgrade handshake for `/ws` (answered here, then handed to `session`).
+//! page, and the WebSocket upgrade handshake for `/ws` and `/ws/websocket` (answered here, then
+//! handed to `session`); everything else under `/ws` is SockJS (`sockjs`).
 //!
 //! It turns requests into calls on `Instance` and results into responses; it must not hold
 //! STOMP state or decide fan-out.
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,11 +22,12 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::broker::{BrokerKind, Envelope};
+use super::broker::{BrokerKind, Envelope, Health};
 use super::hub::is_valid_user_id;
 use super::instance::{Instance, unix_ms};
 use super::metrics::Source;
-use super::session;
+use super::session::{self, Link};
+use super::sockjs;
 
 /// STOMP-over-WebSocket subprotocols we accept (stompjs offers them in this order).
 pub(crate) const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -33,8 +36,6 @@ pub(crate) const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open keep-alive HTTP connections get to finish once shutdown stops the listener.
 const HTTP_GRACE: Duration = Duration::from_secs(5);
-/// How long `POST /publish` waits for the broker to accept before answering 503.
-const PUBLISH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
 const PAGE_HTML: &str = include_str!("page.html");
 const PAGE_JS: &str = include_str!("page.js");
@@ -58,7 +59,12 @@ impl Surface {
     }
 }
 
-type Body = Full<Bytes>;
+/// Every response body: whole (`full`) or streamed (SockJS streaming transports).
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
 
 /// Serves one TCP connection (HTTP/1.1 with upgrades) until it ends or `stop` asks it to wind
 /// down; WebSocket sessions it upgrades are spawned on `sessions`.
@@ -107,12 +113,8 @@ async fn route(
         "/page.js" if main => {
             only(&method, Method::GET, || text(StatusCode::OK, "text/javascript; charset=utf-8", PAGE_JS))
         }
-        "/ws" if main => {
-            if method != Method::GET {
-                return status(StatusCode::METHOD_NOT_ALLOWED);
-            }
-            upgrade(inst, req, sessions)
-        }
+        "/ws" if main && method == Method::GET && wants_websocket(req.headers()) => upgrade(inst, req, sessions),
+        path if main && (path == "/ws" || path.starts_with("/ws/")) => sockjs::serve(inst, req, sessions).await,
         "/whoami" if main => only(&method, Method::GET, || {
             let user = header_user(&inst, req.headers()).ok().flatten();
             json(StatusCode::OK, serde_json::json!({ "instance": &*inst.id, "user": user }))
@@ -139,9 +141,10 @@ async fn route(
 }
 
 fn health(inst: &Instance) -> Response<Body> {
-    let (broker, redis) = match inst.broker_kind() {
-        Some(BrokerKind::Redis) if inst.broker_is_up() => ("redis", "up"),
-        Some(BrokerKind::Redis) => ("redis", "down"),
+    let (broker, redis) = match (inst.broker_kind(), inst.broker_health()) {
+        (Some(BrokerKind::Redis), Health::Up) => ("redis", "up"),
+        (Some(BrokerKind::Redis), Health::Slow) => ("redis", "slow"),
+        (Some(BrokerKind::Redis), Health::Down) => ("redis", "down"),
         _ => ("local", "disabled"),
     };
     // A Redis outage is reported here but is not a failure of this process: local delivery
@@ -154,6 +157,7 @@ fn health(inst: &Instance) -> Response<Body> {
             "broker": broker,
             "redis": redis,
             "sessions": inst.session_count(),
+            "sockjs_sessions": inst.sockjs.len(),
             "subscriptions": inst.subscription_count(),
             "shutting_down": inst.is_shutting_down(),
         }),
@@ -192,21 +196,18 @@ async fn publish(inst: Arc<Instance>, req: Request<Incoming>) -> Response<Body> 
         published_at_ms: unix_ms(),
     };
     let ack = inst.publish(envelope, Source::Http);
-    match tokio::time::timeout(PUBLISH_CONFIRM_TIMEOUT, ack).await {
+    match tokio::time::timeout(inst.settings.confirm_timeout, ack).await {
         Ok(Ok(())) => json(StatusCode::ACCEPTED, serde_json::json!({ "id": &*id })),
-        Ok(Err(e)) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "error": e.to_string(), "id": &*id, "delivered_locally": true }),
-        ),
+        Ok(Err(e)) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "error": e.to_string(), "id": &*id })),
         Err(_) => json(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "error": "broker confirmation timed out", "id": &*id, "delivered_locally": true }),
+            serde_json::json!({ "error": "broker confirmation timed out", "id": &*id }),
         ),
     }
 }
 
 /// The trusted user header of a request: Ok(None) when absent, Err when present but unusable.
-fn header_user(inst: &Instance, headers: &HeaderMap) -> Result<Option<String>, ()> {
+pub(crate) fn header_user(inst: &Instance, headers: &HeaderMap) -> Result<Option<String>, ()> {
     match headers.get(&inst.settings.user_header) {
         None => Ok(None),
         Some(v) => match v.to_str() {
@@ -237,43 +238,25 @@ pub(crate) fn choose_subprotocol(headers: &HeaderMap) -> Option<&'static str> {
         .find_map(|offered| SUBPROTOCOLS.into_iter().find(|p| offered.trim().eq_ignore_ascii_case(p)))
 }
 
-fn upgrade(inst: Arc<Instance>, req: Request<Incoming>, sessions: &TaskTracker) -> Response<Body> {
-    let headers = req.headers();
+/// Checks a WebSocket upgrade request and builds the 101 answer; Err is the refusal to send
+/// instead. With `stomp`, the first STOMP subprotocol offered is chosen.
+pub(crate) fn websocket_handshake(headers: &HeaderMap, stomp: bool) -> Result<Response<Body>, Box<Response<Body>>> {
     if !wants_websocket(headers) {
-        let mut r = text(
-            StatusCode::UPGRADE_REQUIRED,
-            "text/plain; charset=utf-8",
-            "this endpoint speaks STOMP over WebSocket\n",
-        );
+        let mut r =
+            text(StatusCode::BAD_REQUEST, "text/plain; charset=utf-8", "Can \"Upgrade\" only to \"WebSocket\".");
         r.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        return r;
+        return Err(Box::new(r));
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
         let mut r = status(StatusCode::UPGRADE_REQUIRED);
         r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return r;
+        return Err(Box::new(r));
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return status(StatusCode::BAD_REQUEST);
-    };
-    let Ok(user) = header_user(&inst, headers) else {
-        return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": "invalid user header" }));
+        return Err(Box::new(status(StatusCode::BAD_REQUEST)));
     };
     let accept = derive_accept_key(key.as_bytes());
-    let protocol = choose_subprotocol(headers);
-    let config = ws_config(inst.settings.limits.max_frame_bytes);
-
-    sessions.spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                session::serve(inst, ws, user).await;
-            }
-            Err(e) => tracing::debug!(event = "upgrade_failed", error = %e),
-        }
-    });
-
+    let protocol = if stomp { choose_subprotocol(headers) } else { None };
     let mut r = Response::new(Body::default());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -285,7 +268,29 @@ fn upgrade(inst: Arc<Instance>, req: Request<Incoming>, sessions: &TaskTracker) 
     if let Some(p) = protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
-    r
+    Ok(r)
+}
+
+/// STOMP over a plain WebSocket (`/ws`, `/ws/websocket`).
+pub(crate) fn upgrade(inst: Arc<Instance>, req: Request<Incoming>, sessions: &TaskTracker) -> Response<Body> {
+    let response = match websocket_handshake(req.headers(), true) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let Ok(user) = header_user(&inst, req.headers()) else {
+        return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": "invalid user header" }));
+    };
+    let config = ws_config(inst.settings.limits.max_frame_bytes);
+    sessions.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                session::serve(inst, Link::WebSocket(Box::new(ws)), user).await;
+            }
+            Err(e) => tracing::debug!(event = "upgrade_failed", error = %e),
+        }
+    });
+    response
 }
 
 /// Per-connection socket buffers. tungstenite's 128 KiB defaults cost ~140 KiB of RSS per idle
@@ -295,7 +300,7 @@ const WS_WRITE_BUFFER: usize = 8 * 1024;
 
 /// WebSocket limits: a message may carry several frames (stompjs batches), so allow a few
 /// frames' worth; the STOMP decoder enforces the per-frame limit with a proper ERROR.
-fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
+pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     let max_message = (max_frame_bytes * 4).max(256 * 1024);
     WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
@@ -312,14 +317,14 @@ fn only(method: &Method, allowed: Method, f: impl FnOnce() -> Response<Body>) ->
     }
 }
 
-fn status(code: StatusCode) -> Response<Body> {
+pub(crate) fn status(code: StatusCode) -> Response<Body> {
     let mut r = Response::new(Body::default());
     *r.status_mut() = code;
     r
 }
 
-fn text(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+pub(crate) fn text(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
     *r.status_mut() = code;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

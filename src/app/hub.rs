@@ -26,6 +26,9 @@ pub(crate) struct Subscriber<H> {
     /// The destination as the client subscribed to it (echoed as MESSAGE `destination`); for
     /// user destinations this differs from the key (`/user/queue/x` vs `/user/alice/queue/x`).
     pub(crate) destination: Arc<str>,
+    /// Instance-unique number of this SUBSCRIBE, so deliveries can tell it from an earlier
+    /// subscription that had the same id.
+    pub(crate) seq: u64,
     pub(crate) handle: H,
 }
 
@@ -165,7 +168,7 @@ mod tests {
     use super::*;
 
     fn sub(session: SessionId, id: &str, dest: &str) -> Subscriber<()> {
-        Subscriber { session, id: id.into(), destination: dest.into(), handle: () }
+        Subscriber { session, id: id.into(), destination: dest.into(), seq: 0, handle: () }
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! One backend instance's shared state: identity, the hub, the broker handle, metrics, the
-//! session registry and the readiness flag, plus fan-out (local delivery + broker publish).
+//! session registry and the readiness flag, plus fan-out: publishing goes to the broker, and
+//! whatever the broker hands back (this instance's own messages included) is queued to the
+//! local subscribers.
 //!
 //! Everything here is synchronous and non-blocking: it is called from session tasks, HTTP
-//! handlers and the broker's receive task. Locks are std locks held for bookkeeping only, never
-//! across an `.await`. It must not touch sockets.
+//! handlers and the broker's receive task. Locks are held for bookkeeping only, never across an
+//! `.await`. It must not touch sockets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use super::broker::{Ack, Broker, BrokerKind, Envelope};
+use super::broker::{Ack, Broker, BrokerError, BrokerKind, Envelope, Health, Received, Target};
+use super::channel_map::ChannelMap;
 use super::hub::{Hub, SessionId, SubscribeError, Subscriber};
 use super::metrics::{Metrics, Source};
 use super::stomp::Limits;
@@ -28,7 +31,15 @@ pub(crate) struct Settings {
     pub(crate) outbound_queue: usize,
     pub(crate) limits: Limits,
     pub(crate) max_subscriptions: usize,
+    /// Messages of `client`/`client-individual` subscriptions a session may leave unacknowledged.
+    pub(crate) max_unacked: usize,
     pub(crate) user_header: http::HeaderName,
+    /// How long a session waits for a broker confirmation before answering ERROR.
+    pub(crate) confirm_timeout: Duration,
+    pub(crate) channel_map: ChannelMap,
+    /// `--app-url`: where SENDs to `/app/...` are POSTed.
+    pub(crate) app_url: Option<http::Uri>,
+    pub(crate) sockjs: super::sockjs::SockJsSettings,
 }
 
 /// Why a session is being closed from outside its own task.
@@ -74,9 +85,10 @@ impl SessionSignal {
 pub(crate) struct Delivery {
     pub(crate) envelope: Arc<Envelope>,
     pub(crate) subscription: Arc<str>,
+    /// Which SUBSCRIBE this is for ([`Subscriber::seq`]): a delivery queued before an
+    /// UNSUBSCRIBE must not be written for a later SUBSCRIBE that reuses the id.
+    pub(crate) seq: u64,
     pub(crate) destination: Arc<str>,
-    /// Whether the body is UTF-8, computed once per fan-out rather than per subscriber.
-    pub(crate) text: bool,
 }
 
 /// What the hub stores per subscription.
@@ -99,10 +111,16 @@ pub(crate) struct Instance {
     pub(crate) settings: Settings,
     pub(crate) metrics: Arc<Metrics>,
     hub: RwLock<Hub<SessionHandle>>,
+    /// Per `--channel-map` glob, how many hub keys with a subscriber it covers (PSUBSCRIBEd
+    /// while above zero). Changed under the hub's write lock.
+    patterns: Mutex<HashMap<String, usize>>,
     broker: OnceLock<Box<dyn Broker>>,
     message_seq: AtomicU64,
+    subscription_seq: AtomicU64,
     session_seq: AtomicU64,
     registry: Mutex<Registry>,
+    /// Live SockJS sessions by id.
+    pub(crate) sockjs: super::sockjs::session::Registry,
     shutting_down: AtomicBool,
 }
 
@@ -114,10 +132,13 @@ impl Instance {
             settings,
             metrics,
             hub: RwLock::new(Hub::new()),
+            patterns: Mutex::new(HashMap::new()),
             broker: OnceLock::new(),
             message_seq: AtomicU64::new(0),
+            subscription_seq: AtomicU64::new(0),
             session_seq: AtomicU64::new(0),
             registry: Mutex::new(Registry::default()),
+            sockjs: super::sockjs::session::Registry::default(),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -136,16 +157,13 @@ impl Instance {
         self.broker().map(|b| b.kind())
     }
 
-    pub(crate) fn broker_is_up(&self) -> bool {
-        self.broker().is_some_and(|b| b.is_up())
+    pub(crate) fn broker_health(&self) -> Health {
+        self.broker().map_or(Health::Down, |b| b.health())
     }
 
-    /// Resolves once earlier subscription changes are in effect at the broker.
-    pub(crate) fn broker_sync(&self) -> Ack {
-        match self.broker() {
-            Some(b) => b.sync(),
-            None => Ack::ready(Ok(())),
-        }
+    /// A fresh [`Subscriber::seq`].
+    pub(crate) fn next_subscription_seq(&self) -> u64 {
+        self.subscription_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub(crate) fn next_message_id(&self) -> Arc<str> {
@@ -175,18 +193,29 @@ impl Instance {
         self.metrics.destinations.set(hub.destination_count() as i64);
     }
 
-    /// Registers a subscription under `key`, telling the broker when `key` gains its first
-    /// subscriber. Broker interest changes are issued while the hub lock is held so that a
-    /// concurrent last-unsubscribe/first-subscribe pair reaches the broker in hub order.
-    pub(crate) fn subscribe(&self, key: &str, sub: Subscriber<SessionHandle>) -> Result<(), SubscribeError> {
+    /// Registers a subscription under `key`. The returned [`Ack`] resolves once the broker
+    /// confirmed every target that delivers `key` (its channel, and the `--channel-map`
+    /// patterns covering it): only then may the client be told it is subscribed. When it
+    /// fails the caller must [`Instance::unsubscribe`] again, so nothing stays half-made.
+    /// Broker changes are issued under the hub lock so that a concurrent last-unsubscribe /
+    /// first-subscribe pair reaches the broker in hub order.
+    pub(crate) fn subscribe(&self, key: &str, sub: Subscriber<SessionHandle>) -> Result<Ack, SubscribeError> {
         let mut hub = self.write_hub();
-        if hub.subscribe(key, sub, self.settings.max_subscriptions)?
-            && let Some(b) = self.broker()
-        {
-            b.watch(key);
-        }
+        let first = hub.subscribe(key, sub, self.settings.max_subscriptions)?;
         self.update_hub_gauges(&hub);
-        Ok(())
+        let Some(b) = self.broker() else {
+            return Ok(Ack::ready(Ok(())));
+        };
+        let mut acks = vec![b.watch(Target::Key(key.to_owned()))];
+        let mut patterns = self.patterns.lock();
+        for i in self.settings.channel_map.rules_covering(key) {
+            let glob = self.settings.channel_map.rule(i).glob().to_owned();
+            if first {
+                *patterns.entry(glob.clone()).or_default() += 1;
+            }
+            acks.push(b.watch(Target::Pattern(glob)));
+        }
+        Ok(Ack::from_future(Ack::all(acks)))
     }
 
     /// Removes one subscription; false if it did not exist.
@@ -195,32 +224,89 @@ impl Instance {
         let Some((key, emptied)) = hub.unsubscribe(session, id) else {
             return false;
         };
-        if emptied && let Some(b) = self.broker() {
-            b.unwatch(&key);
+        if emptied {
+            self.forget_key(&key);
         }
         self.update_hub_gauges(&hub);
         true
     }
 
-    /// Publishes: delivers to local subscribers at once (local bypass), then hands the envelope
-    /// to the broker for the other instances.
-    pub(crate) fn publish(&self, envelope: Envelope, source: Source) -> Ack {
-        let started = Instant::now();
-        self.metrics.count_in(source);
-        let envelope = Arc::new(envelope);
-        self.deliver(&envelope, started);
-        match self.broker() {
-            Some(b) => b.publish(envelope),
-            None => Ack::ready(Ok(())),
+    /// The broker side of a hub key losing its last subscriber. Called under the hub lock.
+    fn forget_key(&self, key: &str) {
+        let Some(b) = self.broker() else { return };
+        b.unwatch(Target::Key(key.to_owned()));
+        let mut patterns = self.patterns.lock();
+        for i in self.settings.channel_map.rules_covering(key) {
+            let glob = self.settings.channel_map.rule(i).glob();
+            if let Some(n) = patterns.get_mut(glob) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    patterns.remove(glob);
+                    b.unwatch(Target::Pattern(glob.to_owned()));
+                }
+            }
         }
     }
 
-    /// Delivery of an envelope received from another instance.
-    pub(crate) fn deliver_remote(&self, envelope: Arc<Envelope>) {
-        self.metrics.count_in(Source::Broker);
-        let age_ms = unix_ms().saturating_sub(envelope.published_at_ms);
-        let started = Instant::now().checked_sub(Duration::from_millis(age_ms)).unwrap_or_else(Instant::now);
-        self.deliver(&envelope, started);
+    /// Publishes to every subscriber on every instance (this one included, through the
+    /// broker). Resolves once the broker accepted it; `messages_in` counts only what was
+    /// accepted, failures are counted in `publish_failures`.
+    pub(crate) fn publish(
+        &self,
+        envelope: Envelope,
+        source: Source,
+    ) -> impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static {
+        let ack = match self.broker() {
+            Some(b) => b.publish(Arc::new(envelope)),
+            None => Ack::ready(Err(BrokerError::Down)),
+        };
+        let metrics = self.metrics.clone();
+        async move {
+            let result = ack.await;
+            match &result {
+                Ok(()) => metrics.count_in(source),
+                Err(_) => metrics.count_publish_failure(source),
+            }
+            result
+        }
+    }
+
+    /// What the broker handed over: an envelope (from any instance, this one included) or a
+    /// payload of a mapped foreign channel.
+    pub(crate) fn receive(&self, received: Received) {
+        match received {
+            Received::Envelope(envelope) => {
+                if envelope.origin != self.nonce {
+                    self.metrics.count_in(Source::Broker);
+                }
+                let age_ms = unix_ms().saturating_sub(envelope.published_at_ms);
+                let started = Instant::now().checked_sub(Duration::from_millis(age_ms)).unwrap_or_else(Instant::now);
+                self.deliver(&envelope, started);
+            }
+            Received::Channel { pattern, channel, payload } => {
+                let started = Instant::now();
+                for destination in self.settings.channel_map.destinations(&pattern, &channel) {
+                    self.metrics.count_in(Source::Channel);
+                    let envelope = Arc::new(Envelope {
+                        origin: self.nonce,
+                        instance: self.id.clone(),
+                        id: self.next_message_id(),
+                        destination,
+                        sender: None,
+                        content_type: Some(content_type_of(&payload).to_owned()),
+                        headers: vec![("redis-channel".to_owned(), channel.clone())],
+                        body: payload.clone(),
+                        published_at_ms: unix_ms(),
+                    });
+                    self.deliver(&envelope, started);
+                }
+                tracing::debug!(
+                    event = "redis_event_processed",
+                    channel,
+                    processing_time_ms = started.elapsed().as_millis() as u64
+                );
+            }
+        }
     }
 
     /// Queues a MESSAGE to every local subscriber of the envelope's destination. Never waits: a
@@ -231,14 +317,13 @@ impl Instance {
         if subs.is_empty() {
             return;
         }
-        let text = envelope.body_is_utf8();
         let mut sent = 0u64;
         for sub in subs {
             let delivery = Delivery {
                 envelope: envelope.clone(),
                 subscription: sub.id.clone(),
+                seq: sub.seq,
                 destination: sub.destination.clone(),
-                text,
             };
             match sub.handle.outbox.try_send(delivery) {
                 Ok(()) => sent += 1,
@@ -272,11 +357,8 @@ impl Instance {
     pub(crate) fn remove_session(&self, id: SessionId) {
         {
             let mut hub = self.write_hub();
-            let emptied = hub.remove_session(id);
-            if let Some(b) = self.broker() {
-                for key in &emptied {
-                    b.unwatch(key);
-                }
+            for key in hub.remove_session(id) {
+                self.forget_key(&key);
             }
             self.update_hub_gauges(&hub);
         }
@@ -306,6 +388,18 @@ impl Instance {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// The `content-type` of a mapped channel's payload: JSON when it parses (what Spring's
+/// `convertAndSend` with Jackson produces), else text, else bytes.
+fn content_type_of(payload: &[u8]) -> &'static str {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok() {
+        "application/json"
+    } else if std::str::from_utf8(payload).is_ok() {
+        "text/plain;charset=UTF-8"
+    } else {
+        "application/octet-stream"
     }
 }
 

@@ -21,6 +21,10 @@ pub(crate) enum Source {
     Http,
     /// Another instance, through the broker.
     Broker,
+    /// A foreign Redis channel (`--channel-map`).
+    Channel,
+    /// The application's answer to a SEND to `/app/...` (`--app-url`).
+    App,
 }
 
 impl EncodeLabelValue for Source {
@@ -29,6 +33,8 @@ impl EncodeLabelValue for Source {
             Source::Stomp => "stomp",
             Source::Http => "http",
             Source::Broker => "broker",
+            Source::Channel => "channel",
+            Source::App => "app",
         })
     }
 }
@@ -51,7 +57,10 @@ pub(crate) struct Metrics {
     pub(crate) slow_consumer_disconnects: Counter,
     pub(crate) heartbeat_timeouts: Counter,
     pub(crate) protocol_errors: Counter,
-    pub(crate) broker_publish_failures: Counter,
+    pub(crate) publish_failures: Family<SourceLabels, Counter>,
+    pub(crate) acks: Counter,
+    pub(crate) nacks: Counter,
+    pub(crate) app_forward_failures: Counter,
     pub(crate) redis_up: Gauge,
     pub(crate) redis_reconnects: Counter,
 }
@@ -79,7 +88,10 @@ impl Metrics {
             slow_consumer_disconnects: Counter::default(),
             heartbeat_timeouts: Counter::default(),
             protocol_errors: Counter::default(),
-            broker_publish_failures: Counter::default(),
+            publish_failures: Family::default(),
+            acks: Counter::default(),
+            nacks: Counter::default(),
+            app_forward_failures: Counter::default(),
             redis_up: Gauge::default(),
             redis_reconnects: Counter::default(),
             registry: Registry::default(),
@@ -87,7 +99,7 @@ impl Metrics {
         registry.register("sessions", "Open STOMP WebSocket sessions", m.sessions.clone());
         registry.register("subscriptions", "Active STOMP subscriptions", m.subscriptions.clone());
         registry.register("destinations", "Destinations with at least one local subscriber", m.destinations.clone());
-        registry.register("messages_in", "Messages published, by source", m.messages_in.clone());
+        registry.register("messages_in", "Messages accepted for fan-out, by source", m.messages_in.clone());
         registry.register("messages_out", "MESSAGE frames queued to local subscribers", m.messages_out.clone());
         registry.register(
             "fanout_latency_seconds",
@@ -106,9 +118,16 @@ impl Metrics {
         );
         registry.register("protocol_errors", "Sessions closed with a STOMP ERROR", m.protocol_errors.clone());
         registry.register(
-            "broker_publish_failures",
-            "Messages the broker did not accept (delivered locally only)",
-            m.broker_publish_failures.clone(),
+            "publish_failures",
+            "Messages the broker did not accept (delivered nowhere; the publisher got an error), by source",
+            m.publish_failures.clone(),
+        );
+        registry.register("acks", "ACK frames that acknowledged messages", m.acks.clone());
+        registry.register("nacks", "NACK frames (accepted; the broker does not redeliver)", m.nacks.clone());
+        registry.register(
+            "app_forward_failures",
+            "SENDs to /app destinations the application did not answer with 2xx",
+            m.app_forward_failures.clone(),
         );
         if with_redis {
             registry.register("redis_up", "1 while the Redis connections are established", m.redis_up.clone());
@@ -123,6 +142,10 @@ impl Metrics {
 
     pub(crate) fn count_in(&self, source: Source) {
         self.messages_in.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    pub(crate) fn count_publish_failure(&self, source: Source) {
+        self.publish_failures.get_or_create(&SourceLabels { source }).inc();
     }
 
     /// The text exposition.

@@ -1,6 +1,9 @@
 //! `tether backend`: the reference STOMP-over-WebSocket application tether is demonstrated,
-//! tested and load-tested against. STOMP 1.2 at `/ws`, fan-out across instances through Redis
-//! Pub/Sub (or an in-process bus), heart-beats, probes, metrics and graceful shutdown.
+//! tested and load-tested against, and a drop-in for a Spring `addEndpoint("/ws").withSockJS()`
+//! STOMP endpoint. STOMP 1.2 at `/ws` over a plain WebSocket or SockJS, fan-out across
+//! instances through Redis Pub/Sub (or an in-process bus), foreign Redis channels mapped to
+//! destinations, application destinations forwarded over HTTP, heart-beats, probes, metrics
+//! and graceful shutdown.
 //!
 //! This module owns the command line ([`AppArgs`]) and the entry point ([`run`]): wiring,
 //! accept loops and the shutdown sequence. It must not bind sockets or install signal handlers
@@ -10,8 +13,13 @@
 //! - [`stomp`]: the frame codec (pure).
 //! - [`hub`]: local subscriptions by destination (pure bookkeeping) and user-destination naming.
 //! - [`broker`]: the fan-out port ([`broker::Broker`]) with the Redis and in-process adapters.
-//! - `instance`: shared state of one instance and fan-out (local bypass + broker publish).
-//! - `session`: one WebSocket session (STOMP state machine, heart-beats, outbound queue).
+//! - `channel_map`: `--channel-map` rules, foreign channel <-> destination (pure).
+//! - `instance`: shared state of one instance and fan-out (publish through the broker, deliver
+//!   what it hands back).
+//! - `session`: one STOMP session over a WebSocket or a SockJS session (state machine, acks,
+//!   transactions, heart-beats, outbound queue).
+//! - `sockjs`: the SockJS protocol under `/ws` (framing, sessions, transports).
+//! - `app_forward`: SENDs to `/app/...` POSTed to `--app-url`.
 //! - `http`: routes, probes, `/publish`, `/metrics`, demo page, WebSocket handshake.
 //! - [`metrics`]: Prometheus metrics.
 //!
@@ -19,12 +27,15 @@
 //! as the user's identity. In production something in front (an auth layer, or tether once it
 //! verifies tokens) must set the header and strip client-supplied copies.
 
+mod app_forward;
 pub mod broker;
+mod channel_map;
 mod http;
 pub(crate) mod hub;
 mod instance;
 pub(crate) mod metrics;
 mod session;
+mod sockjs;
 pub mod stomp;
 
 use std::future::Future;
@@ -37,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::lifecycle::schedule::CloseSchedule;
-use broker::Envelope;
+use broker::Received;
 pub use broker::local::LocalBus;
 use http::Surface;
 use instance::{CloseReason, Instance, Settings};
@@ -47,6 +58,12 @@ use instance::{CloseReason, Instance, Settings};
 pub(crate) const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Default cap on subscriptions per session, bounding hub memory per connection.
 pub(crate) const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+/// Default cap on a session's unacknowledged messages (`ack:client[-individual]`): as deep as
+/// the outbound queue, after which the client is a slow consumer.
+pub(crate) const DEFAULT_MAX_UNACKED: usize = DEFAULT_OUTBOUND_QUEUE;
+/// Default bound on waiting for a broker (or application) confirmation before a session
+/// answers ERROR: longer than the broker's own down threshold, so a slow Redis is waited for.
+pub(crate) const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(12);
 /// After the last scheduled close, sessions get this long to finish their closing handshake
 /// before shutdown stops waiting for them.
 const SESSION_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -88,6 +105,41 @@ pub struct AppArgs {
     /// Largest accepted STOMP frame, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = stomp::DEFAULT_MAX_FRAME_BYTES, hide = true)]
     pub max_frame_bytes: usize,
+    /// Messages a session may leave unacknowledged (ack: client, client-individual); past it the
+    /// session is closed as a slow consumer.
+    #[arg(long, value_name = "MESSAGES", default_value_t = DEFAULT_MAX_UNACKED, hide = true)]
+    pub max_unacked: usize,
+    /// Deliver a foreign Redis channel to a STOMP destination: CHANNEL=DESTINATION, `*` is one
+    /// segment, bound in order (`auction:*=/sub/auction/*`,
+    /// `notification:*=/user/*/queue/notifications`). Repeatable; needs --redis. The channel
+    /// is PSUBSCRIBEd only while a mapped destination has a local subscriber.
+    #[arg(long = "channel-map", value_name = "RULE")]
+    pub channel_map: Vec<String>,
+    /// POST SENDs to /app/... to this URL + the destination; a 2xx JSON answer
+    /// {"destination": ..., "body": ...} is published. Without it, /app SENDs get an ERROR.
+    #[arg(long, value_name = "URL")]
+    pub app_url: Option<String>,
+    /// SockJS: heartbeat frame interval on idle receiving connections.
+    #[arg(long, value_name = "DURATION", default_value = "25s", value_parser = parse_duration)]
+    pub sockjs_heartbeat: Duration,
+    /// SockJS: how long a session lives without a receiving connection.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub sockjs_disconnect_delay: Duration,
+    /// SockJS: bytes per streaming response before the client is made to open the next one.
+    #[arg(long, value_name = "BYTES", default_value_t = sockjs::DEFAULT_STREAM_LIMIT)]
+    pub sockjs_stream_limit: usize,
+    /// SockJS: whether /info says cookie_needed and transports set a JSESSIONID cookie.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sockjs_cookie_needed: bool,
+    /// A Redis round trip longer than this is reported (/healthz "slow"), never acted on.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, hide = true)]
+    pub redis_slow_after: Duration,
+    /// No answer from Redis for this long: the connection is given up and reopened.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, hide = true)]
+    pub redis_down_after: Duration,
+    /// How long a session waits for the broker (or the application) before answering ERROR.
+    #[arg(long, value_name = "DURATION", default_value = "12s", value_parser = parse_duration, hide = true)]
+    pub confirm_timeout: Duration,
 }
 
 impl AppArgs {
@@ -104,6 +156,16 @@ impl AppArgs {
             internal_listen: None,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             max_frame_bytes: stomp::DEFAULT_MAX_FRAME_BYTES,
+            max_unacked: DEFAULT_MAX_UNACKED,
+            channel_map: Vec::new(),
+            app_url: None,
+            sockjs_heartbeat: sockjs::DEFAULT_HEARTBEAT,
+            sockjs_disconnect_delay: sockjs::DEFAULT_DISCONNECT_DELAY,
+            sockjs_stream_limit: sockjs::DEFAULT_STREAM_LIMIT,
+            sockjs_cookie_needed: true,
+            redis_slow_after: broker::redis::DEFAULT_SLOW_AFTER,
+            redis_down_after: broker::redis::DEFAULT_DOWN_AFTER,
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
         }
     }
 }
@@ -145,8 +207,22 @@ pub enum AppError {
     #[error("invalid --user-header {0:?}: not an HTTP header name")]
     UserHeader(String),
     /// A queue or frame limit of zero.
-    #[error("--outbound-queue and --max-frame-bytes must be greater than zero")]
+    #[error("--outbound-queue, --max-frame-bytes, --max-unacked and --sockjs-stream-limit must be greater than zero")]
     ZeroLimit,
+    /// A `--channel-map` rule that cannot be used.
+    #[error("invalid --channel-map {rule:?}: {reason}")]
+    ChannelMap {
+        /// The rule as given.
+        rule: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--channel-map` without Redis.
+    #[error("--channel-map needs --redis: mapped channels are Redis channels")]
+    ChannelMapWithoutRedis,
+    /// `--app-url` is not an `http://` URL.
+    #[error("invalid --app-url {0:?}: expected http://HOST:PORT[/PATH]")]
+    AppUrl(String),
 }
 
 /// Runs an instance until `shutdown` resolves, then shuts down gracefully (readiness 503,
@@ -174,9 +250,25 @@ pub async fn run_with_fanout(
 ) -> Result<(), AppError> {
     let user_header = ::http::HeaderName::from_bytes(args.user_header.as_bytes())
         .map_err(|_| AppError::UserHeader(args.user_header.clone()))?;
-    if args.outbound_queue == 0 || args.max_frame_bytes == 0 {
+    if args.outbound_queue == 0 || args.max_frame_bytes == 0 || args.max_unacked == 0 || args.sockjs_stream_limit == 0 {
         return Err(AppError::ZeroLimit);
     }
+    let mut rules = Vec::new();
+    for rule in &args.channel_map {
+        let parsed = channel_map::Rule::parse(rule)
+            .map_err(|e| AppError::ChannelMap { rule: rule.clone(), reason: e.to_string() })?;
+        rules.push(parsed);
+    }
+    if !rules.is_empty() && matches!(fanout, Fanout::Local(_)) {
+        return Err(AppError::ChannelMapWithoutRedis);
+    }
+    let app_url = match &args.app_url {
+        None => None,
+        Some(url) => match url.parse::<::http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => Some(uri),
+            _ => return Err(AppError::AppUrl(url.clone())),
+        },
+    };
     let id: Arc<str> =
         args.id.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()).into();
     let settings = Settings {
@@ -184,7 +276,17 @@ pub async fn run_with_fanout(
         outbound_queue: args.outbound_queue,
         limits: stomp::Limits { max_frame_bytes: args.max_frame_bytes, ..stomp::Limits::default() },
         max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+        max_unacked: args.max_unacked,
         user_header,
+        confirm_timeout: args.confirm_timeout,
+        channel_map: channel_map::ChannelMap::new(rules),
+        app_url,
+        sockjs: sockjs::SockJsSettings {
+            heartbeat: args.sockjs_heartbeat,
+            disconnect_delay: args.sockjs_disconnect_delay,
+            stream_limit: args.sockjs_stream_limit,
+            cookie_needed: args.sockjs_cookie_needed,
+        },
     };
     let broker_kind = match fanout {
         Fanout::Redis(_) => metrics::BrokerKind::Redis,
@@ -197,21 +299,17 @@ pub async fn run_with_fanout(
     let sessions = TaskTracker::new();
     let broker_stop = CancellationToken::new();
     let weak: Weak<Instance> = Arc::downgrade(&inst);
-    let inbound: broker::Inbound = Arc::new(move |env: Arc<Envelope>| {
+    let inbound: broker::Inbound = Arc::new(move |received: Received| {
         if let Some(inst) = weak.upgrade() {
-            inst.deliver_remote(env);
+            inst.receive(received);
         }
     });
+    let timeouts = broker::redis::RedisTimeouts { slow: args.redis_slow_after, down: args.redis_down_after };
     let broker: Box<dyn broker::Broker> = match fanout {
-        Fanout::Redis(url) => Box::new(broker::redis::RedisBroker::start(
-            &url,
-            inst.nonce,
-            inbound,
-            metrics,
-            &tasks,
-            broker_stop.clone(),
-        )?),
-        Fanout::Local(bus) => Box::new(bus.attach(inst.nonce, inbound)),
+        Fanout::Redis(url) => {
+            Box::new(broker::redis::RedisBroker::start(&url, timeouts, inbound, metrics, &tasks, broker_stop.clone())?)
+        }
+        Fanout::Local(bus) => Box::new(bus.attach(inbound)),
     };
     inst.set_broker(broker);
 

@@ -97,6 +97,7 @@ let receipts = 0;
 let beatTimer = null;
 let watchdog = null;
 let lastSeen = 0;
+let connected = false;
 
 function wsUrl() {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -129,6 +130,8 @@ function connect() {
   };
   sock.onclose = (ev) => {
     if (ws !== sock) return;
+    connected = false;
+    subscriptionId = null;
     clearTimers();
     ui.instance.textContent = '?';
     setComposer(false);
@@ -151,6 +154,8 @@ function onFrame(f) {
   switch (f.command) {
     case 'CONNECTED': {
       backoffMs = 500;
+      connected = true;
+      subscriptionId = null;
       const inst = f.headers['tether-instance'] || '?';
       ui.instance.textContent = inst;
       setStatus('up', `connected (STOMP ${f.headers.version})`);
@@ -176,7 +181,8 @@ function onFrame(f) {
       }
       break;
     case 'MESSAGE':
-      showMessage(f);
+      // Only the current room's subscription: a late message of a room just left is dropped.
+      if (f.headers.subscription === subscriptionId) showMessage(f);
       break;
     case 'ERROR':
       log(`ERROR ${f.headers.message || ''} ${f.body}`);
@@ -184,25 +190,35 @@ function onFrame(f) {
   }
 }
 
+// The subscription this connection has (pending or confirmed), so a room is never subscribed
+// twice and leaving it always unsubscribes; a fresh id per join keeps rooms apart.
+let subscriptionId = null;
+let joins = 0;
+
 function subscribe(name) {
   receipts += 1;
-  send(frame('SUBSCRIBE', { id: 'room', destination: `/topic/room.${name}`, receipt: `join-${receipts}` }));
+  joins += 1;
+  subscriptionId = `room-${joins}`;
+  send(frame('SUBSCRIBE', { id: subscriptionId, destination: `/topic/room.${name}`, receipt: `join-${receipts}` }));
 }
 
 function join() {
   const name = ui.room.value.trim();
-  if (!name) return;
-  if (joinedRoom) send(frame('UNSUBSCRIBE', { id: 'room' }));
+  if (!name || (name === room && subscriptionId)) return;
+  if (subscriptionId) send(frame('UNSUBSCRIBE', { id: subscriptionId }));
+  subscriptionId = null;
   joinedRoom = null;
   setComposer(false);
   ui.messages.textContent = '';
   room = name;
-  if (ws && ws.readyState === WebSocket.OPEN && ui.instance.textContent !== '?') subscribe(name);
+  if (connected) subscribe(name);
 }
 
 function showMessage(f) {
-  let data;
-  try { data = JSON.parse(f.body); } catch { data = { user: f.headers['tether-user'] || '?', text: f.body }; }
+  // Any body (empty, `null`, a number, not JSON at all) renders as text.
+  let data = null;
+  try { data = JSON.parse(f.body); } catch { /* not JSON */ }
+  if (data === null || typeof data !== 'object') data = { text: f.body };
   const row = document.createElement('div');
   row.className = 'msg';
   const who = document.createElement('span');
@@ -234,6 +250,15 @@ ui.composer.onsubmit = (ev) => {
 };
 ui.user.onchange = () => { if (ws) ws.close(); };
 
-ui.user.value = `user${Math.floor(Math.random() * 1000)}`;
+// `?user=NAME` in the page's URL names the user; otherwise a random name (64 random bits, so two
+// visitors never share an identity by chance).
+function defaultUser() {
+  const given = new URLSearchParams(location.search).get('user');
+  if (given && given.trim()) return given.trim();
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return 'user-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+ui.user.value = defaultUser();
 fetch('/whoami').then((r) => r.json()).then((j) => { ui.whoami.textContent = j.instance; }).catch(() => {});
 connect();

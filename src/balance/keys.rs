@@ -1,6 +1,7 @@
 //! Affinity keys: reading the user's key from a request head.
 //!
-//! Owns the key sources (`header`, `cookie`, `query`, `jwt_claim`) and the key length cap.
+//! Owns the key sources (`header`, `cookie`, `query`, `path_segment`, `jwt_claim`) and the key
+//! length cap.
 //! Must not: verify tokens (JWT claims are read WITHOUT signature verification, for routing
 //! only: a forged claim can only choose a backend, which any client can already do by sending
 //! another key), or fail: anything unreadable simply yields no key from that source.
@@ -36,17 +37,20 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// The raw query string, without `?`.
     pub query: Option<&'a str>,
+    /// The request path, without the query (`path_segment` keys).
+    pub path: &'a str,
     /// The claims of the token the route's verifier accepted, if any.
     pub verified: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The first non-empty key among `sources`, in order (not yet truncated).
 pub(crate) fn extract_key<'a>(facts: &RequestFacts<'a>, sources: &[KeySource]) -> Option<Cow<'a, str>> {
-    let (headers, query) = (facts.headers, facts.query);
+    let (headers, query, path) = (facts.headers, facts.query, facts.path);
     sources.iter().find_map(|source| match source {
         KeySource::Header(name) => header_value(headers, name).map(Cow::Borrowed),
         KeySource::Cookie(name) => cookie_value(headers, name).map(Cow::Borrowed),
         KeySource::Query(name) => query_value(query, name),
+        KeySource::PathSegment(index) => path_segment(path, *index).map(Cow::Borrowed),
         KeySource::JwtClaim { from, claim } => {
             let token: Cow<'a, str> = match from {
                 TokenSource::Header(name) => Cow::Borrowed(strip_bearer(header_value(headers, name)?)?),
@@ -73,6 +77,14 @@ pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a
 /// The first non-empty value of query parameter `name`, form-urlencoded decoded.
 fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
     form_urlencoded::parse(query?.as_bytes()).find(|(n, v)| n == name && !v.is_empty()).map(|(_, v)| v)
+}
+
+/// Segment `index` (0-based) of `path`, non-empty: `/ws/a7/s1/xhr` has `ws`, `a7`, `s1`, `xhr`.
+/// Empty segments (`//`, a trailing `/`) count, so the index means the same position whatever
+/// the client's spelling of the rest; an empty one yields no key.
+fn path_segment(path: &str, index: usize) -> Option<&str> {
+    let segment = path.strip_prefix('/').unwrap_or(path).split('/').nth(index)?;
+    (!segment.is_empty()).then_some(segment)
 }
 
 /// `Bearer <token>` -> `<token>` (scheme case-insensitive); a bare token is taken as is; a
@@ -144,8 +156,33 @@ mod tests {
         ]
     }
 
+    fn facts<'a>(headers: &'a HeaderMap, query: Option<&'a str>, path: &'a str) -> RequestFacts<'a> {
+        RequestFacts { headers, query, path, verified: None }
+    }
+
     fn key(h: &HeaderMap, q: Option<&str>) -> Option<String> {
-        extract_key(&RequestFacts { headers: h, query: q, verified: None }, &all_sources()).map(Cow::into_owned)
+        extract_key(&facts(h, q, "/"), &all_sources()).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn path_segments_are_counted_from_zero_after_the_leading_slash() {
+        let server = [KeySource::PathSegment(1)];
+        let key = |path: &str| extract_key(&facts(&HeaderMap::new(), None, path), &server).map(Cow::into_owned);
+        assert_eq!(key("/ws/123/abc/xhr_streaming").as_deref(), Some("123"));
+        assert_eq!(key("/ws/123/abc/xhr_send").as_deref(), Some("123"));
+        assert_eq!(key("/ws/123").as_deref(), Some("123"));
+        assert_eq!(key("ws/123").as_deref(), Some("123"));
+        // Missing or empty segments yield no key, so the next source (or the fallback) decides.
+        assert_eq!(key("/ws"), None);
+        assert_eq!(key("/"), None);
+        assert_eq!(key("/ws//abc/xhr"), None);
+        assert_eq!(path_segment("/ws/123/abc/xhr", 0), Some("ws"));
+        assert_eq!(path_segment("/ws/123/abc/xhr", 3), Some("xhr"));
+        assert_eq!(path_segment("/ws/123/abc/xhr", 4), None);
+        // A later source still answers when the segment is absent.
+        let sources = [KeySource::PathSegment(1), KeySource::Query("user".into())];
+        let k = extract_key(&facts(&HeaderMap::new(), Some("user=ann"), "/ws"), &sources).map(Cow::into_owned);
+        assert_eq!(k.as_deref(), Some("ann"));
     }
 
     #[test]
@@ -194,17 +231,10 @@ mod tests {
         let token = jwt(r#"{"uid":"frank"}"#);
         let from_cookie = [KeySource::JwtClaim { from: TokenSource::Cookie("session".into()), claim: "uid".into() }];
         let h = headers(&[("cookie", &format!("session={token}"))]);
-        assert_eq!(
-            extract_key(&RequestFacts { headers: &h, query: None, verified: None }, &from_cookie).as_deref(),
-            Some("frank")
-        );
+        assert_eq!(extract_key(&facts(&h, None, "/"), &from_cookie).as_deref(), Some("frank"));
         let from_query = [KeySource::JwtClaim { from: TokenSource::Query("access_token".into()), claim: "uid".into() }];
         let q = format!("access_token={token}");
-        assert_eq!(
-            extract_key(&RequestFacts { headers: &HeaderMap::new(), query: Some(&q), verified: None }, &from_query)
-                .as_deref(),
-            Some("frank")
-        );
+        assert_eq!(extract_key(&facts(&HeaderMap::new(), Some(&q), "/"), &from_query).as_deref(), Some("frank"));
     }
 
     #[test]

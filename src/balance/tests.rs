@@ -94,7 +94,7 @@ fn decide_at(
     at: SystemTime,
     rng: &mut StdRng,
 ) -> Decision {
-    let facts = RequestFacts { headers, query: None, verified: None };
+    let facts = RequestFacts { headers, query: None, path: "/", verified: None };
     route(&facts, policy, set, at, rng)
 }
 
@@ -808,7 +808,7 @@ fn every_key_source_routes_to_the_keys_ring_position() {
         (headers(&[("authorization", &token)]), None),
     ];
     for (h, query) in &cases {
-        let facts = RequestFacts { headers: h, query: *query, verified: None };
+        let facts = RequestFacts { headers: h, query: *query, path: "/", verified: None };
         let mut d = route(&facts, &policy, &set, now(), &mut StdRng::seed_from_u64(1));
         assert_eq!(d.reason(), Reason::Key);
         assert_eq!(d.key(), Some("frank"));
@@ -932,7 +932,7 @@ proptest! {
                 h.append(HeaderName::from_static(name), v);
             }
         }
-        let facts = RequestFacts { headers: &h, query: Some(&query), verified: None };
+        let facts = RequestFacts { headers: &h, query: Some(&query), path: "/", verified: None };
         let mut d = route(&facts, &policy, &set, now(), &mut StdRng::seed_from_u64(0));
         prop_assert!(d.key().is_none_or(|k| !k.is_empty() && k.len() <= MAX_KEY_BYTES));
         let got = all_candidates(&mut d, &set);

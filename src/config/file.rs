@@ -229,6 +229,7 @@ pub(super) struct FileKeySource {
     pub(crate) header: Option<Text>,
     pub(crate) cookie: Option<Text>,
     pub(crate) query: Option<Text>,
+    pub(crate) path_segment: Option<usize>,
     pub(crate) jwt_claim: Option<FileJwtClaim>,
     pub(crate) verified_claim: Option<Text>,
 }

@@ -390,6 +390,9 @@ pub enum KeySource {
     Query(String),
     /// A claim of the token verified by the route's `auth`.
     VerifiedClaim(String),
+    /// The 0-based segment of the request path (`/ws/{server}/{session}/xhr`: 1 is `{server}`),
+    /// for clients that carry their session in the URL rather than a cookie (SockJS).
+    PathSegment(usize),
     /// A claim of a JWT, decoded without verifying it (routing only).
     JwtClaim {
         /// Where the token is.

@@ -291,6 +291,7 @@ impl Proxy {
         let facts = balance::RequestFacts {
             headers: req.headers(),
             query: req.uri().query(),
+            path: req.uri().path(),
             verified: verified.as_ref().map(|v| &v.claims),
         };
         let selection = upstream.select(&facts);

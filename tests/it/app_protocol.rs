@@ -142,12 +142,15 @@ async fn frames_out_of_place_are_errors() {
     let text = msg.into_text().unwrap();
     assert!(text.starts_with("ERROR\n") && text.contains("message:expected CONNECT, got SEND"), "{text}");
 
-    // Transactions are refused rather than silently ignored; the receipt is named.
+    // A transaction id already open is an error; the receipt is named.
     let mut c = StompClient::connect(&a.ws_url()).await;
-    c.send_frame(&Frame::new(Command::Begin).header("transaction", "t").header("receipt", "b")).await;
+    c.send_frame(&Frame::new(Command::Begin).header("transaction", "t").header("receipt", "b1")).await;
+    c.expect_receipt("b1").await;
+    c.send_frame(&Frame::new(Command::Begin).header("transaction", "t").header("receipt", "b2")).await;
     let (close, frames) = c.expect_close(WAIT).await;
     assert_eq!(frames[0].command, Command::Error);
-    assert_eq!(frames[0].get("receipt-id"), Some("b"));
+    assert_eq!(frames[0].get("receipt-id"), Some("b2"));
+    assert_eq!(frames[0].get("message"), Some("transaction \"t\" is already open"));
     assert_eq!(close_code(&close), Some(1002));
 
     // A SUBSCRIBE id may not be reused on one connection.
@@ -159,18 +162,122 @@ async fn frames_out_of_place_are_errors() {
     a.shutdown().await;
 }
 
+fn subscribe_with_ack(id: &str, destination: &str, ack: &str, receipt: &str) -> Frame {
+    Frame::new(Command::Subscribe)
+        .header("id", id)
+        .header("destination", destination)
+        .header("ack", ack)
+        .header("receipt", receipt)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acks_are_receipted_and_disconnect_closes_normally() {
+async fn client_acks_are_cumulative_individual_acks_are_not_and_unknown_ids_are_errors() {
     let a = TestApp::builder().spawn().await;
     let mut c = StompClient::connect(&a.ws_url()).await;
-    c.send_frame(&Frame::new(Command::Ack).header("id", "m1").header("receipt", "ack-1")).await;
-    c.expect_receipt("ack-1").await;
-    c.send_frame(&Frame::new(Command::Nack).header("id", "m2").header("receipt", "nack-1")).await;
-    c.expect_receipt("nack-1").await;
-    // Receipts come back in frame order even when earlier ones wait on the broker.
+    c.send_frame(&subscribe_with_ack("cum", "/topic/ack.c", "client", "s1")).await;
+    c.expect_receipt("s1").await;
+    c.send_frame(&subscribe_with_ack("ind", "/topic/ack.i", "client-individual", "s2")).await;
+    c.expect_receipt("s2").await;
+    c.subscribe("/topic/ack.a", "auto").await;
+    for (dest, body) in [("/topic/ack.c", "c1"), ("/topic/ack.c", "c2"), ("/topic/ack.i", "i1"), ("/topic/ack.i", "i2")]
+    {
+        c.send(dest, body).await;
+    }
+    c.send("/topic/ack.a", "a1").await;
+    let mut ack_ids = Vec::new();
+    for expected in ["c1", "c2", "i1", "i2"] {
+        let m = c.next_message().await;
+        assert_eq!(&m.body[..], expected.as_bytes());
+        ack_ids.push(m.get("ack").expect("client-acknowledged messages carry an ack header").to_owned());
+    }
+    assert_eq!(c.next_message().await.get("ack"), None, "auto messages carry no ack header");
+    // ACK of c2 also settles c1 (cumulative); i2 settles only itself; NACK is accepted.
+    c.send_frame(&Frame::new(Command::Ack).header("id", ack_ids[1].clone()).header("receipt", "a1")).await;
+    c.expect_receipt("a1").await;
+    c.send_frame(&Frame::new(Command::Nack).header("id", ack_ids[3].clone()).header("receipt", "a2")).await;
+    c.expect_receipt("a2").await;
+    c.send_frame(&Frame::new(Command::Ack).header("id", ack_ids[2].clone()).header("receipt", "a3")).await;
+    c.expect_receipt("a3").await;
+    let metrics = http_client::get(a.addr, "/metrics").await.body;
+    assert!(metrics.lines().any(|l| l == "tether_backend_acks_total 2"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "tether_backend_nacks_total 1"), "{metrics}");
+    // c1 was settled by the cumulative ACK: acknowledging it again is an error.
+    c.send_frame(&Frame::new(Command::Ack).header("id", ack_ids[0].clone()).header("receipt", "a4")).await;
+    let (close, frames) = c.expect_close(WAIT).await;
+    assert_eq!(frames[0].command, Command::Error);
+    assert_eq!(frames[0].get("receipt-id"), Some("a4"));
+    assert_eq!(close_code(&close), Some(1002));
+
+    // An id never delivered to this session.
+    let mut c = StompClient::connect(&a.ws_url()).await;
+    c.send_frame(&Frame::new(Command::Ack).header("id", "1")).await;
+    let (_, frames) = c.expect_close(WAIT).await;
+    assert_eq!(frames[0].command, Command::Error);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_are_bounded() {
+    let a = TestApp::builder().max_unacked(3).spawn().await;
+    let mut c = StompClient::connect(&a.ws_url()).await;
+    c.send_frame(&subscribe_with_ack("s", "/topic/unacked", "client", "s")).await;
+    c.expect_receipt("s").await;
+    for i in 0..4 {
+        c.send("/topic/unacked", &i.to_string()).await;
+    }
+    let (_, frames) = c.expect_close(WAIT).await;
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    assert!(frames[..3].iter().all(|f| f.command == Command::Message));
+    assert_eq!(frames[3].command, Command::Error);
+    assert_eq!(frames[3].get("message"), Some("slow consumer"));
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_hold_sends_and_acks_until_commit_and_drop_them_on_abort() {
+    let a = TestApp::builder().spawn().await;
+    let mut c = StompClient::connect(&a.ws_url()).await;
+    c.send_frame(&subscribe_with_ack("s", "/topic/tx", "client-individual", "s")).await;
+    c.expect_receipt("s").await;
+    let send = |body: &str, tx: &str| {
+        Frame::new(Command::Send).header("destination", "/topic/tx").header("transaction", tx).body(body.to_owned())
+    };
+    c.send_frame(&Frame::new(Command::Begin).header("transaction", "t1")).await;
+    c.send_frame(&Frame::new(Command::Begin).header("transaction", "t2")).await;
+    c.send_frame(&send("held-1", "t1")).await;
+    c.send_frame(&send("dropped", "t2")).await;
+    c.send_frame(&send("held-2", "t1").header("receipt", "in-tx")).await;
+    // Held, not delivered: the receipt comes first and no MESSAGE with it.
+    c.expect_receipt("in-tx").await;
+    c.send_frame(&Frame::new(Command::Abort).header("transaction", "t2")).await;
+    c.send_frame(&Frame::new(Command::Commit).header("transaction", "t1").header("receipt", "commit")).await;
+    c.expect_receipt("commit").await;
+    let m1 = c.next_message().await;
+    let m2 = c.next_message().await;
+    assert_eq!((&m1.body[..], &m2.body[..]), (&b"held-1"[..], &b"held-2"[..]));
+    // An ACK in a transaction takes effect at COMMIT; before that the message is pending.
+    c.send_frame(&Frame::new(Command::Begin).header("transaction", "t3")).await;
+    let ack = |m: &Frame| Frame::new(Command::Ack).header("id", m.get("ack").unwrap()).header("transaction", "t3");
+    c.send_frame(&ack(&m1)).await;
+    c.send_frame(&Frame::new(Command::Abort).header("transaction", "t3")).await;
+    c.send_frame(&Frame::new(Command::Ack).header("id", m1.get("ack").unwrap()).header("receipt", "acked")).await;
+    c.expect_receipt("acked").await;
+    // Unknown transactions are errors.
+    c.send_frame(&Frame::new(Command::Commit).header("transaction", "t1").header("receipt", "again")).await;
+    let (_, frames) = c.expect_close(WAIT).await;
+    assert_eq!(frames[0].command, Command::Error, "{frames:?}");
+    assert_eq!(frames[0].get("message"), Some("no open transaction \"t1\""));
+    assert_eq!(frames[0].get("receipt-id"), Some("again"));
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_come_in_frame_order_and_disconnect_aborts_and_closes_normally() {
+    let a = TestApp::builder().spawn().await;
+    let mut c = StompClient::connect(&a.ws_url()).await;
     c.send_frame(&Frame::new(Command::Subscribe).header("id", "s").header("destination", "/t").header("receipt", "1"))
         .await;
-    c.send_frame(&Frame::new(Command::Ack).header("id", "m3").header("receipt", "2")).await;
+    c.send_frame(&Frame::new(Command::Begin).header("transaction", "open").header("receipt", "2")).await;
     c.expect_receipt("1").await;
     c.expect_receipt("2").await;
     c.disconnect().await;
@@ -180,9 +287,9 @@ async fn acks_are_receipted_and_disconnect_closes_normally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_surface_answers_probes_whoami_and_refuses_plain_gets_on_ws() {
     let a = TestApp::builder().id("app-x").spawn().await;
+    // A plain GET of the endpoint is SockJS's greeting.
     let r = http_client::get(a.addr, "/ws").await;
-    assert_eq!(r.status, 426);
-    assert_eq!(r.headers.get("upgrade").map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "Welcome to SockJS!\n"));
 
     let r = http_client::request(a.addr, http::Method::GET, "/whoami", &[("x-user-id", "dana")], "").await;
     assert_eq!(r.json(), serde_json::json!({ "instance": "app-x", "user": "dana" }));
@@ -219,5 +326,48 @@ async fn http_surface_answers_probes_whoami_and_refuses_plain_gets_on_ws() {
     )
     .await;
     assert_eq!(r.status, 400);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_message_follows_the_receipt_of_its_unsubscribe_even_when_the_id_is_reused() {
+    const FLOOD: usize = 4000;
+    let a = TestApp::builder().outbound_queue(2 * FLOOD).spawn().await;
+    let mut c = StompClient::connect(&a.ws_url()).await;
+    c.subscribe("/topic/room.a", "room").await;
+    let mut publisher = StompClient::connect(&a.ws_url()).await;
+    // A flood to room a, in one WebSocket message, so deliveries are queued for `room` while
+    // the client switches rooms.
+    let mut flood = String::new();
+    for i in 0..FLOOD {
+        let f = Frame::new(Command::Send).header("destination", "/topic/room.a").body(format!("a{i}"));
+        flood.push_str(std::str::from_utf8(&stomp::to_bytes(&f, Version::V1_2)).unwrap());
+    }
+    publisher.send_raw(Message::text(flood)).await;
+    // Leave room a and join room b under the same subscription id, at once.
+    let switch = [
+        Frame::new(Command::Unsubscribe).header("id", "room").header("receipt", "left"),
+        Frame::new(Command::Subscribe)
+            .header("id", "room")
+            .header("destination", "/topic/room.b")
+            .header("receipt", "joined"),
+    ]
+    .iter()
+    .map(|f| String::from_utf8(stomp::to_bytes(f, Version::V1_2)).unwrap())
+    .collect::<String>();
+    c.send_raw(Message::text(switch)).await;
+    loop {
+        let f = c.next_frame().await;
+        if f.command == Command::Receipt {
+            assert_eq!(f.get("receipt-id"), Some("left"));
+            break;
+        }
+        assert_eq!(f.get("destination"), Some("/topic/room.a"), "{f:?}");
+    }
+    c.expect_receipt("joined").await;
+    publisher.send("/topic/room.b", "b0").await;
+    let m = c.next_message().await;
+    assert_eq!((m.get("destination"), m.get("subscription")), (Some("/topic/room.b"), Some("room")), "{m:?}");
+    assert_eq!(&m.body[..], b"b0", "nothing of room a after the RECEIPT of its UNSUBSCRIBE");
     a.shutdown().await;
 }

@@ -3,13 +3,17 @@
 mod support;
 
 mod affinity;
+mod app_broker;
+mod app_demo_page;
 mod app_fanout;
 mod app_heartbeat;
+mod app_integration;
 mod app_interop;
 mod app_protocol;
 mod app_redis_outage;
 mod app_shutdown;
 mod app_slow_consumer;
+mod app_sockjs;
 mod app_user;
 mod config_check;
 mod demo;

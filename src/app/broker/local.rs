@@ -1,6 +1,7 @@
 //! The in-process adapter: instances in one process (one `tether backend` without `--redis`, or
 //! the two backends of `tether demo`) share a [`LocalBus`] and hand envelopes to each other
-//! directly. It is always up and confirms at once.
+//! directly, the publisher included, synchronously and in call order. It is always up and
+//! confirms at once.
 //!
 //! It must not block: delivery into another instance goes through that instance's non-blocking
 //! [`Inbound`]. There is no per-key interest tracking here: the receiving hub drops envelopes
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Ack, Broker, BrokerKind, Envelope, Inbound};
+use super::{Ack, Broker, BrokerKind, Envelope, Health, Inbound, Received, Target};
 
 /// A cloneable handle to one in-process bus.
 #[derive(Clone, Default)]
@@ -20,7 +21,6 @@ pub struct LocalBus {
 
 struct Member {
     token: u64,
-    origin: u64,
     inbound: Inbound,
 }
 
@@ -37,22 +37,21 @@ impl LocalBus {
         LocalBus::default()
     }
 
-    /// Joins the bus as the instance with nonce `origin`. The member leaves when the returned
-    /// broker is dropped.
-    pub(crate) fn attach(&self, origin: u64, inbound: Inbound) -> LocalBroker {
+    /// Joins the bus. The member leaves when the returned broker is dropped.
+    pub(crate) fn attach(&self, inbound: Inbound) -> LocalBroker {
         let token = rand::random();
         let mut members = self.members.write();
-        members.push(Member { token, origin, inbound });
+        members.push(Member { token, inbound });
         LocalBroker { bus: self.clone(), token }
     }
 
-    fn deliver_to_others(&self, token: u64, envelope: &Arc<Envelope>) {
+    /// Hands `envelope` to every member, the publisher first. The read lock is held for the
+    /// whole round, so two publishers' rounds do not interleave differently per member.
+    fn deliver(&self, publisher: u64, envelope: &Arc<Envelope>) {
         let members = self.members.read();
-        for m in members.iter().filter(|m| m.token != token) {
-            // Same-nonce members would be one instance attached twice; mirror Redis local bypass.
-            if m.origin != envelope.origin {
-                (m.inbound)(envelope.clone());
-            }
+        let (mine, others): (Vec<&Member>, Vec<&Member>) = members.iter().partition(|m| m.token == publisher);
+        for m in mine.into_iter().chain(others) {
+            (m.inbound)(Received::Envelope(envelope.clone()));
         }
     }
 }
@@ -76,20 +75,18 @@ impl Broker for LocalBroker {
     }
 
     fn publish(&self, envelope: Arc<Envelope>) -> Ack {
-        self.bus.deliver_to_others(self.token, &envelope);
+        self.bus.deliver(self.token, &envelope);
         Ack::ready(Ok(()))
     }
 
-    fn watch(&self, _key: &str) {}
-
-    fn unwatch(&self, _key: &str) {}
-
-    fn sync(&self) -> Ack {
+    fn watch(&self, _target: Target) -> Ack {
         Ack::ready(Ok(()))
     }
 
-    fn is_up(&self) -> bool {
-        true
+    fn unwatch(&self, _target: Target) {}
+
+    fn health(&self) -> Health {
+        Health::Up
     }
 }
 
@@ -115,22 +112,28 @@ mod tests {
     fn recorder() -> (Arc<Mutex<Vec<u64>>>, Inbound) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        (seen, Arc::new(move |e: Arc<Envelope>| s.lock().unwrap().push(e.origin)))
+        let inbound: Inbound = Arc::new(move |r: Received| {
+            if let Received::Envelope(e) = r {
+                s.lock().unwrap().push(e.origin)
+            }
+        });
+        (seen, inbound)
     }
 
     #[tokio::test]
-    async fn publishes_reach_every_other_member_but_not_the_publisher() {
+    async fn publishes_reach_every_member_including_the_publisher_in_order() {
         let bus = LocalBus::new();
         let (seen_a, in_a) = recorder();
         let (seen_b, in_b) = recorder();
-        let a = bus.attach(1, in_a);
-        let b = bus.attach(2, in_b);
+        let a = bus.attach(in_a);
+        let b = bus.attach(in_b);
         assert_eq!(a.publish(envelope(1)).await, Ok(()));
         assert_eq!(b.publish(envelope(2)).await, Ok(()));
-        assert_eq!(*seen_a.lock().unwrap(), vec![2]);
-        assert_eq!(*seen_b.lock().unwrap(), vec![1]);
+        assert_eq!(*seen_a.lock().unwrap(), vec![1, 2]);
+        assert_eq!(*seen_b.lock().unwrap(), vec![1, 2]);
         drop(b);
-        assert_eq!(a.publish(envelope(1)).await, Ok(()));
-        assert_eq!(*seen_b.lock().unwrap(), vec![1]);
+        assert_eq!(a.publish(envelope(3)).await, Ok(()));
+        assert_eq!(*seen_a.lock().unwrap(), vec![1, 2, 3]);
+        assert_eq!(*seen_b.lock().unwrap(), vec![1, 2]);
     }
 }

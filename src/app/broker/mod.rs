@@ -1,6 +1,10 @@
 //! The fan-out port: how a message published on one instance reaches the subscribers on every
-//! other instance. Owns the [`Broker`] trait, the [`Envelope`] that crosses instances and its
-//! wire form; the adapters are [`redis::RedisBroker`] and [`local::LocalBus`].
+//! instance, this one included. Owns the [`Broker`] trait, the [`Envelope`] that crosses
+//! instances and its wire form; the adapters are [`redis::RedisBroker`] and [`local::LocalBus`].
+//!
+//! Every delivery, local ones too, comes back through the adapter's [`Inbound`]: one path, so
+//! every instance sees one destination's messages in the same order (Redis serialises the
+//! PUBLISHes of a channel) and no message can reach a subscriber twice by two routes.
 //!
 //! Adapters only move envelopes between instances and report health. They must not know about
 //! sessions or STOMP, and they must never block a caller: every method returns at once, and the
@@ -42,11 +46,6 @@ pub(crate) struct Envelope {
 }
 
 impl Envelope {
-    /// Whether the body is UTF-8 (a STOMP frame carrying it can go in a WebSocket text message).
-    pub(crate) fn body_is_utf8(&self) -> bool {
-        std::str::from_utf8(&self.body).is_ok()
-    }
-
     /// The JSON form published on the broker. Text bodies stay readable in `redis-cli
     /// MONITOR`; binary bodies go as base64.
     pub(crate) fn to_wire(&self) -> Vec<u8> {
@@ -155,12 +154,34 @@ pub(crate) enum EnvelopeError {
 pub(crate) enum BrokerError {
     #[error("the broker is unavailable")]
     Down,
+    /// The connection failed while the command was in flight: it may or may not have been
+    /// applied, and it is never sent again.
+    #[error("the broker connection was lost before it confirmed")]
+    Lost,
     #[error("the broker publish queue is full")]
     Overloaded,
     #[error("the broker did not confirm in time")]
     Timeout,
     #[error("the broker is shutting down")]
     Closed,
+}
+
+/// What an instance listens to on the broker.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Target {
+    /// Envelopes for one hub key (tether's own channel `tether:dest:{key}`).
+    Key(String),
+    /// A Redis glob pattern of foreign channels (`--channel-map`), delivered raw.
+    Pattern(String),
+}
+
+/// What a broker hands to its instance.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// An envelope some instance (maybe this one) published.
+    Envelope(Arc<Envelope>),
+    /// A payload a foreign publisher sent on `channel`, matched by subscribed `pattern`.
+    Channel { pattern: String, channel: String, payload: Bytes },
 }
 
 /// Which adapter an instance runs on.
@@ -170,45 +191,74 @@ pub(crate) enum BrokerKind {
     Local,
 }
 
-/// Where a broker delivers envelopes received from other instances. Called from the broker's
-/// own task; it must not block (the hub fan-out only uses `try_send`).
-pub(crate) type Inbound = Arc<dyn Fn(Arc<Envelope>) + Send + Sync>;
+/// Where a broker delivers what it received. Called from the broker's own task (or, for the
+/// in-process bus, the publisher's); it must not block (the hub fan-out only uses `try_send`).
+pub(crate) type Inbound = Arc<dyn Fn(Received) + Send + Sync>;
+
+/// Health of the broker connection, as `/healthz` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Health {
+    Up,
+    /// Connected, but a command has been waiting longer than the slow threshold. Nothing is
+    /// failed or retried for it: a slow broker is not a down one.
+    Slow,
+    Down,
+}
 
 /// The fan-out port. All methods return at once.
 pub(crate) trait Broker: Send + Sync {
     fn kind(&self) -> BrokerKind;
 
-    /// Sends `envelope` to the other instances. The [`Ack`] resolves once the broker accepted it;
-    /// dropping it is fine when nobody asked for a receipt.
+    /// Sends `envelope` to every instance, this one included. The [`Ack`] resolves once the
+    /// broker accepted it; an error means it was not delivered anywhere (or, for
+    /// [`BrokerError::Lost`], that nobody can tell).
     fn publish(&self, envelope: Arc<Envelope>) -> Ack;
 
-    /// Starts receiving envelopes for hub key `key` (its first local subscriber arrived).
-    fn watch(&self, key: &str);
+    /// Listens to `target` (idempotent). The [`Ack`] resolves once the broker confirmed it:
+    /// from then on, everything published to it on any instance arrives here.
+    fn watch(&self, target: Target) -> Ack;
 
-    /// Stops receiving envelopes for `key` (its last local subscriber left).
-    fn unwatch(&self, key: &str);
+    /// Stops listening to `target`.
+    fn unwatch(&self, target: Target);
 
-    /// Resolves once every earlier `watch`/`unwatch` is in effect at the broker, so a RECEIPT for
-    /// a SUBSCRIBE means messages published afterwards on any instance will arrive.
-    fn sync(&self) -> Ack;
-
-    /// Whether the broker is currently reachable.
-    fn is_up(&self) -> bool;
+    fn health(&self) -> Health;
 }
 
 /// A pending broker confirmation.
 #[derive(Debug)]
 pub(crate) struct Ack(AckState);
 
-#[derive(Debug)]
 enum AckState {
     Ready(Option<Result<(), BrokerError>>),
     Waiting(oneshot::Receiver<Result<(), BrokerError>>),
+    Future(Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>),
+}
+
+impl std::fmt::Debug for AckState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckState::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
+            AckState::Waiting(_) => f.write_str("Waiting"),
+            AckState::Future(_) => f.write_str("Future"),
+        }
+    }
 }
 
 impl Ack {
     pub(crate) fn ready(result: Result<(), BrokerError>) -> Ack {
         Ack(AckState::Ready(Some(result)))
+    }
+
+    pub(crate) fn from_future(fut: impl Future<Output = Result<(), BrokerError>> + Send + 'static) -> Ack {
+        Ack(AckState::Future(Box::pin(fut)))
+    }
+
+    /// Resolves with the first error of `acks`, or Ok once all of them confirmed.
+    pub(crate) async fn all(acks: Vec<Ack>) -> Result<(), BrokerError> {
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
     }
 
     /// An ack resolved by whoever holds the sender; a dropped sender means [`BrokerError::Closed`].
@@ -225,6 +275,7 @@ impl Future for Ack {
         match &mut self.0 {
             AckState::Ready(r) => Poll::Ready(r.take().unwrap_or(Err(BrokerError::Closed))),
             AckState::Waiting(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(BrokerError::Closed))),
+            AckState::Future(f) => f.as_mut().poll(cx),
         }
     }
 }

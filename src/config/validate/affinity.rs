@@ -79,6 +79,7 @@ impl Validator<'_> {
             key.header.as_ref().map(|_| "header"),
             key.cookie.as_ref().map(|_| "cookie"),
             key.query.as_ref().map(|_| "query"),
+            key.path_segment.as_ref().map(|_| "path_segment"),
             key.jwt_claim.as_ref().map(|_| "jwt_claim"),
             key.verified_claim.as_ref().map(|_| "verified_claim"),
         ]
@@ -89,7 +90,9 @@ impl Validator<'_> {
             let found = if set.is_empty() { "none".to_owned() } else { set.join(" and ") };
             return Err(self.error(
                 path,
-                format!("set exactly one of header, cookie, query, jwt_claim or verified_claim (found {found})"),
+                format!(
+                    "set exactly one of header, cookie, query, path_segment, jwt_claim or verified_claim (found {found})"
+                ),
             ));
         }
         if let Some(header) = &key.header {
@@ -101,6 +104,9 @@ impl Validator<'_> {
         if let Some(query) = &key.query {
             return self.query_name(&format!("{path}.query"), query.as_str()).map(KeySource::Query);
         }
+        if let Some(segment) = key.path_segment {
+            return Ok(KeySource::PathSegment(segment));
+        }
         if let Some(claim) = &key.verified_claim {
             return if claim.as_str().is_empty() {
                 Err(self.error(&format!("{path}.verified_claim"), "claim must not be empty"))
@@ -110,7 +116,9 @@ impl Validator<'_> {
         }
         let Some(jwt) = &key.jwt_claim else {
             // `set.len() == 1` and the other sources were handled above.
-            return Err(self.error(path, "set exactly one of header, cookie, query, jwt_claim or verified_claim"));
+            return Err(
+                self.error(path, "set exactly one of header, cookie, query, path_segment, jwt_claim or verified_claim")
+            );
         };
         let from = self.token_source(&format!("{path}.jwt_claim.from"), &jwt.from);
         let claim = if jwt.claim.as_str().is_empty() {

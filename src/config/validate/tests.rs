@@ -436,8 +436,8 @@ const ONE_BACKEND: &str = "    backends: [{ id: a, address: \"127.0.0.1:1\" }]\n
 fn affinity_keys_of_every_kind() {
     let text = upstream_with(&format!(
         "{ONE_BACKEND}    affinity:\n      key:\n        - header: X-User-Id\n        - cookie: \
-         user_id\n        - query: uid\n        - jwt_claim: {{ from: \"header:Authorization\", \
-         claim: sub }}\n        - jwt_claim: {{ from: \"cookie:jwt\", claim: sub }}\n        - \
+         user_id\n        - query: uid\n        - path_segment: 1\n        - jwt_claim: {{ from: \
+         \"header:Authorization\", claim: sub }}\n        - jwt_claim: {{ from: \"cookie:jwt\", claim: sub }}\n        - \
          jwt_claim: {{ from: \"query:access_token\", claim: uid }}\n      hash: {{ vnodes: 40, \
          balance_factor: 1.25 }}\n      fallback: round_robin\n"
     ));
@@ -448,6 +448,7 @@ fn affinity_keys_of_every_kind() {
             KeySource::Header(HeaderName::from_static("x-user-id")),
             KeySource::Cookie("user_id".into()),
             KeySource::Query("uid".into()),
+            KeySource::PathSegment(1),
             KeySource::JwtClaim {
                 from: TokenSource::Header(HeaderName::from_static("authorization")),
                 claim: "sub".into()
@@ -473,9 +474,9 @@ fn affinity_problems_are_all_reported() {
         errors(&text),
         vec![
             "c.yaml:11:11: upstreams.app.affinity.key[0]: set exactly one of header, cookie, \
-             query, jwt_claim or verified_claim (found none)",
+             query, path_segment, jwt_claim or verified_claim (found none)",
             "c.yaml:12:11: upstreams.app.affinity.key[1]: set exactly one of header, cookie, \
-             query, jwt_claim or verified_claim (found header and query)",
+             query, path_segment, jwt_claim or verified_claim (found header and query)",
             "c.yaml:13:19: upstreams.app.affinity.key[2].header: invalid header name \"X User\"",
             "c.yaml:14:19: upstreams.app.affinity.key[3].cookie: invalid cookie name \"a;b\"; \
              expected an RFC 6265 token (no spaces, quotes or separators)",

@@ -64,6 +64,40 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn max_unacked(mut self, n: usize) -> Self {
+        self.args.max_unacked = n;
+        self
+    }
+
+    /// `--channel-map RULE` (repeatable).
+    pub fn channel_map(mut self, rule: &str) -> Self {
+        self.args.channel_map.push(rule.into());
+        self
+    }
+
+    pub fn app_url(mut self, url: &str) -> Self {
+        self.args.app_url = Some(url.into());
+        self
+    }
+
+    pub fn redis_slow_after(mut self, d: Duration) -> Self {
+        self.args.redis_slow_after = d;
+        self
+    }
+
+    pub fn confirm_timeout(mut self, d: Duration) -> Self {
+        self.args.confirm_timeout = d;
+        self
+    }
+
+    /// SockJS timers and the streaming limit, shrunk for tests.
+    pub fn sockjs(mut self, heartbeat: Duration, disconnect_delay: Duration, stream_limit: usize) -> Self {
+        self.args.sockjs_heartbeat = heartbeat;
+        self.args.sockjs_disconnect_delay = disconnect_delay;
+        self.args.sockjs_stream_limit = stream_limit;
+        self
+    }
+
     /// Adds an `--internal-listen` listener.
     pub fn internal_listener(mut self) -> Self {
         self.internal = true;
@@ -101,6 +135,11 @@ impl TestAppBuilder {
         .await;
         TestApp { addr, internal, stop: Some(stop), task: Some(task), runtime }
     }
+}
+
+/// Whether the `/metrics` text has exactly this sample line.
+pub fn has_line(metrics: &str, line: &str) -> bool {
+    metrics.lines().any(|l| l == line)
 }
 
 pub struct TestApp {

@@ -22,6 +22,7 @@ pub mod gated;
 pub mod http;
 pub mod http_client;
 pub mod jwt;
+pub mod node;
 pub mod process;
 pub mod prom;
 pub mod proxy;

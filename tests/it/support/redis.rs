@@ -57,6 +57,33 @@ impl TestRedis {
         channels
     }
 
+    /// Runs one command on a fresh connection.
+    pub async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect to test redis");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn).await.unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// How many times Redis ran `command` (lowercase) since it started (`INFO commandstats`).
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        let info: String = self.query(&["INFO", "commandstats"]).await;
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().expect("a call count"))
+    }
+
+    /// `CLIENT PAUSE ms ALL`: every client's next command waits that long, as with a Redis
+    /// that is slow to answer (not down: connections stay up).
+    pub async fn pause(&self, ms: u64) {
+        let _: () = self.query(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]).await;
+    }
+
     async fn spawn(&mut self) {
         let log = self.dir.path().join("redis.log");
         let child = Command::new("redis-server")

@@ -1,0 +1,550 @@
+//! One STOMP session, from the first byte after the upgrade (or the SockJS open) to the close:
+//! CONNECT negotiation (version, heart-beats, identity), frame handling, subscriptions and
+//! their acknowledgements, transactions, receipts, heart-beats both ways, the bounded outbound
+//! queue, and closing (ERROR, drain, slow consumer).
+//!
+//! One task owns the transport ([`Link`]) and does all of it in one `select!` loop. Nothing in
+//! the loop waits on the broker: every answer that depends on it (a RECEIPT, or the ERROR for a
+//! SEND or SUBSCRIBE the broker refused) is a future queued in frame order and written when it
+//! resolves, so a Redis outage never stalls reading, writing or heart-beats. Framing is
+//! `stomp`'s job, fan-out bookkeeping is `instance`'s; the pure parts live in [`ack`],
+//! [`transaction`] and [`frames`]. This module must not parse bytes itself or touch other
+//! sessions.
+
+mod ack;
+mod frames;
+mod link;
+mod publish;
+mod transaction;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt as _, StreamExt as _};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+pub(crate) use link::Link;
+
+use self::ack::{AckMode, Acks};
+use self::link::Incoming;
+use self::transaction::Transactions;
+use super::broker::BrokerError;
+use super::hub::{SessionId, Subscriber, USER_PREFIX, is_valid_user_id, subscription_key};
+use super::instance::{CloseReason, Delivery, Instance, SessionHandle, SessionSignal};
+use super::stomp::{self, Command, DecodeError, Decoder, Frame, Item, Version};
+
+/// A client must send CONNECT this soon after the upgrade.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// STOMP 1.2 leaves the tolerance to the implementation; a peer silent for three agreed
+/// intervals is closed, which absorbs one lost and one late heart-beat (10 s beats: a dead peer
+/// is noticed within 30 s).
+const SILENCE_INTERVALS: u32 = 3;
+/// Answers a session may have queued. At this many the session stops reading until the broker
+/// catches up: backpressure on a client that sends faster than the broker confirms.
+const MAX_PENDING_REPLIES: usize = 1024;
+/// MESSAGE frames written per flush.
+const WRITE_BATCH: usize = 64;
+/// SEND headers that are protocol or server-set, never passed through to MESSAGE.
+const RESERVED_HEADERS: [&str; 12] = [
+    "destination",
+    "receipt",
+    "content-length",
+    "content-type",
+    "transaction",
+    "message-id",
+    "subscription",
+    "ack",
+    "id",
+    "tether-instance",
+    "tether-user",
+    "redis-channel",
+];
+
+/// How the session ends.
+enum End {
+    /// Send this ERROR frame, then close with `code`.
+    Error { frame: Frame, code: CloseCode },
+    /// Optionally send a last frame (a RECEIPT for DISCONNECT), then close with `code`.
+    Close { code: CloseCode, reason: &'static str, last: Option<Frame> },
+    /// The peer sent Close: answer it and finish.
+    PeerClosed,
+    /// The transport failed: nothing more can be sent.
+    Gone,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingConnect,
+    Open,
+    /// DISCONNECT received: further frames are ignored until its receipt is sent.
+    Disconnecting,
+}
+
+/// A queued answer to a frame, resolved in the order the frames arrived.
+enum Reply {
+    /// Done; send a RECEIPT when the frame asked for one.
+    Done(Option<String>),
+    /// The broker or the application refused it: ERROR naming `receipt`, then close.
+    Failed {
+        message: &'static str,
+        receipt: Option<String>,
+        detail: String,
+    },
+    Disconnect(Option<String>),
+}
+
+/// A live subscription of this session.
+struct Sub {
+    seq: u64,
+    mode: AckMode,
+}
+
+struct Session {
+    inst: Arc<Instance>,
+    link: Link,
+    id: SessionId,
+    name: String,
+    signal: Arc<SessionSignal>,
+    handle: SessionHandle,
+    outbox: mpsc::Receiver<Delivery>,
+    decoder: Decoder,
+    state: State,
+    version: Version,
+    header_user: Option<String>,
+    user: Option<String>,
+    subs: HashMap<Arc<str>, Sub>,
+    acks: Acks,
+    transactions: Transactions,
+    send_every: Option<Duration>,
+    expect_every: Option<Duration>,
+    started: Instant,
+    last_read: Instant,
+    last_write: Instant,
+    pending: FuturesOrdered<BoxFuture<'static, Reply>>,
+}
+
+/// Runs one session to completion. `header_user` is the identity the upgrade request carried
+/// in the trusted user header, already validated.
+pub(crate) async fn serve(inst: Arc<Instance>, link: Link, header_user: Option<String>) {
+    let id = inst.next_session_id();
+    let signal = Arc::new(SessionSignal::new(id));
+    let (tx, outbox) = mpsc::channel(inst.settings.outbound_queue.max(1));
+    let now = Instant::now();
+    let mut session = Session {
+        name: inst.session_name(id),
+        decoder: Decoder::new(inst.settings.limits),
+        handle: SessionHandle { outbox: tx, signal: signal.clone() },
+        acks: Acks::new(inst.settings.max_unacked),
+        inst,
+        link,
+        id,
+        signal,
+        outbox,
+        state: State::AwaitingConnect,
+        version: Version::V1_2,
+        header_user,
+        user: None,
+        subs: HashMap::new(),
+        transactions: Transactions::default(),
+        send_every: None,
+        expect_every: None,
+        started: now,
+        last_read: now,
+        last_write: now,
+        pending: FuturesOrdered::new(),
+    };
+    let end = if session.inst.register_session(session.signal.clone()) {
+        session.run().await
+    } else {
+        End::Close { code: CloseCode::Away, reason: "server shutting down", last: None }
+    };
+    // Stop fan-out to this session before spending time on the closing handshake.
+    session.inst.remove_session(session.id);
+    session.finish(end).await;
+}
+
+impl Session {
+    async fn run(&mut self) -> End {
+        loop {
+            if self.signal.reason().is_some() {
+                return self.on_signal();
+            }
+            // Answers that are already known go out before anything queued later, so a client
+            // sees RECEIPT before the MESSAGEs its next frames cause.
+            while let Some(Some(reply)) = self.pending.next().now_or_never() {
+                if let Err(end) = self.on_reply(reply).await {
+                    return end;
+                }
+            }
+            let reading = self.pending.len() < MAX_PENDING_REPLIES;
+            if !reading {
+                // Not reading is our choice: the client's silence meanwhile is not its fault.
+                self.last_read = Instant::now();
+            }
+            let read_deadline = match (self.state, self.expect_every) {
+                (State::AwaitingConnect, _) => self.started + CONNECT_TIMEOUT,
+                (_, Some(every)) => self.last_read + every * SILENCE_INTERVALS,
+                (_, None) => far_future(),
+            };
+            let beat_due = self.send_every.map(|every| self.last_write + every);
+            let step = tokio::select! {
+                _ = self.signal.closed() => continue,
+                Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.on_reply(reply).await,
+                Some(first) = self.outbox.recv() => self.write_deliveries(first).await,
+                msg = self.link.recv(), if reading => self.on_incoming(msg).await,
+                _ = tokio::time::sleep_until(read_deadline), if reading => self.on_read_deadline(),
+                _ = tokio::time::sleep_until(beat_due.unwrap_or_else(far_future)), if beat_due.is_some() => {
+                    self.write(vec![b"\n".to_vec()]).await
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    fn on_signal(&mut self) -> End {
+        match self.signal.reason() {
+            Some(CloseReason::SlowConsumer) => slow_consumer("the outbound queue of this connection overflowed"),
+            Some(CloseReason::Draining) | None => {
+                End::Close { code: CloseCode::Away, reason: "server shutting down", last: None }
+            }
+        }
+    }
+
+    fn on_read_deadline(&mut self) -> Result<(), End> {
+        if self.state == State::AwaitingConnect {
+            return Err(End::Error {
+                frame: frames::error("no CONNECT frame received in time", None, ""),
+                code: CloseCode::Policy,
+            });
+        }
+        self.inst.metrics.heartbeat_timeouts.inc();
+        tracing::info!(event = "heartbeat_timeout", session = %self.name);
+        Err(End::Close { code: CloseCode::Policy, reason: "heart-beat timeout", last: None })
+    }
+
+    async fn on_incoming(&mut self, msg: Incoming) -> Result<(), End> {
+        self.last_read = Instant::now();
+        let bytes = match msg {
+            Incoming::Data(b) => b,
+            Incoming::Nothing => return Ok(()),
+            Incoming::Gone => return Err(End::Gone),
+            Incoming::Closed => return Err(End::PeerClosed),
+            Incoming::TooLarge(e) => {
+                return Err(End::Error { frame: frames::error("frame too large", None, &e), code: CloseCode::Size });
+            }
+        };
+        self.decoder.push(&bytes);
+        loop {
+            match self.decoder.next_item() {
+                Ok(None) => return Ok(()),
+                Ok(Some(Item::HeartBeat)) => {}
+                Ok(Some(Item::Frame(frame))) => self.on_frame(frame).await?,
+                Err(e) => {
+                    let (message, code) = match e {
+                        DecodeError::FrameTooLarge { .. } => ("frame too large", CloseCode::Size),
+                        _ => ("malformed frame", CloseCode::Protocol),
+                    };
+                    return Err(End::Error { frame: frames::error(message, None, &e.to_string()), code });
+                }
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
+        match (self.state, frame.command) {
+            (State::Disconnecting, _) => Ok(()),
+            (State::AwaitingConnect, Command::Connect | Command::Stomp) => self.on_connect(&frame).await,
+            (State::AwaitingConnect, other) => Err(protocol_error(&frame, &format!("expected CONNECT, got {other}"))),
+            (State::Open, Command::Send | Command::Ack | Command::Nack) if frame.get("transaction").is_some() => {
+                let tx = frame.get("transaction").unwrap_or_default().to_owned();
+                let receipt = frame.get("receipt").map(str::to_owned);
+                if let Err(e) = self.transactions.hold(&tx, frame.clone()) {
+                    return Err(protocol_error(&frame, &e.to_string()));
+                }
+                self.reply_now(receipt);
+                Ok(())
+            }
+            (State::Open, Command::Send) => self.on_send(frame),
+            (State::Open, Command::Subscribe) => self.on_subscribe(&frame),
+            (State::Open, Command::Unsubscribe) => self.on_unsubscribe(&frame),
+            (State::Open, Command::Ack | Command::Nack) => {
+                self.on_ack(&frame)?;
+                self.reply_now(frame.get("receipt").map(str::to_owned));
+                Ok(())
+            }
+            (State::Open, Command::Begin | Command::Commit | Command::Abort) => self.on_transaction(&frame),
+            (State::Open, Command::Disconnect) => {
+                self.state = State::Disconnecting;
+                self.transactions.abort_all();
+                let receipt = frame.get("receipt").map(str::to_owned);
+                self.pending.push_back(std::future::ready(Reply::Disconnect(receipt)).boxed());
+                Ok(())
+            }
+            (State::Open, Command::Connect | Command::Stomp) => Err(protocol_error(&frame, "already connected")),
+            (State::Open, other) => Err(protocol_error(&frame, &format!("{other} is a server frame"))),
+        }
+    }
+
+    async fn on_connect(&mut self, frame: &Frame) -> Result<(), End> {
+        let Some(version) = Version::negotiate(frame.get("accept-version")) else {
+            let mut err = protocol_error(frame, "no supported protocol version");
+            if let End::Error { frame, .. } = &mut err {
+                frame.headers.push(("version".into(), "1.0,1.1,1.2".into()));
+            }
+            return Err(err);
+        };
+        let Some(client_beats) = frames::parse_heart_beat(frame.get("heart-beat")) else {
+            return Err(protocol_error(frame, "invalid heart-beat header"));
+        };
+        let user = match (&self.header_user, frame.get("login")) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(login)) if is_valid_user_id(login) => Some(login.to_owned()),
+            (None, Some(_)) => return Err(protocol_error(frame, "invalid login")),
+            (None, None) => None,
+        };
+        let server_ms = self.inst.settings.heartbeat.as_millis() as u64;
+        let (send_every, expect_every) = frames::negotiate_heart_beat(server_ms, client_beats);
+        self.version = version;
+        self.decoder.set_version(version);
+        self.send_every = send_every;
+        self.expect_every = expect_every;
+        self.state = State::Open;
+
+        let beats = format!("{server_ms},{server_ms}");
+        let mut connected = Frame::new(Command::Connected)
+            .header("version", version.as_str())
+            .header("heart-beat", beats)
+            .header("server", concat!("tether/", env!("CARGO_PKG_VERSION")))
+            .header("session", self.name.clone())
+            .header("tether-instance", &*self.inst.id);
+        if let Some(u) = &user {
+            connected = connected.header("user-name", u.clone());
+        }
+        tracing::debug!(event = "stomp_connected", session = %self.name, version = version.as_str(), user = user.as_deref());
+        self.user = user;
+        self.write(vec![stomp::to_bytes(&connected, self.version)]).await
+    }
+
+    fn on_subscribe(&mut self, frame: &Frame) -> Result<(), End> {
+        let Some(destination) = frame.get("destination") else {
+            return Err(protocol_error(frame, "SUBSCRIBE without destination"));
+        };
+        // STOMP 1.0 made `id` optional; the destination then names the subscription.
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id,
+            (None, Version::V1_0) => destination,
+            (None, _) => return Err(protocol_error(frame, "SUBSCRIBE without id")),
+        };
+        let Some(mode) = AckMode::parse(frame.get("ack")) else {
+            return Err(protocol_error(frame, "ack must be auto, client or client-individual"));
+        };
+        let key = if destination.starts_with(USER_PREFIX) {
+            // Anonymous sessions get their own session name as user name (Spring does the same),
+            // so `/user/{session}/...` still reaches exactly them.
+            subscription_key(destination, self.user.as_deref().unwrap_or(&self.name))
+        } else {
+            destination.to_owned()
+        };
+        let seq = self.inst.next_subscription_seq();
+        let sub = Subscriber {
+            session: self.id,
+            id: id.into(),
+            destination: destination.into(),
+            seq,
+            handle: self.handle.clone(),
+        };
+        let confirmed = match self.inst.subscribe(&key, sub) {
+            Ok(ack) => ack,
+            Err(e) => return Err(protocol_error(frame, &e.to_string())),
+        };
+        self.subs.insert(id.into(), Sub { seq, mode });
+        // RECEIPT means "from now on you receive this destination on every instance"; when the
+        // broker cannot confirm that, the answer is an ERROR (and the session ends, taking the
+        // subscription with it).
+        self.answer_after(frame.get("receipt").map(str::to_owned), confirmed, "subscription not confirmed");
+        Ok(())
+    }
+
+    /// Queues the answer to a frame that waits on the broker: its RECEIPT (when asked for)
+    /// once `confirmed` resolves, else an ERROR `failure` naming the cause.
+    fn answer_after(
+        &mut self,
+        receipt: Option<String>,
+        confirmed: impl std::future::Future<Output = Result<(), BrokerError>> + Send + 'static,
+        failure: &'static str,
+    ) {
+        let timeout = self.inst.settings.confirm_timeout;
+        self.pending.push_back(
+            async move {
+                match tokio::time::timeout(timeout, confirmed).await.unwrap_or(Err(BrokerError::Timeout)) {
+                    Ok(()) => Reply::Done(receipt),
+                    Err(e) => Reply::Failed { message: failure, receipt, detail: e.to_string() },
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    fn on_unsubscribe(&mut self, frame: &Frame) -> Result<(), End> {
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id,
+            (None, Version::V1_0) => match frame.get("destination") {
+                Some(d) => d,
+                None => return Err(protocol_error(frame, "UNSUBSCRIBE without id")),
+            },
+            (None, _) => return Err(protocol_error(frame, "UNSUBSCRIBE without id")),
+        };
+        // Unknown ids are not an error: the subscription may already be gone. Deliveries
+        // still queued for it are dropped when written (their seq no longer matches).
+        if let Some(sub) = self.subs.remove(id) {
+            self.acks.forget(sub.seq);
+        }
+        self.inst.unsubscribe(self.id, id);
+        self.reply_now(frame.get("receipt").map(str::to_owned));
+        Ok(())
+    }
+
+    fn on_ack(&mut self, frame: &Frame) -> Result<(), End> {
+        let Some(id) = frame.get("id").or_else(|| frame.get("message-id")) else {
+            return Err(protocol_error(frame, &format!("{} without id", frame.command)));
+        };
+        match self.acks.settle(id) {
+            Ok(_) if frame.command == Command::Nack => self.inst.metrics.nacks.inc(),
+            Ok(_) => self.inst.metrics.acks.inc(),
+            Err(e) => return Err(protocol_error(frame, &e.to_string())),
+        };
+        Ok(())
+    }
+
+    fn on_transaction(&mut self, frame: &Frame) -> Result<(), End> {
+        let Some(tx) = frame.get("transaction") else {
+            return Err(protocol_error(frame, &format!("{} without transaction", frame.command)));
+        };
+        let result = match frame.command {
+            Command::Begin => self.transactions.begin(tx),
+            Command::Abort => self.transactions.abort(tx),
+            _ => match self.transactions.commit(tx) {
+                Ok(held) => {
+                    for mut f in held {
+                        // Its RECEIPT went out when it was held.
+                        f.headers.retain(|(n, _)| n != "receipt");
+                        match f.command {
+                            Command::Send => self.on_send(f)?,
+                            _ => self.on_ack(&f)?,
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            return Err(protocol_error(frame, &e.to_string()));
+        }
+        // After a COMMIT, this follows the answers of the SENDs it released.
+        self.reply_now(frame.get("receipt").map(str::to_owned));
+        Ok(())
+    }
+
+    /// Queues a RECEIPT (if asked for) behind the answers already queued.
+    fn reply_now(&mut self, receipt: Option<String>) {
+        if receipt.is_some() {
+            self.pending.push_back(std::future::ready(Reply::Done(receipt)).boxed());
+        }
+    }
+
+    async fn on_reply(&mut self, reply: Reply) -> Result<(), End> {
+        match reply {
+            Reply::Done(None) => Ok(()),
+            Reply::Done(Some(id)) => {
+                let receipt = Frame::new(Command::Receipt).header("receipt-id", id);
+                self.write(vec![stomp::to_bytes(&receipt, self.version)]).await
+            }
+            // STOMP: a server that cannot process a frame answers ERROR and closes. A RECEIPT
+            // here would claim something that did not happen.
+            Reply::Failed { message, receipt, detail } => {
+                Err(End::Error { frame: frames::error(message, receipt.as_deref(), &detail), code: CloseCode::Again })
+            }
+            Reply::Disconnect(receipt) => Err(End::Close {
+                code: CloseCode::Normal,
+                reason: "disconnected",
+                last: receipt.map(|r| Frame::new(Command::Receipt).header("receipt-id", r)),
+            }),
+        }
+    }
+
+    async fn write_deliveries(&mut self, first: Delivery) -> Result<(), End> {
+        let mut batch = Vec::with_capacity(8);
+        let mut next = Some(first);
+        while let Some(d) = next.take() {
+            // Only for the SUBSCRIBE it was queued for: not after its UNSUBSCRIBE, not for a
+            // later subscription that reuses the id.
+            if let Some(sub) = self.subs.get(&d.subscription).filter(|s| s.seq == d.seq) {
+                let ack = match self.acks.deliver(sub.seq, sub.mode) {
+                    Ok(ack) => ack,
+                    Err(ack::Overflow) => {
+                        return Err(slow_consumer("too many messages are waiting for an ACK on this connection"));
+                    }
+                };
+                batch.push(frames::message(&d, self.version, ack.as_deref()));
+            }
+            if batch.len() < WRITE_BATCH {
+                next = self.outbox.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(batch).await
+    }
+
+    async fn write(&mut self, frames: Vec<Vec<u8>>) -> Result<(), End> {
+        match self.link.send(frames).await {
+            Ok(()) => {
+                self.last_write = Instant::now();
+                Ok(())
+            }
+            Err(()) => Err(End::Gone),
+        }
+    }
+
+    async fn finish(mut self, end: End) {
+        let (last, close) = match end {
+            End::Gone => {
+                self.link.abandon();
+                return;
+            }
+            End::PeerClosed => (None, None),
+            End::Error { frame, code } => {
+                if code != CloseCode::Again && code != CloseCode::Policy {
+                    self.inst.metrics.protocol_errors.inc();
+                }
+                tracing::info!(event = "stomp_error", session = %self.name, message = frame.get("message").unwrap_or(""));
+                (Some(frame), Some((code, "")))
+            }
+            End::Close { code, reason, last } => (last, Some((code, reason))),
+        };
+        let last = last.map(|f| stomp::to_bytes(&f, self.version));
+        self.link.close(last, close).await;
+    }
+}
+
+fn far_future() -> Instant {
+    // About thirty years: tokio's own "never" for timers.
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+fn protocol_error(frame: &Frame, message: &str) -> End {
+    End::Error { frame: frames::error(message, frame.get("receipt"), ""), code: CloseCode::Protocol }
+}
+
+fn slow_consumer(detail: &str) -> End {
+    End::Error { frame: frames::error("slow consumer", None, detail), code: CloseCode::Again }
+}

@@ -1,0 +1,46 @@
+// The demo chat page in headless Chromium (Debian's /usr/bin/chromium via playwright-core), as a
+// new user tries it: `/?user=alice` names the user; joining twice in a row is one subscription;
+// messages with an empty, `null` or non-JSON body render without breaking the page; two
+// visitors without ?user get different random names.
+//
+//   node demo_page.mjs URL            (URL like http://127.0.0.1:PORT/)
+//
+// Prints {"event":"joined",...}, waits for a line on stdin (the test published the odd
+// messages), then prints {"event":"done", "rows": [...], "names": [...], "errors": [...]}.
+import { createInterface } from 'node:readline';
+import { launch } from './chromium.mjs';
+
+const [url] = process.argv.slice(2);
+const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+let browser;
+const errors = [];
+try {
+  browser = await launch();
+  const { context, page } = browser;
+  page.on('pageerror', (e) => errors.push('pageerror: ' + e.message));
+  await page.goto(url + '?user=alice');
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('connected'));
+  const user = await page.inputValue('#user');
+  // Join twice in a row, before the first RECEIPT can arrive.
+  await page.evaluate(() => { document.getElementById('join').click(); document.getElementById('join').click(); });
+  await page.waitForFunction(() => !document.getElementById('text').disabled);
+  const log = await page.textContent('#log');
+  emit({ event: 'joined', user, log });
+  await stdinLines.next();
+  await page.waitForFunction(() => document.querySelectorAll('#messages .msg').length >= 4);
+  const rows = await page.$$eval('#messages .msg', (els) => els.map((e) => e.textContent));
+  const names = [];
+  for (let i = 0; i < 2; i++) {
+    const p = await context.newPage();
+    await p.goto(url);
+    names.push(await p.inputValue('#user'));
+    await p.close();
+  }
+  emit({ event: 'done', rows, names, errors });
+} catch (e) {
+  emit({ event: 'error', message: String(e && e.message), errors });
+} finally {
+  if (browser) await browser.close();
+}
+process.exit(0);
