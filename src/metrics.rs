@@ -73,6 +73,33 @@ pub(crate) struct AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TimeoutLabels {
+    /// `send`, `body_read`, `header_read`.
+    pub(crate) kind: &'static str,
+}
+
+/// Which timeout ended a connection or request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeoutKind {
+    /// A peer stopped taking what tether writes to it.
+    Send,
+    /// A client stopped sending its request body.
+    BodyRead,
+    /// A request head did not complete.
+    HeaderRead,
+}
+
+impl TimeoutKind {
+    fn label(self) -> &'static str {
+        match self {
+            TimeoutKind::Send => "send",
+            TimeoutKind::BodyRead => "body_read",
+            TimeoutKind::HeaderRead => "header_read",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ListenerLabels {
     pub(crate) listener: Arc<str>,
 }
@@ -142,6 +169,8 @@ pub(crate) struct Metrics {
     pub(crate) connections_refused: Family<ListenerLabels, Counter>,
     pub(crate) rejected: Family<RejectedLabels, Counter>,
     pub(crate) auth_rejected: Family<AuthLabels, Counter>,
+    pub(crate) timeouts: Family<TimeoutLabels, Counter>,
+    pub(crate) in_flight_refused: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {
@@ -228,7 +257,24 @@ impl Metrics {
             "Requests refused by a route's token verifier (401), by verifier and reason",
             auth_rejected.clone(),
         );
+        let timeouts = Family::<TimeoutLabels, Counter>::default();
+        registry.register(
+            "timeouts",
+            "Connections and requests ended by a timeout: send (a peer stopped reading), body_read, header_read",
+            timeouts.clone(),
+        );
+        for kind in [TimeoutKind::Send, TimeoutKind::BodyRead, TimeoutKind::HeaderRead] {
+            let _ = timeouts.get_or_create(&TimeoutLabels { kind: kind.label() });
+        }
+        let in_flight_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "in_flight_refused",
+            "Requests refused over limits.max_in_flight: 503 on HTTP/1.1, REFUSED_STREAM on HTTP/2",
+            in_flight_refused.clone(),
+        );
         Self {
+            in_flight_refused,
+            timeouts,
             auth_rejected,
             registry,
             requests,
@@ -336,6 +382,11 @@ impl Metrics {
     /// A request answered before reaching any upstream (400, 404).
     pub(crate) fn rejected(&self, listener: &Arc<str>, status: u16) {
         self.rejected.get_or_create(&RejectedLabels { listener: listener.clone(), status }).inc();
+    }
+
+    /// A connection or request ended by the `kind` timeout.
+    pub(crate) fn timeout(&self, kind: TimeoutKind) {
+        self.timeouts.get_or_create(&TimeoutLabels { kind: kind.label() }).inc();
     }
 
     /// A request refused by `verifier`; `reason` is a metric label (`expired`, `signature`...).

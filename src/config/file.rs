@@ -303,6 +303,8 @@ pub(super) struct FileTimeouts {
     pub(crate) request: Option<Text>,
     pub(crate) idle: Option<Text>,
     pub(crate) tunnel_idle: Option<Text>,
+    pub(crate) send: Option<Text>,
+    pub(crate) body_read: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +312,8 @@ pub(super) struct FileTimeouts {
 pub(super) struct FileLimits {
     pub(crate) max_header_bytes: Option<Text>,
     pub(crate) max_connections: Option<u64>,
+    pub(crate) max_streams_per_connection: Option<u32>,
+    pub(crate) max_in_flight: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

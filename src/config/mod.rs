@@ -536,6 +536,10 @@ pub struct Timeouts {
     pub idle: Duration,
     /// A WebSocket tunnel with no bytes in either direction.
     pub tunnel_idle: Duration,
+    /// A response or tunnel write that makes no progress (the peer stopped reading).
+    pub send: Duration,
+    /// No byte of a request body arriving (408).
+    pub body_read: Duration,
 }
 
 /// Size and connection limits.
@@ -545,6 +549,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Client connections (a tunnel counts once here but holds two file descriptors).
     pub max_connections: usize,
+    /// Concurrent streams of one HTTP/2 connection (advertised in SETTINGS).
+    pub max_streams_per_connection: u32,
+    /// Requests and tunnels in flight across all connections; `None`: derived from the
+    /// open-file limit when the proxy starts.
+    pub max_in_flight: Option<usize>,
 }
 
 /// The access log.

@@ -38,30 +38,49 @@ pub(crate) enum Action {
     /// A head started arriving `header_read` ago and is still not complete (slowloris): drop
     /// the connection; nothing useful can be answered.
     DropSlowHead,
+    /// Response bytes have waited `send` for the client to take them (it stopped reading):
+    /// drop the connection.
+    DropStalled,
 }
 
-/// The `idle` / `header_read` policy, pure: what to do at `now` for a connection that entered
-/// `phase` at `since`, and when to look again. Phases change without waking the watchdog, so it
-/// looks again at least every `header_read`.
+/// The timeouts a connection's watchdog enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) idle: Duration,
+    pub(crate) header_read: Duration,
+    pub(crate) send: Duration,
+}
+
+/// The connection policy, pure: what to do at `now` for a connection that entered `phase` at
+/// `since` and whose response bytes have waited for the client since `stalled` (if they do),
+/// and when to look again. Phases change without waking the watchdog, so it looks again at
+/// least every `header_read`.
 pub(crate) fn watchdog(
     phase: Phase,
     since: Instant,
+    stalled: Option<Instant>,
     now: Instant,
-    idle: Duration,
-    header_read: Duration,
+    limits: Limits,
 ) -> (Action, Instant) {
     let waited = now.saturating_duration_since(since);
+    let stuck = stalled.map(|at| (at, now.saturating_duration_since(at)));
     let action = match phase {
-        Phase::Head if waited >= header_read => Action::DropSlowHead,
-        Phase::Idle if waited >= idle => Action::CloseIdle,
+        _ if stuck.is_some_and(|(_, waited)| waited >= limits.send) => Action::DropStalled,
+        Phase::Head if waited >= limits.header_read => Action::DropSlowHead,
+        Phase::Idle if waited >= limits.idle => Action::CloseIdle,
         _ => Action::Nothing,
     };
-    let recheck = now + header_read;
-    let deadline = match (phase, action) {
-        (Phase::Idle, Action::Nothing) => (since + idle).min(recheck),
-        (Phase::Head, Action::Nothing) => (since + header_read).min(recheck),
-        _ => recheck,
-    };
+    let mut deadline = now + limits.header_read;
+    if action == Action::Nothing {
+        match phase {
+            Phase::Idle => deadline = deadline.min(since + limits.idle),
+            Phase::Head => deadline = deadline.min(since + limits.header_read),
+            Phase::Busy => {}
+        }
+        if let Some((at, _)) = stuck {
+            deadline = deadline.min(at + limits.send);
+        }
+    }
     (action, deadline)
 }
 
@@ -74,6 +93,15 @@ pub(crate) struct ConnState {
     phase_since_ms: AtomicU64,
     in_flight: AtomicU32,
     length_conflict: AtomicBool,
+    /// Response frames handed to hyper that it has not come back for yet: hyper asks a body
+    /// for its next frame once it wrote (HTTP/1.1) or queued within the flow-control window
+    /// (HTTP/2) the previous one, so a frame it keeps means the client stopped reading.
+    handed: AtomicU32,
+    /// Milliseconds after `epoch` of the last progress of handed frames (or 0 for none).
+    handed_since_ms: AtomicU64,
+    /// 1 + milliseconds after `epoch` since when the socket refuses writes (0: it takes them):
+    /// a client that stopped reading, caught even when hyper holds the last frame itself.
+    write_blocked_ms: AtomicU64,
     /// HTTP/2 has no "head being read" phase: frames of other streams flow at any time.
     is_http1: bool,
 }
@@ -86,7 +114,50 @@ impl ConnState {
             phase_since_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             length_conflict: AtomicBool::new(false),
+            handed: AtomicU32::new(0),
+            handed_since_ms: AtomicU64::new(0),
+            write_blocked_ms: AtomicU64::new(0),
             is_http1: protocol == Protocol::Http1,
+        }
+    }
+
+    /// A response body handed hyper a frame.
+    pub(crate) fn frame_handed(&self) {
+        self.handed_since_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        self.handed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// hyper came back to a body that had handed it a frame (or the body ended): progress.
+    pub(crate) fn frame_taken(&self) {
+        self.handed_since_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        self.handed.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Since when response bytes have waited for the client without progress, if they do:
+    /// frames handed to hyper, or a socket that refuses writes.
+    pub(crate) fn stalled_since(&self) -> Option<Instant> {
+        let handed = (self.handed.load(Ordering::Acquire) > 0)
+            .then(|| self.epoch + Duration::from_millis(self.handed_since_ms.load(Ordering::Acquire)));
+        let blocked = match self.write_blocked_ms.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.epoch + Duration::from_millis(ms - 1)),
+        };
+        match (handed, blocked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A write to the client's socket: `Pending` starts the clock, bytes taken stop it.
+    fn on_write<T>(&self, polled: &Poll<io::Result<T>>, wrote: impl Fn(&T) -> bool) {
+        match polled {
+            Poll::Pending => {
+                if self.write_blocked_ms.load(Ordering::Acquire) == 0 {
+                    self.write_blocked_ms.store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Release);
+                }
+            }
+            Poll::Ready(Ok(v)) if wrote(v) => self.write_blocked_ms.store(0, Ordering::Release),
+            Poll::Ready(_) => {}
         }
     }
 
@@ -107,6 +178,10 @@ impl ConnState {
     }
 
     /// A request head was parsed and handed to the proxy.
+    pub(crate) fn is_http1(&self) -> bool {
+        self.is_http1
+    }
+
     pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.set_phase(Phase::Busy);
@@ -193,7 +268,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.state.on_write(&polled, |n| *n > 0);
+        polled
     }
 
     fn poll_write_vectored(
@@ -201,7 +279,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.state.on_write(&polled, |n| *n > 0);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -209,7 +290,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.state.on_write(&polled, |()| true);
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -238,22 +322,32 @@ mod tests {
     }
 
     #[test]
-    fn the_watchdog_closes_idle_connections_after_idle_and_slow_heads_after_header_read() {
+    fn the_watchdog_closes_idle_connections_after_idle_slow_heads_after_header_read_and_stalled_readers_after_send() {
         let t0 = Instant::now();
-        let (idle, head) = (Duration::from_secs(90), Duration::from_secs(10));
+        let limits = Limits {
+            idle: Duration::from_secs(90),
+            header_read: Duration::from_secs(10),
+            send: Duration::from_secs(30),
+        };
         let at = |s: u64| t0 + Duration::from_secs(s);
+        let dog = |phase, now, stalled| watchdog(phase, t0, stalled, now, limits);
         // Idle for 5 s: nothing yet, look again at the header_read recheck.
-        assert_eq!(watchdog(Phase::Idle, t0, at(5), idle, head), (Action::Nothing, at(15)));
+        assert_eq!(dog(Phase::Idle, at(5), None), (Action::Nothing, at(15)));
         // Idle deadline closer than the recheck: wake exactly then.
-        assert_eq!(watchdog(Phase::Idle, t0, at(85), idle, head), (Action::Nothing, at(90)));
-        assert_eq!(watchdog(Phase::Idle, t0, at(90), idle, head), (Action::CloseIdle, at(100)));
+        assert_eq!(dog(Phase::Idle, at(85), None), (Action::Nothing, at(90)));
+        assert_eq!(dog(Phase::Idle, at(90), None), (Action::CloseIdle, at(100)));
         // A head that started at t0 has until t0 + header_read, and no longer.
-        assert_eq!(watchdog(Phase::Head, t0, at(3), idle, head), (Action::Nothing, at(10)));
-        assert_eq!(watchdog(Phase::Head, t0, at(10), idle, head), (Action::DropSlowHead, at(20)));
-        // A busy connection is never timed out by the watchdog (the request timeout applies).
-        assert_eq!(watchdog(Phase::Busy, t0, at(1000), idle, head), (Action::Nothing, at(1010)));
+        assert_eq!(dog(Phase::Head, at(3), None), (Action::Nothing, at(10)));
+        assert_eq!(dog(Phase::Head, at(10), None), (Action::DropSlowHead, at(20)));
+        // A busy connection whose client takes its bytes is not timed out by the watchdog
+        // (the request timeout applies to the backend).
+        assert_eq!(dog(Phase::Busy, at(1000), None), (Action::Nothing, at(1010)));
         // A keep-alive connection waiting longer than header_read is not a slow head.
-        assert_eq!(watchdog(Phase::Idle, t0, at(60), idle, head).0, Action::Nothing);
+        assert_eq!(dog(Phase::Idle, at(60), None).0, Action::Nothing);
+        // Response bytes waiting since 995 s: wake at 995 + send, drop then.
+        assert_eq!(dog(Phase::Busy, at(1000), Some(at(995))), (Action::Nothing, at(1010)));
+        assert_eq!(dog(Phase::Busy, at(1020), Some(at(995))), (Action::Nothing, at(1025)));
+        assert_eq!(dog(Phase::Busy, at(1025), Some(at(995))), (Action::DropStalled, at(1035)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 pub(crate) mod conn;
 pub(crate) mod sniff;
 
-pub(crate) use conn::{Action, ConnIo, ConnState, watchdog};
+pub(crate) use conn::{Action, ConnIo, ConnState, Limits, watchdog};
 
 /// The HTTP version a client connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! counted, and tied to the bookkeeping that must happen when a request ends.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::exchange::{Ending, Exchange};
+use crate::downstream::ConnState;
 
 enum Source {
     Upstream(Incoming),
@@ -22,22 +24,37 @@ pub(crate) struct ClientBody {
     source: Source,
     bytes: u64,
     exchange: Option<Exchange>,
+    /// The client connection, told when a frame waits for hyper to come back (`send` timeout).
+    conn: Option<Arc<ConnState>>,
+    /// A frame was handed to hyper and hyper has not asked for the next one yet.
+    handed: bool,
 }
 
 impl ClientBody {
     pub(crate) fn upstream(body: Incoming, exchange: Exchange) -> Self {
-        Self { source: Source::Upstream(body), bytes: 0, exchange: Some(exchange) }
+        let conn = Some(exchange.conn_state().clone());
+        Self { source: Source::Upstream(body), bytes: 0, exchange: Some(exchange), conn, handed: false }
     }
 
     pub(crate) fn full(bytes: impl Into<Bytes>, exchange: Option<Exchange>) -> Self {
         let bytes = bytes.into();
         let source = Source::Full((!bytes.is_empty()).then_some(bytes));
-        Self { source, bytes: 0, exchange }
+        let conn = exchange.as_ref().map(|e| e.conn_state().clone());
+        Self { source, bytes: 0, exchange, conn, handed: false }
     }
 
     fn finish(&mut self, ending: Ending) {
         if let Some(exchange) = self.exchange.take() {
             exchange.finish(self.bytes, ending);
+        }
+    }
+
+    /// hyper is back for more (or gave up): the frame it was handed moved on.
+    fn taken(&mut self) {
+        if std::mem::take(&mut self.handed)
+            && let Some(conn) = &self.conn
+        {
+            conn.frame_taken();
         }
     }
 }
@@ -48,6 +65,7 @@ impl Body for ClientBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        this.taken();
         let polled = match &mut this.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Source::Upstream(body) => Pin::new(body).poll_frame(cx),
@@ -56,6 +74,10 @@ impl Body for ClientBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
+                    if let Some(conn) = &this.conn {
+                        conn.frame_handed();
+                        this.handed = true;
+                    }
                 }
             }
             Poll::Ready(None) => this.finish(Ending::Complete),
@@ -88,6 +110,7 @@ impl Drop for ClientBody {
             Source::Upstream(body) if !body.is_end_stream() => Ending::CutShort,
             _ => Ending::Complete,
         };
+        self.taken();
         self.finish(ending);
     }
 }

@@ -30,6 +30,9 @@ pub(crate) enum ProxyError {
     /// A request for another host than the one its TLS connection was set up for.
     #[error("misdirected request: this connection serves another host")]
     Misdirected,
+    /// `limits.max_in_flight` requests and tunnels are in flight already.
+    #[error("overloaded: too many requests in flight, retry shortly")]
+    Overloaded,
     /// No backend of the upstream takes new sessions.
     #[error("no backend available")]
     NoBackend,
@@ -39,6 +42,9 @@ pub(crate) enum ProxyError {
     /// The backend failed after the request was sent; nothing is retried once bytes left.
     #[error("bad gateway")]
     BackendFailed(#[source] hyper::Error),
+    /// The client stopped sending its request body for `timeouts.body_read`.
+    #[error("request timeout: the request body stopped arriving")]
+    BodyStalled(Duration),
     /// No response head within `timeouts.request`.
     #[error("gateway timeout")]
     BackendTimeout(Duration),
@@ -52,15 +58,16 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Origin => StatusCode::FORBIDDEN,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BackendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     /// The connection must not carry another request after this answer.
     fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::Malformed(_))
+        matches!(self, ProxyError::Malformed(_) | ProxyError::BodyStalled(_))
     }
 
     /// The answer: a short plain-text body that never names a backend address. The failure is
@@ -80,10 +87,20 @@ impl ProxyError {
                     "backend response timed out"
                 );
             }
+            ProxyError::BodyStalled(waited) => tracing::info!(
+                client = %ex.client(),
+                upstream,
+                waited_ms = waited.as_millis() as u64,
+                "request body stalled"
+            ),
             ProxyError::Malformed(problem) => tracing::debug!(client = %ex.client(), %problem, "malformed request"),
             ProxyError::Unauthorized(reason) => tracing::debug!(client = %ex.client(), %reason, "token refused"),
             ProxyError::Origin => tracing::debug!(client = %ex.client(), "WebSocket origin refused"),
-            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::Unreachable | ProxyError::Misdirected => {}
+            ProxyError::NoRoute
+            | ProxyError::NoBackend
+            | ProxyError::Unreachable
+            | ProxyError::Misdirected
+            | ProxyError::Overloaded => {}
         }
         let status = self.status();
         ex.status = status.as_u16();
@@ -111,6 +128,9 @@ impl ProxyError {
         }
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(self, ProxyError::Overloaded) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use http::Method;
 use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::access_log::{AccessLog, RequestRecord};
 use crate::downstream::ClientConn;
@@ -40,6 +41,9 @@ pub(crate) struct Exchange {
     pub(crate) reusable: Option<Sender>,
     /// The backend's load unit, released when the response ends.
     pub(crate) load: Option<Load>,
+    /// The request's place under `limits.max_in_flight`, held until the response ends (a
+    /// tunnel takes it over).
+    pub(crate) slot: Option<OwnedSemaphorePermit>,
     latency: Option<Histogram>,
     /// Set with the upstream: counts a request that ends without a backend.
     log: Arc<AccessLog>,
@@ -53,6 +57,7 @@ impl Exchange {
         host: Option<Box<str>>,
         path_and_query: Box<str>,
         log: Arc<AccessLog>,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Self {
             started: Instant::now(),
@@ -66,6 +71,7 @@ impl Exchange {
             backend: None,
             reusable: None,
             load: None,
+            slot,
             latency: None,
             log,
             finished: false,
@@ -79,6 +85,10 @@ impl Exchange {
 
     pub(crate) fn client(&self) -> std::net::SocketAddr {
         self.client.peer
+    }
+
+    pub(crate) fn conn_state(&self) -> &Arc<crate::downstream::ConnState> {
+        &self.client.state
     }
 
     /// The response body ended after `bytes_out` bytes, read to its end or not.

@@ -6,7 +6,6 @@
 //! connections, or pick a backend itself (it asks the upstream for a selection).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -16,6 +15,7 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifiers;
@@ -23,10 +23,10 @@ use crate::balance;
 use crate::config::{Config, Env, HeaderRules, Timeouts, TokenSource};
 use crate::downstream::ClientConn;
 use crate::lifecycle::Lifecycle;
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerLabels, Metrics, TimeoutKind};
 use crate::report::Chain;
-use crate::tunnel::relay::ClientStream;
-use crate::upstream::body::UpstreamBody;
+use crate::tunnel::relay::{self, ClientStream};
+use crate::upstream::body::{BodyError, UpstreamBody};
 use crate::upstream::pool::{self, Purpose, Sender};
 use crate::upstream::{BackendHandle, Candidate, Resolve, Selection, Start, Upstream, UpstreamDeps};
 
@@ -69,6 +69,8 @@ pub(crate) struct Snapshot {
 /// The proxy shared by all listeners.
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
+    /// Places for requests and tunnels across all connections (`limits.max_in_flight`).
+    in_flight: Arc<Semaphore>,
     deps: Arc<UpstreamDeps>,
     lifecycle: Lifecycle,
 }
@@ -89,7 +91,13 @@ impl Snapshot {
 }
 
 impl Proxy {
-    pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>, resolver: Arc<dyn Resolve>, env: Env) -> Arc<Self> {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        resolver: Arc<dyn Resolve>,
+        env: Env,
+        max_in_flight: usize,
+    ) -> Arc<Self> {
         let tasks = TaskTracker::new();
         let (lifecycle, events) = Lifecycle::start(&tasks, metrics.clone());
         let deps = Arc::new(UpstreamDeps { tasks, metrics, resolver, events, env });
@@ -103,7 +111,8 @@ impl Proxy {
             .collect();
         deps.metrics.config_generation.set(1);
         let snapshot = Snapshot::new(config, upstreams, &deps.env, 1);
-        Arc::new(Self { snapshot: ArcSwap::from_pointee(snapshot), deps, lifecycle })
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
+        Arc::new(Self { snapshot: ArcSwap::from_pointee(snapshot), in_flight, deps, lifecycle })
     }
 
     /// Swap in a new validated config: upstreams are updated in place (their backends, pools
@@ -201,10 +210,16 @@ impl Proxy {
         true
     }
 
+    /// A place under `limits.max_in_flight`, if one is free.
+    fn take_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.in_flight.clone().try_acquire_owned().ok()
+    }
+
     async fn handle<S: ClientStream>(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         conn: Arc<ClientConn>,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Response<ClientBody> {
         conn.state.request_started();
         let snapshot = self.snapshot();
@@ -216,7 +231,16 @@ impl Proxy {
             raw_host.as_deref().map(Into::into),
             path_and_query,
             snapshot.access_log.clone(),
+            slot,
         );
+        if ex.slot.is_none() {
+            self.deps
+                .metrics
+                .in_flight_refused
+                .get_or_create(&ListenerLabels { listener: conn.listener.clone() })
+                .inc();
+            return ProxyError::Overloaded.into_response(ex);
+        }
         let framing =
             if conn.state.take_length_conflict() { headers::Framing::LengthConflict } else { headers::Framing::Clean };
         let host = match headers::check_request(&req, framing) {
@@ -338,8 +362,10 @@ impl Proxy {
     ) -> Result<(Answer, Option<Sender>), ProxyError> {
         let timeouts = &snapshot.config.timeouts;
         let counted = ex.bytes_in.clone();
-        let mut request =
-            Some(upstream_request(req, conn, snapshot, raw_host.as_deref(), rules, |b| UpstreamBody::new(b, counted)));
+        let patience = timeouts.body_read;
+        let mut request = Some(upstream_request(req, conn, snapshot, raw_host.as_deref(), rules, |b| {
+            UpstreamBody::new(b, counted, patience)
+        }));
         while let Some(candidate) = selection.next() {
             for _ in 0..ATTEMPTS_PER_BACKEND {
                 let mut sender = match candidate.backend.pool().take() {
@@ -364,7 +390,12 @@ impl Proxy {
                         Some(req) => request = Some(req),
                         None => {
                             ex.backend = Some(candidate.backend);
-                            return Err(ProxyError::BackendFailed(e.into_error()));
+                            let e = e.into_error();
+                            if let Some(BodyError::Stalled(waited)) = body_error(&e) {
+                                self.deps.metrics.timeout(TimeoutKind::BodyRead);
+                                return Err(ProxyError::BodyStalled(*waited));
+                            }
+                            return Err(ProxyError::BackendFailed(e));
                         }
                     },
                     Err(_) => {
@@ -448,13 +479,14 @@ impl Proxy {
                 registration: backend.tunnels().register(selection.shared_key()),
                 load,
                 permit: conn.take_permit(),
+                slot: ex.slot.take(),
                 client: conn.peer,
                 listener: conn.listener.clone(),
                 host: ex.host.clone(),
                 path_and_query: ex.path_and_query.clone(),
                 upstream: selection.upstream().clone(),
                 backend: backend.clone(),
-                idle: timeouts.tunnel_idle,
+                timeouts: relay::Timeouts { idle: timeouts.tunnel_idle, send: timeouts.send },
                 log: snapshot.access_log.clone(),
                 metrics: self.deps.metrics.clone(),
             };
@@ -513,6 +545,18 @@ fn raw_host<B>(req: &Request<B>) -> Option<String> {
         return Some(authority.as_str().to_owned());
     }
     req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+}
+
+/// The request body's own failure behind a failed exchange, when it was the body that failed.
+fn body_error(e: &hyper::Error) -> Option<&BodyError> {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(body) = cause.downcast_ref::<BodyError>() {
+            return Some(body);
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// The request as the backend sees it: origin-form HTTP/1.1, hop-by-hop headers removed,
@@ -591,12 +635,21 @@ impl<S> Clone for ConnService<S> {
 
 impl<S: ClientStream> hyper::service::Service<Request<Incoming>> for ConnService<S> {
     type Response = Response<ClientBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ClientBody>, Infallible>> + Send>>;
+    /// Only ever `REFUSED_STREAM`, which hyper sends as the stream's reset: an HTTP/2 request
+    /// over `limits.max_in_flight` was not processed and may be retried (RFC 9113 8.7).
+    type Error = h2::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ClientBody>, h2::Error>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let proxy = self.proxy.clone();
         let conn = self.conn.clone();
-        Box::pin(async move { Ok(proxy.handle::<S>(req, conn).await) })
+        let slot = proxy.take_slot();
+        if slot.is_none() && !conn.state.is_http1() {
+            let labels = ListenerLabels { listener: conn.listener.clone() };
+            proxy.deps.metrics.in_flight_refused.get_or_create(&labels).inc();
+            return Box::pin(std::future::ready(Err(h2::Error::from(h2::Reason::REFUSED_STREAM))));
+        }
+        // HTTP/1.1 has no way to refuse a request unprocessed: it gets a 503 with Retry-After.
+        Box::pin(async move { Ok(proxy.handle::<S>(req, conn, slot).await) })
     }
 }

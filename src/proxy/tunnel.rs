@@ -11,7 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::access_log::{AccessLog, TunnelRecord};
 use crate::downstream::ConnIo;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TimeoutKind};
 use crate::tunnel::registry::Registration;
 use crate::tunnel::relay::{self, ClientStream, Side};
 use crate::upstream::{BackendHandle, Load, Upstream};
@@ -26,13 +26,15 @@ pub(super) struct Tunnel {
     pub(super) load: Load,
     /// The client connection's slot under `limits.max_connections`.
     pub(super) permit: Option<OwnedSemaphorePermit>,
+    /// The tunnel's place under `limits.max_in_flight`.
+    pub(super) slot: Option<OwnedSemaphorePermit>,
     pub(super) client: SocketAddr,
     pub(super) listener: Arc<str>,
     pub(super) host: Option<Box<str>>,
     pub(super) path_and_query: Box<str>,
     pub(super) upstream: Arc<Upstream>,
     pub(super) backend: Arc<BackendHandle>,
-    pub(super) idle: Duration,
+    pub(super) timeouts: relay::Timeouts,
     pub(super) log: Arc<AccessLog>,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -62,13 +64,16 @@ impl Tunnel {
         let metrics = self.backend.metrics();
         metrics.tunnels_open.inc();
         metrics.tunnels_total.inc();
-        let report =
-            relay::relay(client, backend_io, client_early, backend_early, self.registration.control(), self.idle).await;
+        let control = self.registration.control();
+        let report = relay::relay(client, backend_io, client_early, backend_early, control, self.timeouts).await;
         metrics.tunnels_open.dec();
         metrics.bytes_in.inc_by(report.bytes_up);
         metrics.bytes_out.inc_by(report.bytes_down);
         let lifetime = started.elapsed();
         metrics.tunnel_lifetime.observe(lifetime.as_secs_f64());
+        if report.end == relay::End::SendTimeout {
+            self.metrics.timeout(TimeoutKind::Send);
+        }
         if let Some(code) = report.close_code {
             self.metrics.close_sent(self.upstream.name(), code);
         }
@@ -84,6 +89,6 @@ impl Tunnel {
             lifetime,
             end: report.end.as_str(),
         });
-        drop((self.load, self.permit, self.registration));
+        drop((self.load, self.permit, self.slot, self.registration));
     }
 }

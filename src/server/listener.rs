@@ -23,11 +23,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Timeouts;
-use crate::downstream::{Action, ClientConn, ConnIo, ConnState, Endpoints, Protocol, watchdog};
+use crate::downstream::{Action, ClientConn, ConnIo, ConnState, Endpoints, Limits, Protocol, watchdog};
+use crate::metrics::{Metrics, TimeoutKind};
 use crate::proxy::{ConnService, Proxy};
 use crate::tunnel::relay::ClientStream;
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// HTTP/2 streams a client may reset before tether accepted them, at once.
+const MAX_PENDING_RESETS: usize = 20;
+/// HTTP/2 streams tether may have to reset for a client's protocol errors over a connection's life.
+const MAX_ERROR_RESETS: usize = 1024;
+
 /// Sent to a client over `limits.max_connections` before closing it.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 34\r\nconnection: close\r\n\r\ntoo many connections, retry later\n";
 
@@ -184,7 +190,9 @@ async fn serve_http<S: ClientStream>(
     timeouts: &Timeouts,
     shutdown: CancellationToken,
 ) {
-    let max_header_bytes = proxy.config().limits.max_header_bytes;
+    let limits = &proxy.config().limits;
+    let (max_header_bytes, max_streams) = (limits.max_header_bytes, limits.max_streams_per_connection);
+    let metrics = proxy.metrics().clone();
     let conn_state = Arc::new(ConnState::new(conn.protocol));
     let client = Arc::new(ClientConn::new(
         Endpoints { peer: conn.peer, local: conn.local, is_tls: conn.transport == Transport::Tls, sni: conn.sni },
@@ -200,8 +208,14 @@ async fn serve_http<S: ClientStream>(
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(max_streams)
+                // Streams a client opens and resets before they are served (rapid reset), and
+                // streams tether had to reset for the client's errors, are bounded per
+                // connection: past these, the connection gets GOAWAY (ENHANCE_YOUR_CALM).
+                .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+                .max_local_error_reset_streams(MAX_ERROR_RESETS)
                 .serve_connection(io, service);
-            watch(conn, &conn_state, timeouts, &shutdown).await;
+            watch(conn, &conn_state, timeouts, &metrics, &shutdown).await;
         }
         Protocol::Http1 => {
             let conn = http1::Builder::new()
@@ -211,7 +225,7 @@ async fn serve_http<S: ClientStream>(
                 .max_buf_size(max_header_bytes)
                 .serve_connection(io, service)
                 .with_upgrades();
-            watch(conn, &conn_state, timeouts, &shutdown).await;
+            watch(conn, &conn_state, timeouts, &metrics, &shutdown).await;
         }
     }
 }
@@ -250,17 +264,31 @@ where
     }
 }
 
-/// Drive `conn`, enforcing `idle` (no request in flight) and `header_read` (a head that
-/// started arriving must complete), and finishing gracefully on shutdown.
-async fn watch<C: Graceful>(conn: C, state: &ConnState, timeouts: &Timeouts, shutdown: &CancellationToken) {
+/// Drive `conn`, enforcing `idle` (no request in flight), `header_read` (a head that started
+/// arriving must complete) and `send` (a client must take the response), and finishing
+/// gracefully on shutdown.
+async fn watch<C: Graceful>(
+    conn: C,
+    state: &ConnState,
+    timeouts: &Timeouts,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) {
     tokio::pin!(conn);
     let mut closing = false;
+    let limits = Limits { idle: timeouts.idle, header_read: timeouts.header_read, send: timeouts.send };
     loop {
         let (phase, since) = state.phase();
-        let (action, next_check) =
-            watchdog(phase, since, std::time::Instant::now(), timeouts.idle, timeouts.header_read);
+        let (action, next_check) = watchdog(phase, since, state.stalled_since(), std::time::Instant::now(), limits);
         match action {
-            Action::DropSlowHead => return,
+            Action::DropSlowHead => {
+                metrics.timeout(TimeoutKind::HeaderRead);
+                return;
+            }
+            Action::DropStalled => {
+                metrics.timeout(TimeoutKind::Send);
+                return;
+            }
             Action::CloseIdle if !closing => {
                 closing = true;
                 conn.as_mut().begin_graceful_shutdown();

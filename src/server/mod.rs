@@ -122,7 +122,12 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         },
         None => None,
     };
-    let max_connections = effective_max_connections(config.limits.max_connections, raise_nofile_limit());
+    let nofile = raise_nofile_limit();
+    let max_connections = within_descriptors("limits.max_connections", config.limits.max_connections, nofile);
+    let max_in_flight = match config.limits.max_in_flight {
+        Some(configured) => within_descriptors("limits.max_in_flight", configured, nofile),
+        None => affordable(nofile),
+    };
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new(options.log_drops.clone()));
     let mut bound = Vec::new();
@@ -140,7 +145,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         }
         None => None,
     };
-    let proxy = Proxy::new(config.clone(), metrics, options.resolver, options.env);
+    let proxy = Proxy::new(config.clone(), metrics, options.resolver, options.env, max_in_flight);
     let admin = admin_listener.as_ref().map(|(addr, _)| AdminListener {
         addr: *addr,
         stop: CancellationToken::new(),
@@ -322,17 +327,23 @@ fn raise_nofile_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// `configured`, clamped to what `nofile` descriptors can carry (a tunnel costs two: the
-/// client's and the backend's), with a warning when clamped.
-fn effective_max_connections(configured: usize, nofile: u64) -> usize {
+/// Connections (or requests in flight) that `nofile` descriptors can carry: a tunnel costs
+/// two, the client's and the backend's.
+fn affordable(nofile: u64) -> usize {
     let affordable = (nofile.saturating_sub(RESERVED_FDS) / 2).max(1);
-    let affordable = usize::try_from(affordable).unwrap_or(usize::MAX);
+    usize::try_from(affordable).unwrap_or(usize::MAX)
+}
+
+/// The limit `key` as `configured`, clamped to what `nofile` descriptors can carry, with a
+/// warning when clamped.
+fn within_descriptors(key: &'static str, configured: usize, nofile: u64) -> usize {
+    let affordable = affordable(nofile);
     if configured > affordable {
         tracing::warn!(
             configured,
             clamped_to = affordable,
             open_file_limit = nofile,
-            "limits.max_connections is above what the open-file limit allows (a tunnel holds 2 descriptors); clamping"
+            "{key} is above what the open-file limit allows (a tunnel holds 2 descriptors); clamping"
         );
         affordable
     } else {
@@ -346,8 +357,10 @@ mod tests {
 
     #[test]
     fn max_connections_is_clamped_to_half_the_usable_descriptors() {
-        assert_eq!(effective_max_connections(100_000, 20_000), (20_000 - 64) / 2);
-        assert_eq!(effective_max_connections(500, 20_000), 500);
-        assert_eq!(effective_max_connections(10, 0), 1);
+        let key = "limits.max_connections";
+        assert_eq!(within_descriptors(key, 100_000, 20_000), (20_000 - 64) / 2);
+        assert_eq!(within_descriptors(key, 500, 20_000), 500);
+        assert_eq!(within_descriptors(key, 10, 0), 1);
+        assert_eq!(affordable(20_000), (20_000 - 64) / 2);
     }
 }

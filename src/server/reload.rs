@@ -60,8 +60,15 @@ impl Server {
                 }
             }
         }
-        if config.admin.as_ref().map(|a| a.bind) != self.proxy.config().admin.as_ref().map(|a| a.bind) {
+        let running = self.proxy.config();
+        if config.admin.as_ref().map(|a| a.bind) != running.admin.as_ref().map(|a| a.bind) {
             tracing::warn!("admin.bind changed: it takes effect at the next restart");
+        }
+        if config.limits.max_connections != running.limits.max_connections {
+            tracing::warn!("limits.max_connections changed: it takes effect at the next restart");
+        }
+        if config.limits.max_in_flight != running.limits.max_in_flight {
+            tracing::warn!("limits.max_in_flight changed: it takes effect at the next restart");
         }
         for (state, tls) in tls_updates {
             if let (Some(slot), Some(tls)) = (&state.tls, tls) {

@@ -27,9 +27,24 @@ const READS_PER_TURN: usize = 16;
 /// How long a graceful close waits for the frames in flight to end and for both peers to answer
 /// our Close frames before it cuts the connection. A frame can be arbitrarily long, so this must
 /// be bounded; a few seconds finish any reasonable frame on a live connection.
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// The reason text sent with a proxy-initiated Close.
-const CLOSE_REASON: &str = "tether: backend draining";
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// The reason text sent with a Close the proxy was asked for (drain, shutdown, rebalance).
+const DRAIN_REASON: &str = "tether: backend draining";
+/// The code and reason sent to the peer still there when the other one failed or stopped
+/// reading (RFC 6455 7.4.1: 1011, an unexpected condition).
+const LOST_CODE: u16 = 1011;
+const BACKEND_LOST: &str = "tether: backend connection lost";
+const CLIENT_STALLED: &str = "tether: client stopped reading";
+const BACKEND_STALLED: &str = "tether: backend stopped reading";
+
+/// The tunnel's clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Nothing moved in either direction for this long: the tunnel ends.
+    pub idle: Duration,
+    /// A destination took none of the bytes waiting for it for this long: it is treated as gone.
+    pub send: Duration,
+}
 
 /// One end of a tunnel.
 pub enum Side {
@@ -125,6 +140,15 @@ enum Closing {
     Sent,
 }
 
+/// A socket failure, by the end it happened on.
+#[derive(Debug)]
+enum Fault {
+    /// Reading the flow's source failed.
+    Source,
+    /// Writing to the flow's destination failed.
+    Destination,
+}
+
 /// One direction of a tunnel.
 struct Flow {
     /// Bytes read but not yet accepted by the destination. Empty, and unallocated, except
@@ -136,8 +160,13 @@ struct Flow {
     /// The source may have bytes without a new readiness event: at the start, after we stopped
     /// reading because of backpressure, and whenever rustls may hold decrypted plaintext.
     may_read: bool,
-    /// The source reached end of stream and the destination's write side was shut.
+    /// The source reached end of stream (or is gone): once `pending` is delivered, the
+    /// destination's write side is shut.
     eof: bool,
+    /// The destination's write side was shut.
+    shut: bool,
+    /// Since when the destination has refused bytes waiting for it; `None` while it takes them.
+    blocked_since: Option<Instant>,
     bytes: u64,
     /// Frame boundaries of the bytes forwarded in this direction.
     frames: FrameTracker,
@@ -161,6 +190,8 @@ enum Direction {
 enum Step {
     /// Waiting for the source to become readable.
     WaitRead,
+    /// The backend's stream ended without a Close frame: it died or broke the protocol.
+    Lost,
     /// Waiting for the destination to become writable.
     WaitWrite,
     /// Source ended and everything was delivered.
@@ -177,6 +208,8 @@ impl Flow {
             needs_flush: false,
             may_read: true,
             eof: false,
+            shut: false,
+            blocked_since: None,
             bytes: 0,
             frames: FrameTracker::new(),
             closing: Closing::No,
@@ -197,7 +230,7 @@ impl Flow {
 
     /// Start a graceful close of this direction: the Close goes out now if the stream is
     /// between frames, otherwise once the frame in flight has been forwarded.
-    fn begin_close(&mut self, dst: &mut Side, code: u16) -> io::Result<()> {
+    fn begin_close(&mut self, dst: &mut Side, code: u16) -> Result<(), Fault> {
         if self.closing != Closing::No {
             return Ok(());
         }
@@ -209,27 +242,57 @@ impl Flow {
         }
         self.closing = Closing::At(code);
         if self.frames.is_at_boundary() {
-            self.inject_close(dst, code)?;
+            self.inject_close(dst, code, DRAIN_REASON)?;
         }
         Ok(())
     }
 
-    fn inject_close(&mut self, dst: &mut Side, code: u16) -> io::Result<()> {
+    fn inject_close(&mut self, dst: &mut Side, code: u16, reason: &str) -> Result<(), Fault> {
         let mask = (self.direction == Direction::Up).then(rand::random::<[u8; 4]>);
-        let frame = frames::close_frame(code, CLOSE_REASON, mask);
+        let frame = frames::close_frame(code, reason, mask);
         self.closing = Closing::Sent;
         self.write_or_keep(dst, frame.as_ref())
     }
 
+    /// The source is gone (failed, ended without a Close, or stopped reading): tell the
+    /// destination with a Close `LOST_CODE` if the stream is between frames and nobody is
+    /// closing yet, then shut its write side once everything is delivered. Mid-frame, a Close
+    /// would corrupt the stream, so the destination sees the connection end instead. Returns
+    /// whether a Close was written.
+    fn lose_source(&mut self, dst: &mut Side, reason: &str) -> Result<bool, Fault> {
+        let told = self.closing == Closing::No && !self.frames.close_seen() && self.frames.is_at_boundary();
+        if told {
+            self.inject_close(dst, LOST_CODE, reason)?;
+        }
+        self.eof = true;
+        self.answered = true;
+        self.may_read = false;
+        Ok(told)
+    }
+
+    /// The destination is gone: what was waiting for it is dropped, and the source is read
+    /// only to see its answer to the Close it was sent (or its end).
+    fn lose_destination(&mut self) {
+        self.pending = Vec::new();
+        self.written = 0;
+        self.needs_flush = false;
+        self.blocked_since = None;
+        self.closing = Closing::Sent;
+    }
+
     /// Move as many bytes as possible without waiting. Returns what to wait for next and
     /// whether any byte was read.
-    fn pump(&mut self, src: &mut Side, dst: &mut Side) -> io::Result<(Step, bool)> {
+    fn pump(&mut self, src: &mut Side, dst: &mut Side) -> Result<(Step, bool), Fault> {
         let mut moved = false;
         for _ in 0..READS_PER_TURN {
             if !self.flush_pending(dst)? {
                 return Ok((Step::WaitWrite, moved));
             }
             if self.eof {
+                if !self.shut {
+                    self.shut = true;
+                    dst.shutdown_write();
+                }
                 return Ok((Step::Done, moved));
             }
             if !self.may_read {
@@ -237,11 +300,12 @@ impl Flow {
             }
             let mut buf = [0u8; READ_CHUNK];
             match src.try_read(&mut buf) {
+                Ok(0) if self.is_backend_lost() => return Ok((Step::Lost, moved)),
                 Ok(0) => {
                     self.eof = true;
                     self.answered = true;
-                    dst.shutdown_write();
-                    return Ok((Step::Done, moved));
+                    // Shut once the loop comes back round with nothing left to deliver.
+                    continue;
                 }
                 Ok(n) => {
                     moved = true;
@@ -253,14 +317,23 @@ impl Flow {
                     return Ok((Step::WaitRead, moved));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(_) if self.direction == Direction::Down && self.closing == Closing::No => {
+                    return Ok((Step::Lost, moved));
+                }
+                Err(_) => return Err(Fault::Source),
             }
         }
         Ok((Step::Again, moved))
     }
 
+    /// The backend's stream ended without its Close frame while nobody was closing: the
+    /// backend died (or broke the protocol) and the client has not been told.
+    fn is_backend_lost(&self) -> bool {
+        self.direction == Direction::Down && self.closing == Closing::No && !self.frames.close_seen()
+    }
+
     /// Forward freshly read bytes, honouring a close in progress.
-    fn forward(&mut self, dst: &mut Side, data: &[u8]) -> io::Result<()> {
+    fn forward(&mut self, dst: &mut Side, data: &[u8]) -> Result<(), Fault> {
         match self.closing {
             Closing::No => {
                 self.frames.advance(data, |_| {});
@@ -271,7 +344,7 @@ impl Flow {
                     let (head, rest) = data.split_at(cut);
                     self.frames.advance(head, |_| {});
                     self.write_or_keep(dst, head)?;
-                    self.inject_close(dst, code)?;
+                    self.inject_close(dst, code, DRAIN_REASON)?;
                     self.watch_for_answer(rest);
                     Ok(())
                 }
@@ -295,7 +368,7 @@ impl Flow {
     }
 
     /// Write what the destination takes now; keep the rest in `pending`.
-    fn write_or_keep(&mut self, dst: &mut Side, mut data: &[u8]) -> io::Result<()> {
+    fn write_or_keep(&mut self, dst: &mut Side, mut data: &[u8]) -> Result<(), Fault> {
         if !self.pending.is_empty() {
             // Order matters: never overtake bytes still waiting.
             self.pending.extend_from_slice(data);
@@ -303,11 +376,11 @@ impl Flow {
         }
         while !data.is_empty() {
             match dst.try_write(data) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => return Err(Fault::Destination),
                 Ok(n) => data = &data[n..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(_) => return Err(Fault::Destination),
             }
         }
         if dst.is_tls() {
@@ -315,19 +388,27 @@ impl Flow {
         }
         if !data.is_empty() {
             self.pending.extend_from_slice(data);
+            self.blocked_since.get_or_insert_with(Instant::now);
         }
         Ok(())
     }
 
     /// Returns true once nothing is left to deliver.
-    fn flush_pending(&mut self, dst: &mut Side) -> io::Result<bool> {
+    fn flush_pending(&mut self, dst: &mut Side) -> Result<bool, Fault> {
         while self.written < self.pending.len() {
             match dst.try_write(&self.pending[self.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Ok(0) => return Err(Fault::Destination),
+                Ok(n) => {
+                    self.written += n;
+                    // Progress: the destination's clock starts again.
+                    self.blocked_since = Some(Instant::now());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.blocked_since.get_or_insert_with(Instant::now);
+                    return Ok(false);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(_) => return Err(Fault::Destination),
             }
         }
         if !self.pending.is_empty() {
@@ -341,10 +422,14 @@ impl Flow {
         if self.needs_flush {
             match dst.try_flush() {
                 Ok(()) => self.needs_flush = false,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.blocked_since.get_or_insert_with(Instant::now);
+                    return Ok(false);
+                }
+                Err(_) => return Err(Fault::Destination),
             }
         }
+        self.blocked_since = None;
         Ok(true)
     }
 
@@ -361,6 +446,12 @@ pub enum End {
     ClientClosed,
     /// The backend ended its side first.
     BackendClosed,
+    /// The backend's connection failed, or ended without a Close frame: the client was sent a
+    /// Close 1011 where the stream was between frames.
+    BackendLost,
+    /// A peer took no bytes for `timeouts.send`: its connection was dropped, and the other
+    /// peer sent a Close 1011 where its stream was between frames.
+    SendTimeout,
     /// Nothing moved for `tunnel_idle`.
     IdleTimeout,
     /// Closed gracefully at the proxy's request (drain, shutdown, rebalance), with the close
@@ -377,6 +468,8 @@ impl End {
         match self {
             End::ClientClosed => "client_closed",
             End::BackendClosed => "backend_closed",
+            End::BackendLost => "backend_lost",
+            End::SendTimeout => "send_timeout",
             End::IdleTimeout => "idle_timeout",
             End::ClosedByProxy => "closed_by_proxy",
             End::CloseTimedOut => "close_timed_out",
@@ -406,36 +499,54 @@ enum Wake {
 }
 
 /// Join `client` and `backend` byte for byte until both directions end (half-closes are
-/// passed on), either side fails, nothing moves for `idle`, or `control` asks for a close.
-/// `client_early` / `backend_early` are bytes hyper had already read past the HTTP exchange.
-/// They are copied out (when there are any) and dropped before relaying starts: they share an
-/// allocation with hyper's read buffer, which would otherwise stay alive for the tunnel's life.
+/// passed on), either side fails, nothing moves for `timeouts.idle`, or `control` asks for a
+/// close. `client_early` / `backend_early` are bytes hyper had already read past the HTTP
+/// exchange. They are copied out (when there are any) and dropped before relaying starts: they
+/// share an allocation with hyper's read buffer, which would otherwise stay alive for the
+/// tunnel's life.
 ///
 /// A requested close is graceful: each direction is followed frame by frame, so the Close
 /// (unmasked to the client, masked to the backend) is written between frames, never inside
 /// one; after it nothing more is forwarded, and the tunnel ends once both peers answered with
 /// their own Close, or after [`CLOSE_GRACE`].
+///
+/// A peer that is gone is handled the same way from the other side: when the backend's
+/// connection fails or ends without a Close frame, or a peer takes no bytes for
+/// `timeouts.send`, the other peer gets a Close 1011 if its stream is between frames (else its
+/// connection just ends), and the tunnel waits up to [`CLOSE_GRACE`] for its answer.
 pub async fn relay(
     mut client: Side,
     mut backend: Side,
     client_early: bytes::Bytes,
     backend_early: bytes::Bytes,
     control: &TunnelControl,
-    idle: Duration,
+    timeouts: Timeouts,
 ) -> Report {
     let mut up = Flow::new(&client_early, Direction::Up);
     let mut down = Flow::new(&backend_early, Direction::Down);
     drop((client_early, backend_early));
     let mut last_activity = Instant::now();
-    let timer = tokio::time::sleep(idle);
+    let timer = tokio::time::sleep(timeouts.idle);
     tokio::pin!(timer);
     let mut first_eof: Option<End> = None;
     let mut close_deadline: Option<Instant> = None;
     let mut close_code = None;
+    // Why the tunnel is ending, when a peer was lost rather than closed.
+    let mut lost: Option<End> = None;
+    // A peer that is gone is neither read nor written again.
+    let (mut client_gone, mut backend_gone) = (false, false);
+    // Once one side ended its stream, the other has CLOSE_GRACE to end its own: a WebSocket
+    // has nothing to say after the other side hung up, and a peer that keeps the connection
+    // half open must not hold the tunnel until the idle timeout.
+    let mut linger_deadline: Option<Instant> = None;
 
     let end = loop {
         let (s_up, moved_up) = match up.pump(&mut client, &mut backend) {
             Ok(r) => r,
+            Err(Fault::Destination) if !backend_gone => {
+                // The backend failed under a write: the client is told like for any lost backend.
+                (Step::Lost, false)
+            }
             Err(_) => break End::Error,
         };
         let (s_down, moved_down) = match down.pump(&mut backend, &mut client) {
@@ -445,8 +556,23 @@ pub async fn relay(
         if moved_up || moved_down {
             last_activity = Instant::now();
         }
+        if s_up == Step::Lost || s_down == Step::Lost {
+            // The backend is gone: tell the client (between frames), stop writing to the backend.
+            backend_gone = true;
+            up.lose_destination();
+            match down.lose_source(&mut client, BACKEND_LOST) {
+                Ok(true) => close_code = Some(LOST_CODE),
+                Ok(false) => {}
+                Err(_) => break End::Error,
+            }
+            lost.get_or_insert(End::BackendLost);
+            let deadline = Instant::now() + CLOSE_GRACE;
+            close_deadline = Some(deadline);
+            timer.as_mut().reset(deadline.into());
+            continue;
+        }
         if close_deadline.is_some() && up.is_closed() && down.is_closed() {
-            break End::ClosedByProxy;
+            break lost.unwrap_or(End::ClosedByProxy);
         }
         if s_up == Step::Done && first_eof.is_none() {
             first_eof = Some(End::ClientClosed);
@@ -455,11 +581,29 @@ pub async fn relay(
             first_eof = Some(End::BackendClosed);
         }
         if s_up == Step::Done && s_down == Step::Done {
-            break if close_deadline.is_some() { End::ClosedByProxy } else { first_eof.unwrap_or(End::ClientClosed) };
+            break match (lost, close_deadline) {
+                (Some(end), _) => end,
+                (None, Some(_)) => End::ClosedByProxy,
+                (None, None) => first_eof.unwrap_or(End::ClientClosed),
+            };
+        }
+        if first_eof.is_some() && close_deadline.is_none() && linger_deadline.is_none() {
+            let deadline = Instant::now() + CLOSE_GRACE;
+            linger_deadline = Some(deadline);
+            if deadline < timer.deadline().into_std() {
+                timer.as_mut().reset(deadline.into());
+            }
         }
         if s_up == Step::Again || s_down == Step::Again {
             tokio::task::yield_now().await;
             continue;
+        }
+        // A destination that just started refusing bytes brings the timer forward.
+        if close_deadline.is_none()
+            && let Some(since) = blocked_since(&up, &down)
+            && since + timeouts.send < timer.deadline().into_std()
+        {
+            timer.as_mut().reset((since + timeouts.send).into());
         }
 
         // One poll function over everything the tunnel waits for: it keeps no waiter nodes of
@@ -471,11 +615,13 @@ pub async fn relay(
                 return Poll::Ready(Wake::Close);
             }
             if s_up == Step::WaitRead
+                && !client_gone
                 && let Poll::Ready(r) = client.tcp().poll_read_ready(cx)
             {
                 return Poll::Ready(Wake::Readable(r, Direction::Up));
             }
             if s_down == Step::WaitRead
+                && !backend_gone
                 && let Poll::Ready(r) = backend.tcp().poll_read_ready(cx)
             {
                 return Poll::Ready(Wake::Readable(r, Direction::Down));
@@ -512,12 +658,54 @@ pub async fn relay(
                     break End::Error;
                 }
             }
-            Wake::Timer => match close_deadline {
-                Some(deadline) if Instant::now() >= deadline => break End::CloseTimedOut,
-                Some(deadline) => timer.as_mut().reset(deadline.into()),
-                None if last_activity.elapsed() >= idle => break End::IdleTimeout,
-                None => timer.as_mut().reset((last_activity + idle).into()),
-            },
+            Wake::Timer => {
+                let now = Instant::now();
+                if let (Some(deadline), None) = (linger_deadline, close_deadline)
+                    && now >= deadline
+                {
+                    break first_eof.unwrap_or(End::ClientClosed);
+                }
+                if let Some(deadline) = close_deadline {
+                    if now >= deadline {
+                        break lost.unwrap_or(End::CloseTimedOut);
+                    }
+                    timer.as_mut().reset(deadline.into());
+                    continue;
+                }
+                let stalled = |flow: &Flow| flow.blocked_since.is_some_and(|at| now >= at + timeouts.send);
+                let told = if stalled(&down) {
+                    // The client stopped reading: drop what waits for it, tell the backend.
+                    client_gone = true;
+                    down.lose_destination();
+                    up.lose_source(&mut backend, CLIENT_STALLED)
+                } else if stalled(&up) {
+                    backend_gone = true;
+                    up.lose_destination();
+                    down.lose_source(&mut client, BACKEND_STALLED)
+                } else {
+                    if now >= last_activity + timeouts.idle {
+                        break End::IdleTimeout;
+                    }
+                    let mut next = last_activity + timeouts.idle;
+                    if let Some(since) = blocked_since(&up, &down) {
+                        next = next.min(since + timeouts.send);
+                    }
+                    if let Some(deadline) = linger_deadline {
+                        next = next.min(deadline);
+                    }
+                    timer.as_mut().reset(next.into());
+                    continue;
+                };
+                match told {
+                    Ok(true) => close_code = Some(LOST_CODE),
+                    Ok(false) => {}
+                    Err(_) => break End::Error,
+                }
+                lost = Some(End::SendTimeout);
+                let deadline = now + CLOSE_GRACE;
+                close_deadline = Some(deadline);
+                timer.as_mut().reset(deadline.into());
+            }
         }
     };
     if matches!(end, End::ClosedByProxy | End::CloseTimedOut) {
@@ -525,4 +713,12 @@ pub async fn relay(
         backend.shutdown_write();
     }
     Report { end, bytes_up: up.bytes, bytes_down: down.bytes, close_code }
+}
+
+/// The earliest moment a destination started refusing bytes that still wait for it.
+fn blocked_since(up: &Flow, down: &Flow) -> Option<Instant> {
+    match (up.blocked_since, down.blocked_since) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }

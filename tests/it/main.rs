@@ -21,6 +21,7 @@ mod deploy_compose;
 mod deploy_files;
 mod deploy_k8s;
 mod drain;
+mod hostile;
 mod ops_admin;
 mod ops_discovery;
 mod ops_metrics;

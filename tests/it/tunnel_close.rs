@@ -1,12 +1,13 @@
 //! The relay's graceful close: a Close lands between frames on both sides, even while the
-//! backend streams large and fragmented messages, and both close handshakes complete.
+//! backend streams large and fragmented messages, and both close handshakes complete. A peer
+//! that dies or stops reading is closed the same way from the other side, with 1011.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tether::tunnel::registry::{TunnelControl, TunnelRegistry};
-use tether::tunnel::relay::{self, End, Side};
+use tether::tunnel::relay::{self, End, Side, Timeouts};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -41,8 +42,15 @@ struct Relay {
     task: tokio::task::JoinHandle<relay::Report>,
 }
 
+/// Timeouts that never fire within a test.
+const PATIENT: Timeouts = Timeouts { idle: Duration::from_secs(60), send: Duration::from_secs(60) };
+
 impl Relay {
     async fn start() -> Self {
+        Self::start_with(PATIENT).await
+    }
+
+    async fn start_with(timeouts: Timeouts) -> Self {
         let (client_tcp, proxy_client) = pair().await;
         let (proxy_backend, backend_tcp) = pair().await;
         let registry = Arc::new(TunnelRegistry::new(Arc::default()));
@@ -55,7 +63,7 @@ impl Relay {
                 bytes::Bytes::new(),
                 bytes::Bytes::new(),
                 registration.control(),
-                Duration::from_secs(60),
+                timeouts,
             )
             .await;
             drop(registration);
@@ -167,4 +175,147 @@ async fn an_idle_tunnel_closes_at_once_and_a_silent_peer_is_cut_after_the_grace(
     let _ = client.close(None).await;
     let report = within("relay end", relay_task).await.unwrap();
     assert_eq!(report.end, End::CloseTimedOut, "the backend never answered its Close");
+}
+
+/// The next Close frame `ws` receives (messages before it are skipped), or `None` if the
+/// stream ends or breaks without one.
+async fn next_close(ws: &mut WebSocketStream<TcpStream>) -> Option<(u16, String)> {
+    within("a Close frame or the end of the stream", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_dies_between_frames_leaves_the_client_a_close_1011() {
+    let Relay { client_tcp, backend_tcp, task: relay_task, .. } = Relay::start().await;
+    let mut backend = WebSocketStream::from_raw_socket(backend_tcp, Role::Server, None).await;
+    for seq in 0..3 {
+        backend.send(Message::binary(payload(seq, 1000))).await.unwrap();
+    }
+    // The process dies: its socket closes with no Close frame.
+    drop(backend);
+
+    let mut client = WebSocketStream::from_raw_socket(client_tcp, Role::Client, None).await;
+    for seq in 0..3 {
+        match within("a message", client.next()).await {
+            Some(Ok(Message::Binary(data))) => assert_eq!(&data[..], &payload(seq, 1000)[..]),
+            other => panic!("expected message {seq}, got {other:?}"),
+        }
+    }
+    let (code, reason) = next_close(&mut client).await.expect("a Close frame after the messages");
+    assert_eq!(code, 1011);
+    assert_eq!(reason, "tether: backend connection lost");
+    // The client answers; the tunnel ends as a lost backend.
+    let _ = client.close(None).await;
+    let report = within("relay end", relay_task).await.unwrap();
+    assert_eq!(report.end, End::BackendLost);
+    assert_eq!(report.close_code, Some(1011));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_dies_inside_a_frame_ends_the_client_connection_without_a_close() {
+    use tokio::io::AsyncWriteExt;
+    let Relay { client_tcp, mut backend_tcp, task: relay_task, .. } = Relay::start().await;
+    // A binary frame announcing 1000 payload bytes, of which 10 arrive before the backend dies.
+    backend_tcp.write_all(&[0x82, 0x7e, 0x03, 0xe8]).await.unwrap();
+    backend_tcp.write_all(&[7u8; 10]).await.unwrap();
+    drop(backend_tcp);
+
+    let mut client = WebSocketStream::from_raw_socket(client_tcp, Role::Client, None).await;
+    // A Close here would land inside the frame and corrupt it: the stream just ends.
+    assert_eq!(next_close(&mut client).await, None);
+    let report = within("relay end", relay_task).await.unwrap();
+    assert_eq!(report.end, End::BackendLost);
+    assert_eq!(report.close_code, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_the_backend_gets_1011() {
+    let timeouts = Timeouts { idle: Duration::from_secs(60), send: Duration::from_millis(300) };
+    let Relay { client_tcp, backend_tcp, task: relay_task, .. } = Relay::start_with(timeouts).await;
+    // The client never reads a byte.
+    let _stalled_client = client_tcp;
+    let backend = WebSocketStream::from_raw_socket(backend_tcp, Role::Server, None).await;
+    let (mut sink, mut stream) = backend.split();
+    // The backend streams 64 KiB messages (bounded: 64 MiB) until it sees a Close.
+    let close = within("the backend to receive a Close", async {
+        let mut sent = 0;
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Close(frame))) => return frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    Some(Ok(_)) => {}
+                    other => panic!("expected a Close, got {other:?}"),
+                },
+                r = sink.send(Message::binary(vec![1u8; 64 * 1024])), if sent < 1024 => {
+                    r.expect("send");
+                    sent += 1;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(close, Some((1011, "tether: client stopped reading".to_owned())));
+    let _ = sink.close().await;
+    let report = within("relay end", relay_task).await.unwrap();
+    assert_eq!(report.end, End::SendTimeout);
+    assert_eq!(report.close_code, Some(1011));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_reading_is_dropped_after_the_send_timeout_and_the_client_gets_1011() {
+    let timeouts = Timeouts { idle: Duration::from_secs(60), send: Duration::from_millis(300) };
+    let Relay { client_tcp, backend_tcp, task: relay_task, .. } = Relay::start_with(timeouts).await;
+    // The backend never reads a byte.
+    let _stalled_backend = backend_tcp;
+    let client = WebSocketStream::from_raw_socket(client_tcp, Role::Client, None).await;
+    let (mut sink, mut stream) = client.split();
+    let close = within("the client to receive a Close", async {
+        let mut sent = 0;
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Close(frame))) => return frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    Some(Ok(_)) => {}
+                    other => panic!("expected a Close, got {other:?}"),
+                },
+                r = sink.send(Message::binary(vec![1u8; 64 * 1024])), if sent < 1024 => {
+                    r.expect("send");
+                    sent += 1;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(close, Some((1011, "tether: backend stopped reading".to_owned())));
+    let _ = sink.close().await;
+    let report = within("relay end", relay_task).await.unwrap();
+    assert_eq!(report.end, End::SendTimeout);
+    assert_eq!(report.close_code, Some(1011));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_a_finished_tunnel_half_open_is_let_go_after_the_grace() {
+    let Relay { client_tcp, backend_tcp, task: relay_task, .. } = Relay::start().await;
+    let mut backend = WebSocketStream::from_raw_socket(backend_tcp, Role::Server, None).await;
+    // The backend closes properly: Close frame, then its end of the connection.
+    backend.send(Message::Close(None)).await.expect("close");
+    drop(backend);
+    // The client reads the Close but neither answers nor hangs up.
+    let mut client = WebSocketStream::from_raw_socket(client_tcp, Role::Client, None).await;
+    assert!(matches!(within("the Close", client.next()).await, Some(Ok(Message::Close(None)))));
+    let started = std::time::Instant::now();
+    let report = within("relay end", relay_task).await.unwrap();
+    assert_eq!(report.end, End::BackendClosed);
+    assert!(started.elapsed() <= relay::CLOSE_GRACE + Duration::from_secs(2), "let go after the grace");
+    drop(client);
 }

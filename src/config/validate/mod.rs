@@ -42,6 +42,12 @@ const DEFAULT_HEADER_READ: Duration = Duration::from_secs(10);
 const DEFAULT_REQUEST: Duration = Duration::from_secs(60);
 const DEFAULT_IDLE: Duration = Duration::from_secs(90);
 const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(3600);
+/// A peer that takes nothing for this long is not coming back.
+const DEFAULT_SEND: Duration = Duration::from_secs(30);
+const DEFAULT_BODY_READ: Duration = Duration::from_secs(30);
+/// Streams one HTTP/2 connection may have open at once: enough for a page's requests, few
+/// enough that one connection cannot take the whole in-flight budget.
+const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 100;
 const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 /// hyper refuses (panics on) an HTTP/1 read buffer smaller than 8 KiB.
 const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
@@ -257,12 +263,17 @@ impl Validator<'_> {
         let idle = self.positive_duration("timeouts.idle", t.and_then(|t| t.idle.as_ref()), DEFAULT_IDLE);
         let tunnel_idle =
             self.positive_duration("timeouts.tunnel_idle", t.and_then(|t| t.tunnel_idle.as_ref()), DEFAULT_TUNNEL_IDLE);
+        let send = self.positive_duration("timeouts.send", t.and_then(|t| t.send.as_ref()), DEFAULT_SEND);
+        let body_read =
+            self.positive_duration("timeouts.body_read", t.and_then(|t| t.body_read.as_ref()), DEFAULT_BODY_READ);
         Ok(Timeouts {
             connect: connect?,
             header_read: header_read?,
             request: request?,
             idle: idle?,
             tunnel_idle: tunnel_idle?,
+            send: send?,
+            body_read: body_read?,
         })
     }
 
@@ -296,7 +307,24 @@ impl Validator<'_> {
             usize::try_from(n)
                 .map_err(|_| self.error(connections_path, "max_connections is too large for this machine"))
         });
-        Ok(Limits { max_header_bytes: max_header_bytes?, max_connections: max_connections? })
+        let streams = match l.and_then(|l| l.max_streams_per_connection) {
+            None => Ok(DEFAULT_MAX_STREAMS_PER_CONNECTION),
+            Some(0) => Err(self.error("limits.max_streams_per_connection", "must be at least 1")),
+            Some(n) => Ok(n),
+        };
+        let in_flight = match l.and_then(|l| l.max_in_flight) {
+            None => Ok(None),
+            Some(0) => Err(self.error("limits.max_in_flight", "must be at least 1")),
+            Some(n) => usize::try_from(n)
+                .map(Some)
+                .map_err(|_| self.error("limits.max_in_flight", "max_in_flight is too large for this machine")),
+        };
+        Ok(Limits {
+            max_header_bytes: max_header_bytes?,
+            max_connections: max_connections?,
+            max_streams_per_connection: streams?,
+            max_in_flight: in_flight?,
+        })
     }
 
     fn trusted_proxies(&mut self, proxies: Option<&[Text]>) -> Checked<Vec<IpNet>> {

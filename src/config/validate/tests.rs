@@ -117,9 +117,19 @@ fn a_minimal_config_gets_every_default() {
             request: Duration::from_secs(60),
             idle: Duration::from_secs(90),
             tunnel_idle: Duration::from_secs(3600),
+            send: Duration::from_secs(30),
+            body_read: Duration::from_secs(30),
         }
     );
-    assert_eq!(c.limits, Limits { max_header_bytes: 16384, max_connections: 100_000 });
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_header_bytes: 16384,
+            max_connections: 100_000,
+            max_streams_per_connection: 100,
+            max_in_flight: None
+        }
+    );
     assert!(c.trusted_proxies.is_empty());
     assert_eq!(
         c.access_log,
@@ -709,8 +719,22 @@ fn limits_have_floors() {
              powers of 1000"
         ]
     );
-    let l = ok(&format!("{BASE}limits: {{ max_header_bytes: 8KiB, max_connections: 7 }}\n")).config.limits;
-    assert_eq!(l, Limits { max_header_bytes: 8192, max_connections: 7 });
+    let l = ok(&format!(
+        "{BASE}limits: {{ max_header_bytes: 8KiB, max_connections: 7, max_streams_per_connection: 3, max_in_flight: 9 }}\n"
+    ))
+    .config
+    .limits;
+    assert_eq!(
+        l,
+        Limits { max_header_bytes: 8192, max_connections: 7, max_streams_per_connection: 3, max_in_flight: Some(9) }
+    );
+    assert_eq!(
+        errors(&format!("{BASE}limits: {{ max_streams_per_connection: 0, max_in_flight: 0 }}\n")),
+        vec![
+            "c.yaml:10:39: limits.max_streams_per_connection: must be at least 1",
+            "c.yaml:10:57: limits.max_in_flight: must be at least 1",
+        ]
+    );
 }
 
 #[test]

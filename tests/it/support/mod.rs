@@ -19,6 +19,7 @@ pub mod config;
 pub mod deploy_files;
 pub mod echo;
 pub mod gated;
+pub mod h2_frames;
 pub mod http;
 pub mod http_client;
 pub mod jwt;
