@@ -178,7 +178,7 @@ fn run_async(main: impl std::future::Future<Output = anyhow::Result<()>>) -> Exi
 
 /// Lines the log writer holds for a sink that is slower than the proxy; past them lines are
 /// dropped (and counted), never waited for: a stalled log collector must not stall requests.
-const LOG_BUFFER_LINES: usize = 16 * 1024;
+const LOG_BUFFER_LINES: usize = 4 * 1024;
 
 /// Logs go to stderr (stdout carries only the `listening` lines) through a bounded,
 /// non-blocking writer: JSON unless the config asks for text. `RUST_LOG` overrides the default

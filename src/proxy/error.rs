@@ -42,6 +42,9 @@ pub(crate) enum ProxyError {
     /// The backend failed after the request was sent; nothing is retried once bytes left.
     #[error("bad gateway")]
     BackendFailed(#[source] hyper::Error),
+    /// The client's request body broke off (its connection failed or lied about the length).
+    #[error("bad request: the request body broke off")]
+    BodyFailed,
     /// The client stopped sending its request body for `timeouts.body_read`.
     #[error("request timeout: the request body stopped arriving")]
     BodyStalled(Duration),
@@ -53,7 +56,7 @@ pub(crate) enum ProxyError {
 impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Malformed(_) | ProxyError::BodyFailed => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Origin => StatusCode::FORBIDDEN,
@@ -67,7 +70,7 @@ impl ProxyError {
 
     /// The connection must not carry another request after this answer.
     fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::Malformed(_) | ProxyError::BodyStalled(_))
+        matches!(self, ProxyError::Malformed(_) | ProxyError::BodyStalled(_) | ProxyError::BodyFailed)
     }
 
     /// The answer: a short plain-text body that never names a backend address. The failure is
@@ -100,7 +103,8 @@ impl ProxyError {
             | ProxyError::NoBackend
             | ProxyError::Unreachable
             | ProxyError::Misdirected
-            | ProxyError::Overloaded => {}
+            | ProxyError::Overloaded
+            | ProxyError::BodyFailed => {}
         }
         let status = self.status();
         ex.status = status.as_u16();

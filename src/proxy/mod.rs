@@ -28,7 +28,7 @@ use crate::report::Chain;
 use crate::tunnel::relay::{self, ClientStream};
 use crate::upstream::body::{BodyError, UpstreamBody};
 use crate::upstream::pool::{self, Purpose, Sender};
-use crate::upstream::{BackendHandle, Candidate, Resolve, Selection, Start, Upstream, UpstreamDeps};
+use crate::upstream::{BackendHandle, Candidate, Failure, Resolve, Selection, Start, Upstream, UpstreamDeps};
 
 pub(crate) mod access_log;
 mod body;
@@ -381,6 +381,7 @@ impl Proxy {
                 let Some(req) = request.take() else { break };
                 match tokio::time::timeout(timeouts.request, sender.try_send_request(req)).await {
                     Ok(Ok(resp)) => {
+                        selection.upstream().on_answer(&candidate.backend);
                         selection.report();
                         let answer = Answer::new(resp, &selection, candidate, conn.is_tls, ex);
                         return Ok((answer, Some(sender)));
@@ -389,16 +390,25 @@ impl Proxy {
                         // Nothing reached the backend: safe to try again.
                         Some(req) => request = Some(req),
                         None => {
-                            ex.backend = Some(candidate.backend);
                             let e = e.into_error();
-                            if let Some(BodyError::Stalled(waited)) = body_error(&e) {
-                                self.deps.metrics.timeout(TimeoutKind::BodyRead);
-                                return Err(ProxyError::BodyStalled(*waited));
-                            }
-                            return Err(ProxyError::BackendFailed(e));
+                            let failed = match body_error(&e) {
+                                // The client's body failed, not the backend.
+                                Some(BodyError::Stalled(waited)) => {
+                                    self.deps.metrics.timeout(TimeoutKind::BodyRead);
+                                    ProxyError::BodyStalled(*waited)
+                                }
+                                Some(BodyError::Client(_)) => ProxyError::BodyFailed,
+                                None => {
+                                    selection.upstream().on_failure(&candidate.backend, Failure::BadResponse);
+                                    ProxyError::BackendFailed(e)
+                                }
+                            };
+                            ex.backend = Some(candidate.backend);
+                            return Err(failed);
                         }
                     },
                     Err(_) => {
+                        selection.upstream().on_failure(&candidate.backend, Failure::Timeout);
                         ex.backend = Some(candidate.backend);
                         return Err(ProxyError::BackendTimeout(timeouts.request));
                     }
@@ -421,13 +431,10 @@ impl Proxy {
     ) -> Option<Sender> {
         let upstream = selection.upstream();
         match pool::connect_http1(&backend.address(), timeouts.connect, &self.deps.tasks, purpose).await {
-            Ok(sender) => {
-                upstream.on_connect_success(backend);
-                Some(sender)
-            }
+            Ok(sender) => Some(sender),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), backend = %backend.id(), error = %Chain(&e), "backend connect failed");
-                upstream.on_connect_failure(backend);
+                upstream.on_failure(backend, Failure::Connect);
                 ex.backend = Some(backend.clone());
                 None
             }
@@ -458,12 +465,17 @@ impl Proxy {
             selection.report();
             let Some(request) = request.take() else { break };
             let mut resp = match tokio::time::timeout(timeouts.request, sender.send_request(request)).await {
-                Ok(Ok(resp)) => resp,
+                Ok(Ok(resp)) => {
+                    selection.upstream().on_answer(&candidate.backend);
+                    resp
+                }
                 Ok(Err(e)) => {
+                    selection.upstream().on_failure(&candidate.backend, Failure::BadResponse);
                     ex.backend = Some(candidate.backend);
                     return Err(ProxyError::BackendFailed(e));
                 }
                 Err(_) => {
+                    selection.upstream().on_failure(&candidate.backend, Failure::Timeout);
                     ex.backend = Some(candidate.backend);
                     return Err(ProxyError::BackendTimeout(timeouts.request));
                 }

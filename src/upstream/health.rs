@@ -101,9 +101,10 @@ impl HealthState {
         self.last_check = Some(outcome);
     }
 
-    /// A connection to the backend failed. Returns the end of a new ejection, if this failure
-    /// started one.
-    pub(crate) fn on_connect_failure(&mut self, now: Instant, policy: &PassiveConfig) -> Option<Instant> {
+    /// A request to the backend failed: no connection, no response within
+    /// `timeouts.request`, or a response that is not HTTP. Returns the end of a new ejection, if
+    /// this failure started one.
+    pub(crate) fn on_failure(&mut self, now: Instant, policy: &PassiveConfig) -> Option<Instant> {
         if self.ejected_until.is_some_and(|until| now < until) {
             return None;
         }
@@ -118,8 +119,9 @@ impl HealthState {
         Some(until)
     }
 
-    /// A connection to the backend succeeded.
-    pub(crate) fn on_connect_success(&mut self, now: Instant) {
+    /// The backend answered a request (whatever the status): it is alive. A connection alone
+    /// proves nothing; a backend that accepts and never answers keeps failing.
+    pub(crate) fn on_answer(&mut self, now: Instant) {
         self.passive_failures = 0;
         if self.ejected_until.is_none_or(|until| now >= until) {
             self.ejections = 0;
@@ -227,30 +229,30 @@ mod tests {
     }
 
     #[test]
-    fn connect_failures_eject_with_exponential_backoff() {
+    fn failures_eject_with_exponential_backoff() {
         let t0 = Instant::now();
         let mut h = HealthState::active();
-        assert_eq!(h.on_connect_failure(t0, &passive()), None);
-        let until = h.on_connect_failure(t0, &passive()).unwrap();
+        assert_eq!(h.on_failure(t0, &passive()), None);
+        let until = h.on_failure(t0, &passive()).unwrap();
         assert_eq!(until, t0 + Duration::from_secs(10));
         assert_eq!(h.availability(t0), Availability::Ejected);
         // Failures while ejected do not extend it.
-        assert_eq!(h.on_connect_failure(t0 + Duration::from_secs(1), &passive()), None);
+        assert_eq!(h.on_failure(t0 + Duration::from_secs(1), &passive()), None);
         let t1 = until;
         assert_eq!(h.availability(t1), Availability::Active);
-        h.on_connect_failure(t1, &passive());
-        assert_eq!(h.on_connect_failure(t1, &passive()), Some(t1 + Duration::from_secs(20)));
+        h.on_failure(t1, &passive());
+        assert_eq!(h.on_failure(t1, &passive()), Some(t1 + Duration::from_secs(20)));
         let t2 = t1 + Duration::from_secs(20);
-        h.on_connect_failure(t2, &passive());
-        assert_eq!(h.on_connect_failure(t2, &passive()), Some(t2 + Duration::from_secs(40)));
+        h.on_failure(t2, &passive());
+        assert_eq!(h.on_failure(t2, &passive()), Some(t2 + Duration::from_secs(40)));
         let t3 = t2 + Duration::from_secs(40);
-        h.on_connect_failure(t3, &passive());
-        assert_eq!(h.on_connect_failure(t3, &passive()), Some(t3 + Duration::from_secs(60)), "capped");
+        h.on_failure(t3, &passive());
+        assert_eq!(h.on_failure(t3, &passive()), Some(t3 + Duration::from_secs(60)), "capped");
         // A success after the ejection ends resets the back-off.
         let t4 = t3 + Duration::from_secs(60);
-        h.on_connect_success(t4);
-        h.on_connect_failure(t4, &passive());
-        assert_eq!(h.on_connect_failure(t4, &passive()), Some(t4 + Duration::from_secs(10)));
+        h.on_answer(t4);
+        h.on_failure(t4, &passive());
+        assert_eq!(h.on_failure(t4, &passive()), Some(t4 + Duration::from_secs(10)));
     }
 
     #[test]

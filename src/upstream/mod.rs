@@ -23,6 +23,29 @@ use crate::balance::{self, AffinityPolicy, Availability, BackendId, BackendSet, 
 use crate::config::{BackendAddress, Env, UpstreamConfig};
 use crate::metrics::{AffinityCounters, Metrics, UpstreamLabels};
 
+/// How a request to a backend failed, as passive health counts it (like nginx's
+/// `max_fails`: error, timeout, invalid header). A status the backend chose (a 500) is an
+/// answer, not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The connection could not be made.
+    Connect,
+    /// Connected, but no response head within `timeouts.request`.
+    Timeout,
+    /// The connection broke before a response head, or what came back was not HTTP.
+    BadResponse,
+}
+
+impl Failure {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::BadResponse => "bad_response",
+        }
+    }
+}
+
 mod backend;
 pub(crate) mod body;
 mod checker;
@@ -406,13 +429,16 @@ impl Upstream {
         self.refresh(backend);
     }
 
-    pub(crate) fn on_connect_failure(self: &Arc<Self>, backend: &Arc<BackendHandle>) {
-        backend.metrics().connect_failures.inc();
+    /// A request to `backend` failed the way passive health counts (see [`Failure`]).
+    pub(crate) fn on_failure(self: &Arc<Self>, backend: &Arc<BackendHandle>, failure: Failure) {
+        if failure == Failure::Connect {
+            backend.metrics().connect_failures.inc();
+        }
         let passive = self.settings().config.passive.clone();
-        let ejected_until = backend.state().health.on_connect_failure(Instant::now(), &passive);
+        let ejected_until = backend.state().health.on_failure(Instant::now(), &passive);
         self.refresh(backend);
         if let Some(until) = ejected_until {
-            tracing::warn!(upstream = %self.name, backend = %backend.id(), for_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "backend ejected after consecutive connect failures");
+            tracing::warn!(upstream = %self.name, backend = %backend.id(), last = failure.as_str(), for_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "backend ejected after consecutive failures");
             let (upstream, backend) = (self.clone(), backend.clone());
             self.deps.tasks.spawn(async move {
                 tokio::select! {
@@ -423,8 +449,9 @@ impl Upstream {
         }
     }
 
-    pub(crate) fn on_connect_success(&self, backend: &BackendHandle) {
-        backend.state().health.on_connect_success(Instant::now());
+    /// `backend` answered a request.
+    pub(crate) fn on_answer(&self, backend: &BackendHandle) {
+        backend.state().health.on_answer(Instant::now());
     }
 
     /// Recompute a backend's availability from its health, record the change (state, metrics,

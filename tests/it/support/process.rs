@@ -28,6 +28,16 @@ pub struct Tether {
     pub stdout: Lines<BufReader<ChildStdout>>,
 }
 
+/// Where a child's stderr goes.
+#[derive(Debug, Clone, Copy)]
+pub enum StderrTo<'a> {
+    /// A file, read back to explain failures.
+    File(&'a Path),
+    /// A pipe kept open that nobody reads: a stalled log collector. Once the pipe's buffer is
+    /// full, every write to stderr would block.
+    UnreadPipe,
+}
+
 impl Tether {
     /// Run `tether <args>` with `env` added, stderr written to `stderr`, and read stdout until
     /// `ready` holds for the `listening` lines seen.
@@ -37,13 +47,27 @@ impl Tether {
         stderr: &Path,
         ready: impl Fn(&[(String, SocketAddr)]) -> bool,
     ) -> Tether {
-        let file = std::fs::File::create(stderr).expect("stderr file");
+        Self::spawn_with(args, env, StderrTo::File(stderr), ready).await
+    }
+
+    /// [`Tether::spawn`] with stderr sent `to`.
+    pub async fn spawn_with(
+        args: &[String],
+        env: &[(String, String)],
+        to: StderrTo<'_>,
+        ready: impl Fn(&[(String, SocketAddr)]) -> bool,
+    ) -> Tether {
+        let (stderr_io, stderr) = match to {
+            StderrTo::File(path) => (Stdio::from(std::fs::File::create(path).expect("stderr file")), Some(path)),
+            StderrTo::UnreadPipe => (Stdio::piped(), None),
+        };
+        // The pipe's read end stays in `child.stderr`, open and unread, for the child's life.
         let mut child = Command::new(tether_bin())
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(file)
+            .stderr(stderr_io)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn tether {args:?}: {e}"));
@@ -55,7 +79,7 @@ impl Tether {
                 Ok(Ok(Some(line))) => line,
                 other => {
                     let _ = child.start_kill();
-                    let log = std::fs::read_to_string(stderr).unwrap_or_default();
+                    let log = stderr.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
                     panic!("tether {args:?} did not report its listeners ({other:?}); stderr:\n{log}");
                 }
             };

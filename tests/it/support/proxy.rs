@@ -23,7 +23,7 @@ use tether::upstream::discovery::Resolve;
 use tokio::process::Child;
 
 use super::admin::AdminClient;
-use super::process::Tether;
+use super::process::{StderrTo, Tether};
 use super::server_runtime::ServerRuntime;
 use super::within;
 
@@ -120,11 +120,16 @@ impl TestProxyBuilder {
     }
 
     /// Start `tether proxy -c <config>` as a child process and wait for its `listening` lines.
-    pub async fn spawn_process(mut self) -> ProxyProcess {
+    pub async fn spawn_process(self) -> ProxyProcess {
+        self.spawn_process_logging(Logs::ToFile).await
+    }
+
+    /// [`TestProxyBuilder::spawn_process`] with its logs (stderr) going where `logs` says.
+    pub async fn spawn_process_logging(mut self, logs: Logs) -> ProxyProcess {
         assert!(self.resolver.is_none() && self.edit.is_none(), "resolver and edit are for the in-process proxy");
         let (dir, path) = self.prepare();
         let env = std::mem::take(&mut self.env);
-        ProxyProcess::start(dir, &path, &env).await
+        ProxyProcess::start(dir, &path, &env, logs).await
     }
 }
 
@@ -202,13 +207,26 @@ pub struct ProxyProcess {
     stderr_path: PathBuf,
 }
 
+/// Where a proxy child process's logs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logs {
+    /// A file [`ProxyProcess::stderr`] reads.
+    ToFile,
+    /// A pipe nobody reads (a stalled log collector); [`ProxyProcess::stderr`] is empty.
+    ToUnreadPipe,
+}
+
 impl ProxyProcess {
-    async fn start(dir: TempDir, config: &Path, env: &[(String, String)]) -> Self {
+    async fn start(dir: TempDir, config: &Path, env: &[(String, String)], logs: Logs) -> Self {
         let stderr_path = dir.path().join("stderr.log");
         let expected = count_listeners(config);
         let args = ["proxy".to_owned(), "-c".to_owned(), config.display().to_string()];
+        let to = match logs {
+            Logs::ToFile => StderrTo::File(&stderr_path),
+            Logs::ToUnreadPipe => StderrTo::UnreadPipe,
+        };
         let Tether { child, listeners, mut stdout, .. } =
-            Tether::spawn(&args, env, &stderr_path, |seen| seen.len() >= expected).await;
+            Tether::spawn_with(&args, env, to, |seen| seen.len() >= expected).await;
         // Keep reading stdout (a reload prints new listeners) so the child never blocks on a
         // full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
@@ -276,6 +294,11 @@ impl ProxyProcess {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Whether the process is still running, without reaping it (`&self`).
+    pub fn is_running_now(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.pid())).exists()
     }
 }
 
