@@ -35,9 +35,7 @@ impl RouteTable {
     /// The first route matching `host` (lowercase, without port or trailing dot; None when the
     /// request named no host) and `path` (normalised), its prefix by whole segments.
     pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| host_matches(&r.config.host, host) && prefix_matches(&r.config.path_prefix, path))
+        self.routes.iter().find(|r| host_matches(&r.config.host, host) && prefix_matches(&r.config.path_prefix, path))
     }
 }
 
