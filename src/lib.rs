@@ -30,6 +30,9 @@
 //! - [`app`] (feature `app`, on by default): `tether backend`, the reference STOMP-over-WebSocket
 //!   application: codec, sessions, hub, broker (Redis | in-process), probes, metrics.
 //! - [`demo`] (feature `app`): `tether demo`, the proxy and two app instances in one process.
+//! - [`fuzzing`]: entry points for the cargo-fuzz targets in `fuzz/` and for the corpus replay
+//!   test: each takes arbitrary bytes, must never panic, and checks the invariants of what it
+//!   drives.
 //!
 //! # The request path
 //! `server::listener` accepts and hands the connection to hyper with a `proxy::ConnService`;
@@ -57,6 +60,7 @@ pub mod config;
 #[cfg(feature = "app")]
 pub mod demo;
 pub mod downstream;
+pub mod fuzzing;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
