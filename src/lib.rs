@@ -31,6 +31,9 @@
 //!   application: codec, sessions (WebSocket or SockJS), hub, broker (Redis | in-process),
 //!   mapped Redis channels, `/app` forwarding, probes, metrics.
 //! - [`demo`] (feature `app`): `tether demo`, the proxy and two app instances in one process.
+//! - [`fuzzing`]: entry points for the cargo-fuzz targets in `fuzz/` and for the corpus replay
+//!   test: each takes arbitrary bytes, must never panic, and checks the invariants of what it
+//!   drives.
 //!
 //! # The request path
 //! `server::listener` accepts and hands the connection to hyper with a `proxy::ConnService`;
@@ -58,6 +61,7 @@ pub mod config;
 #[cfg(feature = "app")]
 pub mod demo;
 pub mod downstream;
+pub mod fuzzing;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;

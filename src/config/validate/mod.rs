@@ -76,17 +76,14 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 /// directory of `path`.
 pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
     let document = source::parse(text, env).map_err(|errors| {
-        ConfigErrors(
-            errors
-                .into_iter()
-                .map(|e| ConfigError {
-                    file: path.to_path_buf(),
-                    position: e.position,
-                    path: e.path,
-                    message: e.message,
-                })
-                .collect(),
-        )
+        let mut errors: Vec<ConfigError> = errors
+            .into_iter()
+            .map(|e| ConfigError { file: path.to_path_buf(), position: e.position, path: e.path, message: e.message })
+            .collect();
+        // Top to bottom, as the validator's problems below: they are found in event order,
+        // and a block mapping's tag is reported where its first key ends, after what is in it.
+        errors.sort_by_key(|e| e.position.unwrap_or((usize::MAX, usize::MAX)));
+        ConfigErrors(errors)
     })?;
     if document.value.is_null() {
         return Err(ConfigErrors(vec![ConfigError {

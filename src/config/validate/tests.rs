@@ -56,6 +56,14 @@ fn upstream_with(body: &str) -> String {
 }
 
 #[test]
+fn problems_in_the_yaml_text_are_listed_top_to_bottom() {
+    assert_eq!(
+        errors("a: !t\n  b: !u\n"),
+        vec!["c.yaml:2:3: a.b: unsupported tag !u", "c.yaml:2:4: a: unsupported tag !t"]
+    );
+}
+
+#[test]
 fn a_minimal_config_gets_every_default() {
     let loaded = ok(BASE);
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
