@@ -28,6 +28,7 @@ mod listeners;
 mod routes;
 mod upstreams;
 
+pub(crate) use auth::{DEFAULT_LEEWAY, MIN_SECRET_BYTES};
 pub(crate) use routes::parse_origin;
 
 use super::file::{FileAccessLog, FileConfig, FileLimits, FileShutdown, FileTimeouts, Text};
