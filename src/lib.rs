@@ -28,9 +28,12 @@
 //! - [`server`]: the running process: listeners, TLS, per-connection timeouts, live reload,
 //!   the shutdown sequence; starts the admin listener.
 //! - [`app`] (feature `app`, on by default): `tether backend`, the reference STOMP-over-WebSocket
-//!   application: codec, sessions (WebSocket or SockJS), hub, broker (Redis | in-process),
-//!   mapped Redis channels, `/app` forwarding, probes, metrics.
-//! - [`demo`] (feature `app`): `tether demo`, the proxy and two app instances in one process.
+//!   application: codec, sessions (WebSocket or SockJS), who a session is (CONNECT tokens
+//!   through [`auth`], the identity header from trusted proxies only) and which pages may open
+//!   one, hub, broker (Redis | in-process), mapped Redis channels, `/app` forwarding, probes,
+//!   metrics.
+//! - [`demo`] (feature `app`): `tether demo`, the proxy and two app instances in one process,
+//!   with a demo login whose tokens the proxy verifies.
 //!
 //! # The request path
 //! `server::listener` accepts and hands the connection to hyper with a `proxy::ConnService`;
