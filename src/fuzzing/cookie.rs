@@ -198,7 +198,7 @@ fn pairs_of(value: &[u8]) -> Vec<(String, String)> {
 
 fn check_route(policy: &AffinityPolicy, set: &BackendSet, headers: &HeaderMap, seed: u64) {
     let key = policy.cookie_key();
-    let facts = RequestFacts { headers, query: None, verified: None };
+    let facts = RequestFacts { headers, query: None, path: "/", verified: None };
     let mut decision = route(&facts, policy, set, now(), &mut StdRng::seed_from_u64(seed));
     let user = reference_pairs(headers).find(|(n, v)| n == KEY_COOKIE && !v.is_empty()).map(|(_, v)| v);
     let pinned = reference_pairs(headers)

@@ -28,6 +28,9 @@ mod listeners;
 mod routes;
 mod upstreams;
 
+pub(crate) use auth::{DEFAULT_LEEWAY, MIN_SECRET_BYTES};
+pub(crate) use routes::parse_origin;
+
 use super::file::{FileAccessLog, FileConfig, FileLimits, FileRuntime, FileShutdown, FileTimeouts, Text};
 use super::source::{self, PositionIndex};
 use super::units::{format_duration, parse_duration, parse_size};
