@@ -8,6 +8,7 @@
 //! - [`config`]: YAML -> validated, typed [`config::Config`] (the only place config is parsed).
 //! - [`metrics`]: the Prometheus registry and every metric family of the proxy.
 //! - [`report`]: errors in log lines (one line, every cause).
+//! - [`log_writer`]: the bounded, batching writer every log line goes through to stderr.
 //! - [`accept`]: the one accept loop every listener runs, and the `listening` line.
 //! - [`balance`]: the pure routing decision: backend set and hash ring, affinity keys, signed
 //!   sticky cookie, bounded loads, fallbacks ([`balance::route`]).
@@ -66,6 +67,7 @@ pub mod demo;
 pub mod downstream;
 pub mod fuzzing;
 pub mod lifecycle;
+pub mod log_writer;
 pub mod metrics;
 pub mod proxy;
 pub mod report;

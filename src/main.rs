@@ -8,6 +8,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tether::config::{self, AccessLogFormat, RuntimeConfig};
 
+/// mimalloc: per-thread free lists make the many small, short-lived allocations of a request
+/// (header maps, URIs, futures) cheaper than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tether", version, about = "Sticky-session L7 proxy for WebSocket services")]
 struct Cli {
@@ -53,7 +58,13 @@ fn main() -> ExitCode {
 /// The demo logs human-readable text: it is meant to be watched in a terminal.
 #[cfg(feature = "app")]
 fn demo(args: tether::demo::DemoArgs) -> ExitCode {
-    let (_log, _) = init_logging(AccessLogFormat::Text);
+    let (_log, _) = match init_logging(AccessLogFormat::Text) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     run_async(&RuntimeConfig::default(), async move {
         let stop = tokio_util::sync::CancellationToken::new();
         let signal = shutdown_signal()?;
@@ -91,13 +102,19 @@ fn proxy(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (_log, log_drops) = init_logging(loaded.config.access_log.format);
+    let (_log, log_writer) = match init_logging(loaded.config.access_log.format) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
     let runtime = loaded.config.runtime.clone();
     run_async(&runtime, async move {
-        let options = tether::server::Options { log_drops: Some(log_drops), ..Default::default() };
+        let options = tether::server::Options { log_writer: Some(log_writer), ..Default::default() };
         let running = tether::server::start_with(loaded.config, options).await?;
         // Handlers first: a signal sent right after the `listening` lines must not kill us.
         let signals = Signals::install()?;
@@ -198,11 +215,13 @@ fn run_async(config: &RuntimeConfig, main: impl std::future::Future<Output = any
 /// dropped (and counted), never waited for: a stalled log collector must not stall requests.
 const LOG_BUFFER_LINES: usize = 4 * 1024;
 
-/// Logs go to stderr (stdout carries only the `listening` lines) through a bounded,
+/// Logs go to stderr (stdout carries only the `listening` lines) through a bounded, batching,
 /// non-blocking writer: JSON unless the config asks for text. `RUST_LOG` overrides the default
-/// level. Keep the returned guard for the life of the process (it flushes on drop); the
-/// closure reads how many lines were dropped.
-fn init_logging(format: AccessLogFormat) -> (tracing_appender::non_blocking::WorkerGuard, tether::metrics::LogDrops) {
+/// level. Keep the returned guard for the life of the process (it writes out what is queued on
+/// drop); the writer also takes the JSON access log's lines directly.
+fn init_logging(
+    format: AccessLogFormat,
+) -> anyhow::Result<(tether::log_writer::FlushGuard, tether::log_writer::LogWriter)> {
     use tracing_subscriber::EnvFilter;
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if format == AccessLogFormat::Off
@@ -210,19 +229,15 @@ fn init_logging(format: AccessLogFormat) -> (tracing_appender::non_blocking::Wor
     {
         filter = filter.add_directive(directive);
     }
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .thread_name("tether-log")
-        .finish(std::io::stderr());
-    let dropped = writer.error_counter();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let (writer, guard) = tether::log_writer::LogWriter::start(std::io::stderr(), LOG_BUFFER_LINES, "tether-log")
+        .context("cannot start the log writer thread")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone());
     if format == AccessLogFormat::Text {
         builder.init();
     } else {
         builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
     }
-    (guard, std::sync::Arc::new(move || dropped.dropped_lines() as u64))
+    Ok((guard, writer))
 }
 
 /// Binds the listeners, prints `listening <name> <addr>` per listener on stdout, logs JSON lines
@@ -230,7 +245,13 @@ fn init_logging(format: AccessLogFormat) -> (tracing_appender::non_blocking::Wor
 /// drain.
 #[cfg(feature = "app")]
 fn app(args: tether::app::AppArgs) -> ExitCode {
-    let (_log, _) = init_logging(AccessLogFormat::Json);
+    let (_log, _) = match init_logging(AccessLogFormat::Json) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     run_async(&RuntimeConfig::default(), async move {
         let main = tokio::net::TcpListener::bind(args.listen)
             .await

@@ -303,12 +303,21 @@ pub fn find_token(sources: &[TokenSource], headers: &HeaderMap, query: Option<&s
 #[derive(Default)]
 pub struct Verifiers {
     list: Vec<Arc<Verifier>>,
+    /// Every verifier's identity header, once each.
+    identity_headers: Vec<HeaderName>,
 }
 
 impl Verifiers {
     /// Build every verifier of `configs`.
     pub fn new(configs: &[VerifierConfig], env: &dyn Fn(&str) -> Option<String>) -> Self {
-        Self { list: configs.iter().map(|c| Arc::new(Verifier::new(c, env))).collect() }
+        let list: Vec<Arc<Verifier>> = configs.iter().map(|c| Arc::new(Verifier::new(c, env))).collect();
+        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        for verifier in &list {
+            if !identity_headers.contains(&verifier.identity_header) {
+                identity_headers.push(verifier.identity_header.clone());
+            }
+        }
+        Self { list, identity_headers }
     }
 
     /// The verifier named `name`.
@@ -317,8 +326,8 @@ impl Verifiers {
     }
 
     /// Headers only a verifier writes: removed from every client request, on every route.
-    pub fn identity_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        self.list.iter().map(|v| &v.identity_header)
+    pub fn identity_headers(&self) -> &[HeaderName] {
+        &self.identity_headers
     }
 
     /// Query parameters that carry tokens (never logged).

@@ -1,9 +1,12 @@
 //! The affinity policy of one upstream, prepared once from its config.
 //!
 //! Owns: the key sources, the bounded-load factor, the fallback, and the sticky cookie's name,
-//! key and pre-rendered `Set-Cookie` attributes. Must not: hold per-request state or read the
-//! environment. Cheap to share behind an `Arc`; rebuilt only when the config changes.
+//! key, pre-rendered `Set-Cookie` attributes and the signed values it has issued (the value for
+//! one backend is the same bytes until its expiry second changes, so it is signed once, not per
+//! response). Must not: hold per-request state or read the environment. Cheap to share behind
+//! an `Arc`; rebuilt only when the config changes, so a new key never meets an old value.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -48,7 +51,20 @@ pub(crate) struct StickyCookie {
     /// Everything after the value, without and with `Secure`.
     attributes_plain: String,
     attributes_tls: String,
+    /// `Set-Cookie` values issued, by backend tag and scheme (plain, TLS).
+    issued: parking_lot::RwLock<HashMap<(CookieTag, bool), Issued>>,
 }
+
+/// One issued `Set-Cookie` value and the expiry (Unix seconds) it was signed with.
+#[derive(Debug)]
+struct Issued {
+    expiry: Option<u64>,
+    value: HeaderValue,
+}
+
+/// Past this many issued values (backends come and go through discovery), the cache starts
+/// over rather than grow.
+const ISSUED_MAX: usize = 1024;
 
 impl AffinityPolicy {
     /// Prepare `config` for routing. `cookie_key` must be the key the
@@ -172,6 +188,7 @@ impl StickyCookie {
             ttl_secs,
             attributes_plain: render(plain_secure),
             attributes_tls: render(tls_secure),
+            issued: parking_lot::RwLock::default(),
         })
     }
 
@@ -184,6 +201,21 @@ impl StickyCookie {
         is_tls: bool,
     ) -> Option<HeaderValue> {
         let expiry = (self.ttl_secs > 0).then(|| unix_secs(now).saturating_add(self.ttl_secs));
+        if let Some(issued) = self.issued.read().get(&(*tag, is_tls))
+            && issued.expiry == expiry
+        {
+            return Some(issued.value.clone());
+        }
+        let value = self.sign(key, tag, expiry, is_tls)?;
+        let mut issued = self.issued.write();
+        if issued.len() >= ISSUED_MAX {
+            issued.clear();
+        }
+        issued.insert((*tag, is_tls), Issued { expiry, value: value.clone() });
+        Some(value)
+    }
+
+    fn sign(&self, key: &CookieKey, tag: &CookieTag, expiry: Option<u64>, is_tls: bool) -> Option<HeaderValue> {
         let value = key.encode(tag, expiry);
         let attributes = if is_tls { &self.attributes_tls } else { &self.attributes_plain };
         let mut header = String::with_capacity(self.name.len() + 1 + value.len() + attributes.len());

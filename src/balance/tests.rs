@@ -947,3 +947,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_issued_cookie_is_the_value_a_fresh_signature_gives_for_its_backend_scheme_and_expiry() {
+    let set = set_of(&["app-1", "app-2"]);
+    let fresh = |config: CookieConfig, served: usize, at: SystemTime, is_tls: bool| {
+        let policy = policy(vec![], Some(config), Fallback::LeastConnections, 0.0);
+        let d = decide(&policy, &set, &HeaderMap::new());
+        d.set_cookie(&policy, &set, served, at, is_tls).expect("pin")
+    };
+    for ttl in [Duration::ZERO, Duration::from_secs(60)] {
+        let config = CookieConfig { ttl, ..cookie_config() };
+        // One policy issues every value below, in an order that reuses and replaces entries.
+        let shared = policy(vec![], Some(config.clone()), Fallback::LeastConnections, 0.0);
+        let d = decide(&shared, &set, &HeaderMap::new());
+        let later = now() + Duration::from_secs(1);
+        for (served, at, is_tls) in [
+            (0, now(), false),
+            (0, now(), false),
+            (1, now(), false),
+            (0, now(), true),
+            (0, later, false),
+            (0, now(), false),
+            (1, later, true),
+        ] {
+            let issued = d.set_cookie(&shared, &set, served, at, is_tls).expect("pin");
+            assert_eq!(
+                issued,
+                fresh(config.clone(), served, at, is_tls),
+                "ttl {ttl:?}, backend {served}, tls {is_tls}"
+            );
+        }
+        let a = d.set_cookie(&shared, &set, 0, now(), false).expect("pin");
+        let b = d.set_cookie(&shared, &set, 1, now(), false).expect("pin");
+        assert_ne!(a, b, "each backend has its own value");
+        let moved = d.set_cookie(&shared, &set, 0, later, false).expect("pin");
+        assert_eq!(moved == a, ttl.is_zero(), "an expiring cookie is signed again when its expiry second moves");
+    }
+}

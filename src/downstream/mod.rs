@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::HeaderValue;
 use parking_lot::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -41,12 +42,14 @@ pub(crate) struct Endpoints {
 /// Facts about one client connection, shared by its requests.
 pub(crate) struct ClientConn {
     pub(crate) peer: SocketAddr,
-    /// The listener's address the client connected to.
-    pub(crate) local: SocketAddr,
     pub(crate) listener: Arc<str>,
     pub(crate) is_tls: bool,
     pub(crate) sni: Option<Box<str>>,
     pub(crate) state: Arc<ConnState>,
+    /// The client's IP address as header text (an IPv4-mapped address written as IPv4) and the
+    /// port it connected to, rendered once for the forwarding headers of every request.
+    pub(crate) peer_text: HeaderValue,
+    pub(crate) port_text: HeaderValue,
     /// The connection's slot under `limits.max_connections`; a WebSocket tunnel takes it over
     /// when the HTTP connection is handed to it.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
@@ -62,11 +65,18 @@ impl ClientConn {
         metrics: Arc<Metrics>,
     ) -> Self {
         let Endpoints { peer, local, is_tls, sni } = endpoints;
-        Self { peer, local, listener, is_tls, sni, state, permit: Mutex::new(Some(permit)), metrics }
+        let peer_text = header_text(peer.ip().to_canonical().to_string());
+        let port_text = HeaderValue::from(local.port());
+        Self { peer, listener, is_tls, sni, state, peer_text, port_text, permit: Mutex::new(Some(permit)), metrics }
     }
 
     /// The connection slot, for a tunnel that outlives the HTTP connection.
     pub(crate) fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.permit.lock().take()
     }
+}
+
+/// `text` as a header value: the text of an IP address always is one.
+fn header_text(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }

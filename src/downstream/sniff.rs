@@ -46,7 +46,20 @@ impl HeadSniffer {
     /// Scan `bytes`. When the head ends within them, returns the offset just past its final
     /// LF and the facts, and resets for the next head.
     pub(crate) fn feed(&mut self, bytes: &[u8]) -> Option<(usize, HeadFacts)> {
-        for (i, &b) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
+            if (self.lines == 0 || self.name_done) && !self.pending_cr {
+                // Nothing left to learn from this line but where it ends: skip to its CR or LF.
+                let rest = &bytes[i..];
+                let skip = rest.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(rest.len());
+                self.line_len += skip;
+                i += skip;
+                if i == bytes.len() {
+                    break;
+                }
+            }
+            let b = bytes[i];
+            i += 1;
             match b {
                 b'\n' => {
                     let empty = self.line_len == 0;
@@ -54,7 +67,7 @@ impl HeadSniffer {
                     if empty && self.lines > 0 {
                         let facts = self.facts;
                         *self = Self::default();
-                        return Some((i + 1, facts));
+                        return Some((i, facts));
                     }
                     if !empty {
                         self.end_line();
@@ -154,6 +167,81 @@ mod tests {
             let (end, facts) = result.unwrap();
             assert_eq!(end, head.len(), "split at {split}");
             assert!(facts.is_length_conflict(), "split at {split}");
+        }
+    }
+
+    /// The scanner before lines were skipped through: every byte through `push`.
+    fn bytewise(s: &mut HeadSniffer, bytes: &[u8]) -> Option<(usize, HeadFacts)> {
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'\n' => {
+                    let empty = s.line_len == 0;
+                    s.pending_cr = false;
+                    if empty && s.lines > 0 {
+                        let facts = s.facts;
+                        *s = HeadSniffer::default();
+                        return Some((i + 1, facts));
+                    }
+                    if !empty {
+                        s.end_line();
+                    }
+                }
+                b'\r' => {
+                    if s.pending_cr {
+                        s.push(b'\r');
+                    }
+                    s.pending_cr = true;
+                }
+                _ => {
+                    if s.pending_cr {
+                        s.pending_cr = false;
+                        s.push(b'\r');
+                    }
+                    s.push(b);
+                }
+            }
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn skipping_through_lines_answers_as_reading_every_byte(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"\r\n".to_vec()),
+                    proptest::strategy::Just(b"\n".to_vec()),
+                    proptest::strategy::Just(b"\r".to_vec()),
+                    proptest::strategy::Just(b"Content-Length: 1".to_vec()),
+                    proptest::strategy::Just(b"transfer-ENCODING:chunked".to_vec()),
+                    proptest::strategy::Just(b"GET / HTTP/1.1".to_vec()),
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..24),
+                ],
+                0..24,
+            ),
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+        ) {
+            let input: Vec<u8> = parts.concat();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+            cuts.sort_unstable();
+            cuts.push(input.len());
+            let (mut fast, mut slow) = (HeadSniffer::new(), HeadSniffer::new());
+            let mut start = 0;
+            for end in cuts {
+                let mut at = start;
+                // Every head in the chunk, one answer at a time, from both scanners.
+                while at <= end {
+                    let (f, s) = (fast.feed(&input[at..end]), bytewise(&mut slow, &input[at..end]));
+                    proptest::prop_assert_eq!(f, s);
+                    match f {
+                        Some((n, _)) if n > 0 => at += n,
+                        _ => break,
+                    }
+                }
+                proptest::prop_assert_eq!(fast.line_len, slow.line_len);
+                proptest::prop_assert_eq!(fast.lines, slow.lines);
+                start = end;
+            }
         }
     }
 

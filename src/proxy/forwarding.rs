@@ -5,12 +5,12 @@
 //! verified: all of them are removed and replaced by tether's own values. From a trusted peer
 //! they are kept and extended with this hop.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::header::{FORWARDED, HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, FORWARDED, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use super::headers::remove_all;
 use crate::config::ForwardedHeaders;
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -24,15 +24,18 @@ pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const ALL: [HeaderName; 7] =
     [FORWARDED, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_REAL_IP];
 
-/// What the proxy knows about the client side of one request.
+/// What the proxy knows about the client side of one request. The texts are rendered once per
+/// client connection, not per request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientFacts<'a> {
     pub(crate) peer: IpAddr,
+    /// `peer` as header text, an IPv4-mapped address written as IPv4.
+    pub(crate) peer_text: &'a HeaderValue,
     pub(crate) is_tls: bool,
     /// The host the client asked for (Host header, or the URI authority for HTTP/2), as sent.
     pub(crate) host: Option<&'a str>,
-    /// The port the client connected to.
-    pub(crate) port: u16,
+    /// The port the client connected to, as header text.
+    pub(crate) port: &'a HeaderValue,
 }
 
 /// Write this hop's forwarding headers in `mode`, replacing or extending what arrived.
@@ -45,43 +48,49 @@ pub(crate) fn set_forwarding(
     let peer = client.peer.to_canonical();
     let is_trusted = trusted.iter().any(|net| net.contains(&peer));
     if !is_trusted {
-        for name in &ALL {
-            headers.remove(name);
-        }
+        remove_all(headers, &ALL);
     }
     let proto = if client.is_tls { "https" } else { "http" };
     if matches!(mode, ForwardedHeaders::XForwarded | ForwardedHeaders::Both) {
-        append_list(headers, X_FORWARDED_FOR, &peer.to_string());
-        set_unless_present(headers, X_FORWARDED_PROTO, proto);
+        append_list(headers, X_FORWARDED_FOR, client.peer_text);
+        set_unless_present(headers, X_FORWARDED_PROTO, || Some(HeaderValue::from_static(proto)));
         if let Some(host) = client.host {
-            set_unless_present(headers, X_FORWARDED_HOST, host);
+            set_unless_present(headers, X_FORWARDED_HOST, || HeaderValue::from_str(host).ok());
         }
-        set_unless_present(headers, X_FORWARDED_PORT, &client.port.to_string());
-        set_unless_present(headers, X_REAL_IP, &peer.to_string());
+        set_unless_present(headers, X_FORWARDED_PORT, || Some(client.port.clone()));
+        set_unless_present(headers, X_REAL_IP, || Some(client.peer_text.clone()));
     }
-    if matches!(mode, ForwardedHeaders::Rfc7239 | ForwardedHeaders::Both) {
-        append_list(headers, FORWARDED, &forwarded_element(peer, proto, client.host));
+    if matches!(mode, ForwardedHeaders::Rfc7239 | ForwardedHeaders::Both)
+        && let Ok(element) = HeaderValue::from_str(&forwarded_element(peer, client.peer_text, proto, client.host))
+    {
+        append_list(headers, FORWARDED, &element);
     }
 }
 
 /// One `Forwarded` element (RFC 7239 section 4): `for=`, `proto=` and `host=`, quoted where
 /// the value is not a token (IPv6 addresses, hosts with a port).
-fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&str>) -> String {
-    let mut element = String::new();
+fn forwarded_element(peer: IpAddr, peer_text: &HeaderValue, proto: &str, host: Option<&str>) -> String {
+    let peer_text = peer_text.to_str().unwrap_or_default();
+    let mut element = String::with_capacity(32 + peer_text.len() + host.map_or(0, str::len));
     match peer {
-        IpAddr::V4(v4) => {
-            let _ = write!(element, "for={v4}");
+        IpAddr::V4(_) => {
+            element.push_str("for=");
+            element.push_str(peer_text);
         }
-        IpAddr::V6(v6) => {
-            let _ = write!(element, "for=\"[{v6}]\"");
+        IpAddr::V6(_) => {
+            element.push_str("for=\"[");
+            element.push_str(peer_text);
+            element.push_str("]\"");
         }
     }
-    let _ = write!(element, ";proto={proto}");
+    element.push_str(";proto=");
+    element.push_str(proto);
     if let Some(host) = host {
+        element.push_str(";host=");
         if host.bytes().all(is_tchar) {
-            let _ = write!(element, ";host={host}");
+            element.push_str(host);
         } else {
-            let _ = write!(element, ";host={}", quoted(host));
+            element.push_str(&quoted(host));
         }
     }
     element
@@ -107,32 +116,36 @@ fn quoted(value: &str) -> String {
 }
 
 /// Append `item` to the comma-separated list in `name` (all its copies joined into one).
-fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
-    let prior: Vec<&str> = headers
-        .get_all(&name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &HeaderValue) {
+    let mut entry = match headers.entry(name) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(item.clone());
+            return;
+        }
+        Entry::Occupied(occupied) => occupied,
+    };
+    let prior: Vec<&str> =
+        entry.iter().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()).collect();
     let mut list = prior.join(", ");
     if !list.is_empty() {
         list.push_str(", ");
     }
-    list.push_str(item);
-    set(headers, name, &list);
-}
-
-fn set_unless_present(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if !headers.contains_key(&name) {
-        set(headers, name, value);
+    list.push_str(item.to_str().unwrap_or_default());
+    match HeaderValue::from_str(&list) {
+        Ok(value) => {
+            entry.insert(value);
+        }
+        Err(_) => {
+            entry.remove();
+        }
     }
 }
 
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    headers.remove(&name);
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
+fn set_unless_present(headers: &mut HeaderMap, name: HeaderName, value: impl FnOnce() -> Option<HeaderValue>) {
+    if let Entry::Vacant(vacant) = headers.entry(name)
+        && let Some(value) = value()
+    {
+        vacant.insert(value);
     }
 }
 
@@ -140,8 +153,19 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 mod tests {
     use super::*;
 
-    fn facts<'a>(peer: &str, is_tls: bool, host: Option<&'a str>) -> ClientFacts<'a> {
-        ClientFacts { peer: peer.parse().expect("ip"), is_tls, host, port: 8443 }
+    /// Header texts outlive the facts that borrow them.
+    fn texts(peer: &str) -> (IpAddr, HeaderValue, HeaderValue) {
+        let peer: IpAddr = peer.parse().expect("ip");
+        let text = HeaderValue::from_str(&peer.to_canonical().to_string()).expect("ip text");
+        (peer, text, HeaderValue::from_static("8443"))
+    }
+
+    fn facts<'a>(
+        texts: &'a (IpAddr, HeaderValue, HeaderValue),
+        is_tls: bool,
+        host: Option<&'a str>,
+    ) -> ClientFacts<'a> {
+        ClientFacts { peer: texts.0, peer_text: &texts.1, is_tls, host, port: &texts.2 }
     }
 
     fn forged() -> HeaderMap {
@@ -163,7 +187,7 @@ mod tests {
     #[test]
     fn an_untrusted_peer_gets_every_forwarding_header_replaced() {
         let mut h = forged();
-        set_forwarding(&mut h, facts("10.0.0.9", false, Some("app.test")), &[], ForwardedHeaders::XForwarded);
+        set_forwarding(&mut h, facts(&texts("10.0.0.9"), false, Some("app.test")), &[], ForwardedHeaders::XForwarded);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "app.test");
@@ -173,7 +197,7 @@ mod tests {
         assert!(h.get(FORWARDED).is_none(), "not emitted in x-forwarded mode");
 
         let mut h = forged();
-        set_forwarding(&mut h, facts("10.0.0.9", true, Some("app.test")), &[], ForwardedHeaders::Rfc7239);
+        set_forwarding(&mut h, facts(&texts("10.0.0.9"), true, Some("app.test")), &[], ForwardedHeaders::Rfc7239);
         assert_eq!(h[FORWARDED], "for=10.0.0.9;proto=https;host=app.test");
         for name in
             [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_REAL_IP]
@@ -191,7 +215,7 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(X_FORWARDED_PREFIX, HeaderValue::from_static("/api"));
         h.insert(FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
-        set_forwarding(&mut h, facts("10.1.2.3", false, Some("h")), &trusted, ForwardedHeaders::Both);
+        set_forwarding(&mut h, facts(&texts("10.1.2.3"), false, Some("h")), &trusted, ForwardedHeaders::Both);
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "h");
@@ -202,7 +226,12 @@ mod tests {
     #[test]
     fn rfc7239_quotes_ipv6_and_hosts_with_ports() {
         let mut h = HeaderMap::new();
-        set_forwarding(&mut h, facts("2001:db8::1", false, Some("app.test:8080")), &[], ForwardedHeaders::Rfc7239);
+        set_forwarding(
+            &mut h,
+            facts(&texts("2001:db8::1"), false, Some("app.test:8080")),
+            &[],
+            ForwardedHeaders::Rfc7239,
+        );
         assert_eq!(h[FORWARDED], "for=\"[2001:db8::1]\";proto=http;host=\"app.test:8080\"");
     }
 
@@ -211,7 +240,7 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().expect("net")];
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("9.9.9.9"));
-        set_forwarding(&mut h, facts("::ffff:127.0.0.1", true, None), &trusted, ForwardedHeaders::XForwarded);
+        set_forwarding(&mut h, facts(&texts("::ffff:127.0.0.1"), true, None), &trusted, ForwardedHeaders::XForwarded);
         assert_eq!(h[X_FORWARDED_FOR], "9.9.9.9, 127.0.0.1");
     }
 }

@@ -23,6 +23,7 @@ use crate::balance;
 use crate::config::{Config, Env, HeaderRules, Timeouts, TokenSource};
 use crate::downstream::ClientConn;
 use crate::lifecycle::Lifecycle;
+use crate::log_writer::LogWriter;
 use crate::metrics::{ListenerLabels, Metrics, TimeoutKind};
 use crate::report::Chain;
 use crate::tunnel::relay::{self, ClientStream};
@@ -51,6 +52,9 @@ use routes::{Route, RouteTable};
 /// Response header naming the backend that served a request, when `debug.backend_header` is on.
 const X_TETHER_BACKEND: header::HeaderName = header::HeaderName::from_static("x-tether-backend");
 
+/// Headers the forwarding rules may add to a request.
+const FORWARDING_HEADERS: usize = 6;
+
 /// Attempts on one backend when pooled connections turn out to be dead before the request is
 /// written; each such attempt is safe because nothing reached the backend.
 const ATTEMPTS_PER_BACKEND: usize = 3;
@@ -73,15 +77,23 @@ pub struct Proxy {
     in_flight: Arc<Semaphore>,
     deps: Arc<UpstreamDeps>,
     lifecycle: Lifecycle,
+    /// Where JSON access log lines are written directly, when the process has a log writer.
+    log_writer: Option<LogWriter>,
 }
 
 impl Snapshot {
     /// Everything requests need from `config`; secrets come from `env`.
-    fn new(config: Arc<Config>, upstreams: HashMap<Arc<str>, Arc<Upstream>>, env: &Env, generation: u64) -> Self {
+    fn new(
+        config: Arc<Config>,
+        upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+        env: &Env,
+        log_writer: Option<&LogWriter>,
+        generation: u64,
+    ) -> Self {
         let verifiers = Verifiers::new(&config.auth, env.as_ref());
         Self {
             routes: RouteTable::new(&config.routes, &verifiers),
-            access_log: Arc::new(AccessLog::new(&config.access_log, verifiers.token_query_names())),
+            access_log: Arc::new(AccessLog::new(&config.access_log, verifiers.token_query_names(), log_writer)),
             verifiers,
             upstreams,
             config,
@@ -97,6 +109,7 @@ impl Proxy {
         resolver: Arc<dyn Resolve>,
         env: Env,
         max_in_flight: usize,
+        log_writer: Option<LogWriter>,
     ) -> Arc<Self> {
         let tasks = TaskTracker::new();
         let (lifecycle, events) = Lifecycle::start(&tasks, metrics.clone());
@@ -110,9 +123,9 @@ impl Proxy {
             })
             .collect();
         deps.metrics.config_generation.set(1);
-        let snapshot = Snapshot::new(config, upstreams, &deps.env, 1);
+        let snapshot = Snapshot::new(config, upstreams, &deps.env, log_writer.as_ref(), 1);
         let in_flight = Arc::new(Semaphore::new(max_in_flight));
-        Arc::new(Self { snapshot: ArcSwap::from_pointee(snapshot), in_flight, deps, lifecycle })
+        Arc::new(Self { snapshot: ArcSwap::from_pointee(snapshot), in_flight, deps, lifecycle, log_writer })
     }
 
     /// Swap in a new validated config: upstreams are updated in place (their backends, pools
@@ -138,7 +151,13 @@ impl Proxy {
             }
         }
         let generation = old.generation + 1;
-        self.snapshot.store(Arc::new(Snapshot::new(config, upstreams, &self.deps.env, generation)));
+        self.snapshot.store(Arc::new(Snapshot::new(
+            config,
+            upstreams,
+            &self.deps.env,
+            self.log_writer.as_ref(),
+            generation,
+        )));
         self.deps.metrics.config_generation.set(generation as i64);
         generation
     }
@@ -322,9 +341,7 @@ impl Proxy {
         let headers = req.headers_mut();
         selection.strip_cookie(headers);
         // Identity headers are written by verifiers only: a client-sent copy never passes.
-        for name in snapshot.verifiers.identity_headers() {
-            headers.remove(name);
-        }
+        headers::remove_all(headers, snapshot.verifiers.identity_headers());
         if let (Some(verified), Some(verifier)) = (&verified, &route.verifier) {
             headers.insert(verifier.identity_header().clone(), verified.identity.clone());
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -582,12 +599,20 @@ fn upstream_request(
     body: impl FnOnce(Incoming) -> UpstreamBody,
 ) -> Request<UpstreamBody> {
     let (mut parts, incoming) = req.into_parts();
+    // Room for the forwarding headers, so the map grows at most once.
+    parts.headers.reserve(FORWARDING_HEADERS);
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::remove_request_only(&mut parts.headers);
     headers::join_cookies(&mut parts.headers);
     forwarding::set_forwarding(
         &mut parts.headers,
-        forwarding::ClientFacts { peer: conn.peer.ip(), is_tls: conn.is_tls, host: raw_host, port: conn.local.port() },
+        forwarding::ClientFacts {
+            peer: conn.peer.ip(),
+            peer_text: &conn.peer_text,
+            is_tls: conn.is_tls,
+            host: raw_host,
+            port: &conn.port_text,
+        },
         &snapshot.config.trusted_proxies,
         snapshot.config.forwarded_headers,
     );

@@ -42,7 +42,9 @@ pub(super) struct Tunnel {
 impl Tunnel {
     pub(super) async fn run<S: ClientStream>(self, client: OnUpgrade, backend: OnUpgrade) {
         let started = Instant::now();
-        let handover = tokio::time::timeout(UPGRADE_HANDOVER, async { tokio::join!(client, backend) }).await;
+        // Boxed: the handover's futures are large and done with once the relay starts, and an
+        // idle tunnel costs what its task holds.
+        let handover = Box::pin(tokio::time::timeout(UPGRADE_HANDOVER, async { tokio::join!(client, backend) })).await;
         let Ok((Ok(client), Ok(backend))) = handover else {
             tracing::debug!(backend = %self.backend.id(), "upgrade was not completed on both sides");
             return;

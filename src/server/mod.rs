@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin, Readiness};
 use crate::config::{Config, Env, ListenerConfig, ListenerError, ReloadError, TlsConfig};
+use crate::log_writer::LogWriter;
 use crate::metrics::{ListenerLabels, LogDrops, Metrics};
 use crate::proxy::Proxy;
 use crate::upstream::{Resolve, SystemResolver};
@@ -40,13 +41,14 @@ pub struct Options {
     pub resolver: Arc<dyn Resolve>,
     /// Where secrets named by `*_env` keys are read (admin token, cookie key, HMAC secrets).
     pub env: Env,
-    /// How many log lines the log writer dropped (`tether_log_lines_dropped_total`).
-    pub log_drops: Option<LogDrops>,
+    /// The writer log lines go through: JSON access log lines are written to it directly, and
+    /// its drop count is `tether_log_lines_dropped_total`.
+    pub log_writer: Option<LogWriter>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { resolver: Arc::new(SystemResolver), env: crate::config::process_env(), log_drops: None }
+        Self { resolver: Arc::new(SystemResolver), env: crate::config::process_env(), log_writer: None }
     }
 }
 
@@ -129,7 +131,8 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         None => affordable(nofile),
     };
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new(options.log_drops.clone()));
+    let log_drops = options.log_writer.clone().map(|w| -> LogDrops { Arc::new(move || w.dropped()) });
+    let metrics = Arc::new(Metrics::new(log_drops));
     let mut bound = Vec::new();
     for listener_config in &config.listeners {
         bound.push(bind_listener(listener_config, &metrics)?);
@@ -145,7 +148,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         }
         None => None,
     };
-    let proxy = Proxy::new(config.clone(), metrics, options.resolver, options.env, max_in_flight);
+    let proxy = Proxy::new(config.clone(), metrics, options.resolver, options.env, max_in_flight, options.log_writer);
     let admin = admin_listener.as_ref().map(|(addr, _)| AdminListener {
         addr: *addr,
         stop: CancellationToken::new(),

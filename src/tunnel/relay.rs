@@ -1,8 +1,8 @@
 //! Moving bytes between the two ends of an upgraded connection.
 //!
 //! Memory is the point of this design. A tunnel is one task that waits for *readiness* on both
-//! sockets and reads into a buffer on the stack of a synchronous function, so an idle tunnel
-//! holds no buffer at all (`tokio::io::copy_bidirectional` keeps two 8 KiB buffers per tunnel
+//! sockets and reads, in a synchronous function, into a buffer its worker thread shares with
+//! every other tunnel, so an idle tunnel holds no buffer at all (`tokio::io::copy_bidirectional` keeps two 8 KiB buffers per tunnel
 //! forever). Bytes are copied to the heap only when the destination cannot take them at once,
 //! and that copy is freed as soon as it is written.
 
@@ -19,8 +19,14 @@ use tokio_rustls::server::TlsStream;
 use super::frames::{self, FrameTracker};
 use super::registry::TunnelControl;
 
-/// Stack buffer per read: one TLS record's worth of plaintext.
+/// Bytes per read: one TLS record's worth of plaintext.
 const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// The read buffer of every tunnel on this thread. A read and the writes it feeds never
+    /// span an await, so one buffer serves all of them, and no tunnel holds one while idle.
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 /// Reads per direction before yielding, so one busy tunnel cannot starve the others on its
 /// worker thread.
 const READS_PER_TURN: usize = 16;
@@ -93,14 +99,18 @@ impl Side {
         matches!(self, Side::Tls(_))
     }
 
+    /// Read what is there now. Through `poll_read`, not `TcpStream::try_read`: a read that
+    /// comes back short has emptied the socket, and `poll_read` then clears its readiness, so
+    /// the next read waits for new bytes instead of costing a system call that finds none.
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Side::Plain(s) => s.try_read(buf),
-            Side::Tls(s) => poll_now(|cx| {
-                let mut rb = ReadBuf::new(buf);
-                Pin::new(&mut **s).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
-            }),
-        }
+        poll_now(|cx| {
+            let mut rb = ReadBuf::new(buf);
+            let polled = match self {
+                Side::Plain(s) => Pin::new(s).poll_read(cx, &mut rb),
+                Side::Tls(s) => Pin::new(&mut **s).poll_read(cx, &mut rb),
+            };
+            polled.map_ok(|()| rb.filled().len())
+        })
     }
 
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -283,6 +293,10 @@ impl Flow {
     /// Move as many bytes as possible without waiting. Returns what to wait for next and
     /// whether any byte was read.
     fn pump(&mut self, src: &mut Side, dst: &mut Side) -> Result<(Step, bool), Fault> {
+        READ_BUF.with_borrow_mut(|buf| self.pump_with(src, dst, buf))
+    }
+
+    fn pump_with(&mut self, src: &mut Side, dst: &mut Side, buf: &mut [u8]) -> Result<(Step, bool), Fault> {
         let mut moved = false;
         for _ in 0..READS_PER_TURN {
             if !self.flush_pending(dst)? {
@@ -298,8 +312,7 @@ impl Flow {
             if !self.may_read {
                 return Ok((Step::WaitRead, moved));
             }
-            let mut buf = [0u8; READ_CHUNK];
-            match src.try_read(&mut buf) {
+            match src.try_read(buf) {
                 Ok(0) if self.is_backend_lost() => return Ok((Step::Lost, moved)),
                 Ok(0) => {
                     self.eof = true;
