@@ -1,20 +1,27 @@
 //! `tether demo`: the whole stack in one process, for a newcomer. Two reference backends on
-//! ephemeral ports share one in-process bus (or Redis), and the proxy sits in front of them
-//! with user-id affinity (header `X-User-Id`, or `?user=` for browsers, which cannot set
-//! headers on a WebSocket) and the sticky cookie for anonymous users.
+//! ephemeral ports share one in-process bus (or Redis), and the proxy sits in front of them.
+//! Users are who a verified token says: `/login?user=NAME` (served by the backends, for the
+//! demo only) sets a short-lived HS256 token in a cookie, the proxy verifies it on the
+//! WebSocket upgrade, pins the user by the verified `sub` and tells the backend in
+//! `X-User-Id` (which the backend believes from the proxy's loopback address only). Anonymous
+//! users get the sticky cookie.
 //!
-//! The proxy's config is written as YAML and goes through the same validation as a file would,
-//! so the demo runs exactly the code a deployment runs.
+//! The HMAC key is random per run and reaches the in-process proxy through
+//! [`server::Options::env`](crate::server::Options::env), never through the process
+//! environment. The proxy's config is written as YAML and goes through the same validation as
+//! a file would, so the demo runs exactly the code a deployment runs.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rand::TryRng as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppArgs, AppListeners, Fanout, LocalBus};
+use crate::app::{AppArgs, AppListeners, DemoLogin, Fanout, LocalBus, login};
 
 /// `tether demo` command line.
 #[derive(Clone, Debug, clap::Args)]
@@ -32,6 +39,10 @@ pub struct DemoArgs {
 
 /// Backend ids, in order.
 const INSTANCES: [&str; 2] = ["app-1", "app-2"];
+/// The variable the proxy's verifier reads its HMAC key from (answered by the demo itself).
+const SECRET_VAR: &str = "TETHER_DEMO_TOKEN_SECRET";
+/// Random bytes of the per-run HMAC key (hex-encoded: twice as many characters).
+const SECRET_BYTES: usize = 32;
 
 /// The proxy config of the demo, over backends at `backends`.
 pub(crate) fn config_yaml(listen: SocketAddr, admin: SocketAddr, backends: &[SocketAddr]) -> String {
@@ -42,12 +53,27 @@ listeners:
     bind: "{listen}"
 admin:
   bind: "{admin}"
+auth:
+  demo:
+    jwt:
+      algorithms: [HS256]
+      secret_env: {SECRET_VAR}
+      issuer: {issuer}
+      leeway: 5s
+    token_from: ["header:Authorization", "cookie:{cookie}"]
+    identity: {{ claim: sub, header: X-User-Id }}
+    required: false
 routes:
+  # Tokens are checked where sessions open; the page, /login and /logout need none (a stale
+  # cookie from an earlier run must not lock a visitor out of the page that renews it).
+  - {{ path_prefix: /ws, upstream: app, auth: demo }}
   - upstream: app
 upstreams:
   app:
     backends:
-"#
+"#,
+        issuer = login::ISSUER,
+        cookie = login::COOKIE,
     );
     for (id, addr) in INSTANCES.iter().zip(backends) {
         yaml.push_str(&format!("      - {{ id: {id}, address: \"{addr}\" }}\n"));
@@ -55,8 +81,7 @@ upstreams:
     yaml.push_str(
         r#"    affinity:
       key:
-        - header: X-User-Id
-        - query: user
+        - verified_claim: sub
       cookie: { name: TETHER_AFFINITY }
       fallback: least_connections
     health_check: { path: /readyz, interval: 1s, timeout: 500ms, healthy_after: 1, unhealthy_after: 2 }
@@ -81,6 +106,22 @@ pub enum DemoError {
     /// The proxy.
     #[error(transparent)]
     Proxy(#[from] crate::server::StartError),
+    /// No randomness for the token key.
+    #[error("cannot make the demo's token key")]
+    Entropy(#[source] rand::rngs::SysError),
+}
+
+/// A fresh HMAC key, hex-encoded, from the OS.
+fn random_secret() -> Result<String, DemoError> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    rand::rngs::SysRng.try_fill_bytes(&mut bytes).map_err(DemoError::Entropy)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The proxy's environment: the token key under [`SECRET_VAR`], the process environment
+/// for anything else.
+fn proxy_env(secret: String) -> crate::config::Env {
+    Arc::new(move |name: &str| if name == SECRET_VAR { Some(secret.clone()) } else { std::env::var(name).ok() })
 }
 
 /// Run the demo until `stop` fires. Prints the `listening` lines and what to open.
@@ -89,6 +130,8 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<(), DemoErro
         Some(url) => Fanout::Redis(url.clone()),
         None => Fanout::Local(LocalBus::new()),
     };
+    let secret = random_secret()?;
+    let demo_login = DemoLogin::new(&secret);
     let backends_stop = CancellationToken::new();
     let mut backend_addrs = Vec::new();
     let mut apps = JoinSet::new();
@@ -101,16 +144,20 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<(), DemoErro
         backend_args.drain_spread = Duration::from_secs(1);
         let listeners = AppListeners { main: listener, internal: None };
         let token = backends_stop.clone();
-        apps.spawn(crate::app::run_with_fanout(backend_args, listeners, fanout.clone(), async move {
-            token.cancelled().await
-        }));
+        let options = crate::app::Options {
+            fanout: Some(fanout.clone()),
+            demo_login: Some(demo_login.clone()),
+            ..Default::default()
+        };
+        apps.spawn(crate::app::run_with(backend_args, listeners, options, async move { token.cancelled().await }));
         backend_addrs.push(addr);
     }
 
     let yaml = config_yaml(args.listen, args.admin, &backend_addrs);
-    let loaded = crate::config::parse(Path::new("demo.yaml"), &yaml, &|name| std::env::var(name).ok())
-        .map_err(DemoError::Config)?;
-    let running = crate::server::start(loaded.config).await?;
+    let env = proxy_env(secret);
+    let loaded = crate::config::parse(Path::new("demo.yaml"), &yaml, &|name| env(name)).map_err(DemoError::Config)?;
+    let options = crate::server::Options { env, ..Default::default() };
+    let running = crate::server::start_with(loaded.config, options).await?;
     for (name, addr) in running.addrs() {
         crate::accept::announce(&name, addr);
     }
@@ -130,7 +177,8 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<(), DemoErro
              \x20 metrics:      http://{admin}/metrics\n\
              \x20 drain app-1:  curl -X POST http://{admin}/admin/upstreams/app/backends/app-1/drain\n\
              \x20 undrain:      curl -X POST http://{admin}/admin/upstreams/app/backends/app-1/undrain\n\
-             \nUsers are pinned by name (?user= / X-User-Id), anonymous ones by a cookie. Drain an\n\
+             \n  sign in:      http://{public}/?user=alice   (the page gets a demo token from /login)\n\
+             \nSigned-in users are pinned by their verified name, anonymous ones by a cookie. Drain an\n\
              instance and watch its users get a clean close and reconnect to the other one.\n\
              Ctrl-C stops everything.",
             INSTANCES.join(", "),
@@ -157,16 +205,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_demo_config_is_valid() {
+    fn the_demo_config_is_valid_and_pins_by_the_verified_claim() {
         let yaml = config_yaml(
             "127.0.0.1:8080".parse().unwrap(),
             "127.0.0.1:9901".parse().unwrap(),
             &["127.0.0.1:9001".parse().unwrap(), "127.0.0.1:9002".parse().unwrap()],
         );
-        let loaded = crate::config::parse(Path::new("demo.yaml"), &yaml, &|_| None).expect("valid");
+        let secret = random_secret().expect("secret");
+        assert_eq!(secret.len(), SECRET_BYTES * 2);
+        assert_ne!(secret, random_secret().expect("secret"), "one key per run");
+        let env = proxy_env(secret);
+        let loaded = crate::config::parse(Path::new("demo.yaml"), &yaml, &|name| env(name)).expect("valid");
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         let app = loaded.config.upstream("app").expect("app upstream");
         assert_eq!(app.backends.len(), 2);
-        assert_eq!(app.affinity.keys.len(), 2);
+        assert!(matches!(app.affinity.keys[..], [crate::config::KeySource::VerifiedClaim(ref c)] if c == "sub"));
         assert!(app.affinity.cookie.is_some());
+        assert_eq!(loaded.config.auth.len(), 1);
+        assert!(!loaded.config.auth[0].required, "anonymous clients are served");
     }
 }

@@ -1,6 +1,8 @@
 //! The HTTP surface of an instance: routing, probes, `/whoami`, `/publish`, `/metrics`, the demo
-//! page, and the WebSocket upgrade handshake for `/ws` and `/ws/websocket` (answered here, then
-//! handed to `session`); everything else under `/ws` is SockJS (`sockjs`).
+//! page (and `tether demo`'s `/login`), and the WebSocket upgrade handshake for `/ws` and
+//! `/ws/websocket` (answered here, then handed to `session`); everything else under `/ws` is
+//! SockJS (`sockjs`). The identity header counts only from a trusted peer, and upgrades from
+//! foreign page origins are refused (`trust` decides both).
 //!
 //! It turns requests into calls on `Instance` and results into responses; it must not hold
 //! STOMP state or decide fan-out.
@@ -28,6 +30,7 @@ use super::instance::{Instance, unix_ms};
 use super::metrics::Source;
 use super::session::{self, Link};
 use super::sockjs;
+use super::trust::{OriginVerdict, Peer};
 
 /// STOMP-over-WebSocket subprotocols we accept (stompjs offers them in this order).
 pub(crate) const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -71,6 +74,7 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
 pub(crate) async fn serve_connection(
     inst: Arc<Instance>,
     stream: TcpStream,
+    peer: Peer,
     surface: Surface,
     sessions: TaskTracker,
     stop: CancellationToken,
@@ -78,7 +82,7 @@ pub(crate) async fn serve_connection(
     let svc = hyper::service::service_fn(move |req| {
         let inst = inst.clone();
         let sessions = sessions.clone();
-        async move { Ok::<_, Infallible>(route(inst, req, surface, &sessions).await) }
+        async move { Ok::<_, Infallible>(route(inst, req, peer, surface, &sessions).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -102,6 +106,7 @@ pub(crate) async fn serve_connection(
 async fn route(
     inst: Arc<Instance>,
     req: Request<Incoming>,
+    peer: Peer,
     surface: Surface,
     sessions: &TaskTracker,
 ) -> Response<Body> {
@@ -113,11 +118,19 @@ async fn route(
         "/page.js" if main => {
             only(&method, Method::GET, || text(StatusCode::OK, "text/javascript; charset=utf-8", PAGE_JS))
         }
-        "/ws" if main && method == Method::GET && wants_websocket(req.headers()) => upgrade(inst, req, sessions),
-        path if main && (path == "/ws" || path.starts_with("/ws/")) => sockjs::serve(inst, req, sessions).await,
+        "/ws" if main && method == Method::GET && wants_websocket(req.headers()) => upgrade(inst, req, peer, sessions),
+        path if main && (path == "/ws" || path.starts_with("/ws/")) => sockjs::serve(inst, req, peer, sessions).await,
         "/whoami" if main => only(&method, Method::GET, || {
-            let user = header_user(&inst, req.headers()).ok().flatten();
+            let user = header_user(&inst, req.headers(), peer).ok().flatten();
             json(StatusCode::OK, serde_json::json!({ "instance": &*inst.id, "user": user }))
+        }),
+        "/login" if main && inst.settings.trust.demo_login.is_some() => {
+            only(&method, Method::GET, || login(&inst, req.uri().query()))
+        }
+        "/logout" if main && inst.settings.trust.demo_login.is_some() => only(&method, Method::GET, || {
+            let mut r = json(StatusCode::OK, serde_json::json!({ "user": null }));
+            set_cookie(&mut r, &super::login::cookie(None));
+            r
         }),
         "/healthz" => only(&method, Method::GET, || health(&inst)),
         "/readyz" => only(&method, Method::GET, || {
@@ -206,15 +219,61 @@ async fn publish(inst: Arc<Instance>, req: Request<Incoming>) -> Response<Body> 
     }
 }
 
-/// The trusted user header of a request: Ok(None) when absent, Err when present but unusable.
-pub(crate) fn header_user(inst: &Instance, headers: &HeaderMap) -> Result<Option<String>, ()> {
-    match headers.get(&inst.settings.user_header) {
-        None => Ok(None),
-        Some(v) => match v.to_str() {
-            Ok(s) if is_valid_user_id(s) => Ok(Some(s.to_owned())),
-            _ => Err(()),
-        },
+/// `/login?user=NAME` (`tether demo` only): a demo token for NAME in the cookie the proxy
+/// verifies on the WebSocket upgrade.
+fn login(inst: &Instance, query: Option<&str>) -> Response<Body> {
+    let Some(demo) = &inst.settings.trust.demo_login else {
+        return status(StatusCode::NOT_FOUND);
+    };
+    let user = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "user").map(|(_, v)| v.trim().to_owned())
+    });
+    let Some(user) = user.filter(|u| is_valid_user_id(u)) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "give ?user=NAME (up to 128 bytes, no '/' or control characters)" }),
+        );
+    };
+    match demo.mint(&user, jsonwebtoken::get_current_timestamp()) {
+        Ok(token) => {
+            let ttl = super::login::TOKEN_TTL.as_secs();
+            let mut r = json(StatusCode::OK, serde_json::json!({ "user": user, "expires_in": ttl }));
+            set_cookie(&mut r, &super::login::cookie(Some(&token)));
+            r
+        }
+        Err(e) => {
+            tracing::warn!(event = "demo_login_failed", error = %crate::report::Chain(&e));
+            status(StatusCode::INTERNAL_SERVER_ERROR)
+        }
     }
+}
+
+fn set_cookie(r: &mut Response<Body>, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The user the identity header of a request names: Ok(None) when absent, or when the peer is
+/// not a trusted proxy (then the header is ignored, and counted); Err when a trusted peer sent
+/// one that is unusable.
+pub(crate) fn header_user(inst: &Instance, headers: &HeaderMap, peer: Peer) -> Result<Option<String>, ()> {
+    let Some(value) = headers.get(&inst.settings.user_header) else {
+        return Ok(None);
+    };
+    if !peer.trusted {
+        inst.untrusted_identity_header(peer.ip);
+        return Ok(None);
+    }
+    match value.to_str() {
+        Ok(s) if is_valid_user_id(s) => Ok(Some(s.to_owned())),
+        _ => Err(()),
+    }
+}
+
+/// 403 for a page of a foreign origin (no CORS headers: the page learns nothing).
+pub(crate) fn forbidden_origin() -> Response<Body> {
+    text(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", "origin not allowed\n")
 }
 
 /// `Connection` lists the `upgrade` token and `Upgrade` names websocket (both case-insensitive).
@@ -272,12 +331,20 @@ pub(crate) fn websocket_handshake(headers: &HeaderMap, stomp: bool) -> Result<Re
 }
 
 /// STOMP over a plain WebSocket (`/ws`, `/ws/websocket`).
-pub(crate) fn upgrade(inst: Arc<Instance>, req: Request<Incoming>, sessions: &TaskTracker) -> Response<Body> {
+pub(crate) fn upgrade(
+    inst: Arc<Instance>,
+    req: Request<Incoming>,
+    peer: Peer,
+    sessions: &TaskTracker,
+) -> Response<Body> {
+    if inst.settings.trust.origins.check(req.headers(), peer) == OriginVerdict::Refused {
+        return forbidden_origin();
+    }
     let response = match websocket_handshake(req.headers(), true) {
         Ok(r) => r,
         Err(r) => return *r,
     };
-    let Ok(user) = header_user(&inst, req.headers()) else {
+    let Ok(user) = header_user(&inst, req.headers(), peer) else {
         return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": "invalid user header" }));
     };
     let config = ws_config(inst.settings.limits.max_frame_bytes);

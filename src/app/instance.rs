@@ -40,6 +40,8 @@ pub(crate) struct Settings {
     /// `--app-url`: where SENDs to `/app/...` are POSTed.
     pub(crate) app_url: Option<http::Uri>,
     pub(crate) sockjs: super::sockjs::SockJsSettings,
+    /// Trusted proxies, origins, the CONNECT token verifier.
+    pub(crate) trust: Arc<super::trust::Trust>,
 }
 
 /// Why a session is being closed from outside its own task.
@@ -122,6 +124,9 @@ pub(crate) struct Instance {
     /// Live SockJS sessions by id.
     pub(crate) sockjs: super::sockjs::session::Registry,
     shutting_down: AtomicBool,
+    /// Whether an identity header from an untrusted peer was logged yet (once per instance;
+    /// every one is counted).
+    untrusted_identity_logged: AtomicBool,
 }
 
 impl Instance {
@@ -140,6 +145,7 @@ impl Instance {
             registry: Mutex::new(Registry::default()),
             sockjs: super::sockjs::session::Registry::default(),
             shutting_down: AtomicBool::new(false),
+            untrusted_identity_logged: AtomicBool::new(false),
         }
     }
 
@@ -159,6 +165,21 @@ impl Instance {
 
     pub(crate) fn broker_health(&self) -> Health {
         self.broker().map_or(Health::Down, |b| b.health())
+    }
+
+    /// Counts an identity header sent by a peer outside `--trust-proxy` (and ignored); the
+    /// first one is logged, the rest only counted, so a client cannot flood the log.
+    pub(crate) fn untrusted_identity_header(&self, peer: std::net::IpAddr) {
+        self.metrics.untrusted_identity_headers.inc();
+        if !self.untrusted_identity_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                event = "untrusted_identity_header",
+                instance = %self.id,
+                peer = %peer,
+                header = %self.settings.user_header,
+                "ignored the identity header of a peer outside --trust-proxy (logged once; counted in tether_backend_untrusted_identity_headers_total)"
+            );
+        }
     }
 
     /// A fresh [`Subscriber::seq`].

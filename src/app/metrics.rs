@@ -44,6 +44,11 @@ pub(crate) struct SourceLabels {
     pub(crate) source: Source,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    pub(crate) reason: &'static str,
+}
+
 /// Every metric of an instance.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -61,6 +66,8 @@ pub(crate) struct Metrics {
     pub(crate) acks: Counter,
     pub(crate) nacks: Counter,
     pub(crate) app_forward_failures: Counter,
+    pub(crate) untrusted_identity_headers: Counter,
+    pub(crate) token_rejections: Family<ReasonLabels, Counter>,
     pub(crate) redis_up: Gauge,
     pub(crate) redis_reconnects: Counter,
 }
@@ -92,6 +99,8 @@ impl Metrics {
             acks: Counter::default(),
             nacks: Counter::default(),
             app_forward_failures: Counter::default(),
+            untrusted_identity_headers: Counter::default(),
+            token_rejections: Family::default(),
             redis_up: Gauge::default(),
             redis_reconnects: Counter::default(),
             registry: Registry::default(),
@@ -129,6 +138,16 @@ impl Metrics {
             "SENDs to /app destinations the application did not answer with 2xx",
             m.app_forward_failures.clone(),
         );
+        registry.register(
+            "untrusted_identity_headers",
+            "Identity headers ignored because the request came from outside --trust-proxy",
+            m.untrusted_identity_headers.clone(),
+        );
+        registry.register(
+            "token_rejections",
+            "CONNECT frames refused for their token (ERROR, then close), by reason",
+            m.token_rejections.clone(),
+        );
         if with_redis {
             registry.register("redis_up", "1 while the Redis connections are established", m.redis_up.clone());
             registry.register(
@@ -146,6 +165,10 @@ impl Metrics {
 
     pub(crate) fn count_publish_failure(&self, source: Source) {
         self.publish_failures.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    pub(crate) fn count_token_rejection(&self, reason: &'static str) {
+        self.token_rejections.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// The text exposition.

@@ -21,11 +21,15 @@
 //! - `sockjs`: the SockJS protocol under `/ws` (framing, sessions, transports).
 //! - `app_forward`: SENDs to `/app/...` POSTed to `--app-url`.
 //! - `http`: routes, probes, `/publish`, `/metrics`, demo page, WebSocket handshake.
+//! - `trust`: which peers are trusted proxies, which page origins may open sessions (pure).
+//! - `jwt`: the verifier of CONNECT tokens (`--jwt-*`), over the proxy's `auth::Verifier`.
+//! - [`login`]: `/login` minting demo tokens, for `tether demo` only.
 //! - [`metrics`]: Prometheus metrics.
 //!
-//! Trust boundary: the `--user-header` (default `X-User-Id`) and CONNECT `login` are trusted
-//! as the user's identity. In production something in front (an auth layer, or tether once it
-//! verifies tokens) must set the header and strip client-supplied copies.
+//! Trust boundary: a session's user is, first match wins, the verified subject of the token in
+//! its CONNECT frame (`--jwt-*`), the `--user-header` of its upgrade request when that came
+//! from a `--trust-proxy` address, the CONNECT `login` with `--accept-login` (development
+//! only), else nobody: an anonymous session with a random name.
 
 mod app_forward;
 pub mod broker;
@@ -33,16 +37,22 @@ mod channel_map;
 mod http;
 pub(crate) mod hub;
 mod instance;
+mod jwt;
+pub mod login;
 pub(crate) mod metrics;
 mod session;
 mod sockjs;
 pub mod stomp;
+mod trust;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use ipnet::IpNet;
+use jsonwebtoken::Algorithm;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,6 +62,7 @@ use broker::Received;
 pub use broker::local::LocalBus;
 use http::Surface;
 use instance::{CloseReason, Instance, Settings};
+pub use login::DemoLogin;
 
 /// Default outbound queue per session, in MESSAGE frames. Deep enough to absorb a burst to a
 /// busy room; a client this far behind is a slow consumer and is closed.
@@ -83,9 +94,48 @@ pub struct AppArgs {
     /// it, fan-out is an in-process bus (single instance).
     #[arg(long, value_name = "URL")]
     pub(crate) redis: Option<String>,
-    /// Request header carrying the trusted user id (set by the proxy or an auth layer).
+    /// Request header carrying the user id, set by the proxy from a verified token. Believed
+    /// only on connections from a --trust-proxy address.
     #[arg(long, value_name = "NAME", default_value = "X-User-Id")]
     pub(crate) user_header: String,
+    /// Address or network of the proxy in front (repeatable): only its requests may name the
+    /// user with --user-header (and say the client's scheme and host with X-Forwarded-* or
+    /// Forwarded). From anywhere else the header is ignored. Giving one replaces the default.
+    #[arg(long = "trust-proxy", value_name = "CIDR", value_parser = trust::parse_cidr, default_values = trust::DEFAULT_TRUSTED)]
+    pub trust_proxy: Vec<IpNet>,
+    /// Take the STOMP CONNECT `login` header as the user's identity, when nothing better
+    /// names one. Development only: any client can claim any name.
+    #[arg(long)]
+    pub accept_login: bool,
+    /// Verify a token in the CONNECT frame (`Authorization: Bearer ...`, or `passcode`) with
+    /// the keys of this JWKS file; a bad token is an ERROR and the connection closes.
+    #[arg(long, value_name = "FILE", group = "jwt_keys")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// As --jwt-jwks, with one PEM public key (RSA, EC or Ed25519).
+    #[arg(long, value_name = "FILE", group = "jwt_keys")]
+    pub jwt_key: Option<PathBuf>,
+    /// As --jwt-jwks, with an HMAC secret (at least 32 bytes) read from this environment
+    /// variable (HS256/384/512).
+    #[arg(long, value_name = "VAR", group = "jwt_keys")]
+    pub jwt_secret_env: Option<String>,
+    /// Accepted token algorithms, comma-separated [default: from the keys: a JWK's `alg`, else
+    /// RS256 for RSA, ES256/ES384 by the EC curve, EdDSA for Ed25519, HS256 for a secret].
+    #[arg(long, value_name = "ALG,...", value_delimiter = ',', value_parser = jwt::parse_algorithm, requires = "jwt_keys")]
+    pub jwt_algorithms: Vec<Algorithm>,
+    /// The `iss` a token must carry.
+    #[arg(long, value_name = "ISSUER", requires = "jwt_keys")]
+    pub jwt_issuer: Option<String>,
+    /// An `aud` a token may carry (repeatable; one must match when given).
+    #[arg(long, value_name = "AUDIENCE", requires = "jwt_keys")]
+    pub jwt_audience: Vec<String>,
+    /// The claim that names the user.
+    #[arg(long, value_name = "CLAIM", default_value = "sub")]
+    pub jwt_claim: String,
+    /// A page origin that may open sessions besides the request's own (repeatable):
+    /// `https://app.example.com`, `https://*.example.com`, or `*` for any. WebSocket upgrades
+    /// and SockJS requests from other origins get 403; requests without Origin pass.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origin: Vec<String>,
     /// Heart-beat interval offered to clients, both directions (0 disables).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub heartbeat: Duration,
@@ -150,6 +200,16 @@ impl AppArgs {
             id: None,
             redis: None,
             user_header: "X-User-Id".into(),
+            trust_proxy: trust::DEFAULT_TRUSTED.iter().filter_map(|n| trust::parse_cidr(n).ok()).collect(),
+            accept_login: false,
+            jwt_jwks: None,
+            jwt_key: None,
+            jwt_secret_env: None,
+            jwt_algorithms: Vec::new(),
+            jwt_issuer: None,
+            jwt_audience: Vec::new(),
+            jwt_claim: "sub".into(),
+            allowed_origin: Vec::new(),
             heartbeat: Duration::from_secs(10),
             shutdown_delay: Duration::from_secs(5),
             drain_spread: Duration::from_secs(5),
@@ -197,6 +257,23 @@ pub enum Fanout {
     Local(LocalBus),
 }
 
+/// How an embedded instance is wired beyond its command line.
+#[derive(Clone)]
+pub struct Options {
+    /// Fan-out; `None`: Redis at `args.redis` when set, else a private in-process bus.
+    pub fanout: Option<Fanout>,
+    /// Where `--jwt-secret-env` is read (the process environment by default).
+    pub env: crate::config::Env,
+    /// Serve `/login` and `/logout`, minting demo tokens: `tether demo` only, never a flag.
+    pub demo_login: Option<DemoLogin>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { fanout: None, env: crate::config::process_env(), demo_login: None }
+    }
+}
+
 /// Why the backend could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -223,6 +300,18 @@ pub enum AppError {
     /// `--app-url` is not an `http://` URL.
     #[error("invalid --app-url {0:?}: expected http://HOST:PORT[/PATH]")]
     AppUrl(String),
+    /// An `--allowed-origin` that is not an origin.
+    #[error("invalid --allowed-origin: {0}")]
+    AllowedOrigin(String),
+    /// More than one of `--jwt-jwks`, `--jwt-key` and `--jwt-secret-env`.
+    #[error("give one of --jwt-jwks, --jwt-key or --jwt-secret-env")]
+    JwtKeySources,
+    /// `--jwt-issuer`, `--jwt-audience` or `--jwt-algorithms` without a key to verify with.
+    #[error("--jwt-issuer, --jwt-audience and --jwt-algorithms need --jwt-jwks, --jwt-key or --jwt-secret-env")]
+    JwtWithoutKey,
+    /// The `--jwt-*` options cannot build a verifier (a key file, a secret, an algorithm).
+    #[error("{0}")]
+    Jwt(String),
 }
 
 /// Runs an instance until `shutdown` resolves, then shuts down gracefully (readiness 503,
@@ -233,21 +322,22 @@ pub async fn run(
     listeners: AppListeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
-    let fanout = match &args.redis {
-        Some(url) => Fanout::Redis(url.clone()),
-        None => Fanout::Local(LocalBus::new()),
-    };
-    run_with_fanout(args, listeners, fanout, shutdown).await
+    run_with(args, listeners, Options::default(), shutdown).await
 }
 
-/// [`run`] with an explicit fan-out adapter (`args.redis` is ignored): `tether demo` passes
-/// one [`LocalBus`] clone to each of its instances.
-pub async fn run_with_fanout(
+/// [`run`] wired by an embedder: `tether demo` passes one [`LocalBus`] clone to each of its
+/// instances (`args.redis` is then ignored) and its `/login`.
+pub async fn run_with(
     args: AppArgs,
     listeners: AppListeners,
-    fanout: Fanout,
+    options: Options,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
+    let fanout = match (options.fanout, &args.redis) {
+        (Some(fanout), _) => fanout,
+        (None, Some(url)) => Fanout::Redis(url.clone()),
+        (None, None) => Fanout::Local(LocalBus::new()),
+    };
     let user_header = ::http::HeaderName::from_bytes(args.user_header.as_bytes())
         .map_err(|_| AppError::UserHeader(args.user_header.clone()))?;
     if args.outbound_queue == 0 || args.max_frame_bytes == 0 || args.max_unacked == 0 || args.sockjs_stream_limit == 0 {
@@ -269,6 +359,24 @@ pub async fn run_with_fanout(
             _ => return Err(AppError::AppUrl(url.clone())),
         },
     };
+    let mut origins = Vec::new();
+    for origin in &args.allowed_origin {
+        origins.push(crate::config::parse_origin(origin).map_err(AppError::AllowedOrigin)?);
+    }
+    let verifier = jwt::verifier(&args, &options.env)?;
+    if args.accept_login {
+        tracing::warn!(
+            event = "accept_login",
+            "--accept-login: a STOMP CONNECT login names the user of a session without a token or a trusted header; any client can claim any name (development only)"
+        );
+    }
+    let trust = trust::Trust {
+        proxies: trust::TrustedProxies::new(&args.trust_proxy),
+        origins: trust::Origins::new(origins),
+        verifier: verifier.map(Arc::new),
+        accept_login: args.accept_login,
+        demo_login: options.demo_login,
+    };
     let id: Arc<str> =
         args.id.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()).into();
     let settings = Settings {
@@ -287,6 +395,7 @@ pub async fn run_with_fanout(
             stream_limit: args.sockjs_stream_limit,
             cookie_needed: args.sockjs_cookie_needed,
         },
+        trust: Arc::new(trust),
     };
     let broker_kind = match fanout {
         Fanout::Redis(_) => metrics::BrokerKind::Redis,
@@ -327,9 +436,10 @@ pub async fn run_with_fanout(
         let (inst, conns, sessions, stop_http) = (inst.clone(), tasks.clone(), sessions.clone(), stop_http.clone());
         let stop = stop_accepting.clone();
         tasks.spawn(async move {
-            crate::accept::run(listener, surface.name(), stop, conns, move |stream, _peer| {
+            crate::accept::run(listener, surface.name(), stop, conns, move |stream, peer| {
                 let _ = stream.set_nodelay(true);
-                Some(http::serve_connection(inst.clone(), stream, surface, sessions.clone(), stop_http.clone()))
+                let peer = inst.settings.trust.peer(peer.ip());
+                Some(http::serve_connection(inst.clone(), stream, peer, surface, sessions.clone(), stop_http.clone()))
             })
             .await;
         });
@@ -373,6 +483,32 @@ pub async fn run_with_fanout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(args: &[&str]) -> Result<AppArgs, clap::Error> {
+        use clap::{Args as _, FromArgMatches as _};
+        let command = AppArgs::augment_args(clap::Command::new("backend").no_binary_name(true));
+        command.try_get_matches_from(args).and_then(|m| AppArgs::from_arg_matches(&m))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_trusts_loopback_by_default() {
+        use clap::Args as _;
+        AppArgs::augment_args(clap::Command::new("backend")).debug_assert();
+        let args = parse(&["--listen", "127.0.0.1:0"]).expect("parses");
+        assert_eq!(args.trust_proxy, AppArgs::new(args.listen).trust_proxy);
+        assert_eq!(args.trust_proxy.len(), 2);
+        assert!(!args.accept_login);
+        let args = parse(&["--listen", "127.0.0.1:0", "--trust-proxy", "10.0.0.7", "--trust-proxy", "fd00::/8"])
+            .expect("parses");
+        assert_eq!(args.trust_proxy, ["10.0.0.7/32".parse::<IpNet>().unwrap(), "fd00::/8".parse().unwrap()]);
+        let args = parse(&["--listen", "127.0.0.1:0", "--jwt-jwks", "k.json", "--jwt-algorithms", "RS256,ES256"])
+            .expect("parses");
+        assert_eq!(args.jwt_algorithms, [Algorithm::RS256, Algorithm::ES256]);
+        assert!(parse(&["--listen", "127.0.0.1:0", "--jwt-jwks", "a", "--jwt-key", "b"]).is_err(), "one key source");
+        assert!(parse(&["--listen", "127.0.0.1:0", "--jwt-issuer", "x"]).is_err(), "an issuer needs a key");
+        assert!(parse(&["--listen", "127.0.0.1:0", "--jwt-secret-env", "S", "--jwt-algorithms", "none"]).is_err());
+        assert!(parse(&["--listen", "127.0.0.1:0", "--trust-proxy", "somewhere"]).is_err());
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -1,6 +1,12 @@
 // tether demo page: a tiny STOMP 1.2 client over the browser WebSocket (no libraries).
 // It joins /topic/room.{name}, sends JSON chat messages, shows which instance each message was
 // published on, and reconnects with exponential backoff when its instance drains.
+//
+// Who you are: with `?user=NAME` the page signs in before every (re)connect with
+// `/login?user=NAME` (served by `tether demo`), which sets a short-lived token in an HttpOnly
+// cookie; the proxy verifies it on the WebSocket upgrade, pins you by the verified name and
+// tells the backend. Without a name you are anonymous (a random display name; the proxy pins
+// you by its sticky cookie), and any demo token left in the cookie is dropped first.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -101,27 +107,43 @@ let connected = false;
 
 function wsUrl() {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${proto}//${location.host}/ws`;
+}
+
+// Whether the name in the user field is one to sign in as (given in the URL or typed), rather
+// than a random display name.
+let signedIn = false;
+
+// Gets (or drops) the demo token cookie the WebSocket upgrade will carry. Served by
+// `tether demo` only: elsewhere /login is 404 and the page connects as it is.
+async function identify() {
   const user = ui.user.value.trim();
-  // The user id rides along as a query parameter so a proxy can key affinity on it; the
-  // backend itself takes identity from its trusted header or the CONNECT login.
-  return `${proto}//${location.host}/ws` + (user ? `?user=${encodeURIComponent(user)}` : '');
+  const path = signedIn && user ? `/login?user=${encodeURIComponent(user)}` : '/logout';
+  try {
+    const r = await fetch(path, { cache: 'no-store', credentials: 'same-origin' });
+    if (!r.ok && r.status !== 404) log(`${path.split('?')[0]} answered ${r.status}`);
+  } catch (e) {
+    log(`${path.split('?')[0]} failed: ${e}`);
+  }
 }
 
 function send(text) {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(text);
 }
 
-function connect() {
+async function connect() {
   clearTimers();
   setStatus('wait', 'connecting');
+  await identify();
   const sock = new WebSocket(wsUrl(), ['v12.stomp', 'v11.stomp', 'v10.stomp']);
   sock.binaryType = 'arraybuffer';
   ws = sock;
   const parser = new Parser(onFrame);
   sock.onopen = () => {
     const headers = { 'accept-version': '1.2,1.1', host: location.hostname, 'heart-beat': `${HEARTBEAT_MS},${HEARTBEAT_MS}` };
+    // For `tether backend --accept-login` without the demo: a login names nobody otherwise.
     const user = ui.user.value.trim();
-    if (user) headers.login = user;
+    if (signedIn && user) headers.login = user;
     sock.send(frame('CONNECT', headers));
   };
   sock.onmessage = (ev) => {
@@ -248,13 +270,19 @@ ui.composer.onsubmit = (ev) => {
   send(frame('SEND', { destination: `/topic/room.${joinedRoom}`, 'content-type': 'application/json' }, body));
   ui.text.value = '';
 };
-ui.user.onchange = () => { if (ws) ws.close(); };
+ui.user.onchange = () => {
+  signedIn = ui.user.value.trim() !== '';
+  if (ws) ws.close();
+};
 
-// `?user=NAME` in the page's URL names the user; otherwise a random name (64 random bits, so two
-// visitors never share an identity by chance).
+// `?user=NAME` in the page's URL signs in as NAME; otherwise the page is anonymous, with a
+// random display name (64 random bits, so two visitors never look alike by chance).
 function defaultUser() {
   const given = new URLSearchParams(location.search).get('user');
-  if (given && given.trim()) return given.trim();
+  if (given && given.trim()) {
+    signedIn = true;
+    return given.trim();
+  }
   const bytes = crypto.getRandomValues(new Uint8Array(8));
   return 'user-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }

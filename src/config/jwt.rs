@@ -36,7 +36,7 @@ pub(crate) enum KeyFileError {
 /// Keys of the JWKS at `resolved` (written as `written` in the config), with a note for each
 /// key that was skipped (unsupported type, meant for encryption, of a family none of
 /// `algorithms` uses).
-pub(super) fn read_jwks(
+pub(crate) fn read_jwks(
     written: &str,
     resolved: &Path,
     algorithms: &[Algorithm],
@@ -111,7 +111,7 @@ pub(crate) fn parse_jwks(
 }
 
 /// The one public key in the PEM file at `resolved`, of `family`.
-pub(super) fn read_key_file(written: &str, resolved: &Path, family: AlgorithmFamily) -> Result<JwtKey, KeyFileError> {
+pub(crate) fn read_key_file(written: &str, resolved: &Path, family: AlgorithmFamily) -> Result<JwtKey, KeyFileError> {
     let what = format!("key_file {}", describe(written, resolved));
     let pem = read(&what, resolved)?;
     let (kind, parsed) = match family {

@@ -28,6 +28,7 @@ mod validate;
 mod values;
 
 pub use error::{ConfigError, ConfigErrors, ListenerError, ReloadError};
+pub(crate) use validate::parse_origin;
 pub use validate::{load, parse};
 pub use values::AddressError;
 

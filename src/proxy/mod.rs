@@ -36,7 +36,7 @@ mod error;
 mod exchange;
 mod forwarding;
 pub(crate) mod headers;
-mod origin;
+pub(crate) mod origin;
 mod path;
 mod query;
 pub(crate) mod routes;

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::support::WAIT;
 use crate::support::app::TestApp;
+use crate::support::jwt;
 use crate::support::redis::TestRedis;
 use crate::support::stomp_client::{ConnectOptions, StompClient};
 use crate::support::until;
@@ -32,6 +33,7 @@ async fn mapped_redis_channels_reach_stomp_subscribers_on_every_instance() {
             .channel_map("auction:*=/sub/auction/*")
             .channel_map("category:*:new-auctions=/sub/category/*/new-auctions")
             .channel_map("notification:*=/user/*/queue/notifications")
+            .jwt_jwks(&jwt::fixture("jwks.json"))
             .spawn_with_redis_up()
     };
     let a = spawn("app-a").await;
@@ -40,7 +42,8 @@ async fn mapped_redis_channels_reach_stomp_subscribers_on_every_instance() {
     assert_eq!(numpat().await, 0, "no pattern without a local subscriber");
 
     let mut on_a = StompClient::connect(&a.ws_url()).await;
-    let mut on_b = StompClient::connect_with(&b.ws_url(), ConnectOptions::default().login("alice")).await;
+    let alice = ConnectOptions::default().bearer(&jwt::token("alice"));
+    let mut on_b = StompClient::connect_with(&b.ws_url(), alice).await;
     on_a.subscribe("/sub/auction/42", "s").await;
     on_b.subscribe("/sub/auction/42", "s").await;
     on_b.subscribe("/user/queue/notifications", "n").await;

@@ -1,11 +1,13 @@
 //! Interop with a STOMP client nobody here wrote: `@stomp/stompjs` on Node (`tests/js`),
-//! run directly against `tether backend`: connect, subscribe, send, receive; and after a drain
-//! of its instance, reconnect to the other one and keep receiving.
+//! run directly against `tether backend`: connect, subscribe, send, receive; authenticate with
+//! a token in its `connectHeaders`; and after a drain of its instance, reconnect to the other
+//! one and keep receiving.
 
 use tether::app::LocalBus;
 
 use crate::support::WAIT;
 use crate::support::app::TestApp;
+use crate::support::jwt;
 use crate::support::node::NodeScript;
 
 fn spawn_node(mode: &str, urls: &[String]) -> NodeScript {
@@ -36,11 +38,27 @@ async fn stompjs_connects_subscribes_sends_and_receives() {
     let subscribed = wait_event(&mut node, "subscribed").await;
     assert_eq!(subscribed["version"], "1.2");
     assert_eq!(subscribed["instance"], "app-a");
+    assert_eq!(subscribed["user"], serde_json::Value::Null, "its login names nobody");
     let done = wait_event(&mut node, "done").await;
     assert_eq!(done["ok"], true, "{done}");
     assert_eq!(done["received"], serde_json::json!(["hello-1 ünïcode \u{1F600}"]));
     let status = tokio::time::timeout(WAIT, node.child.wait()).await.expect("node exits").expect("wait");
     assert!(status.success());
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stompjs_authenticates_with_a_token_in_its_connect_headers() {
+    let a = TestApp::builder().id("app-a").jwt_jwks(&jwt::fixture("jwks.json")).spawn().await;
+    let mut node = spawn_node("token", &[jwt::token("alice"), a.ws_url()]);
+    let subscribed = wait_event(&mut node, "subscribed").await;
+    assert_eq!(subscribed["user"], "alice");
+    let done = wait_event(&mut node, "done").await;
+    assert_eq!(done["ok"], true, "{done}");
+    // A bad token is a STOMP ERROR the client reports.
+    let mut node = spawn_node("token", &["not-a-token".to_owned(), a.ws_url()]);
+    let e = node.next_event().await.expect("an event");
+    assert_eq!((e["event"].as_str(), e["message"].as_str()), (Some("error"), Some("invalid token")), "{e}");
     a.shutdown().await;
 }
 

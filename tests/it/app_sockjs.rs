@@ -87,7 +87,7 @@ impl Raw {
     async fn send(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> Raw {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: test\r\norigin: http://shop.test\r\ncontent-length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: shop.test\r\norigin: http://shop.test\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(req.as_bytes()).await.expect("write");
@@ -150,7 +150,12 @@ async fn streaming_responses_flow_through_the_proxy_unbuffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sockjs_endpoint_speaks_the_protocol() {
-    let a = TestApp::builder().sockjs(Duration::from_millis(300), Duration::from_millis(500), 4096).spawn().await;
+    // A page of another origin uses the endpoint (its origin listed), as a CORS client.
+    let a = TestApp::builder()
+        .sockjs(Duration::from_millis(300), Duration::from_millis(500), 4096)
+        .allowed_origin("http://shop.test")
+        .spawn()
+        .await;
     // The raw WebSocket Spring offers plain WebSocket clients of a SockJS endpoint.
     let mut raw = StompClient::connect(&format!("ws://{}/ws/websocket", a.addr)).await;
     raw.subscribe("/topic/raw", "s").await;

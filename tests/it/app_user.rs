@@ -4,6 +4,7 @@
 use tether::app::stomp::Command;
 
 use crate::support::app::TestApp;
+use crate::support::jwt;
 use crate::support::redis::TestRedis;
 use crate::support::stomp_client::{ConnectOptions, StompClient};
 use crate::support::until;
@@ -13,12 +14,14 @@ const QUEUE: &str = "/user/queue/notifications";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_destinations_reach_every_session_of_that_user_on_any_instance() {
     let redis = TestRedis::start().await;
+    let jwks = jwt::fixture("jwks.json");
     let a = TestApp::builder().id("app-a").redis(&redis.url()).spawn_with_redis_up().await;
-    let b = TestApp::builder().id("app-b").redis(&redis.url()).spawn_with_redis_up().await;
+    let b = TestApp::builder().id("app-b").redis(&redis.url()).jwt_jwks(&jwks).spawn_with_redis_up().await;
 
-    // Identity from the trusted upgrade header on A, from CONNECT login on B.
+    // Identity from the trusted proxy's upgrade header on A, from a verified CONNECT token on B.
     let mut alice_a = StompClient::connect_with(&a.ws_url(), ConnectOptions::default().user_header("alice")).await;
-    let mut alice_b = StompClient::connect_with(&b.ws_url(), ConnectOptions::default().login("alice")).await;
+    let mut alice_b =
+        StompClient::connect_with(&b.ws_url(), ConnectOptions::default().bearer(&jwt::token("alice"))).await;
     let mut bob_a = StompClient::connect_with(&a.ws_url(), ConnectOptions::default().user_header("bob")).await;
     assert_eq!(alice_a.connected.get("user-name"), Some("alice"));
     assert_eq!(alice_b.connected.get("user-name"), Some("alice"));

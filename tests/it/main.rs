@@ -14,6 +14,7 @@ mod app_redis_outage;
 mod app_shutdown;
 mod app_slow_consumer;
 mod app_sockjs;
+mod app_trust;
 mod app_user;
 mod config_check;
 mod demo;

@@ -1,12 +1,14 @@
 // The demo chat page in headless Chromium (Debian's /usr/bin/chromium via playwright-core), as a
-// new user tries it: `/?user=alice` names the user; joining twice in a row is one subscription;
-// messages with an empty, `null` or non-JSON body render without breaking the page; two
-// visitors without ?user get different random names.
+// new user tries it against `tether demo`: `/?user=alice` signs in as alice (the page gets a
+// demo token from /login and the proxy verifies it); joining twice in a row is one
+// subscription; messages with an empty, `null` or non-JSON body render without breaking the
+// page; two visitors without ?user are served anonymously, with different random names.
 //
-//   node demo_page.mjs URL            (URL like http://127.0.0.1:PORT/)
+//   node demo_page.mjs URL            (URL like http://127.0.0.1:PORT/, the demo's proxy)
 //
 // Prints {"event":"joined",...}, waits for a line on stdin (the test published the odd
-// messages), then prints {"event":"done", "rows": [...], "names": [...], "errors": [...]}.
+// messages), then prints {"event":"done", "rows": [...], "names": [...], "anonymous": [...],
+// "errors": [...]}.
 import { createInterface } from 'node:readline';
 import { launch } from './chromium.mjs';
 
@@ -31,13 +33,17 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('#messages .msg').length >= 4);
   const rows = await page.$$eval('#messages .msg', (els) => els.map((e) => e.textContent));
   const names = [];
+  const anonymous = [];
   for (let i = 0; i < 2; i++) {
     const p = await context.newPage();
+    p.on('pageerror', (e) => errors.push('pageerror: ' + e.message));
     await p.goto(url);
     names.push(await p.inputValue('#user'));
+    await p.waitForFunction(() => document.getElementById('status').textContent.startsWith('connected'));
+    anonymous.push(await p.textContent('#log'));
     await p.close();
   }
-  emit({ event: 'done', rows, names, errors });
+  emit({ event: 'done', rows, names, anonymous, errors });
 } catch (e) {
   emit({ event: 'error', message: String(e && e.message), errors });
 } finally {

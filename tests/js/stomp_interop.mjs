@@ -1,16 +1,19 @@
 // Interop client: @stomp/stompjs (as the seeds' browser clients use it) against tether.
 //
 //   node stomp_interop.mjs basic URL
+//   node stomp_interop.mjs token TOKEN URL
 //   node stomp_interop.mjs drain URL [URL...]
 //
 // Prints one JSON object per line on stdout:
-//   {"event":"subscribed","round":N,"url":...,"version":...,"instance":...}  after the RECEIPT
+//   {"event":"subscribed","round":N,"url":...,"version":...,"instance":...,"user":...}  after the RECEIPT
 //   {"event":"message","round":N,"body":...,"destination":...,"instance":...}
 //   {"event":"closed","code":N}                                              socket closed
 //   {"event":"error",...}                                                    STOMP ERROR
 //   {"event":"done","ok":true|false,"received":[...],"closeCodes":[...]}     then exits
 //
 // basic: connect, subscribe to /topic/interop (waiting for the receipt), send hello-1, receive it.
+// token: basic, with `Authorization: Bearer TOKEN` in the CONNECT frame's headers (stompjs
+//        `connectHeaders`, as a Spring client authenticates) instead of a login.
 // drain: the same, then expect the server to close the socket (a drain), reconnect (cycling
 //        through the URLs given; with a single URL, e.g. tether proxy, the same one), subscribe
 //        again, send hello-2, and finish once hello-2 and "from-rust" (sent by the test through
@@ -18,9 +21,11 @@
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
 
-const [mode, ...urls] = process.argv.slice(2);
-if (!['basic', 'drain'].includes(mode) || urls.length === 0) {
-  console.error('usage: node stomp_interop.mjs basic|drain URL [URL...]');
+const [mode, ...rest] = process.argv.slice(2);
+const token = mode === 'token' ? rest.shift() : null;
+const urls = rest;
+if (!['basic', 'token', 'drain'].includes(mode) || urls.length === 0) {
+  console.error('usage: node stomp_interop.mjs basic|token TOKEN|drain URL [URL...]');
   process.exit(64);
 }
 
@@ -46,7 +51,7 @@ function finish(ok, extra = {}) {
 }
 
 function complete() {
-  if (mode === 'basic') return received.includes(payload(1));
+  if (mode !== 'drain') return received.includes(payload(1));
   return round >= 2 && received.includes(payload(2)) && received.includes('from-rust');
 }
 
@@ -56,7 +61,7 @@ const client = new Client({
     next += 1;
     return new WebSocket(currentUrl, ['v12.stomp', 'v11.stomp', 'v10.stomp']);
   },
-  connectHeaders: { login: 'interop' },
+  connectHeaders: token ? { Authorization: `Bearer ${token}` } : { login: 'interop' },
   reconnectDelay: 200,
   heartbeatIncoming: 1000,
   heartbeatOutgoing: 1000,
@@ -71,6 +76,7 @@ const client = new Client({
         url: currentUrl,
         version: frame.headers.version,
         instance: frame.headers['tether-instance'],
+        user: frame.headers['user-name'] ?? null,
       });
       client.publish({
         destination: TOPIC,

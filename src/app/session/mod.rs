@@ -13,6 +13,7 @@
 
 mod ack;
 mod frames;
+mod identity;
 mod link;
 mod publish;
 mod transaction;
@@ -31,10 +32,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub(crate) use link::Link;
 
 use self::ack::{AckMode, Acks};
+use self::identity::Identity;
 use self::link::Incoming;
 use self::transaction::Transactions;
 use super::broker::BrokerError;
-use super::hub::{SessionId, Subscriber, USER_PREFIX, is_valid_user_id, subscription_key};
+use super::hub::{SessionId, Subscriber, USER_PREFIX, subscription_key};
 use super::instance::{CloseReason, Delivery, Instance, SessionHandle, SessionSignal};
 use super::stomp::{self, Command, DecodeError, Decoder, Frame, Item, Version};
 
@@ -116,6 +118,9 @@ struct Session {
     state: State,
     version: Version,
     header_user: Option<String>,
+    /// Decided at CONNECT (`identity`).
+    identity: Option<Identity>,
+    /// The user others see (`None`: anonymous), from `identity`.
     user: Option<String>,
     subs: HashMap<Arc<str>, Sub>,
     acks: Acks,
@@ -129,7 +134,7 @@ struct Session {
 }
 
 /// Runs one session to completion. `header_user` is the identity the upgrade request carried
-/// in the trusted user header, already validated.
+/// in the user header, already validated, and only when a trusted proxy sent it.
 pub(crate) async fn serve(inst: Arc<Instance>, link: Link, header_user: Option<String>) {
     let id = inst.next_session_id();
     let signal = Arc::new(SessionSignal::new(id));
@@ -148,6 +153,7 @@ pub(crate) async fn serve(inst: Arc<Instance>, link: Link, header_user: Option<S
         state: State::AwaitingConnect,
         version: Version::V1_2,
         header_user,
+        identity: None,
         user: None,
         subs: HashMap::new(),
         transactions: Transactions::default(),
@@ -303,12 +309,18 @@ impl Session {
         let Some(client_beats) = frames::parse_heart_beat(frame.get("heart-beat")) else {
             return Err(protocol_error(frame, "invalid heart-beat header"));
         };
-        let user = match (&self.header_user, frame.get("login")) {
-            (Some(u), _) => Some(u.clone()),
-            (None, Some(login)) if is_valid_user_id(login) => Some(login.to_owned()),
-            (None, Some(_)) => return Err(protocol_error(frame, "invalid login")),
-            (None, None) => None,
+        let identity = match identity::decide(&self.inst.settings.trust, frame, self.header_user.as_deref()) {
+            Ok(identity) => identity,
+            Err(refused) => {
+                if let identity::Refused::Token(e) = &refused {
+                    self.inst.metrics.count_token_rejection(e.label());
+                }
+                // Policy (1008): the client is refused, not broken.
+                let frame = frames::error(refused.message(), frame.get("receipt"), &refused.to_string());
+                return Err(End::Error { frame, code: CloseCode::Policy });
+            }
         };
+        let user = identity.user().map(str::to_owned);
         let server_ms = self.inst.settings.heartbeat.as_millis() as u64;
         let (send_every, expect_every) = frames::negotiate_heart_beat(server_ms, client_beats);
         self.version = version;
@@ -329,6 +341,7 @@ impl Session {
         }
         tracing::debug!(event = "stomp_connected", session = %self.name, version = version.as_str(), user = user.as_deref());
         self.user = user;
+        self.identity = Some(identity);
         self.write(vec![stomp::to_bytes(&connected, self.version)]).await
     }
 
@@ -346,9 +359,10 @@ impl Session {
             return Err(protocol_error(frame, "ack must be auto, client or client-individual"));
         };
         let key = if destination.starts_with(USER_PREFIX) {
-            // Anonymous sessions get their own session name as user name (Spring does the same),
-            // so `/user/{session}/...` still reaches exactly them.
-            subscription_key(destination, self.user.as_deref().unwrap_or(&self.name))
+            // Anonymous sessions have a random name that nobody else learns, so their user
+            // destinations reach exactly them.
+            let name = self.identity.as_ref().map_or(self.name.as_str(), Identity::routing_name);
+            subscription_key(destination, name)
         } else {
             destination.to_owned()
         };

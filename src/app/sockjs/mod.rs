@@ -6,7 +6,12 @@
 //!
 //! Layout: [`frame`] is the pure wire format, [`session`] one SockJS session and the registry,
 //! `transport` the HTTP and WebSocket handlers. This module routes a request to them and owns
-//! what every response shares (CORS, caching, the session cookie). It must not parse STOMP.
+//! what every response shares (the origin check, CORS, caching, the session cookie). It must
+//! not parse STOMP.
+//!
+//! Origins, as Spring checks them: `/info` and every transport refuse a page of a foreign
+//! origin (not `--allowed-origin`) with 403 and no CORS headers; CORS answers echo only an
+//! allowed origin; requests without `Origin` pass (and get `*`).
 //!
 //! Not served: the iframe transports (`/ws/iframe.html`) and JSONP, which exist for browsers
 //! without CORS; sockjs-client picks another transport when they answer 404.
@@ -22,8 +27,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
-use super::http::{Body, header_user, status, text};
+use super::http::{Body, forbidden_origin, header_user, status, text};
 use super::instance::Instance;
+use super::trust::{OriginVerdict, Peer};
 
 /// Default interval of `h` frames on an idle receiving connection.
 pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(25);
@@ -137,28 +143,37 @@ pub(crate) fn route(path: &str) -> Route<'_> {
 }
 
 /// Serves one request under `/ws` (the raw WebSocket at `/ws` itself is `http`'s).
-pub(crate) async fn serve(inst: Arc<Instance>, req: Request<Incoming>, sessions: &TaskTracker) -> Response<Body> {
+pub(crate) async fn serve(
+    inst: Arc<Instance>,
+    req: Request<Incoming>,
+    peer: Peer,
+    sessions: &TaskTracker,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut response = match route(&path) {
+    let origin = inst.settings.trust.origins.check(req.headers(), peer);
+    let route = route(&path);
+    if origin == OriginVerdict::Refused && matches!(route, Route::Info | Route::Transport { .. }) {
+        return forbidden_origin();
+    }
+    let mut response = match route {
         Route::Base if method == Method::GET || method == Method::HEAD => {
             text(StatusCode::OK, "text/plain;charset=UTF-8", "Welcome to SockJS!\n")
         }
         Route::Info if method == Method::GET || method == Method::HEAD => info(&inst),
-        Route::Info if method == Method::OPTIONS => preflight(req.headers(), "OPTIONS, GET"),
+        Route::Info if method == Method::OPTIONS => preflight(req.headers(), &origin, "OPTIONS, GET"),
         Route::Base | Route::Info => status(StatusCode::METHOD_NOT_ALLOWED),
-        Route::RawWebSocket if method == Method::GET => return super::http::upgrade(inst, req, sessions),
+        Route::RawWebSocket if method == Method::GET => return super::http::upgrade(inst, req, peer, sessions),
         Route::RawWebSocket => status(StatusCode::METHOD_NOT_ALLOWED),
         Route::Transport { kind, .. } if method == Method::OPTIONS && kind.method() == Method::POST => {
-            preflight(req.headers(), "OPTIONS, POST")
+            preflight(req.headers(), &origin, "OPTIONS, POST")
         }
         Route::Transport { kind, .. } if method != kind.method() => status(StatusCode::NOT_FOUND),
         Route::Transport { session, kind } => {
             let session = session.to_owned();
             let cookie =
                 (inst.settings.sockjs.cookie_needed && kind.sends_cookie()).then(|| session_cookie(req.headers()));
-            match header_user(&inst, req.headers()) {
+            match header_user(&inst, req.headers(), peer) {
                 Err(()) => text(StatusCode::BAD_REQUEST, "text/plain;charset=UTF-8", "invalid user header\n"),
                 Ok(user) => {
                     let mut r = transport::serve(inst, req, kind, session, user, sessions).await;
@@ -173,7 +188,7 @@ pub(crate) async fn serve(inst: Arc<Instance>, req: Request<Incoming>, sessions:
         }
         Route::NotFound => status(StatusCode::NOT_FOUND),
     };
-    add_cors(response.headers_mut(), origin.as_ref());
+    add_cors(response.headers_mut(), &origin);
     response
 }
 
@@ -196,7 +211,7 @@ pub(crate) const NO_CACHE: &str = "no-store, no-cache, must-revalidate, max-age=
 const ONE_YEAR_SECS: u64 = 31_536_000;
 
 /// An answer to a CORS preflight.
-fn preflight(headers: &HeaderMap, methods: &'static str) -> Response<Body> {
+fn preflight(headers: &HeaderMap, origin: &OriginVerdict, methods: &'static str) -> Response<Body> {
     let mut r = status(StatusCode::NO_CONTENT);
     let h = r.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
@@ -205,25 +220,26 @@ fn preflight(headers: &HeaderMap, methods: &'static str) -> Response<Body> {
     if let Some(requested) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
     }
-    add_cors(h, headers.get(header::ORIGIN));
+    add_cors(h, origin);
     r
 }
 
-/// CORS with credentials, as SockJS requires: the request's `Origin` is echoed (a wildcard is
-/// not allowed with credentials); without one, `*`.
-fn add_cors(h: &mut HeaderMap, origin: Option<&HeaderValue>) {
+/// CORS with credentials, as SockJS requires: an allowed `Origin` is echoed (a wildcard is not
+/// allowed with credentials); without one, `*`; a refused one gets nothing.
+fn add_cors(h: &mut HeaderMap, origin: &OriginVerdict) {
     if h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         return;
     }
     match origin {
-        Some(o) if o.as_bytes() != b"null" => {
+        OriginVerdict::Allowed(o) if o.as_bytes() != b"null" => {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
             h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
             h.append(header::VARY, HeaderValue::from_static("Origin"));
         }
-        _ => {
+        OriginVerdict::Absent => {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
         }
+        OriginVerdict::Allowed(_) | OriginVerdict::Refused => {}
     }
 }
 
@@ -282,15 +298,18 @@ mod tests {
     }
 
     #[test]
-    fn cors_echoes_the_origin_with_credentials() {
+    fn cors_echoes_an_allowed_origin_with_credentials_and_nothing_else() {
         let mut h = HeaderMap::new();
-        add_cors(&mut h, Some(&HeaderValue::from_static("https://shop.example")));
+        add_cors(&mut h, &OriginVerdict::Allowed(HeaderValue::from_static("https://shop.example")));
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://shop.example");
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         let mut h = HeaderMap::new();
-        add_cors(&mut h, None);
+        add_cors(&mut h, &OriginVerdict::Absent);
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
         assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
+        let mut h = HeaderMap::new();
+        add_cors(&mut h, &OriginVerdict::Refused);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

@@ -28,6 +28,8 @@ mod listeners;
 mod routes;
 mod upstreams;
 
+pub(crate) use routes::parse_origin;
+
 use super::file::{FileAccessLog, FileConfig, FileLimits, FileShutdown, FileTimeouts, Text};
 use super::source::{self, PositionIndex};
 use super::units::{format_duration, parse_duration, parse_size};

@@ -150,7 +150,7 @@ impl Validator<'_> {
 }
 
 /// `*`, or `scheme://host[:port]` where host may start with `*.`.
-fn parse_origin(text: &str) -> Result<OriginPattern, String> {
+pub(crate) fn parse_origin(text: &str) -> Result<OriginPattern, String> {
     if text == "*" {
         return Ok(OriginPattern::Any);
     }

@@ -1,11 +1,13 @@
 //! `TestApp`: the reference STOMP application (`tether backend`) in-process, on 127.0.0.1:0.
 //!
-//! `TestApp::builder().redis(&url).spawn().await` runs `tether::app::run_with_fanout` on its
-//! own [`ServerRuntime`]; `shutdown()` runs the graceful shutdown and re-raises a failure or a
+//! `TestApp::builder().redis(&url).spawn().await` runs `tether::app::run_with` on its own
+//! [`ServerRuntime`]; `shutdown()` runs the graceful shutdown and re-raises a failure or a
 //! panic of the instance. Dropping it stops the instance at once, and a panic of any of its
 //! tasks fails the test.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tether::app::{AppArgs, AppListeners, Fanout, LocalBus};
@@ -21,6 +23,8 @@ pub struct TestAppBuilder {
     args: AppArgs,
     fanout: Fanout,
     internal: bool,
+    /// The instance's own environment (`--jwt-secret-env`), never the test process's.
+    env: Vec<(String, String)>,
 }
 
 impl TestAppBuilder {
@@ -98,6 +102,47 @@ impl TestAppBuilder {
         self
     }
 
+    /// `--trust-proxy CIDR` (repeatable; the first call replaces the loopback default).
+    pub fn trust_proxy(mut self, cidr: &str) -> Self {
+        if self.args.trust_proxy == AppArgs::new(self.args.listen).trust_proxy {
+            self.args.trust_proxy.clear();
+        }
+        self.args.trust_proxy.push(cidr.parse().expect("CIDR"));
+        self
+    }
+
+    /// `--accept-login`.
+    pub fn accept_login(mut self) -> Self {
+        self.args.accept_login = true;
+        self
+    }
+
+    /// `--jwt-jwks FILE`.
+    pub fn jwt_jwks(mut self, file: &Path) -> Self {
+        self.args.jwt_jwks = Some(file.to_owned());
+        self
+    }
+
+    /// `--jwt-secret-env VAR`, with VAR set to `secret` in the instance's environment.
+    pub fn jwt_secret(mut self, var: &str, secret: &str) -> Self {
+        self.args.jwt_secret_env = Some(var.into());
+        self.env.push((var.into(), secret.into()));
+        self
+    }
+
+    /// `--jwt-issuer` and `--jwt-audience`.
+    pub fn jwt_claims(mut self, issuer: &str, audience: &str) -> Self {
+        self.args.jwt_issuer = Some(issuer.into());
+        self.args.jwt_audience.push(audience.into());
+        self
+    }
+
+    /// `--allowed-origin ORIGIN` (repeatable).
+    pub fn allowed_origin(mut self, origin: &str) -> Self {
+        self.args.allowed_origin.push(origin.into());
+        self
+    }
+
     /// Adds an `--internal-listen` listener.
     pub fn internal_listener(mut self) -> Self {
         self.internal = true;
@@ -114,7 +159,12 @@ impl TestAppBuilder {
 
     pub async fn spawn(self) -> TestApp {
         let runtime = ServerRuntime::start("the app");
-        let Self { args, fanout, internal } = self;
+        let Self { args, fanout, internal, env } = self;
+        let options = tether::app::Options {
+            fanout: Some(fanout),
+            env: Arc::new(move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())),
+            demo_login: None,
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         // Bound on the app's own runtime, whose reactor then drives them.
         let (addr, internal, task) = within(
@@ -126,7 +176,7 @@ impl TestAppBuilder {
                     if internal { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind internal")) } else { None };
                 let internal_addr = internal.as_ref().map(|l| l.local_addr().expect("addr"));
                 let listeners = AppListeners { main, internal };
-                let task = tokio::spawn(tether::app::run_with_fanout(args, listeners, fanout, async move {
+                let task = tokio::spawn(tether::app::run_with(args, listeners, options, async move {
                     let _ = stopped.await;
                 }));
                 (addr, internal_addr, task)
@@ -157,7 +207,7 @@ impl TestApp {
         let mut args = AppArgs::new("127.0.0.1:0".parse().expect("addr"));
         args.shutdown_delay = Duration::from_millis(200);
         args.drain_spread = Duration::from_millis(500);
-        TestAppBuilder { args, fanout: Fanout::Local(LocalBus::new()), internal: false }
+        TestAppBuilder { args, fanout: Fanout::Local(LocalBus::new()), internal: false, env: Vec::new() }
     }
 
     pub fn ws_url(&self) -> String {

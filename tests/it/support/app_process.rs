@@ -90,3 +90,24 @@ impl AppProcess {
         rest
     }
 }
+
+/// `tether demo` as a child process (the proxy and two app instances), killed on drop.
+pub struct DemoProcess {
+    tether: Tether,
+    _dir: TempDir,
+}
+
+impl DemoProcess {
+    /// Starts the demo on ephemeral ports and waits for its four `listening` lines.
+    pub async fn start() -> DemoProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = ["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"].map(String::from);
+        let tether = Tether::spawn(&args, &[], &dir.path().join("stderr.log"), |seen| seen.len() >= 4).await;
+        DemoProcess { tether, _dir: dir }
+    }
+
+    /// `public` (the proxy), `admin`, `app-1` or `app-2`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.tether.addr(name).unwrap_or_else(|| panic!("the demo has no listener {name}"))
+    }
+}

@@ -56,6 +56,24 @@ impl ConnectOptions {
         self
     }
 
+    /// A token in the CONNECT frame: `Authorization: Bearer <token>`.
+    pub fn bearer(mut self, token: &str) -> Self {
+        self.connect_headers.push(("Authorization".into(), format!("Bearer {token}")));
+        self
+    }
+
+    /// A token in the CONNECT frame's `passcode`.
+    pub fn passcode(mut self, token: &str) -> Self {
+        self.connect_headers.push(("passcode".into(), token.into()));
+        self
+    }
+
+    /// An upgrade request header (`Authorization`, `Cookie`, `Origin`, ...).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
     pub fn heart_beat(mut self, hb: &str) -> Self {
         self.heart_beat = hb.into();
         self
@@ -81,6 +99,28 @@ pub async fn open_ws(url: &str, opts: &ConnectOptions) -> (Ws, Option<String>) {
         .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"));
     let protocol = resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).map(str::to_owned);
     (ws, protocol)
+}
+
+/// The status of a WebSocket upgrade to `url` with `headers`: 101 when accepted (the socket is
+/// then closed), else the refusal's status.
+pub async fn upgrade_status(url: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut req = url.into_client_request().expect("valid ws url");
+    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("v12.stomp"));
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            HeaderValue::from_str(v).expect("header value"),
+        );
+    }
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await {
+        Err(_) => panic!("WebSocket upgrade to {url} timed out"),
+        Ok(Ok((mut ws, resp))) => {
+            let _ = ws.close(None).await;
+            resp.status().as_u16()
+        }
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => resp.status().as_u16(),
+        Ok(Err(e)) => panic!("WebSocket upgrade to {url} failed: {e}"),
+    }
 }
 
 /// What the server did next.
@@ -110,6 +150,23 @@ impl StompClient {
 
     /// Opens the WebSocket, sends CONNECT and waits for CONNECTED (panics on ERROR).
     pub async fn connect_with(url: &str, opts: ConnectOptions) -> StompClient {
+        let (mut client, reply) = Self::send_connect(url, opts).await;
+        assert_eq!(reply.command, Command::Connected, "CONNECT answered with {reply:?}");
+        client.connected = reply;
+        client
+    }
+
+    /// Opens the WebSocket and sends CONNECT, expecting a refusal: returns the ERROR frame
+    /// and the close code that followed it.
+    pub async fn connect_refused(url: &str, opts: ConnectOptions) -> (Frame, Option<u16>) {
+        let (mut client, reply) = Self::send_connect(url, opts).await;
+        assert_eq!(reply.command, Command::Error, "CONNECT answered with {reply:?}");
+        let (close, rest) = client.expect_close(WAIT).await;
+        assert!(rest.is_empty(), "frames after the ERROR: {rest:?}");
+        (reply, close.map(|c| u16::from(c.code)))
+    }
+
+    async fn send_connect(url: &str, opts: ConnectOptions) -> (StompClient, Frame) {
         let (ws, protocol) = open_ws(url, &opts).await;
         let mut client = StompClient {
             ws,
@@ -130,9 +187,7 @@ impl StompClient {
         }
         client.send_frame(&connect).await;
         let reply = client.next_frame().await;
-        assert_eq!(reply.command, Command::Connected, "CONNECT answered with {reply:?}");
-        client.connected = reply;
-        client
+        (client, reply)
     }
 
     pub async fn send_raw(&mut self, msg: Message) {
