@@ -88,6 +88,17 @@ impl<W> Interest<W> {
         done.into_iter().map(|(_, w)| w).collect()
     }
 
+    /// The server dropped `target` on its own (its slot moved to another node): it is no longer
+    /// subscribed, and the next batch subscribes it again if it is still wanted. Returns
+    /// whether that is the case (false when it was not subscribed, or is being unsubscribed).
+    pub(super) fn lose(&mut self, target: &Target) -> bool {
+        let leaving = self.in_flight.as_ref().is_some_and(|b| b.unsubscribe.contains(target));
+        if leaving || !self.desired.contains(target) {
+            return false;
+        }
+        self.subscribed.remove(target)
+    }
+
     /// The connection is gone: nothing is subscribed any more, and every waiter fails (the
     /// desired set stays, for the resubscription on reconnect).
     pub(super) fn connection_lost(&mut self) -> Vec<W> {
@@ -153,6 +164,23 @@ mod tests {
         i.watch(Target::Pattern("p:*".into()), 2);
         i.next_batch();
         assert_eq!(i.batch_done(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_target_the_server_dropped_is_subscribed_again_unless_it_was_leaving() {
+        let mut i: Interest<u8> = Interest::default();
+        i.watch(key("a"), 1);
+        i.watch(key("b"), 2);
+        i.next_batch();
+        i.batch_done();
+        assert!(i.lose(&key("a")));
+        assert!(!i.lose(&key("a")), "already lost");
+        assert_eq!(i.next_batch(), Some(Batch { subscribe: vec![key("a")], unsubscribe: vec![] }));
+        i.batch_done();
+        i.unwatch(&key("b"));
+        i.next_batch();
+        assert!(!i.lose(&key("b")), "being unsubscribed: the drop is the answer");
+        assert!(!i.lose(&key("zzz")));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::interest::{Batch, Interest};
 use super::{BACKOFF_MAX, BACKOFF_MIN, Command, Live, PING_INTERVAL, RedisTimeouts, State, connect, jitter};
-use crate::app::broker::{BrokerError, CHANNEL_PREFIX, Envelope, Inbound, Received, Target, channel_name};
+use crate::app::broker::{BrokerError, Envelope, Inbound, Naming, Received, Target};
 use crate::app::metrics::Metrics;
 
 type Waiter = oneshot::Sender<Result<(), BrokerError>>;
@@ -231,7 +231,7 @@ impl Supervisor {
         };
         // Only deliver what was published for this channel: a subscriber of `a` must never get
         // an envelope whose header claims `b` because someone published it on `a`.
-        if channel.strip_prefix(CHANNEL_PREFIX) != Some(envelope.destination.as_str()) {
+        if Naming::Plain.channel(&envelope.destination) != channel {
             tracing::warn!(event = "redis_envelope_misrouted", channel, destination = %envelope.destination);
             return;
         }
@@ -277,7 +277,7 @@ async fn apply(sink: PubSubSink, batch: Batch) -> redis::RedisResult<()> {
         let mut patterns = Vec::new();
         for t in targets {
             match t {
-                Target::Key(k) => channels.push(channel_name(&k)),
+                Target::Key(k) => channels.push(Naming::Plain.channel(&k)),
                 Target::Pattern(p) => patterns.push(p),
             }
         }
