@@ -28,9 +28,15 @@
 //! - [`server`]: the running process: listeners, TLS, per-connection timeouts, live reload,
 //!   the shutdown sequence; starts the admin listener.
 //! - [`app`] (feature `app`, on by default): `tether backend`, the reference STOMP-over-WebSocket
-//!   application: codec, sessions (WebSocket or SockJS), hub, broker (Redis | in-process),
-//!   mapped Redis channels, `/app` forwarding, probes, metrics.
-//! - [`demo`] (feature `app`): `tether demo`, the proxy and two app instances in one process.
+//!   application: codec, sessions (WebSocket or SockJS), who a session is (CONNECT tokens
+//!   through [`auth`], the identity header from trusted proxies only) and which pages may open
+//!   one, hub, broker (Redis | in-process), mapped Redis channels, `/app` forwarding, probes,
+//!   metrics.
+//! - [`demo`] (feature `app`): `tether demo`, the proxy and two app instances in one process,
+//!   with a demo login whose tokens the proxy verifies.
+//! - [`fuzzing`]: entry points for the cargo-fuzz targets in `fuzz/` and for the corpus replay
+//!   test: each takes arbitrary bytes, must never panic, and checks the invariants of what it
+//!   drives.
 //!
 //! # The request path
 //! `server::listener` accepts and hands the connection to hyper with a `proxy::ConnService`;
@@ -58,6 +64,7 @@ pub mod config;
 #[cfg(feature = "app")]
 pub mod demo;
 pub mod downstream;
+pub mod fuzzing;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tether::config::{self, AccessLogFormat};
+use tether::config::{self, AccessLogFormat, RuntimeConfig};
 
 #[derive(Parser)]
 #[command(name = "tether", version, about = "Sticky-session L7 proxy for WebSocket services")]
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
 #[cfg(feature = "app")]
 fn demo(args: tether::demo::DemoArgs) -> ExitCode {
     let (_log, _) = init_logging(AccessLogFormat::Text);
-    run_async(async move {
+    run_async(&RuntimeConfig::default(), async move {
         let stop = tokio_util::sync::CancellationToken::new();
         let signal = shutdown_signal()?;
         let trigger = stop.clone();
@@ -95,7 +95,8 @@ fn proxy(path: &Path) -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    run_async(async move {
+    let runtime = loaded.config.runtime.clone();
+    run_async(&runtime, async move {
         let options = tether::server::Options { log_drops: Some(log_drops), ..Default::default() };
         let running = tether::server::start_with(loaded.config, options).await?;
         // Handlers first: a signal sent right after the `listening` lines must not kill us.
@@ -161,10 +162,27 @@ async fn serve_until_signalled(running: &tether::server::Running, mut signals: S
     }
 }
 
-/// Run `main` on a multi-threaded runtime; an error is printed with its causes and exits 1.
-fn run_async(main: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let result = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(main),
+/// Run `main` on a multi-threaded runtime of `config`'s size, its worker threads named
+/// `tether-worker-N`; an error is printed with its causes and exits 1.
+fn run_async(config: &RuntimeConfig, main: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let available = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let env = std::env::var("TOKIO_WORKER_THREADS").ok();
+    let (workers, from) = config.workers(env.as_deref(), available);
+    // Workers are the first threads a runtime starts; later ones run blocking tasks.
+    let started = std::sync::atomic::AtomicUsize::new(0);
+    let built = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name_fn(move || match started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            n if n < workers => format!("tether-worker-{n}"),
+            _ => "tether-blocking".to_owned(),
+        })
+        .enable_all()
+        .build();
+    let result = match built {
+        Ok(runtime) => {
+            tracing::info!(workers, from = from.as_str(), available_cpus = available, "runtime started");
+            runtime.block_on(main)
+        }
         Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
     };
     match result {
@@ -213,7 +231,7 @@ fn init_logging(format: AccessLogFormat) -> (tracing_appender::non_blocking::Wor
 #[cfg(feature = "app")]
 fn app(args: tether::app::AppArgs) -> ExitCode {
     let (_log, _) = init_logging(AccessLogFormat::Json);
-    run_async(async move {
+    run_async(&RuntimeConfig::default(), async move {
         let main = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -12,32 +12,25 @@
 //! [`auth::Verifier`]: crate::auth::Verifier
 
 use std::path::Path;
-use std::time::Duration;
 
 use http::header::AUTHORIZATION;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
 use super::{AppArgs, AppError};
 use crate::auth::Verifier;
-use crate::config::jwt::{self, KeyFileError};
-use crate::config::{Env, IdentityConfig, JwtConfig, JwtKey, JwtKeys, TokenSource, VerifierConfig};
+use crate::config::jwt::{self, KeyFileError, names};
+use crate::config::{
+    DEFAULT_LEEWAY, Env, IdentityConfig, JwtConfig, JwtKey, JwtKeys, MIN_SECRET_BYTES, TokenSource, VerifierConfig,
+};
 
-/// Clock skew allowed for `exp` and `nbf`, as the proxy's verifiers allow by default.
-const LEEWAY: Duration = Duration::from_secs(30);
-/// Shortest HMAC secret accepted: HS256's security level needs 32 bytes (the proxy's rule).
-const MIN_SECRET_BYTES: usize = 32;
 /// Every public-key algorithm: what a JWKS is read for before its keys choose the defaults.
-const PUBLIC_KEY_ALGORITHMS: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
+fn public_key_algorithms() -> Vec<Algorithm> {
+    [AlgorithmFamily::Rsa, AlgorithmFamily::Ec, AlgorithmFamily::Ed]
+        .iter()
+        .flat_map(|f| f.algorithms())
+        .copied()
+        .collect()
+}
 
 /// A `--jwt-algorithms` item (`none` is not an algorithm here).
 pub(crate) fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
@@ -79,7 +72,8 @@ pub(crate) fn verifier(args: &AppArgs, env: &Env) -> Result<Option<Verifier>, Ap
             keys,
             issuer: args.jwt_issuer.clone().filter(|i| !i.is_empty()),
             audience: args.jwt_audience.iter().filter(|a| !a.is_empty()).cloned().collect(),
-            leeway: LEEWAY,
+            // As the proxy's verifiers allow by default.
+            leeway: DEFAULT_LEEWAY,
             require_exp: true,
         },
         // Where the token is is the session's business (`connect_token`); this is only what
@@ -110,8 +104,8 @@ fn jwks(path: &Path, chosen: &[Algorithm]) -> Result<(Vec<Algorithm>, JwtKeys), 
         Ok(())
     };
     no_hmac(chosen)?;
-    let read_with = if chosen.is_empty() { &PUBLIC_KEY_ALGORITHMS[..] } else { chosen };
-    let (keys, skipped) = jwt::read_jwks(&written, path, read_with).map_err(|e| key_error("--jwt-jwks", &e))?;
+    let read_with = if chosen.is_empty() { public_key_algorithms() } else { chosen.to_vec() };
+    let (keys, skipped) = jwt::read_jwks(&written, path, &read_with).map_err(|e| key_error("--jwt-jwks", &e))?;
     for note in skipped {
         tracing::warn!(file = %written, "{note}");
     }
@@ -222,10 +216,6 @@ fn dedup(algorithms: &[Algorithm]) -> Vec<Algorithm> {
         }
     }
     out
-}
-
-fn names(algorithms: &[Algorithm]) -> String {
-    algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(",")
 }
 
 /// The token of a CONNECT frame: `Authorization: Bearer <token>` (header name and scheme in

@@ -92,6 +92,7 @@ pub(super) struct FileConfig {
     pub(crate) debug: Option<FileDebug>,
     pub(crate) auth: Option<Ordered<FileVerifier>>,
     pub(crate) forwarded_headers: Option<Text>,
+    pub(crate) runtime: Option<FileRuntime>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,4 +335,10 @@ pub(super) struct FileShutdown {
 #[serde(deny_unknown_fields, expecting = "a mapping")]
 pub(super) struct FileDebug {
     pub(crate) backend_header: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping")]
+pub(super) struct FileRuntime {
+    pub(crate) workers: Option<u64>,
 }

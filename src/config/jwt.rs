@@ -125,7 +125,7 @@ pub(crate) fn read_key_file(written: &str, resolved: &Path, family: AlgorithmFam
 }
 
 /// `RS256, ES256` for messages.
-pub(super) fn names(algorithms: &[Algorithm]) -> String {
+pub(crate) fn names(algorithms: &[Algorithm]) -> String {
     algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
 }
 

@@ -28,7 +28,7 @@ mod validate;
 mod values;
 
 pub use error::{ConfigError, ConfigErrors, ListenerError, ReloadError};
-pub(crate) use validate::parse_origin;
+pub(crate) use validate::{DEFAULT_LEEWAY, MIN_SECRET_BYTES, parse_origin};
 pub use validate::{load, parse};
 pub use values::AddressError;
 
@@ -71,6 +71,8 @@ pub struct Config {
     pub auth: Vec<VerifierConfig>,
     /// Which forwarding headers tether writes for backends.
     pub forwarded_headers: ForwardedHeaders,
+    /// The async runtime.
+    pub runtime: RuntimeConfig,
 }
 
 /// A successfully loaded config and the warnings found while loading it (unset `*_env`
@@ -591,6 +593,53 @@ pub struct ShutdownConfig {
 pub struct DebugConfig {
     /// Add `X-Tether-Backend: <backend id>` to responses.
     pub backend_header: bool,
+}
+
+/// The async runtime the proxy runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimeConfig {
+    /// Worker threads; `None`: `TOKIO_WORKER_THREADS` if set, else the CPUs available.
+    pub workers: Option<usize>,
+}
+
+/// Where the worker count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkersFrom {
+    /// `runtime.workers`.
+    Config,
+    /// The `TOKIO_WORKER_THREADS` variable.
+    Environment,
+    /// The CPUs available to the process (affinity mask and cgroup quota).
+    Cpus,
+}
+
+impl WorkersFrom {
+    /// How the startup log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkersFrom::Config => "runtime.workers",
+            WorkersFrom::Environment => "TOKIO_WORKER_THREADS",
+            WorkersFrom::Cpus => "available CPUs",
+        }
+    }
+}
+
+/// The most worker threads tether starts, whatever is asked for.
+pub const MAX_WORKERS: usize = 1024;
+
+impl RuntimeConfig {
+    /// How many worker threads to run: `runtime.workers`, else `TOKIO_WORKER_THREADS` (its
+    /// value `env`, ignored unless a whole number from 1 to [`MAX_WORKERS`]), else the CPUs
+    /// `available`.
+    pub fn workers(&self, env: Option<&str>, available: usize) -> (usize, WorkersFrom) {
+        if let Some(n) = self.workers {
+            return (n, WorkersFrom::Config);
+        }
+        match env.and_then(|v| v.trim().parse::<usize>().ok()) {
+            Some(n) if (1..=MAX_WORKERS).contains(&n) => (n, WorkersFrom::Environment),
+            _ => (available.clamp(1, MAX_WORKERS), WorkersFrom::Cpus),
+        }
+    }
 }
 
 impl Config {

@@ -125,6 +125,15 @@ fn position(mark: &Marker) -> Position {
 /// A YAML syntax error stops at once; duplicate keys, bad tags and environment problems are
 /// collected so they can be reported together.
 pub(super) fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Document, Vec<SourceError>> {
+    // yaml-rust2 reads a NUL as the end of the input, so whatever follows one would be
+    // silently ignored (a route's `auth`, say). YAML allows no NUL in a stream: refuse it.
+    if let Some(at) = text.find('\0') {
+        return Err(vec![SourceError {
+            position: Some(text_position(text, at)),
+            path: String::new(),
+            message: "the file contains a NUL character, which YAML does not allow".into(),
+        }]);
+    }
     let mut builder = Builder {
         env,
         stack: Vec::new(),
@@ -154,6 +163,26 @@ pub(super) fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<
     } else {
         Err(builder.errors)
     }
+}
+
+/// The 1-based line and column (in characters) of byte `at` of `text`, counting line breaks
+/// as YAML does (LF, CRLF or a lone CR).
+fn text_position(text: &str, at: usize) -> Position {
+    let (mut line, mut column) = (1, 1);
+    let mut chars = text[..at].chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' | '\n' => {
+                if c == '\r' {
+                    chars.next_if_eq(&'\n');
+                }
+                line += 1;
+                column = 1;
+            }
+            _ => column += 1,
+        }
+    }
+    (line, column)
 }
 
 struct Builder<'e> {

@@ -178,10 +178,17 @@ pub(crate) fn host_name(raw: &[u8]) -> Option<String> {
             None => s,
         }
     };
+    // Brackets and colons belong to an IPv6 literal only: `::1` or `a:b:80` names no host.
+    let bracketed = host.starts_with('[');
     let ok = !host.is_empty()
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'.' | b'_')
+                || (bracketed && matches!(b, b'[' | b']' | b':'))
+        });
     let host = host.strip_suffix('.').filter(|h| !h.is_empty() && !h.ends_with(']')).unwrap_or(host);
-    ok.then(|| host.to_ascii_lowercase())
+    // Only the root label's one dot goes: `example.com..` (an empty label) names no host.
+    (ok && !host.ends_with('.')).then(|| host.to_ascii_lowercase())
 }
 
 fn is_port(s: &str) -> bool {
@@ -322,5 +329,10 @@ mod tests {
         assert_eq!(host_name(b"Example.com.:8080").as_deref(), Some("example.com"), "the root label's dot");
         assert_eq!(host_name(b"").as_deref(), None);
         assert_eq!(host_name(b"[::1]x").as_deref(), None);
+        assert_eq!(host_name(b"example.com..").as_deref(), None, "an empty label");
+        assert_eq!(host_name(b".").as_deref(), None);
+        assert_eq!(host_name(b"::1").as_deref(), None, "an IPv6 literal needs brackets");
+        assert_eq!(host_name(b"a:b:80").as_deref(), None);
+        assert_eq!(host_name(b"a]b").as_deref(), None);
     }
 }

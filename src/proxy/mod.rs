@@ -37,7 +37,7 @@ mod exchange;
 mod forwarding;
 pub(crate) mod headers;
 pub(crate) mod origin;
-mod path;
+pub(crate) mod path;
 mod query;
 pub(crate) mod routes;
 mod tunnel;

@@ -74,8 +74,11 @@ pub(crate) fn normalize(path: &str) -> Result<NormalPath<'_>, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            decoded.push(b as char);
-            i += 1;
+            // Copied as text up to the next '%': a raw non-ASCII character stays as written
+            // (`i` is always at a character boundary: '%' and hex digits are ASCII).
+            let end = path[i..].find('%').map_or(path.len(), |n| i + n);
+            decoded.push_str(&path[i..end]);
+            i = end;
             continue;
         }
         let (Some(hi), Some(lo)) = (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
@@ -185,6 +188,13 @@ mod tests {
         assert_eq!(norm("/%7Euser/%41"), Ok("/~user/A".into()));
         assert_eq!(norm("/a%20b/%c3%a9"), Ok("/a%20b/%C3%A9".into()), "others stay encoded, in upper case");
         assert_eq!(norm("/%2e%2e/x"), Err(PathError::AboveRoot));
+    }
+
+    #[test]
+    fn raw_non_ascii_characters_are_kept_as_written() {
+        assert_eq!(norm("/é/./x"), Ok("/é/x".into()));
+        assert_eq!(norm("/日本/../%41"), Ok("/A".into()));
+        assert_eq!(norm("/é%20/."), Ok("/é%20/".into()));
     }
 
     #[test]

@@ -67,6 +67,9 @@ impl Server {
         if config.limits.max_connections != running.limits.max_connections {
             tracing::warn!("limits.max_connections changed: it takes effect at the next restart");
         }
+        if config.runtime != running.runtime {
+            tracing::warn!("runtime.workers changed: it takes effect at the next restart");
+        }
         if config.limits.max_in_flight != running.limits.max_in_flight {
             tracing::warn!("limits.max_in_flight changed: it takes effect at the next restart");
         }

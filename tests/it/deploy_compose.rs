@@ -1,10 +1,12 @@
 //! The compose topology of `docker/docker-compose.test.yml` as local processes: a real
 //! redis-server, the two `tether backend` services started with the compose file's own
 //! command lines (only addresses rewritten), and the real `tether proxy` binary started with
-//! the very `docker/tether.compose.yaml` (addresses through its `${VAR:-default}`s). Users stay
-//! pinned, the compose health checks tell ready from draining, and a rolling restart of one
-//! backend costs each of its clients exactly one clean 1001 close and one reconnect, with no
-//! message published after the new SUBSCRIBE's RECEIPT missed.
+//! the very `docker/tether.compose.yaml` (addresses through its `${VAR:-default}`s, the JWKS
+//! it mounts at its relative path). Users signed in with tokens of the example key stay pinned
+//! and are who their token says, a forged X-User-Id names nobody, the compose health checks
+//! tell ready from draining, and a rolling restart of one backend costs each of its clients
+//! exactly one clean 1001 close and one reconnect, with no message published after the new
+//! SUBSCRIBE's RECEIPT missed.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -17,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::support::admin::AdminClient;
 use crate::support::app_process::AppProcess;
 use crate::support::deploy_files::{
-    compose, duration, flag, parse_config, port_of, read, repo_path, service, str_at, strings, with_flags,
+    compose, duration, example_token, flag, parse_config, port_of, read, repo_path, service, str_at, strings,
+    with_flags,
 };
 use crate::support::http;
 use crate::support::http_client;
@@ -28,7 +31,6 @@ use crate::support::stomp_client::{ConnectOptions, StompClient};
 use crate::support::{WAIT, until};
 
 const TOPIC: &str = "/topic/deploy";
-const ADMIN_TOKEN: &str = "deploy-compose-test-token-0123456789";
 /// Clients pinned to the backend that restarts.
 const USERS_ON_APP1: usize = 3;
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
@@ -36,10 +38,19 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 const MAX_PUBLISHED: u64 = 2_000;
 
 /// A compose service's command line, with the addresses a container gets from compose
-/// (0.0.0.0 listeners, `redis://redis:6379`) replaced by local ones.
+/// (0.0.0.0 listeners, `redis://redis:6379`, tether's fixed address on the stack's network)
+/// replaced by local ones.
 fn local_args(compose: &Value, name: &str, listen: &str, redis: &str) -> Vec<String> {
     let args = strings(&service(compose, name)["command"]);
-    with_flags(&args, &[("--listen", listen), ("--internal-listen", "127.0.0.1:0"), ("--redis", redis)])
+    let changes = [("--listen", listen), ("--internal-listen", "127.0.0.1:0"), ("--redis", redis)];
+    let args = with_flags(&args, &changes);
+    assert!(flag(&args, "--trust-proxy").is_some(), "{name} trusts tether's address: {args:?}");
+    with_flags(&args, &[("--trust-proxy", "127.0.0.1/32")])
+}
+
+/// `Authorization: Bearer` with a token for `user` of the example identity provider.
+fn bearer(user: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {}", example_token(user)))
 }
 
 /// Runs a compose healthcheck (`["CMD", program, args..]`) the way the container would: after
@@ -146,12 +157,11 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
         ("APP2_ADDR", app2_addr.as_str()),
         ("TETHER_LISTEN", "127.0.0.1:0"),
         ("TETHER_ADMIN_BIND", "127.0.0.1:0"),
-        ("TETHER_ADMIN_TOKEN", ADMIN_TOKEN),
     ];
     let config = repo_path("docker/tether.compose.yaml");
     let mut proxy = env.iter().fold(TestProxy::builder().file(&config), |b, (k, v)| b.env(k, v)).spawn_process().await;
     let (public, admin) = (proxy.addr("public"), proxy.addr("admin"));
-    let admin_api = AdminClient::with_token(admin, ADMIN_TOKEN);
+    let admin_api = AdminClient::new(admin);
 
     // The compose health checks, run against the live processes.
     let app_check = strings(&service(&compose, "app1")["healthcheck"]["test"]);
@@ -164,12 +174,22 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
     let admin_port = defaults.admin.as_ref().expect("admin listener").bind.port();
     assert!(healthcheck_passes(&tether_check, admin_port, admin.port()).await, "tether healthcheck");
 
-    // Signed-in users are pinned by X-User-Id: find some on each backend; they stay there.
+    // A client naming itself names nobody: tether strips the header, the app hears no user.
+    let forged = instance_for(public, &[("x-user-id", "alice")]).await;
+    assert_eq!(forged.json()["user"], serde_json::Value::Null, "{}", forged.text());
+    // A signed-in user is who the token says, end to end.
+    let (name, value) = bearer("alice");
+    let signed = instance_for(public, &[(name, &value), ("x-user-id", "mallory")]).await;
+    assert_eq!(signed.json()["user"], "alice", "{}", signed.text());
+
+    // Signed-in users are pinned by their verified id: find some on each backend (the admin
+    // API says where a key goes); they stay there.
     let mut on_app1 = Vec::new();
     let mut on_app2 = None;
     for i in 0..200 {
         let user = format!("user-{i}");
-        match instance_of(&instance_for(public, &[("x-user-id", &user)]).await).as_str() {
+        let (home, _) = admin_api.route("app", &user).await;
+        match home.as_str() {
             "app1" if on_app1.len() < USERS_ON_APP1 => on_app1.push(user),
             "app2" if on_app2.is_none() => on_app2 = Some(user),
             _ => {}
@@ -181,8 +201,9 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
     let on_app2 = on_app2.expect("a user on app2");
     assert_eq!(on_app1.len(), USERS_ON_APP1, "users hashed to app1");
     for (user, home) in on_app1.iter().map(|u| (u, "app1")).chain([(&on_app2, "app2")]) {
+        let (name, value) = bearer(user);
         for _ in 0..3 {
-            assert_eq!(instance_of(&instance_for(public, &[("x-user-id", user)]).await), home, "{user}");
+            assert_eq!(instance_of(&instance_for(public, &[(name, &value)]).await), home, "{user}");
         }
     }
 
@@ -205,11 +226,15 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
 
     // WebSocket/STOMP sessions: three users on app1 (each allowed one reconnect), one on app2.
     let url = format!("ws://{public}/ws");
+    let signed_in = |user: &str| {
+        let (name, value) = bearer(user);
+        ConnectOptions::default().header(name, &value)
+    };
     let mut riders = Vec::new();
     for user in &on_app1 {
-        riders.push(ReconnectingClient::start(&url, user, TOPIC, 2).await);
+        riders.push(ReconnectingClient::start(&url, user, signed_in(user), TOPIC, 2).await);
     }
-    let bystander = ReconnectingClient::start(&url, &on_app2, TOPIC, 1).await;
+    let bystander = ReconnectingClient::start(&url, &on_app2, signed_in(&on_app2), TOPIC, 1).await;
     for rider in &riders {
         assert_eq!(rider.log().instances, ["app1"], "{}", rider.user);
     }
@@ -248,7 +273,8 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
     assert!(healthcheck_passes(&app_check, app_port, app1.addr.port()).await, "restarted app1 healthcheck");
     admin_api.wait_state("app", "app1", &["active"]).await;
     // New sessions of app1's users go home again; the reconnected ones stay where they are.
-    assert_eq!(instance_of(&instance_for(public, &[("x-user-id", &on_app1[0])]).await), "app1");
+    let (name, value) = bearer(&on_app1[0]);
+    assert_eq!(instance_of(&instance_for(public, &[(name, &value)]).await), "app1");
     let app1_internal = app1.internal.expect("app1 internal listener");
     let before = publisher.count();
     publisher.set_targets(vec![app1_internal, app2_internal]);

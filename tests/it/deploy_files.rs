@@ -4,15 +4,18 @@
 //! passes the real `tether check`.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde_yaml::Value;
-use tether::config::{Config, KeySource};
+use tether::config::{Config, JwtKeys, KeySource};
 
 use crate::support::check::{ConfigDir, run_check};
 use crate::support::deploy_files::{
-    at, compose, config_map_file, container, duration, find, flag, manifests, parse_config, port_of, read, repo_path,
-    service, str_at, strings,
+    JWKS_FILE_VAR, at, compose, config_map_file, container, duration, example_jwks, find, flag, manifests,
+    parse_config, port_of, read, repo_path, service, str_at, strings,
 };
 
 /// `tether backend` gives sessions this long to finish their closing handshake after the
@@ -26,17 +29,52 @@ fn compose_config() -> Config {
     parse_config(&path, &read("docker/tether.compose.yaml"), &[])
 }
 
+/// A Kubernetes config, its JWKS (the Secret's mount in a pod) stood in by the example.
 fn k8s_config(file: &str, config_map: &str) -> Config {
     let docs = manifests(file);
     let text = config_map_file(find(&docs, "ConfigMap", config_map), "tether.yaml");
-    parse_config(&repo_path("docker/k8s/tether.yaml"), &text, &[])
+    let jwks = example_jwks();
+    parse_config(&repo_path("docker/k8s/tether.yaml"), &text, &[(JWKS_FILE_VAR, jwks.to_str().expect("utf-8"))])
 }
 
-fn header_key(config: &Config) -> String {
-    match config.upstreams[0].affinity.keys.first() {
-        Some(KeySource::Header(name)) => name.as_str().to_owned(),
-        other => panic!("expected a header affinity key first, got {other:?}"),
+/// The config's one verifier, used by its one route: tokens are what name users, never a
+/// client's header. Returns the header the verified claim goes to backends in.
+fn verified_identity(config: &Config) -> String {
+    assert_eq!(config.auth.len(), 1, "one verifier");
+    let verifier = &config.auth[0];
+    assert!(!verifier.required, "anonymous clients keep working");
+    assert_eq!(verifier.identity.claim, "sub");
+    assert!(matches!(verifier.jwt.keys, JwtKeys::Files { .. }), "a JWKS file, never a shared secret");
+    for route in &config.routes {
+        assert_eq!(route.auth.as_deref(), Some(verifier.name.as_str()), "every route verifies tokens");
     }
+    verifier.identity.header.as_str().to_owned()
+}
+
+/// Users are pinned by the verified subject (anonymous ones by the cookie).
+fn assert_pins_by_verified_claim(config: &Config) {
+    let affinity = &config.upstreams[0].affinity;
+    assert!(
+        matches!(affinity.keys[..], [KeySource::VerifiedClaim(ref claim)] if claim == "sub"),
+        "{:?}",
+        affinity.keys
+    );
+    assert!(affinity.cookie.is_some(), "anonymous users get the sticky cookie");
+}
+
+/// The admin listener is on the loopback: nothing outside the container or pod reaches it.
+fn assert_admin_on_loopback(config: &Config) -> u16 {
+    let admin = config.admin.as_ref().expect("admin listener");
+    assert!(admin.bind.ip().is_loopback(), "admin on {}", admin.bind);
+    admin.bind.port()
+}
+
+/// An exec probe that GETs `path` from the container's own loopback `port` with bash.
+fn assert_loopback_probe(probe: &Value, port: u16, path: &str) {
+    let command = strings(at(probe, &["exec", "command"]).unwrap_or_else(|| panic!("an exec probe: {probe:?}")));
+    assert_eq!(command[..2], ["bash", "-c"]);
+    assert!(command[2].contains(&format!("/dev/tcp/127.0.0.1/{port}")), "{}", command[2]);
+    assert!(command[2].contains(&format!("GET {path} ")) && command[2].contains("' 200 '"), "{}", command[2]);
 }
 
 fn seconds(value: Option<&Value>) -> Duration {
@@ -60,20 +98,44 @@ fn compose_file_wires_redis_two_backends_and_tether_with_the_mounted_config() {
         assert!(context.join("Cargo.toml").is_file() && context.join("docker/Dockerfile").is_file(), "{name}");
     }
 
-    // tether runs `proxy -c P` with docker/tether.compose.yaml mounted at P.
+    // tether runs `proxy -c P` with docker/tether.compose.yaml mounted at P, and the JWKS it
+    // names mounted where P's relative path leads.
     let tether = service(&compose, "tether");
     let command = strings(&tether["command"]);
     assert_eq!(command[..2], ["proxy", "-c"]);
     let config_path = &command[2];
+    let config = compose_config();
+    let JwtKeys::Files { path: jwks, .. } = &config.auth[0].jwt.keys else { panic!("a JWKS file") };
+    let jwks_relative = jwks.strip_prefix(repo_path("docker")).expect("the JWKS is under docker/");
+    let jwks_in_container = Path::new(config_path).parent().expect("config dir").join(jwks_relative);
     let volumes = strings(&tether["volumes"]);
-    assert_eq!(volumes, [format!("./tether.compose.yaml:{config_path}:ro")]);
-    assert!(repo_path("docker/tether.compose.yaml").is_file());
+    assert_eq!(
+        volumes,
+        [
+            format!("./tether.compose.yaml:{config_path}:ro"),
+            format!("./{}:{}:ro", jwks_relative.display(), jwks_in_container.display())
+        ]
+    );
+    assert_eq!(jwks, &example_jwks(), "the LOCAL USE ONLY example, never baked into the image");
+
+    // Identity is a verified token; pinning follows it.
+    let identity_header = verified_identity(&config);
+    assert_pins_by_verified_claim(&config);
+
+    // tether has a fixed address on the stack's network: the one address the apps trust.
+    let tether_ip: IpAddr = str_at(tether, &["networks", "default", "ipv4_address"])
+        .expect("a fixed address for tether")
+        .parse()
+        .expect("an IP address");
+    let subnet: IpNet = str_at(&compose, &["networks", "default", "ipam", "config", "0", "subnet"])
+        .expect("a fixed subnet")
+        .parse()
+        .expect("a CIDR");
+    assert!(subnet.contains(&tether_ip), "{tether_ip} outside {subnet}");
 
     // Every backend in the config is a compose service running `tether backend` on that port,
-    // sharing the compose Redis and trusting the header tether keys on.
-    let config = compose_config();
+    // sharing the compose Redis and believing the identity header from tether only.
     let upstream = &config.upstreams[0];
-    let key = header_key(&config);
     let ids: Vec<&str> = upstream.backends.iter().map(|b| b.id.as_str()).collect();
     assert_eq!(ids, ["app1", "app2"]);
     let redis_port: u16 = 6379;
@@ -84,28 +146,27 @@ fn compose_file_wires_redis_two_backends_and_tether_with_the_mounted_config() {
         assert_eq!(flag(&args, "--listen").map(port_of), Some(backend.address.port), "{}", backend.id);
         assert_eq!(flag(&args, "--id"), Some(backend.id.as_str()), "instance name = backend id");
         assert_eq!(flag(&args, "--redis"), Some(format!("redis://redis:{redis_port}").as_str()));
-        assert!(flag(&args, "--user-header").is_some_and(|h| h.eq_ignore_ascii_case(&key)), "{args:?}");
+        assert!(flag(&args, "--user-header").is_some_and(|h| h.eq_ignore_ascii_case(&identity_header)), "{args:?}");
+        let trusted: Vec<&str> = args.windows(2).filter(|w| w[0] == "--trust-proxy").map(|w| w[1].as_str()).collect();
+        assert_eq!(trusted, [format!("{tether_ip}/32")], "{}: only tether may name users", backend.id);
+        assert!(!args.iter().any(|a| a == "--accept-login"), "{args:?}");
         let depends = s["depends_on"].as_mapping().expect("depends_on");
         assert_eq!(str_at(&s["depends_on"], &["redis", "condition"]), Some("service_healthy"));
         assert_eq!(depends.len(), 1);
     }
-    assert_eq!(key, "x-user-id");
-    assert!(upstream.affinity.cookie.is_some(), "anonymous users get the sticky cookie");
+    assert_eq!(identity_header, "x-user-id");
     assert_eq!(upstream.health_check.as_ref().map(|h| h.path.as_str()), Some("/readyz"));
 
-    // tether publishes its listener and (on the host's loopback) its admin port, and waits
-    // for both backends to start.
+    // tether publishes its listener only (the admin listener is the container's loopback),
+    // and waits for both backends to start.
     let ports = strings(&tether["ports"]);
     let listen = config.listeners[0].bind.port();
-    let admin = config.admin.as_ref().expect("admin listener").bind.port();
-    assert!(ports.contains(&format!("{listen}:{listen}")), "{ports:?}");
-    assert!(ports.contains(&format!("127.0.0.1:{admin}:{admin}")), "{ports:?}");
+    assert_admin_on_loopback(&config);
+    assert_eq!(ports, [format!("{listen}:{listen}")]);
     let depends: BTreeSet<&str> =
         tether["depends_on"].as_mapping().expect("depends_on").keys().filter_map(Value::as_str).collect();
     assert_eq!(depends, BTreeSet::from(["app1", "app2"]));
-    // The admin token comes from the environment, never from the config file.
-    assert_eq!(config.admin.as_ref().and_then(|a| a.token_env.as_deref()), Some("TETHER_ADMIN_TOKEN"));
-    assert!(at(tether, &["environment", "TETHER_ADMIN_TOKEN"]).is_some());
+    // Secrets come from the environment, never from the files.
     assert!(at(tether, &["environment", "TETHER_COOKIE_KEY"]).is_some());
 }
 
@@ -172,16 +233,18 @@ async fn every_config_the_deployment_files_mount_passes_tether_check() {
         let text = config_map_file(find(&docs, "ConfigMap", name), "tether.yaml");
         files.push((format!("{manifest} ({name})"), dir.write(&format!("{name}.yaml"), &text)));
     }
+    let jwks = example_jwks();
     for (what, path) in files {
-        // An empty environment: the files must stand on their own defaults.
-        let run = run_check(dir.path(), path.to_str().expect("utf-8 path"), &[]).await;
+        // The files stand on their own defaults; the only environment is the Kubernetes
+        // configs' JWKS path (a Secret's mount in the pod, the example here).
+        let env = [(JWKS_FILE_VAR, jwks.to_str().expect("utf-8 path"))];
+        let run = run_check(dir.path(), path.to_str().expect("utf-8 path"), &env).await;
         assert_eq!(run.code, Some(0), "{what}: {run:?}");
         assert_eq!(run.stdout, format!("{}: ok\n", path.display()), "{what}");
-        // Only the expected warnings: secrets that come from the environment at run time.
+        // Only the expected warning: the cookie key comes from the environment at run time.
         for line in run.stderr.lines() {
             assert!(
-                line.starts_with("warning: ")
-                    && (line.contains("TETHER_ADMIN_TOKEN") || line.contains("TETHER_COOKIE_KEY")),
+                line.starts_with("warning: ") && line.contains("TETHER_COOKIE_KEY"),
                 "{what}: unexpected output {line:?}"
             );
         }
@@ -229,7 +292,52 @@ fn kubernetes_backend_rolls_one_pod_at_a_time_within_its_grace_period() {
     assert!(pause < delay, "preStop must stay shorter than the app's own shutdown delay");
     let health = upstream.health_check.as_ref().expect("health checks");
     assert!(health.interval + health.timeout < delay, "tether must see the 503 before the app stops serving");
-    assert!(flag(&args, "--user-header").is_some_and(|h| h.eq_ignore_ascii_case(&header_key(&tether))));
+    assert!(flag(&args, "--user-header").is_some_and(|h| h.eq_ignore_ascii_case(&verified_identity(&tether))));
+    assert_pins_by_verified_claim(&tether);
+}
+
+#[test]
+fn kubernetes_backend_believes_the_identity_header_from_tether_only() {
+    let docs = manifests("docker/k8s/app.yaml");
+    let deployment = find(&docs, "Deployment", "app");
+    let app = container(deployment, "app");
+    let args = strings(&app["args"]);
+    let trusted: Vec<IpNet> =
+        args.windows(2).filter(|w| w[0] == "--trust-proxy").map(|w| w[1].parse().expect("a CIDR")).collect();
+    assert_eq!(trusted.len(), 1, "the pod network, and nothing else: {args:?}");
+    assert!(!args.iter().any(|a| a == "--accept-login"), "{args:?}");
+
+    // The client port admits tether's pods only (the kubelet's probes are always admitted);
+    // the internal port, the namespace's pods.
+    let policy = find(&docs, "NetworkPolicy", "app-ingress");
+    let pod_labels = at(deployment, &["spec", "template", "metadata", "labels"]).expect("labels");
+    let selected = at(policy, &["spec", "podSelector", "matchLabels"]).and_then(Value::as_mapping).expect("selector");
+    assert!(!selected.is_empty() && selected.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+    assert_eq!(strings(&policy["spec"]["policyTypes"]), ["Ingress"]);
+    let rules = policy["spec"]["ingress"].as_sequence().expect("ingress rules");
+    let tether_pods = at(
+        find(&manifests("docker/k8s/tether.yaml"), "Deployment", "tether"),
+        &["spec", "template", "metadata", "labels"],
+    )
+    .expect("tether pod labels")
+    .clone();
+    let mut http_sources = Vec::new();
+    for rule in rules {
+        let ports = strings(&Value::Sequence(
+            rule["ports"].as_sequence().expect("ports").iter().map(|p| p["port"].clone()).collect(),
+        ));
+        let from = rule["from"].as_sequence().expect("from");
+        if ports.contains(&"http".to_owned()) {
+            assert_eq!(ports, ["http"], "the client port has a rule of its own");
+            http_sources.extend(from.iter().cloned());
+        } else {
+            assert_eq!(ports, ["internal"]);
+        }
+    }
+    assert_eq!(http_sources.len(), 1, "{http_sources:?}");
+    let source = at(&http_sources[0], &["podSelector", "matchLabels"]).and_then(Value::as_mapping).expect("pods");
+    assert!(!source.is_empty() && source.iter().all(|(k, v)| tether_pods.get(k) == Some(v)), "tether's pods only");
+    assert!(at(&http_sources[0], &["namespaceSelector"]).is_none() && at(&http_sources[0], &["ipBlock"]).is_none());
 }
 
 fn named_port(container: &Value, name: &str) -> u16 {
@@ -295,23 +403,44 @@ fn kubernetes_tether_reads_its_config_map_and_secret_and_outlives_its_own_shutdo
     let secret_docs = manifests("docker/k8s/secret.example.yaml");
     let env = tether["env"].as_sequence().expect("env");
     let cookie_env = config.upstreams[0].affinity.cookie.as_ref().and_then(|c| c.key_env.clone()).expect("key_env");
-    let token_env = config.admin.as_ref().and_then(|a| a.token_env.clone()).expect("token_env");
-    for var in [cookie_env, token_env] {
-        let entry = env.iter().find(|e| str_at(e, &["name"]) == Some(var.as_str())).expect("env var");
-        let secret = str_at(entry, &["valueFrom", "secretKeyRef", "name"]).expect("from a Secret");
-        let key = str_at(entry, &["valueFrom", "secretKeyRef", "key"]).expect("secret key");
-        let example = find(&secret_docs, "Secret", secret);
-        // The example documents the key but carries no usable value.
-        assert_eq!(str_at(example, &["stringData", key]), Some(""), "{var}");
-    }
+    assert_eq!(env.len(), 1, "{env:?}");
+    let entry = env.iter().find(|e| str_at(e, &["name"]) == Some(cookie_env.as_str())).expect("env var");
+    let secret = str_at(entry, &["valueFrom", "secretKeyRef", "name"]).expect("from a Secret");
+    let key = str_at(entry, &["valueFrom", "secretKeyRef", "key"]).expect("secret key");
+    // The example documents the key but carries no usable value.
+    assert_eq!(str_at(find(&secret_docs, "Secret", secret), &["stringData", key]), Some(""));
 
-    // Probes on the admin port; the Service targets the client listener.
-    let admin = named_port(tether, "admin");
-    assert_eq!(Some(admin), config.admin.as_ref().map(|a| a.bind.port()));
+    // The JWKS comes from a Secret volume, mounted where the config's default path points
+    // (the example documents it, empty: tether refuses to start on it).
+    verified_identity(&config);
+    let text = config_map_file(find(&config_docs, "ConfigMap", config_map_name), "tether.yaml");
+    let default_jwks = text
+        .split(&format!("${{{JWKS_FILE_VAR}:-"))
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("jwks_file defaults to the Secret's mount");
+    let jwks_mount = tether["volumeMounts"]
+        .as_sequence()
+        .and_then(|ms| {
+            ms.iter().find(|m| default_jwks.starts_with(&format!("{}/", str_at(m, &["mountPath"]).unwrap_or("-"))))
+        })
+        .expect("a mount holding the JWKS");
+    let jwks_volume = at(deployment, &["spec", "template", "spec", "volumes"])
+        .and_then(Value::as_sequence)
+        .and_then(|vs| vs.iter().find(|v| v["name"] == jwks_mount["name"]))
+        .expect("the JWKS volume");
+    let jwks_secret = str_at(jwks_volume, &["secret", "secretName"]).expect("a Secret volume");
+    let file = Path::new(default_jwks).file_name().and_then(|f| f.to_str()).expect("file name");
+    assert_eq!(str_at(find(&secret_docs, "Secret", jwks_secret), &["stringData", file]), Some(""));
+    assert!(at(jwks_mount, &["subPath"]).is_none(), "subPath mounts never see Secret updates");
+
+    // The admin listener is the pod's loopback: exec probes, no admin port to expose.
+    let admin = assert_admin_on_loopback(&config);
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
-        assert_eq!(str_at(tether, &[probe, "httpGet", "path"]), Some(path), "{probe}");
-        assert_eq!(str_at(tether, &[probe, "httpGet", "port"]), Some("admin"), "{probe}");
+        assert_loopback_probe(&tether[probe], admin, path);
     }
+    let ports = tether["ports"].as_sequence().expect("ports");
+    assert_eq!(ports.len(), 1, "the client listener only: {ports:?}");
     assert_eq!(named_port(tether, "http"), config.listeners[0].bind.port());
     let service = find(&docs, "Service", "tether");
     assert!(selects(service, deployment));
@@ -333,6 +462,13 @@ fn kubernetes_sidecar_puts_tether_in_front_of_the_app_inside_one_pod() {
     let listen = flag(&strings(&app["args"]), "--listen").expect("--listen").to_owned();
     assert_eq!(backends[0].address.to_string(), listen, "tether forwards to the app's loopback listener");
     assert!(listen.starts_with("127.0.0.1:"), "the app is reachable through tether only");
+    let app_args = strings(&app["args"]);
+    assert!(!app_args.iter().any(|a| a == "--trust-proxy"), "the default, loopback, is tether's address here");
+    assert!(flag(&app_args, "--user-header").is_some_and(|h| h.eq_ignore_ascii_case(&verified_identity(&config))));
+    let admin = assert_admin_on_loopback(&config);
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        assert_loopback_probe(&tether[probe], admin, path);
+    }
     assert_eq!(strings(&tether["args"])[..2], ["proxy", "-c"]);
     let service = find(&docs, "Service", "app-sidecar");
     assert!(selects(service, deployment));
@@ -386,7 +522,7 @@ fn kubernetes_manifests_share_one_namespace_image_and_non_root_user() {
             kinds.insert(kind);
         }
     }
-    let expected = ["ConfigMap", "Deployment", "Namespace", "Secret", "Service"];
+    let expected = ["ConfigMap", "Deployment", "Namespace", "NetworkPolicy", "Secret", "Service"];
     assert_eq!(kinds, expected.iter().map(|k| (*k).to_owned()).collect());
 }
 
@@ -482,12 +618,21 @@ fn dockerfile_builds_in_release_and_ships_a_checked_config_as_non_root() {
         assert!(copied.contains(path), "the build stage does not copy {path}");
     }
 
-    // The final stage: the shipped config is checked by the binary at build time, the image
-    // runs as a non-root user, and `tether` is the entry point of every subcommand.
+    // The final stage: the shipped config is checked by the binary at build time, with the
+    // example JWKS it names bind-mounted for the check only (never copied into the image), the
+    // image runs as a non-root user, and `tether` is the entry point of every subcommand.
     let config = config_dest.expect("the final stage copies docker/tether.compose.yaml");
     let final_stage: Vec<&Instruction> = instructions.iter().filter(|i| i.stage == last).collect();
-    let check = final_stage.iter().find(|i| i.op == "RUN" && i.args.starts_with('[')).expect("RUN tether check");
-    assert_eq!(json_args(&check.args), ["tether", "check", "-c", config.as_str()]);
+    let check = final_stage.iter().find(|i| i.op == "RUN" && i.args.contains("\"check\"")).expect("RUN tether check");
+    let (mount, command) = check.args.split_once(' ').expect("RUN --mount=... [..]");
+    assert_eq!(json_args(command.trim()), ["tether", "check", "-c", config.as_str()]);
+    let JwtKeys::Files { path: jwks, .. } = &compose_config().auth[0].jwt.keys else { panic!("a JWKS file") };
+    let source = jwks.strip_prefix(repo_path("")).expect("in the repository").display().to_string();
+    let target =
+        Path::new(&config).parent().expect("dir").join(jwks.strip_prefix(repo_path("docker")).expect("docker/"));
+    assert_eq!(mount, format!("--mount=type=bind,source={source},target={}", target.display()));
+    assert!(allowed.contains(&source.as_str()), "{source} is excluded by .dockerignore");
+    assert!(!copied.contains(&source), "the example JWKS must never be part of the image");
     assert_ne!(dockerfile_uid(), 0, "non-root");
     let entrypoint = final_stage.iter().find(|i| i.op == "ENTRYPOINT").expect("ENTRYPOINT");
     assert_eq!(json_args(&entrypoint.args), ["tether"]);

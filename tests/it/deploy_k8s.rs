@@ -4,8 +4,10 @@
 //! with the ConfigMap's config. One pod is replaced the way `RollingUpdate` with maxSurge 1 /
 //! maxUnavailable 0 does it: the new pod starts and becomes ready first, then the old one gets
 //! SIGTERM (readiness 503 at once) and exits; its DNS record goes with the SIGTERM or, as a
-//! stale cache would have it, only after the exit. Steady HTTP load sees no failed request,
-//! and every WebSocket client of the old pod reconnects exactly once.
+//! stale cache would have it, only after the exit. Steady HTTP load (users signed in with
+//! tokens of the example key, verified with the JWKS the Secret would hold, and an anonymous
+//! browser) sees no failed request, and every WebSocket client of the old pod reconnects
+//! exactly once.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,13 +22,16 @@ use serde_yaml::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::app_process::AppProcess;
-use crate::support::deploy_files::{at, config_map_file, container, find, manifests, strings, with_flags};
+use crate::support::deploy_files::{
+    JWKS_FILE_VAR, at, config_map_file, container, example_jwks, example_token, find, manifests, strings, with_flags,
+};
 use crate::support::http;
 use crate::support::http_client;
 use crate::support::proxy::TestProxy;
 use crate::support::reconnecting_client::ReconnectingClient;
 use crate::support::redis::TestRedis;
 use crate::support::resolver::{Answer, ScriptedResolver};
+use crate::support::stomp_client::ConnectOptions;
 use crate::support::{WAIT, until};
 
 const TOPIC: &str = "/topic/rollout";
@@ -44,13 +49,26 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REQUESTS_PER_WORKER: usize = 20_000;
 const WS_USERS_ON_OLD_POD: usize = 2;
 
-/// The app Deployment's container arguments, for a pod named `pod` on this machine.
+/// The app Deployment's container arguments, for a pod named `pod` on this machine: here the
+/// pod network that `--trust-proxy` names is this machine's loopback.
 fn pod_args(template: &[String], pod: &str, redis: &str) -> Vec<String> {
+    assert!(template.iter().any(|a| a == "--trust-proxy"), "{template:?}");
     // In a pod the instance name defaults to the hostname, i.e. the pod name.
     with_flags(
         template,
-        &[("--listen", "127.0.0.1:0"), ("--internal-listen", "127.0.0.1:0"), ("--redis", redis), ("--id", pod)],
+        &[
+            ("--listen", "127.0.0.1:0"),
+            ("--internal-listen", "127.0.0.1:0"),
+            ("--redis", redis),
+            ("--id", pod),
+            ("--trust-proxy", "127.0.0.1/32"),
+        ],
     )
+}
+
+/// `Bearer <token>` for `user`, signed by the example identity provider.
+fn bearer(user: &str) -> String {
+    format!("Bearer {}", example_token(user))
 }
 
 #[derive(Default)]
@@ -73,8 +91,13 @@ impl Load {
         let stop = CancellationToken::new();
         let mut workers = Vec::new();
         for w in 0..=KEYED_WORKERS {
-            let keyed = w < KEYED_WORKERS;
-            workers.push(tokio::spawn(worker(proxy, keyed.then_some(w), report.clone(), stop.clone())));
+            // Signed in up front, so the load keeps its pace.
+            let users: Vec<(String, String)> = if w < KEYED_WORKERS {
+                (0..USERS_PER_WORKER).map(|n| format!("load-{w}-{n}")).map(|u| (bearer(&u), u)).collect()
+            } else {
+                Vec::new()
+            };
+            workers.push(tokio::spawn(worker(proxy, users, report.clone(), stop.clone())));
         }
         Load { report, stop, workers }
     }
@@ -109,11 +132,12 @@ async fn connect(proxy: SocketAddr) -> Result<Sender, String> {
     Ok(sender)
 }
 
-/// One request; returns the status, the instance that answered, and a new sticky cookie.
+/// One request (with a bearer token, or a cookie); returns the status, the instance that
+/// answered, and a new sticky cookie.
 async fn whoami(
     sender: &mut Option<Sender>,
     proxy: SocketAddr,
-    user: Option<&str>,
+    authorization: Option<&str>,
     cookie: Option<&str>,
 ) -> Result<(u16, String, Option<String>), String> {
     if sender.as_ref().is_none_or(|s| s.is_closed()) {
@@ -122,8 +146,8 @@ async fn whoami(
     let s = sender.as_mut().expect("connected above");
     s.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
     let mut req = ::http::Request::get("/whoami").header("host", "app.test");
-    if let Some(user) = user {
-        req = req.header("x-user-id", user);
+    if let Some(authorization) = authorization {
+        req = req.header("authorization", authorization);
     }
     if let Some(cookie) = cookie {
         req = req.header("cookie", cookie);
@@ -144,7 +168,14 @@ async fn whoami(
     Ok((status, instance, set_cookie))
 }
 
-async fn worker(proxy: SocketAddr, keyed: Option<usize>, report: Arc<Mutex<LoadReport>>, stop: CancellationToken) {
+/// Requests at [`PACE`]: cycling through `users` (`(authorization, name)`), or, without
+/// users, as one anonymous browser keeping its sticky cookie.
+async fn worker(
+    proxy: SocketAddr,
+    users: Vec<(String, String)>,
+    report: Arc<Mutex<LoadReport>>,
+    stop: CancellationToken,
+) {
     let mut sender = None;
     let mut cookie: Option<String> = None;
     let mut tick = tokio::time::interval(PACE);
@@ -154,10 +185,11 @@ async fn worker(proxy: SocketAddr, keyed: Option<usize>, report: Arc<Mutex<LoadR
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let user = keyed.map(|w| format!("load-{w}-{}", n % USERS_PER_WORKER));
+        let signed_in = (!users.is_empty()).then(|| &users[n % users.len()]);
+        let (authorization, user) = (signed_in.map(|(a, _)| a.as_str()), signed_in.map(|(_, u)| u.as_str()));
         let started = Instant::now();
         let outcome =
-            tokio::time::timeout(REQUEST_TIMEOUT, whoami(&mut sender, proxy, user.as_deref(), cookie.as_deref())).await;
+            tokio::time::timeout(REQUEST_TIMEOUT, whoami(&mut sender, proxy, authorization, cookie.as_deref())).await;
         let mut report = report.lock().expect("report");
         match outcome {
             Ok(Ok((200, instance, set_cookie))) => {
@@ -197,24 +229,21 @@ async fn wait_backends(admin: SocketAddr, what: &str, pred: impl Fn(&BTreeMap<St
     until(&format!("tether to see {what}"), async || pred(&backend_states(admin).await)).await;
 }
 
-/// tether in-process with the ConfigMap's config, discovering pods through `records`.
+/// tether in-process with the ConfigMap's config, discovering pods through `records`, its
+/// JWKS (the Secret's mount in a pod) the example one.
 async fn start_proxy(records: Arc<ScriptedResolver>) -> TestProxy {
     let docs = manifests("docker/k8s/tether-config.yaml");
     let text = config_map_file(find(&docs, "ConfigMap", "tether-config"), "tether.yaml");
+    let jwks = example_jwks();
     TestProxy::builder()
         .yaml(text)
         .env("TETHER_LISTEN", "127.0.0.1:0")
         .env("TETHER_ADMIN_BIND", "127.0.0.1:0")
+        .env(JWKS_FILE_VAR, jwks.to_str().expect("utf-8 path"))
         .resolver(records)
         .edit(|config| {
             let discovery = config.upstreams[0].discovery.clone().expect("discovery");
             assert_eq!((discovery.dns.host.as_str(), discovery.dns.port), (HEADLESS, 8080));
-            // In the pod the admin token comes from the Secret through the environment; this
-            // in-process proxy shares the test binary's environment, which tests must not
-            // change, so its (loopback) admin listener runs without a token.
-            if let Some(admin) = config.admin.as_mut() {
-                admin.token_env = None;
-            }
         })
         .spawn()
         .await
@@ -274,7 +303,8 @@ async fn rolling_update(removal: RecordRemoval) {
     let mut elsewhere = None;
     for i in 0..200 {
         let user = format!("ws-user-{i}");
-        let reply = http::get(public, "/whoami", &[("x-user-id", &user)]).await;
+        let reply = http::get(public, "/whoami", &[("authorization", &bearer(&user))]).await;
+        assert_eq!(reply.json()["user"], user.as_str(), "the pod heard the verified name");
         match reply.json()["instance"].as_str() {
             Some("pod-old") if on_old.len() < WS_USERS_ON_OLD_POD => on_old.push(user),
             Some("pod-stays") if elsewhere.is_none() => elsewhere = Some(user),
@@ -285,11 +315,13 @@ async fn rolling_update(removal: RecordRemoval) {
         }
     }
     assert_eq!(on_old.len(), WS_USERS_ON_OLD_POD, "users hashed to the old pod");
+    let signed_in = |user: &str| ConnectOptions::default().header("Authorization", &bearer(user));
     let mut riders = Vec::new();
     for user in &on_old {
-        riders.push(ReconnectingClient::start(&url, user, TOPIC, 2).await);
+        riders.push(ReconnectingClient::start(&url, user, signed_in(user), TOPIC, 2).await);
     }
-    let bystander = ReconnectingClient::start(&url, &elsewhere.expect("a user on the other pod"), TOPIC, 1).await;
+    let elsewhere = elsewhere.expect("a user on the other pod");
+    let bystander = ReconnectingClient::start(&url, &elsewhere, signed_in(&elsewhere), TOPIC, 1).await;
     for rider in &riders {
         assert_eq!(rider.log().instances, ["pod-old"]);
     }

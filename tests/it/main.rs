@@ -27,6 +27,7 @@ mod ops_admin;
 mod ops_discovery;
 mod ops_metrics;
 mod ops_reload;
+mod ops_runtime;
 mod ops_status_page;
 mod ops_watch;
 mod proxy_core;

@@ -179,6 +179,14 @@ fn duplicate_keys_are_errors_naming_both_places() {
 }
 
 #[test]
+fn a_nul_character_is_refused_not_read_as_the_end_of_the_file() {
+    let errs = errors("a: 1\r\nb: 2\0\nauth: x\n", &no_env);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].position, Some((2, 5)));
+    assert!(errs[0].message.contains("NUL"), "{:?}", errs[0]);
+}
+
+#[test]
 fn syntax_errors_stop_at_the_first_with_a_position() {
     let errs = errors("a: [1, 2\nb: 3\n", &no_env);
     assert_eq!(errs.len(), 1);

@@ -12,13 +12,13 @@ use crate::config::jwt;
 use crate::config::{IdentityConfig, JwtConfig, JwtKeys, TokenSource, VerifierConfig};
 
 /// Clock skew allowed for `exp` and `nbf` unless `leeway` says otherwise.
-pub(super) const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// The claim forwarded unless `identity.claim` says otherwise.
 const DEFAULT_IDENTITY_CLAIM: &str = "sub";
 /// The header the identity goes in unless `identity.header` says otherwise.
 const DEFAULT_IDENTITY_HEADER: &str = "x-user-id";
 /// Shortest HMAC secret accepted: HS256's security level needs 32 bytes.
-const MIN_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 
 /// Headers tether writes or that describe one hop: a verifier's identity cannot live in one.
 const RESERVED_HEADERS: [&str; 17] = [

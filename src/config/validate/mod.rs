@@ -28,15 +28,16 @@ mod listeners;
 mod routes;
 mod upstreams;
 
+pub(crate) use auth::{DEFAULT_LEEWAY, MIN_SECRET_BYTES};
 pub(crate) use routes::parse_origin;
 
-use super::file::{FileAccessLog, FileConfig, FileLimits, FileShutdown, FileTimeouts, Text};
+use super::file::{FileAccessLog, FileConfig, FileLimits, FileRuntime, FileShutdown, FileTimeouts, Text};
 use super::source::{self, PositionIndex};
 use super::units::{format_duration, parse_duration, parse_size};
 use super::values::{has_space_or_control, invalid_name_message, is_token, is_valid_name, parse_backend_address};
 use super::{
     AccessLogConfig, AccessLogFormat, BackendAddress, Config, ConfigError, ConfigErrors, ConfigSource, DebugConfig,
-    ForwardedHeaders, Limits, Loaded, ShutdownConfig, Timeouts,
+    ForwardedHeaders, Limits, Loaded, MAX_WORKERS, RuntimeConfig, ShutdownConfig, Timeouts,
 };
 
 const DEFAULT_CONNECT: Duration = Duration::from_secs(2);
@@ -78,17 +79,14 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 /// directory of `path`.
 pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
     let document = source::parse(text, env).map_err(|errors| {
-        ConfigErrors(
-            errors
-                .into_iter()
-                .map(|e| ConfigError {
-                    file: path.to_path_buf(),
-                    position: e.position,
-                    path: e.path,
-                    message: e.message,
-                })
-                .collect(),
-        )
+        let mut errors: Vec<ConfigError> = errors
+            .into_iter()
+            .map(|e| ConfigError { file: path.to_path_buf(), position: e.position, path: e.path, message: e.message })
+            .collect();
+        // Top to bottom, as the validator's problems below: they are found in event order,
+        // and a block mapping's tag is reported where its first key ends, after what is in it.
+        errors.sort_by_key(|e| e.position.unwrap_or((usize::MAX, usize::MAX)));
+        ConfigErrors(errors)
     })?;
     if document.value.is_null() {
         return Err(ConfigErrors(vec![ConfigError {
@@ -228,6 +226,7 @@ impl Validator<'_> {
         let access_log = self.access_log(file.access_log.as_ref());
         let shutdown = self.shutdown(file.shutdown.as_ref());
         let debug = DebugConfig { backend_header: file.debug.as_ref().and_then(|d| d.backend_header).unwrap_or(false) };
+        let runtime = self.runtime(file.runtime.as_ref());
         Ok(Config {
             source,
             listeners: listeners?,
@@ -242,7 +241,19 @@ impl Validator<'_> {
             debug,
             auth: auth?,
             forwarded_headers: forwarded_headers?,
+            runtime: runtime?,
         })
+    }
+
+    fn runtime(&mut self, runtime: Option<&FileRuntime>) -> Checked<RuntimeConfig> {
+        let workers = match runtime.and_then(|r| r.workers) {
+            None => None,
+            Some(n) if (1..=MAX_WORKERS as u64).contains(&n) => Some(n as usize),
+            Some(_) => {
+                return Err(self.error("runtime.workers", format!("must be from 1 to {MAX_WORKERS}")));
+            }
+        };
+        Ok(RuntimeConfig { workers })
     }
 
     // ----- global sections ---------------------------------------------------------------

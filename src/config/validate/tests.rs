@@ -13,7 +13,7 @@ use jsonwebtoken::Algorithm;
 use crate::config::{
     AccessLogFormat, AffinityConfig, BackendAddress, BackendConfig, CookieConfig, DiscoveryConfig, DrainConfig,
     Fallback, ForwardedHeaders, HashConfig, HealthCheckConfig, HostMatch, JwtKeys, KeySource, OriginPattern,
-    PassiveConfig, RebalanceConfig, RouteConfig, SameSite, SecureMode, TokenSource,
+    PassiveConfig, RebalanceConfig, RouteConfig, SameSite, SecureMode, TokenSource, WorkersFrom,
 };
 
 /// A small valid config; tests append top-level sections or write their own text.
@@ -53,6 +53,14 @@ fn upstream_with(body: &str) -> String {
         "listeners:\n  - name: public\n    bind: \"127.0.0.1:8080\"\nroutes:\n  - upstream: app\n\
          upstreams:\n  app:\n{body}"
     )
+}
+
+#[test]
+fn problems_in_the_yaml_text_are_listed_top_to_bottom() {
+    assert_eq!(
+        errors("a: !t\n  b: !u\n"),
+        vec!["c.yaml:2:3: a.b: unsupported tag !u", "c.yaml:2:4: a: unsupported tag !t"]
+    );
 }
 
 #[test]
@@ -1139,4 +1147,33 @@ fn a_private_key_others_can_read_is_a_warning_or_with_strict_permissions_an_erro
     let strict = files.check(&format!("{one}      strict_key_permissions: true\n")).expect_err("refused");
     assert_eq!(strict.len(), 1, "{strict:?}");
     assert!(strict[0].contains("is readable by its group (mode 640); restrict it with chmod 600"), "{strict:?}");
+}
+
+#[test]
+fn runtime_workers_are_bounded() {
+    assert_eq!(ok(BASE).config.runtime, RuntimeConfig { workers: None });
+    assert_eq!(ok(&format!("{BASE}runtime: {{ workers: 3 }}\n")).config.runtime, RuntimeConfig { workers: Some(3) });
+    assert_eq!(
+        errors(&format!("{BASE}runtime: {{ workers: 0 }}\n")),
+        vec!["c.yaml:10:21: runtime.workers: must be from 1 to 1024"]
+    );
+    assert_eq!(
+        errors(&format!("{BASE}runtime: {{ workers: 5000 }}\n")),
+        vec!["c.yaml:10:21: runtime.workers: must be from 1 to 1024"]
+    );
+}
+
+#[test]
+fn the_worker_count_comes_from_the_config_then_the_environment_then_the_cpus() {
+    let set = RuntimeConfig { workers: Some(3) };
+    let unset = RuntimeConfig::default();
+    assert_eq!(set.workers(Some("8"), 2), (3, WorkersFrom::Config));
+    assert_eq!(unset.workers(Some("8"), 2), (8, WorkersFrom::Environment));
+    assert_eq!(unset.workers(Some(" 4 "), 2), (4, WorkersFrom::Environment));
+    for ignored in ["0", "-1", "two", "", "1025"] {
+        assert_eq!(unset.workers(Some(ignored), 2), (2, WorkersFrom::Cpus), "{ignored:?}");
+    }
+    assert_eq!(unset.workers(None, 6), (6, WorkersFrom::Cpus));
+    assert_eq!(unset.workers(None, 0), (1, WorkersFrom::Cpus));
+    assert_eq!(unset.workers(None, 4096), (MAX_WORKERS, WorkersFrom::Cpus));
 }

@@ -120,3 +120,23 @@ pub fn parse_config(path: &Path, text: &str, env: &[(&str, &str)]) -> tether::co
 pub fn config_map_file(config_map: &Value, key: &str) -> String {
     str_at(config_map, &["data", key]).unwrap_or_else(|| panic!("ConfigMap has no data.{key}")).to_owned()
 }
+
+/// The example JWKS of `docker/jwt` (LOCAL USE ONLY): what the compose file mounts, and what
+/// stands in for the Kubernetes Secret `tether-jwks` when the manifests' configs run here.
+pub fn example_jwks() -> PathBuf {
+    repo_path("docker/jwt/jwks.json")
+}
+
+/// The variable through which the Kubernetes configs name their JWKS (the Secret's mount).
+pub const JWKS_FILE_VAR: &str = "TETHER_JWKS_FILE";
+
+/// A token for `sub`, valid ten minutes, signed with the example key of `docker/jwt` (whose
+/// private half is in the repository: LOCAL USE ONLY), as a local identity provider would.
+pub fn example_token(sub: &str) -> String {
+    let pem = std::fs::read(repo_path("docker/jwt/local-only.key")).expect("docker/jwt/local-only.key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("an RSA private key");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("local-only".into());
+    let claims = serde_json::json!({ "sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600 });
+    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+}

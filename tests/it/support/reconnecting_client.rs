@@ -1,6 +1,6 @@
 //! `ReconnectingClient`: a user's STOMP session through the proxy that behaves like the seeds'
-//! `@stomp/stompjs` client: on a close it reconnects (same user id) and subscribes again, up
-//! to a fixed number of connections. Everything it sees goes into a [`ClientLog`] the test
+//! `@stomp/stompjs` client: on a close it reconnects (same credentials) and subscribes again,
+//! up to a fixed number of connections. Everything it sees goes into a [`ClientLog`] the test
 //! reads while it runs and asserts on at the end.
 
 use std::sync::{Arc, Mutex};
@@ -34,6 +34,7 @@ impl ClientLog {
 }
 
 pub struct ReconnectingClient {
+    /// Who it is, for messages.
     pub user: String,
     log: Arc<Mutex<ClientLog>>,
     stop: CancellationToken,
@@ -41,17 +42,24 @@ pub struct ReconnectingClient {
 }
 
 impl ReconnectingClient {
-    /// Connects as `user` (header `X-User-Id`) and subscribes to `destination` (waiting for
-    /// the RECEIPT) before returning; then keeps reading in the background, reconnecting
-    /// after a close while fewer than `max_connections` were opened.
-    pub async fn start(url: &str, user: &str, destination: &str, max_connections: usize) -> ReconnectingClient {
+    /// Connects as `user` (with `options`: its token, say) and subscribes to `destination`
+    /// (waiting for the RECEIPT) before returning; then keeps reading in the background,
+    /// reconnecting with the same options after a close while fewer than `max_connections`
+    /// were opened.
+    pub async fn start(
+        url: &str,
+        user: &str,
+        options: ConnectOptions,
+        destination: &str,
+        max_connections: usize,
+    ) -> ReconnectingClient {
         let log = Arc::new(Mutex::new(ClientLog::default()));
-        let first = open(url, user, destination, &log).await;
+        let first = open(url, &options, destination, &log).await;
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(
             first,
             url.to_owned(),
-            user.to_owned(),
+            options,
             destination.to_owned(),
             max_connections,
             log.clone(),
@@ -105,8 +113,8 @@ impl Drop for ReconnectingClient {
     }
 }
 
-async fn open(url: &str, user: &str, destination: &str, log: &Mutex<ClientLog>) -> StompClient {
-    let mut client = StompClient::connect_with(url, ConnectOptions::default().user_header(user)).await;
+async fn open(url: &str, options: &ConnectOptions, destination: &str, log: &Mutex<ClientLog>) -> StompClient {
+    let mut client = StompClient::connect_with(url, options.clone()).await;
     let instance = client.connected.get("tether-instance").unwrap_or("<none>").to_owned();
     let conn = {
         let mut log = log.lock().expect("client log");
@@ -121,7 +129,7 @@ async fn open(url: &str, user: &str, destination: &str, log: &Mutex<ClientLog>) 
 async fn run(
     mut client: StompClient,
     url: String,
-    user: String,
+    options: ConnectOptions,
     destination: String,
     max_connections: usize,
     log: Arc<Mutex<ClientLog>>,
@@ -149,7 +157,7 @@ async fn run(
                 conn += 1;
                 client = tokio::select! {
                     _ = stop.cancelled() => return,
-                    c = open(&url, &user, &destination, &log) => c,
+                    c = open(&url, &options, &destination, &log) => c,
                 };
             }
         }
