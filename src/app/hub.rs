@@ -134,10 +134,13 @@ mod tests {
                 let q = order[(rot + k) % order.len()];
                 assert_eq!(s.remove(q), Some(q as u32));
                 left.retain(|&x| x != q);
-                let mut now: Vec<u64> = s.iter().map(|(q, h)| {
-                    assert_eq!(*h as u64, q, "each seq keeps its own handle");
-                    q
-                }).collect();
+                let mut now: Vec<u64> = s
+                    .iter()
+                    .map(|(q, h)| {
+                        assert_eq!(*h as u64, q, "each seq keeps its own handle");
+                        q
+                    })
+                    .collect();
                 now.sort();
                 assert_eq!(now, left);
             }

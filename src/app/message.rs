@@ -47,7 +47,10 @@ pub(crate) struct SubLines {
 impl SubLines {
     /// `subscription:<id>` and `destination:<destination>` (as the client subscribed to it).
     pub(crate) fn new(id: &str, destination: &str, version: Version) -> SubLines {
-        SubLines { subscription: line("subscription", id, version), destination: line("destination", destination, version) }
+        SubLines {
+            subscription: line("subscription", id, version),
+            destination: line("destination", destination, version),
+        }
     }
 }
 

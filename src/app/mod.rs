@@ -330,7 +330,9 @@ pub enum AppError {
     #[error("invalid --user-header {0:?}: not an HTTP header name")]
     UserHeader(String),
     /// A queue, frame or history limit of zero.
-    #[error("--outbound-queue-bytes, --max-frame-bytes, --max-unacked, --sockjs-stream-limit, --history, --history-len and --max-publish-rate must be greater than zero")]
+    #[error(
+        "--outbound-queue-bytes, --max-frame-bytes, --max-unacked, --sockjs-stream-limit, --history, --history-len and --max-publish-rate must be greater than zero"
+    )]
     ZeroLimit,
     /// `--redis-cluster` names no usable node.
     #[error("invalid --redis-cluster: {0}")]

@@ -400,7 +400,10 @@ mod tests {
         assert_eq!(Naming::Cluster.key_of_channel("tether:dest:/topic/a"), None);
         assert_eq!(Naming::Plain.key_of_channel("other:/topic/a"), None);
         // Different destinations spread over slots.
-        assert_ne!(Slot::for_key(Naming::Cluster.channel("/topic/a")), Slot::for_key(Naming::Cluster.channel("/topic/b")));
+        assert_ne!(
+            Slot::for_key(Naming::Cluster.channel("/topic/a")),
+            Slot::for_key(Naming::Cluster.channel("/topic/b"))
+        );
     }
 
     #[test]

@@ -118,10 +118,10 @@ mod tests {
         let a1 = put(&mut r, "/a", 1, 1000);
         let b0 = put(&mut r, "/b", 10, 999);
         let a2 = put(&mut r, "/a", 2, 1001);
-        assert_eq!((a0, a1, a2), (StreamId { ms: 1000, seq: 0 }, StreamId { ms: 1000, seq: 1 }, StreamId {
-            ms: 1001,
-            seq: 0
-        }));
+        assert_eq!(
+            (a0, a1, a2),
+            (StreamId { ms: 1000, seq: 0 }, StreamId { ms: 1000, seq: 1 }, StreamId { ms: 1001, seq: 0 })
+        );
         assert_eq!(b0, StreamId { ms: 999, seq: 0 }, "another destination has its own sequence");
         assert_eq!(ids(&r.range("/a", Start::Including(a1), 10, 1001)), [1, 2]);
         assert_eq!(ids(&r.range("/a", Start::After(a1), 10, 1001)), [2]);

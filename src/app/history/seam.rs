@@ -105,7 +105,13 @@ impl<M: Sequenced> Seam<M> {
         let last = page.last().and_then(Sequenced::stream_id);
         if std::mem::replace(first_page, false) {
             let kept = page.first().and_then(Sequenced::stream_id).is_some_and(|id| Some(id) == self.cursor);
-            self.gap = !kept;
+            if !kept {
+                // The record does not know the cursor (trimmed, history off, or an id it never
+                // handed out): nothing can be told apart by it, so it must not hold back what
+                // follows. Duplicates are still dropped by the ids handed out from here on.
+                self.gap = true;
+                self.cursor = None;
+            }
         }
         let mut out: Vec<Out<M>> = page.into_iter().filter_map(|m| self.admit(m)).collect();
         if let (true, Some(last)) = (full, last) {
@@ -194,6 +200,17 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(s.on_live(M(Some(9))).unwrap().map(|o| o.gap), Some(true));
         assert_eq!(s.on_live(M(Some(10))).unwrap().map(|o| o.gap), Some(false));
+    }
+
+    #[test]
+    fn a_cursor_the_record_never_held_does_not_hold_back_live_messages() {
+        // An id from the future (a client's invention): the record has nothing at or after it.
+        let (mut s, _) = Seam::resume(id(1000), 1000);
+        assert_eq!(s.on_live(M(Some(5))), Ok(None));
+        let (out, next) = s.on_page(vec![], 10);
+        assert_eq!((ms(&out), next), (vec![(5, true)], Next::Done));
+        assert_eq!(s.on_live(M(Some(6))).unwrap().map(|o| (o.message.0, o.gap)), Some((Some(6), false)));
+        assert_eq!(s.on_live(M(Some(6))), Ok(None), "still no duplicates");
     }
 
     #[test]

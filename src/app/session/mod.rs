@@ -578,7 +578,9 @@ impl Session {
                     Ok(None) => {}
                     Ok(Some(out)) => batch.push(message_frame(&mut self.acks, self.version, d.seq, sub, out)?),
                     Err(Overflow) => {
-                        return Err(slow_consumer("too many messages arrived while a subscription replayed its history"));
+                        return Err(slow_consumer(
+                            "too many messages arrived while a subscription replayed its history",
+                        ));
                     }
                 }
             }
@@ -594,11 +596,7 @@ impl Session {
 
     /// A page of a resumed subscription's record arrived: write what the seam hands out, read
     /// on or go live.
-    async fn on_replay(
-        &mut self,
-        seq: u64,
-        page: Option<Result<Vec<Arc<Envelope>>, BrokerError>>,
-    ) -> Result<(), End> {
+    async fn on_replay(&mut self, seq: u64, page: Option<Result<Vec<Arc<Envelope>>, BrokerError>>) -> Result<(), End> {
         // Unsubscribed meanwhile, or not confirmed (answered as the SUBSCRIBE's failure).
         let (Some(sub), Some(page)) = (self.subs.get_mut(&seq), page) else {
             return Ok(());
@@ -662,7 +660,13 @@ impl Session {
 
 /// The MESSAGE for one delivery of subscription `seq`, with its `ack` header when the
 /// subscription is client-acknowledged.
-fn message_frame(acks: &mut Acks, version: Version, seq: u64, sub: &Sub, out: Out<Arc<Prepared>>) -> Result<OutFrame, End> {
+fn message_frame(
+    acks: &mut Acks,
+    version: Version,
+    seq: u64,
+    sub: &Sub,
+    out: Out<Arc<Prepared>>,
+) -> Result<OutFrame, End> {
     let ack = match acks.deliver(seq, sub.mode) {
         Ok(ack) => ack,
         Err(ack::Overflow) => {

@@ -45,7 +45,7 @@ impl Session {
             headers: frame.headers.iter().filter(|(n, _)| !RESERVED_HEADERS.contains(&n.as_str())).cloned().collect(),
             body: frame.body.clone(),
             published_at_ms: unix_ms(),
-        stream_id: None,
+            stream_id: None,
         };
         let published = self.inst.publish(envelope, Source::Stomp);
         self.answer_after(receipt, published, NOT_PUBLISHED);
@@ -85,7 +85,7 @@ impl Session {
                     headers: Vec::new(),
                     body: publish.body,
                     published_at_ms: unix_ms(),
-                stream_id: None,
+                    stream_id: None,
                 };
                 match tokio::time::timeout(timeout, inst.publish(envelope, Source::App)).await {
                     Ok(Ok(())) => Reply::Done(receipt),

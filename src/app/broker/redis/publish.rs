@@ -56,8 +56,14 @@ impl Publisher {
         for m in batch {
             match (&m.stream, self.history) {
                 (Some(stream), Some(retention)) => {
-                    pipe.add_command(stream::record_cmd(stream, &m.channel, retention, &m.payload, PublishCommand::Publish))
-                        .ignore();
+                    pipe.add_command(stream::record_cmd(
+                        stream,
+                        &m.channel,
+                        retention,
+                        &m.payload,
+                        PublishCommand::Publish,
+                    ))
+                    .ignore();
                 }
                 _ => {
                     pipe.publish(&m.channel, &m.payload).ignore();

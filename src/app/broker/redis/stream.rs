@@ -127,8 +127,8 @@ pub(crate) fn parse_xrange(key: &str, reply: Value) -> Result<Vec<Arc<Envelope>>
                 _ => None,
             })
             .ok_or_else(|| StreamError::Entry { id: id.clone(), reason: "no field e".into() })?;
-        let mut envelope = Envelope::from_wire(payload)
-            .map_err(|e| StreamError::Entry { id: id.clone(), reason: e.to_string() })?;
+        let mut envelope =
+            Envelope::from_wire(payload).map_err(|e| StreamError::Entry { id: id.clone(), reason: e.to_string() })?;
         // A stream is only ever written for its own destination; anything else is not ours.
         if envelope.destination != key {
             return Err(StreamError::Entry { id, reason: format!("destination {:?}", envelope.destination) });
@@ -175,10 +175,7 @@ mod tests {
 
     #[test]
     fn xrange_replies_become_envelopes_with_their_ids() {
-        let reply = Value::Array(vec![
-            entry("5-0", envelope("/t").to_wire()),
-            entry("5-1", envelope("/t").to_wire()),
-        ]);
+        let reply = Value::Array(vec![entry("5-0", envelope("/t").to_wire()), entry("5-1", envelope("/t").to_wire())]);
         let got = parse_xrange("/t", reply).unwrap();
         assert_eq!(got.iter().map(|e| e.stream_id.unwrap().to_string()).collect::<Vec<_>>(), ["5-0", "5-1"]);
         assert_eq!(&got[0].body[..], b"hello");

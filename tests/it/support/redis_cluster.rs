@@ -1,0 +1,138 @@
+//! `TestRedisCluster`: a real three-master Redis Cluster on 127.0.0.1 (`redis-server
+//! --cluster-enabled yes` three times, joined by `redis-cli --cluster create`), each node in its
+//! own temp dir, every node killed on drop.
+//!
+//! Cluster nodes need TCP ports (and the bus port, port + 10000): each is one the kernel just
+//! handed out for 127.0.0.1:0 whose bus port was free too.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// How long the cluster may take to start and agree on its slots.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const MASTERS: usize = 3;
+
+struct Node {
+    port: u16,
+    child: Child,
+    _dir: TempDir,
+}
+
+pub struct TestRedisCluster {
+    nodes: Vec<Node>,
+}
+
+/// A port free on 127.0.0.1 whose cluster bus port (+10000) is free too.
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("addr").port();
+        if port > 55_000 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+impl TestRedisCluster {
+    /// Starts three masters and creates the cluster over them; returns once every node
+    /// reports `cluster_state:ok`.
+    pub async fn start() -> TestRedisCluster {
+        let mut nodes = Vec::with_capacity(MASTERS);
+        for _ in 0..MASTERS {
+            let dir = tempfile::Builder::new().prefix("tether-redis-cluster").tempdir().expect("temp dir");
+            let port = free_port_pair();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .arg("--logfile")
+                .arg(dir.path().join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start redis-server (run scripts/test-deps.sh): {e}"));
+            nodes.push(Node { port, child, _dir: dir });
+        }
+        let cluster = TestRedisCluster { nodes };
+        for node in &cluster.nodes {
+            let url = format!("redis://127.0.0.1:{}", node.port);
+            super::eventually_within("a cluster node to answer PING", READY_TIMEOUT, async || {
+                let client = redis::Client::open(url.as_str()).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+            })
+            .await;
+        }
+        let mut create = tokio::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]).stdin(Stdio::null()).kill_on_drop(true);
+        let out = tokio::time::timeout(READY_TIMEOUT, create.output())
+            .await
+            .expect("redis-cli --cluster create finished")
+            .expect("redis-cli ran");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for node in &cluster.nodes {
+            let url = format!("redis://127.0.0.1:{}", node.port);
+            super::eventually_within("the cluster to agree on its slots", READY_TIMEOUT, async || {
+                let client = redis::Client::open(url.as_str()).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.ok()?;
+                info.lines().any(|l| l.trim() == "cluster_state:ok").then_some(())
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// The seed list `--redis-cluster` takes: `redis://127.0.0.1:p1,redis://127.0.0.1:p2,...`.
+    pub fn seeds(&self) -> String {
+        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The seed nodes as separate URLs.
+    pub fn seed_list(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// Runs one command on the node at `port`.
+    pub async fn query_node<T: redis::FromRedisValue>(&self, index: usize, args: &[&str]) -> T {
+        let url = format!("redis://127.0.0.1:{}", self.nodes[index].port);
+        let client = redis::Client::open(url).expect("redis url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect to a cluster node");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn).await.unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+impl Drop for TestRedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+}
