@@ -25,8 +25,11 @@ const SHARDS: usize = 64;
 /// One destination's subscribers, shared with deliveries in progress.
 pub(crate) type Destination<H> = Arc<RwLock<Subscribers<H>>>;
 
+/// The destinations whose keys hash to one shard.
+type Shard<H> = RwLock<HashMap<Arc<str>, Destination<H>>>;
+
 pub(crate) struct Registry<H> {
-    shards: Box<[RwLock<HashMap<Arc<str>, Destination<H>>>]>,
+    shards: Box<[Shard<H>]>,
     hasher: std::hash::RandomState,
     subscriptions: AtomicUsize,
     destinations: AtomicUsize,
@@ -44,7 +47,7 @@ impl<H> Default for Registry<H> {
 }
 
 impl<H> Registry<H> {
-    fn shard(&self, key: &str) -> &RwLock<HashMap<Arc<str>, Destination<H>>> {
+    fn shard(&self, key: &str) -> &Shard<H> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
