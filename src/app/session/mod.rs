@@ -570,17 +570,27 @@ impl Session {
     async fn write_deliveries(&mut self, first: Delivery) -> Result<(), End> {
         let mut batch = Vec::with_capacity(8);
         let mut next = Some(first);
+        let mut ended = None;
         while let Some(d) = next.take() {
             // Only for the SUBSCRIBE it was queued for: not after its UNSUBSCRIBE, not for a
             // later subscription that reuses the id.
             if let Some(sub) = self.subs.get_mut(&d.seq) {
-                match sub.seam.on_live(d.message) {
-                    Ok(None) => {}
-                    Ok(Some(out)) => batch.push(message_frame(&mut self.acks, self.version, d.seq, sub, out)?),
+                let out = match sub.seam.on_live(d.message) {
+                    Ok(out) => out,
                     Err(Overflow) => {
-                        return Err(slow_consumer(
+                        ended = Some(slow_consumer(
                             "too many messages arrived while a subscription replayed its history",
                         ));
+                        break;
+                    }
+                };
+                if let Some(out) = out {
+                    match message_frame(&mut self.acks, self.version, d.seq, sub, out) {
+                        Ok(frame) => batch.push(frame),
+                        Err(end) => {
+                            ended = Some(end);
+                            break;
+                        }
                     }
                 }
             }
@@ -588,10 +598,16 @@ impl Session {
                 next = self.outbox.try_recv();
             }
         }
-        if batch.is_empty() {
-            return Ok(());
+        self.write_then(batch, ended).await
+    }
+
+    /// Writes `batch` (what was due before a session-ending condition), then ends with
+    /// `ended` if set.
+    async fn write_then(&mut self, batch: Vec<OutFrame>, ended: Option<End>) -> Result<(), End> {
+        if !batch.is_empty() {
+            self.write(batch).await?;
         }
-        self.write(batch).await
+        ended.map_or(Ok(()), Err)
     }
 
     /// A page of a resumed subscription's record arrived: write what the seam hands out, read
@@ -613,13 +629,17 @@ impl Session {
         }
         let Some(sub) = self.subs.get_mut(&seq) else { return Ok(()) };
         let mut batch = Vec::with_capacity(outs.len());
+        let mut ended = None;
         for out in outs {
-            batch.push(message_frame(&mut self.acks, self.version, seq, sub, out)?);
+            match message_frame(&mut self.acks, self.version, seq, sub, out) {
+                Ok(frame) => batch.push(frame),
+                Err(end) => {
+                    ended = Some(end);
+                    break;
+                }
+            }
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.write(batch).await
+        self.write_then(batch, ended).await
     }
 
     fn fetch_page(&mut self, seq: u64, key: Arc<str>, start: Start) {
