@@ -578,9 +578,8 @@ impl Session {
                 let out = match sub.seam.on_live(d.message) {
                     Ok(out) => out,
                     Err(Overflow) => {
-                        ended = Some(slow_consumer(
-                            "too many messages arrived while a subscription replayed its history",
-                        ));
+                        ended =
+                            Some(slow_consumer("too many messages arrived while a subscription replayed its history"));
                         break;
                     }
                 };
