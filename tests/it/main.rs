@@ -4,6 +4,7 @@ mod support;
 
 mod affinity;
 mod app_broker;
+mod app_cluster;
 mod app_demo_page;
 mod app_fanout;
 mod app_heartbeat;

@@ -18,7 +18,23 @@ const MASTERS: usize = 3;
 struct Node {
     port: u16,
     child: Child,
-    _dir: TempDir,
+    /// Holds `nodes.conf`, so a restarted node rejoins with its identity and slots.
+    dir: TempDir,
+}
+
+fn spawn_node(port: u16, dir: &TempDir) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+        .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--logfile")
+        .arg(dir.path().join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server (run scripts/test-deps.sh): {e}"))
 }
 
 pub struct TestRedisCluster {
@@ -48,19 +64,8 @@ impl TestRedisCluster {
         for _ in 0..MASTERS {
             let dir = tempfile::Builder::new().prefix("tether-redis-cluster").tempdir().expect("temp dir");
             let port = free_port_pair();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .arg("--logfile")
-                .arg(dir.path().join("redis.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start redis-server (run scripts/test-deps.sh): {e}"));
-            nodes.push(Node { port, child, _dir: dir });
+            let child = spawn_node(port, &dir);
+            nodes.push(Node { port, child, dir });
         }
         let cluster = TestRedisCluster { nodes };
         for node in &cluster.nodes {
@@ -88,7 +93,13 @@ impl TestRedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        for node in &cluster.nodes {
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    async fn wait_ok(&self) {
+        for node in &self.nodes {
             let url = format!("redis://127.0.0.1:{}", node.port);
             super::eventually_within("the cluster to agree on its slots", READY_TIMEOUT, async || {
                 let client = redis::Client::open(url.as_str()).ok()?;
@@ -98,7 +109,72 @@ impl TestRedisCluster {
             })
             .await;
         }
-        cluster
+    }
+
+    /// The index of the node that owns `key`'s slot, and the slot.
+    pub async fn owner_of(&self, key: &str) -> (usize, u16) {
+        let slot: i64 = self.query_node(0, &["CLUSTER", "KEYSLOT", key]).await;
+        let slot = u16::try_from(slot).expect("a slot");
+        let nodes: String = self.query_node(0, &["CLUSTER", "NODES"]).await;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port: u16 = fields[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).expect("ip:port@bus");
+            for range in &fields[8..] {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) else { continue };
+                if (lo..=hi).contains(&slot) {
+                    let index = self.nodes.iter().position(|n| n.port == port).expect("a node of ours");
+                    return (index, slot);
+                }
+            }
+        }
+        panic!("no node owns slot {slot}:\n{nodes}");
+    }
+
+    async fn node_id(&self, index: usize) -> String {
+        self.query_node(index, &["CLUSTER", "MYID"]).await
+    }
+
+    /// Moves `slot` from node `from` to node `to` the way `redis-cli --cluster reshard` does:
+    /// IMPORTING/MIGRATING, MIGRATE of its keys, then SETSLOT NODE on every master.
+    pub async fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        let (from_id, to_id) = (self.node_id(from).await, self.node_id(to).await);
+        let slot = slot.to_string();
+        let _: () = self.query_node(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]).await;
+        let _: () = self.query_node(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]).await;
+        loop {
+            let keys: Vec<String> = self.query_node(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]).await;
+            if keys.is_empty() {
+                break;
+            }
+            let port = self.nodes[to].port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            let _: redis::Value = self.query_node(from, &args).await;
+        }
+        for i in [to, from].into_iter().chain((0..self.nodes.len()).filter(|i| *i != to && *i != from)) {
+            let _: () = self.query_node(i, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]).await;
+        }
+        self.wait_ok().await;
+    }
+
+    /// SIGKILLs node `index` and starts it again on the same port with its `nodes.conf`; waits
+    /// until the cluster is whole again.
+    pub async fn restart_node(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+        node.child = spawn_node(node.port, &node.dir);
+        self.wait_ok().await;
+    }
+
+    /// `PUBSUB SHARDNUMSUB channel` on node `index`: its subscribers there.
+    pub async fn shard_subscribers(&self, index: usize, channel: &str) -> i64 {
+        let reply: Vec<redis::Value> = self.query_node(index, &["PUBSUB", "SHARDNUMSUB", channel]).await;
+        match reply.get(1) {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("PUBSUB SHARDNUMSUB {channel}: {other:?}"),
+        }
     }
 
     /// The seed list `--redis-cluster` takes: `redis://127.0.0.1:p1,redis://127.0.0.1:p2,...`.
@@ -111,7 +187,7 @@ impl TestRedisCluster {
         self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect()
     }
 
-    /// Runs one command on the node at `port`.
+    /// Runs one command on node `index`.
     pub async fn query_node<T: redis::FromRedisValue>(&self, index: usize, args: &[&str]) -> T {
         let url = format!("redis://127.0.0.1:{}", self.nodes[index].port);
         let client = redis::Client::open(url).expect("redis url");
@@ -121,10 +197,6 @@ impl TestRedisCluster {
             cmd.arg(*a);
         }
         cmd.query_async(&mut conn).await.unwrap_or_else(|e| panic!("{args:?}: {e}"))
-    }
-
-    pub fn len(&self) -> usize {
-        self.nodes.len()
     }
 }
 
