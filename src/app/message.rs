@@ -20,8 +20,10 @@ use super::stomp::{self, Command, Version};
 /// Bytes ready for the transport, and whether they are UTF-8 (a WebSocket text message).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OutFrame {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) utf8: bool,
+    bytes: Vec<u8>,
+    /// Set only where the bytes are known to be UTF-8: the transport relies on it without
+    /// checking (private, so nothing outside this module can claim it).
+    utf8: bool,
 }
 
 impl OutFrame {
@@ -29,6 +31,11 @@ impl OutFrame {
     pub(crate) fn checked(bytes: Vec<u8>) -> OutFrame {
         let utf8 = std::str::from_utf8(&bytes).is_ok();
         OutFrame { bytes, utf8 }
+    }
+
+    /// The bytes, and whether they are UTF-8.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, bool) {
+        (self.bytes, self.utf8)
     }
 
     /// A heart-beat (one EOL).

@@ -122,8 +122,9 @@ impl Link {
 /// A text message when the frame is UTF-8 (STOMP frames usually are), else a binary one. The
 /// frame says which: nothing is validated again here, once per subscriber.
 fn ws_message(frame: OutFrame) -> Message {
-    let bytes = Bytes::from(frame.bytes);
-    if frame.utf8 {
+    let (bytes, utf8) = frame.into_parts();
+    let bytes = Bytes::from(bytes);
+    if utf8 {
         // SAFETY: `OutFrame::utf8` is only set for bytes known to be UTF-8 (checked once, or
         // assembled from strings and an already-checked body: `message::Prepared`).
         Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(bytes) })
@@ -134,10 +135,11 @@ fn ws_message(frame: OutFrame) -> Message {
 
 /// SockJS carries text only: a frame that is not UTF-8 cannot travel intact.
 fn text_or_lossy(frame: OutFrame) -> String {
-    if frame.utf8 {
+    let (bytes, utf8) = frame.into_parts();
+    if utf8 {
         // SAFETY: as in `ws_message`.
-        unsafe { String::from_utf8_unchecked(frame.bytes) }
+        unsafe { String::from_utf8_unchecked(bytes) }
     } else {
-        String::from_utf8_lossy(&frame.bytes).into_owned()
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
