@@ -21,7 +21,7 @@ use super::history::Start;
 use super::hub::SessionId;
 use super::message::Prepared;
 use super::metrics::{Metrics, Source};
-use super::outbox::{self, Delivery, Refused};
+use super::outbox::{self, Delivery, Queued, Refused};
 use super::stomp::Limits;
 
 /// Per-instance settings derived from the command line.
@@ -294,6 +294,8 @@ impl Instance {
                 let started = Instant::now().checked_sub(Duration::from_millis(age_ms)).unwrap_or_else(Instant::now);
                 self.deliver(&envelope, started);
             }
+            Received::Interrupted(keys) => self.tell_subscribers(&keys, Queued::Interrupted),
+            Received::Restored(keys) => self.tell_subscribers(&keys, Queued::Restored),
             Received::Channel { pattern, channel, payload } => {
                 let started = Instant::now();
                 for destination in self.settings.channel_map.destinations(&pattern, &channel) {
@@ -317,6 +319,18 @@ impl Instance {
                     channel,
                     processing_time_ms = started.elapsed().as_millis() as u64
                 );
+            }
+        }
+    }
+
+    /// Queues news of their broker subscription to every local subscription of `keys`, behind
+    /// the messages already queued to them.
+    fn tell_subscribers(&self, keys: &[String], news: fn(u64) -> Queued) {
+        for key in keys {
+            let Some(destination) = self.subscribers.destination(key) else { continue };
+            for (seq, member) in destination.read().iter() {
+                // A session that is gone needs no news.
+                let _ = member.outbox.signal(news(seq));
             }
         }
     }

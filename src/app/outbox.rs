@@ -22,6 +22,26 @@ pub(crate) struct Delivery {
     pub(crate) seq: u64,
 }
 
+/// What a session's queue carries: messages, and news of a subscription's broker side.
+#[derive(Debug)]
+pub(crate) enum Queued {
+    Message(Delivery),
+    /// Subscription `seq` may be missing messages from here on (its broker subscription was
+    /// dropped): hold what arrives until it is restored.
+    Interrupted(u64),
+    /// Subscription `seq`'s broker subscription is back: fetch what was missed.
+    Restored(u64),
+}
+
+impl Queued {
+    fn size(&self) -> usize {
+        match self {
+            Queued::Message(d) => d.message.size(),
+            Queued::Interrupted(_) | Queued::Restored(_) => 0,
+        }
+    }
+}
+
 /// Why a push was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -34,7 +54,7 @@ pub(crate) enum Refused {
 /// The fan-out's end.
 #[derive(Clone, Debug)]
 pub(crate) struct Sender {
-    tx: mpsc::UnboundedSender<Delivery>,
+    tx: mpsc::UnboundedSender<Queued>,
     queued: Arc<AtomicUsize>,
     limit: usize,
 }
@@ -42,7 +62,7 @@ pub(crate) struct Sender {
 /// The session's end.
 #[derive(Debug)]
 pub(crate) struct Receiver {
-    rx: mpsc::UnboundedReceiver<Delivery>,
+    rx: mpsc::UnboundedReceiver<Queued>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -61,28 +81,34 @@ impl Sender {
             self.queued.fetch_sub(size, Ordering::AcqRel);
             return Err(Refused::Full);
         }
-        self.tx.send(delivery).map_err(|_| {
+        self.tx.send(Queued::Message(delivery)).map_err(|_| {
             self.queued.fetch_sub(size, Ordering::AcqRel);
             Refused::Closed
         })
     }
+
+    /// Queues news of a subscription, outside the bound (it costs nothing to hold, and must not
+    /// be lost or overtake the messages before it).
+    pub(crate) fn signal(&self, news: Queued) -> Result<(), Refused> {
+        self.tx.send(news).map_err(|_| Refused::Closed)
+    }
 }
 
 impl Receiver {
-    pub(crate) async fn recv(&mut self) -> Option<Delivery> {
-        let d = self.rx.recv().await?;
-        self.taken(&d);
-        Some(d)
+    pub(crate) async fn recv(&mut self) -> Option<Queued> {
+        let q = self.rx.recv().await?;
+        self.taken(&q);
+        Some(q)
     }
 
-    pub(crate) fn try_recv(&mut self) -> Option<Delivery> {
-        let d = self.rx.try_recv().ok()?;
-        self.taken(&d);
-        Some(d)
+    pub(crate) fn try_recv(&mut self) -> Option<Queued> {
+        let q = self.rx.try_recv().ok()?;
+        self.taken(&q);
+        Some(q)
     }
 
-    fn taken(&self, d: &Delivery) {
-        self.queued.fetch_sub(d.message.size(), Ordering::AcqRel);
+    fn taken(&self, q: &Queued) {
+        self.queued.fetch_sub(q.size(), Ordering::AcqRel);
     }
 }
 
@@ -126,6 +152,19 @@ mod tests {
         assert!(rx.try_recv().is_some());
         assert!(rx.try_recv().is_some());
         assert!(rx.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn news_of_a_subscription_passes_a_full_queue_in_order() {
+        let (tx, mut rx) = channel(10);
+        assert_eq!(tx.push(delivery(100)), Ok(()));
+        assert_eq!(tx.signal(Queued::Interrupted(1)), Ok(()));
+        assert_eq!(tx.push(delivery(1)), Err(Refused::Full), "news takes no room");
+        assert!(matches!(rx.try_recv(), Some(Queued::Message(_))));
+        assert!(matches!(rx.try_recv(), Some(Queued::Interrupted(1))));
+        assert_eq!(tx.push(delivery(1)), Ok(()), "empty again");
+        drop(rx);
+        assert_eq!(tx.signal(Queued::Restored(1)), Err(Refused::Closed));
     }
 
     #[tokio::test]

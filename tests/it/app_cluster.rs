@@ -52,17 +52,32 @@ async fn destinations_fan_out_through_their_slots_node_and_follow_it_when_the_sl
     let len: i64 = cluster.query_node(owner, &["XLEN", STREAM]).await;
     assert_eq!(len, 3, "recorded on the channel's node");
 
-    // The slot moves (a reshard): the old owner drops the subscription, the instance
-    // subscribes again on the new owner, and publishers follow MOVED.
+    // The slot moves (a reshard) while app-a publishes 200 messages/s: the old owner drops the
+    // subscription, app-a's instance subscribes again on the new owner, publishers follow
+    // MOVED, and the live subscriber gets what was published in between from the stream:
+    // every message taken, once, in order.
     let to = (owner + 1) % 3;
-    cluster.move_slot(slot, owner, to).await;
-    until("the subscription to move to the new owner", async || cluster.shard_subscribers(to, CHANNEL).await == 1)
-        .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publishing = a.publish_numbered_until(TOPIC, "m", stop.clone());
+    let moving = async {
+        let mut got = vec![client.next_body().await];
+        cluster.move_slot(slot, owner, to).await;
+        until("the subscription to move to the new owner", async || cluster.shard_subscribers(to, CHANNEL).await == 1)
+            .await;
+        let moved_at = got.len();
+        while got.len() < moved_at + 20 {
+            got.push(client.next_body().await);
+        }
+        stop.cancel();
+        got
+    };
+    let (taken, mut got) = tokio::join!(publishing, moving);
+    let expected: Vec<String> = taken.iter().map(|n| format!("m{n}")).collect();
+    client.expect_bodies(&mut got, &expected).await;
     assert_eq!(cluster.shard_subscribers(owner, CHANNEL).await, 0);
     round_trip(&b, &mut client, &["3", "4"]).await;
-    round_trip(&a, &mut client, &["5"]).await;
     let len: i64 = cluster.query_node(to, &["XLEN", STREAM]).await;
-    assert_eq!(len, 6, "the stream moved with its slot and goes on growing there");
+    assert_eq!(len as usize, 3 + taken.len() + 2, "the stream moved with its slot and goes on growing there");
     a.shutdown().await;
     b.shutdown().await;
 }

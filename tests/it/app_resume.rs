@@ -74,6 +74,7 @@ async fn resume_across_instances(a: &TestApp, b: &TestApp) {
     // Nothing more: no duplicate of the seam arrives later.
     let probe = again.send_with_receipt("/topic/elsewhere", "probe").await;
     assert_eq!(probe.command, Command::Receipt, "{probe:?}");
+    assert_eq!(again.backlog_len(), 0, "nothing more (no duplicate) arrived");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,4 +203,53 @@ async fn a_session_over_its_publish_rate_gets_an_error_others_do_not() {
     assert_eq!(got, ["f0", "f1", "f2", "f3", "f4", "p0"], "the refused SEND was not published");
     assert!(has_line(&app.metrics().await, "tether_backend_publish_rate_limited_total 1"), "{}", app.metrics().await);
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscriber_misses_nothing_while_its_instance_resubscribes_after_losing_redis() {
+    let redis = TestRedis::start().await;
+    let spawn = |id: &'static str| TestApp::builder().id(id).redis(&redis.url()).history_len(10_000);
+    let publisher = spawn("app-a").spawn_with_redis_up().await;
+    let subscriber = spawn("app-b").spawn_with_redis_up().await;
+    let mut client = StompClient::connect(&subscriber.ws_url()).await;
+    client.subscribe(TOPIC, "s").await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publishing = publisher.publish_numbered_until(TOPIC, "", stop.clone());
+    let interrupt = async {
+        // A first message, so the subscription has a position in the stream.
+        let mut got = vec![client.next_body().await];
+        // Kill app-b's subscription connection only (the one subscribed to a channel): app-a
+        // keeps publishing into the stream while app-b reconnects and subscribes again.
+        let clients: String = redis.query(&["CLIENT", "LIST", "TYPE", "pubsub"]).await;
+        let id = clients
+            .lines()
+            .find(|l| l.split_whitespace().any(|f| f == "sub=1"))
+            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("id=")))
+            .unwrap_or_else(|| panic!("app-b's subscription connection in {clients}"))
+            .to_owned();
+        let killed: i64 = redis.query(&["CLIENT", "KILL", "ID", &id]).await;
+        assert_eq!(killed, 1);
+        crate::support::until("app-b to reconnect to Redis", async || {
+            has_line(&subscriber.metrics().await, "tether_backend_redis_reconnects_total 1")
+        })
+        .await;
+        // Twenty more after the resubscription, then stop publishing.
+        let reconnected_at = got.len();
+        while got.len() < reconnected_at + 20 {
+            got.push(client.next_body().await);
+        }
+        stop.cancel();
+        got
+    };
+    let (taken, mut got) = tokio::join!(publishing, interrupt);
+    // Every message taken reaches the live subscriber exactly once, in order: those published
+    // while its instance was resubscribing come from the stream.
+    let expected: Vec<String> = taken.iter().map(u32::to_string).collect();
+    client.expect_bodies(&mut got, &expected).await;
+    let probe = client.send_with_receipt("/topic/elsewhere", "probe").await;
+    assert_eq!(probe.command, Command::Receipt, "{probe:?}");
+    assert_eq!(client.backlog_len(), 0, "nothing more (no duplicate) arrived");
+    publisher.shutdown().await;
+    subscriber.shutdown().await;
 }

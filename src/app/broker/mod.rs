@@ -200,6 +200,12 @@ pub(crate) enum Received {
     Envelope(Arc<Envelope>),
     /// A payload a foreign publisher sent on `channel`, matched by subscribed `pattern`.
     Channel { pattern: String, channel: String, payload: Bytes },
+    /// These hub keys' subscriptions were dropped (the connection went, or a key's slot moved
+    /// to another node): whatever is published to them is missed until [`Received::Restored`].
+    Interrupted(Vec<String>),
+    /// These hub keys are subscribed again after [`Received::Interrupted`]: what was missed is
+    /// in their record (with history on).
+    Restored(Vec<String>),
 }
 
 /// Which adapter an instance runs on.

@@ -8,6 +8,11 @@
 //! at or before the last id handed out is a duplicate (ids grow per destination, and one
 //! destination's messages arrive in record order), which is what makes the seam exact.
 //!
+//! A live subscription whose broker side is interrupted (the connection to Redis dropped, or
+//! its channel's slot moved) is resumed the same way from its own cursor: it holds what
+//! arrives from the interruption on ([`Seam::hold`]), and once the broker subscription is back
+//! ([`Seam::resync`]) reads what it missed from the record.
+//!
 //! Resuming from an id the record no longer holds (trimmed, or history off) is not an error:
 //! the client gets what is left, and the first MESSAGE it is given says so (`x-resume-gap`).
 
@@ -47,7 +52,15 @@ pub(crate) struct Overflow;
 #[derive(Debug)]
 enum State<M> {
     Live,
-    Replaying { first_page: bool, held: VecDeque<M>, held_bytes: usize, limit: usize },
+    /// Holding live messages while the record is read; `waiting` until it may be read (an
+    /// interrupted subscription waits for its broker subscription to be back).
+    Replaying {
+        first_page: bool,
+        waiting: bool,
+        held: VecDeque<M>,
+        held_bytes: usize,
+        limit: usize,
+    },
 }
 
 /// One subscription's position in its destination's stream.
@@ -70,8 +83,30 @@ impl<M: Sequenced> Seam<M> {
     /// while it replays. Returns where the first page starts: at `cursor` itself, which shows
     /// whether the record still holds it.
     pub(crate) fn resume(cursor: StreamId, limit: usize) -> (Seam<M>, Start) {
-        let state = State::Replaying { first_page: true, held: VecDeque::new(), held_bytes: 0, limit };
+        let state = State::Replaying { first_page: true, waiting: false, held: VecDeque::new(), held_bytes: 0, limit };
         (Seam { state, cursor: Some(cursor), gap: false }, Start::Including(cursor))
+    }
+
+    /// The broker subscription was dropped: hold live messages (at most `limit` bytes) until
+    /// [`Seam::resync`]. Nothing changes when nothing was handed out yet (there is no point to
+    /// read the record from) or a replay is already under way.
+    pub(crate) fn hold(&mut self, limit: usize) {
+        if let (State::Live, Some(_)) = (&self.state, self.cursor) {
+            self.state =
+                State::Replaying { first_page: true, waiting: true, held: VecDeque::new(), held_bytes: 0, limit };
+        }
+    }
+
+    /// The broker subscription is back: where to read what was missed, if this seam was
+    /// holding for it.
+    pub(crate) fn resync(&mut self) -> Option<Start> {
+        match &mut self.state {
+            State::Replaying { waiting, .. } if *waiting => {
+                *waiting = false;
+                self.cursor.map(Start::Including)
+            }
+            _ => None,
+        }
     }
 
     #[cfg(test)]
@@ -211,6 +246,34 @@ mod tests {
         assert_eq!((ms(&out), next), (vec![(5, true)], Next::Done));
         assert_eq!(s.on_live(M(Some(6))).unwrap().map(|o| (o.message.0, o.gap)), Some((Some(6), false)));
         assert_eq!(s.on_live(M(Some(6))), Ok(None), "still no duplicates");
+    }
+
+    #[test]
+    fn an_interrupted_subscription_holds_then_reads_what_it_missed() {
+        let mut s = Seam::live();
+        assert!(s.on_live(M(Some(1))).unwrap().is_some());
+        s.hold(1000);
+        assert!(s.is_replaying());
+        // Messages 2 and 3 were published while the broker subscription was down; 4 and 5
+        // arrive live once it is back, before the record is read.
+        assert_eq!(s.on_live(M(Some(4))), Ok(None));
+        s.hold(1000);
+        assert_eq!(s.resync(), Some(Start::Including(id(1))));
+        assert_eq!(s.resync(), None, "once");
+        assert_eq!(s.on_live(M(Some(5))), Ok(None));
+        let (out, next) = s.on_page(vec![M(Some(1)), M(Some(2)), M(Some(3)), M(Some(4))], 10);
+        assert_eq!(ms(&out), [(2, false), (3, false), (4, false), (5, false)]);
+        assert_eq!(next, Next::Done);
+        assert!(!s.is_replaying());
+        // Before anything was handed out there is no point to resume from: it stays live.
+        let mut fresh: Seam<M> = Seam::live();
+        fresh.hold(1000);
+        assert!(!fresh.is_replaying());
+        assert_eq!(fresh.resync(), None);
+        // A resume under way is not restarted.
+        let (mut resuming, _) = Seam::<M>::resume(id(1), 1000);
+        resuming.hold(1000);
+        assert_eq!(resuming.resync(), None);
     }
 
     #[test]

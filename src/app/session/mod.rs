@@ -43,7 +43,7 @@ use super::history::{REPLAY_PAGE, Start, StreamId};
 use super::hub::{SessionId, USER_PREFIX, subscription_key};
 use super::instance::{CloseReason, Instance, Member, SessionSignal};
 use super::message::{OutFrame, Prepared, RESUME_FROM_HEADER, RESUME_GAP_HEADER, STREAM_ID_HEADER, SubLines};
-use super::outbox::{self, Delivery};
+use super::outbox::{self, Queued};
 use super::stomp::{self, Command, DecodeError, Decoder, Frame, Item, Version};
 
 /// A client must send CONNECT this soon after the upgrade.
@@ -567,11 +567,32 @@ impl Session {
         }
     }
 
-    async fn write_deliveries(&mut self, first: Delivery) -> Result<(), End> {
+    async fn write_deliveries(&mut self, first: Queued) -> Result<(), End> {
         let mut batch = Vec::with_capacity(8);
         let mut next = Some(first);
         let mut ended = None;
-        while let Some(d) = next.take() {
+        while let Some(queued) = next.take() {
+            let d = match queued {
+                Queued::Message(d) => d,
+                Queued::Interrupted(seq) => {
+                    // Live messages wait while the record is read: as much as the outbound queue.
+                    let limit = self.inst.settings.outbound_bytes;
+                    if let Some(sub) = self.subs.get_mut(&seq) {
+                        sub.seam.hold(limit);
+                    }
+                    next = self.outbox.try_recv();
+                    continue;
+                }
+                Queued::Restored(seq) => {
+                    if let Some((key, start)) =
+                        self.subs.get_mut(&seq).and_then(|sub| Some((sub.key.clone(), sub.seam.resync()?)))
+                    {
+                        self.fetch_page(seq, key, start);
+                    }
+                    next = self.outbox.try_recv();
+                    continue;
+                }
+            };
             // Only for the SUBSCRIBE it was queued for: not after its UNSUBSCRIBE, not for a
             // later subscription that reuses the id.
             if let Some(sub) = self.subs.get_mut(&d.seq) {

@@ -266,6 +266,32 @@ impl TestApp {
         http_client::post(self.operator_addr(), &format!("/publish?{query}"), body.to_owned()).await
     }
 
+    /// Publishes `{prefix}0`, `{prefix}1`, ... to `destination` every 5 ms (200 messages/s)
+    /// until `stop`; returns the numbers taken (202), in order. A publish refused with 503
+    /// (the broker reconnecting or following a change) is not counted; anything else fails.
+    pub async fn publish_numbered_until(
+        &self,
+        destination: &str,
+        prefix: &str,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Vec<u32> {
+        let mut taken = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for n in 0u32.. {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let r = self.publish(destination, &format!("{prefix}{n}")).await;
+            match r.status.as_u16() {
+                202 => taken.push(n),
+                503 => {}
+                other => panic!("publish {n}: {other} {}", r.body),
+            }
+        }
+        taken
+    }
+
     /// Wait until `/healthz` reports redis `state`.
     pub async fn wait_redis(&self, state: &str) {
         eventually(&format!("redis to be {state} on /healthz"), async || {

@@ -284,6 +284,11 @@ impl StompClient {
         }
     }
 
+    /// Frames read while waiting for something else and not taken yet.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
     /// The next frame (backlog first). Panics on close or timeout.
     pub async fn next_frame(&mut self) -> Frame {
         if let Some(f) = self.backlog.pop_front() {
@@ -297,6 +302,22 @@ impl StompClient {
         let f = self.next_frame().await;
         assert_eq!(f.command, Command::Message, "expected MESSAGE, got {f:?}");
         f
+    }
+
+    /// Reads MESSAGE bodies into `got` until it holds `expected.len()` of them, then asserts
+    /// it equals `expected`; when they stop coming (for [`WAIT`]) the failure says which are
+    /// missing.
+    pub async fn expect_bodies(&mut self, got: &mut Vec<String>, expected: &[String]) {
+        while got.len() < expected.len() {
+            match tokio::time::timeout(WAIT, self.next_body()).await {
+                Ok(body) => got.push(body),
+                Err(_) => {
+                    let missing: Vec<&String> = expected.iter().filter(|e| !got.contains(e)).collect();
+                    panic!("{} of {} messages arrived; missing {missing:?}", got.len(), expected.len());
+                }
+            }
+        }
+        assert_eq!(got, expected);
     }
 
     /// The body of the next MESSAGE, as text.

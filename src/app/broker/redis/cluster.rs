@@ -353,6 +353,10 @@ impl Supervisor {
         for w in self.interest.batch_done() {
             let _ = w.send(Ok(()));
         }
+        let restored = self.interest.take_restored();
+        if !restored.is_empty() {
+            (self.inbound)(Received::Restored(restored));
+        }
     }
 
     fn clear_slow(&self, batch: &Option<Pending>, ping: &Option<Pending>) {
@@ -396,6 +400,7 @@ impl Supervisor {
                 let Some(key) = Naming::Cluster.key_of_channel(&channel) else { return };
                 if self.interest.lose(&Target::Key(key.to_owned())) {
                     tracing::info!(event = "redis_channel_moved", channel);
+                    (self.inbound)(Received::Interrupted(vec![key.to_owned()]));
                 }
             }
             _ => {}
@@ -407,8 +412,12 @@ impl Supervisor {
         self.state.up.store(false, Ordering::Release);
         self.state.subscriber_slow.store(false, Ordering::Release);
         self.metrics.redis_up.set(0);
-        for w in self.interest.connection_lost() {
+        let (waiters, interrupted) = self.interest.connection_lost();
+        for w in waiters {
             let _ = w.send(Err(BrokerError::Down));
+        }
+        if !interrupted.is_empty() {
+            (self.inbound)(Received::Interrupted(interrupted));
         }
     }
 }

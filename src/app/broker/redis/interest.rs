@@ -23,11 +23,20 @@ pub(super) struct Interest<W> {
     subscribed: HashSet<Target>,
     in_flight: Option<Batch>,
     waiters: Vec<(Target, W)>,
+    /// Keys whose subscription the server or the connection dropped while they were wanted:
+    /// messages may have been missed until they are subscribed again.
+    interrupted: HashSet<Target>,
 }
 
 impl<W> Default for Interest<W> {
     fn default() -> Self {
-        Interest { desired: HashSet::new(), subscribed: HashSet::new(), in_flight: None, waiters: Vec::new() }
+        Interest {
+            desired: HashSet::new(),
+            subscribed: HashSet::new(),
+            in_flight: None,
+            waiters: Vec::new(),
+            interrupted: HashSet::new(),
+        }
     }
 }
 
@@ -96,15 +105,45 @@ impl<W> Interest<W> {
         if leaving || !self.desired.contains(target) {
             return false;
         }
-        self.subscribed.remove(target)
+        let lost = self.subscribed.remove(target);
+        if lost && matches!(target, Target::Key(_)) {
+            self.interrupted.insert(target.clone());
+        }
+        lost
     }
 
     /// The connection is gone: nothing is subscribed any more, and every waiter fails (the
-    /// desired set stays, for the resubscription on reconnect).
-    pub(super) fn connection_lost(&mut self) -> Vec<W> {
-        self.subscribed.clear();
+    /// desired set stays, for the resubscription on reconnect). Returns the keys that were
+    /// subscribed and are still wanted: they are interrupted until subscribed again.
+    pub(super) fn connection_lost(&mut self) -> (Vec<W>, Vec<String>) {
+        let mut keys = Vec::new();
+        for t in self.subscribed.drain() {
+            if let (Target::Key(k), true) = (&t, self.desired.contains(&t)) {
+                keys.push(k.clone());
+                self.interrupted.insert(t);
+            }
+        }
+        keys.sort();
         self.in_flight = None;
-        std::mem::take(&mut self.waiters).into_iter().map(|(_, w)| w).collect()
+        (std::mem::take(&mut self.waiters).into_iter().map(|(_, w)| w).collect(), keys)
+    }
+
+    /// Interrupted keys that are subscribed again (or no longer wanted, which are just
+    /// forgotten): what was published to the subscribed ones meanwhile is in their record.
+    pub(super) fn take_restored(&mut self) -> Vec<String> {
+        let mut restored = Vec::new();
+        let (subscribed, desired) = (&self.subscribed, &self.desired);
+        self.interrupted.retain(|t| {
+            if subscribed.contains(t) {
+                if let Target::Key(k) = t {
+                    restored.push(k.clone());
+                }
+                return false;
+            }
+            desired.contains(t)
+        });
+        restored.sort();
+        restored
     }
 
     /// How many targets are desired (for the `redis_connected` log line).
@@ -191,9 +230,42 @@ mod tests {
         i.batch_done();
         i.watch(key("b"), 2);
         i.next_batch();
-        assert_eq!(i.connection_lost(), vec![2]);
+        assert_eq!(i.connection_lost().0, vec![2]);
         let again = i.next_batch().unwrap();
         assert_eq!(again.subscribe, vec![key("a"), key("b")]);
         assert_eq!(i.desired_count(), 2);
+    }
+
+    #[test]
+    fn keys_dropped_while_wanted_are_reported_once_subscribed_again() {
+        let mut i = Interest::default();
+        for k in ["a", "b", "c"] {
+            i.watch(key(k), 0);
+        }
+        i.watch(Target::Pattern("p:*".into()), 0);
+        i.next_batch();
+        i.batch_done();
+        assert!(i.take_restored().is_empty(), "nothing was interrupted");
+        // The server drops "a" (its slot moved); the next batch brings it back.
+        assert!(i.lose(&key("a")));
+        assert!(i.take_restored().is_empty(), "not subscribed again yet");
+        assert_eq!(i.next_batch().unwrap().subscribe, vec![key("a")]);
+        i.batch_done();
+        assert_eq!(i.take_restored(), ["a"]);
+        assert!(i.take_restored().is_empty(), "reported once");
+        // The connection goes: every wanted key is interrupted; one is given up meanwhile.
+        let (_, keys) = i.connection_lost();
+        assert_eq!(keys, ["a", "b", "c"], "patterns are not keys");
+        i.unwatch(&key("c"));
+        i.next_batch();
+        i.batch_done();
+        assert_eq!(i.take_restored(), ["a", "b"]);
+        let (_, keys) = i.connection_lost();
+        assert_eq!(keys, ["a", "b"]);
+        i.unwatch(&key("a"));
+        i.unwatch(&key("b"));
+        i.next_batch();
+        i.batch_done();
+        assert!(i.take_restored().is_empty(), "keys nobody wants any more are forgotten");
     }
 }

@@ -201,6 +201,10 @@ impl Supervisor {
         for w in self.interest.batch_done() {
             let _ = w.send(result.clone());
         }
+        let restored = self.interest.take_restored();
+        if !restored.is_empty() {
+            (self.p.inbound)(Received::Restored(restored));
+        }
     }
 
     fn clear_slow(&self, batch: &Option<Pending>, ping: &Option<Pending>) {
@@ -243,8 +247,12 @@ impl Supervisor {
         self.p.state.up.store(false, Ordering::Release);
         self.p.state.subscriber_slow.store(false, Ordering::Release);
         self.p.metrics.redis_up.set(0);
-        for w in self.interest.connection_lost() {
+        let (waiters, interrupted) = self.interest.connection_lost();
+        for w in waiters {
             let _ = w.send(Err(BrokerError::Down));
+        }
+        if !interrupted.is_empty() {
+            (self.p.inbound)(Received::Interrupted(interrupted));
         }
     }
 
