@@ -108,3 +108,32 @@ async fn a_restarted_node_gets_its_subscriptions_back() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_the_subscription_is_made_on_the_promoted_replica() {
+    let mut cluster = TestRedisCluster::start_with_replicas(1).await;
+    let a = spawn(&cluster, "app-a").await;
+    let b = spawn(&cluster, "app-b").await;
+    let mut client = StompClient::connect(&a.ws_url()).await;
+    client.subscribe(TOPIC, "s").await;
+    round_trip(&b, &mut client, &["0"]).await;
+    let (owner, _) = cluster.owner_of(CHANNEL).await;
+
+    // The master of the channel's slot is lost; its replica takes over.
+    cluster.kill_node(owner);
+    let promoted = cluster.wait_owner(CHANNEL).await;
+    assert_ne!(promoted, owner);
+    until("the subscription to be made on the promoted replica", async || {
+        cluster.shard_subscribers(promoted, CHANNEL).await == 1
+    })
+    .await;
+    until("a publish to be taken after the failover", async || b.publish(TOPIC, "after").await.status == 202).await;
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("after") {
+        got.push(client.next_body().await);
+    }
+    assert_eq!(got, ["after"], "nothing else arrived, and that once");
+    round_trip(&b, &mut client, &["1", "2"]).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,6 +1,8 @@
 //! `TestRedisCluster`: a real three-master Redis Cluster on 127.0.0.1 (`redis-server
-//! --cluster-enabled yes` three times, joined by `redis-cli --cluster create`), each node in its
-//! own temp dir, every node killed on drop.
+//! --cluster-enabled yes` three times, joined by `redis-cli --cluster create`), optionally with
+//! a replica per master, each node in its own temp dir, every node killed on drop. Nodes give
+//! up on a silent peer after one second (`cluster-node-timeout`), so a failover takes a few
+//! seconds, not the default fifteen.
 //!
 //! Cluster nodes need TCP ports (and the bus port, port + 10000): each is one the kernel just
 //! handed out for 127.0.0.1:0 whose bus port was free too.
@@ -17,7 +19,8 @@ const MASTERS: usize = 3;
 
 struct Node {
     port: u16,
-    child: Child,
+    /// None once killed for good ([`TestRedisCluster::kill_node`]).
+    child: Option<Child>,
     /// Holds `nodes.conf`, so a restarted node rejoins with its identity and slots.
     dir: TempDir,
 }
@@ -25,7 +28,11 @@ struct Node {
 fn spawn_node(port: u16, dir: &TempDir) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
-        .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"])
+        .args(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000"])
+        // A replica takes over however long ago it last heard from its master (the default
+        // refuses after ten node timeouts, which a loaded test machine can exceed).
+        .args(["--cluster-replica-validity-factor", "0"])
+        .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir.path())
         .arg("--logfile")
@@ -60,12 +67,18 @@ impl TestRedisCluster {
     /// Starts three masters and creates the cluster over them; returns once every node
     /// reports `cluster_state:ok`.
     pub async fn start() -> TestRedisCluster {
-        let mut nodes = Vec::with_capacity(MASTERS);
-        for _ in 0..MASTERS {
+        Self::start_with_replicas(0).await
+    }
+
+    /// Three masters with `replicas` replicas each.
+    pub async fn start_with_replicas(replicas: usize) -> TestRedisCluster {
+        let count = MASTERS * (1 + replicas);
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
             let dir = tempfile::Builder::new().prefix("tether-redis-cluster").tempdir().expect("temp dir");
             let port = free_port_pair();
             let child = spawn_node(port, &dir);
-            nodes.push(Node { port, child, dir });
+            nodes.push(Node { port, child: Some(child), dir });
         }
         let cluster = TestRedisCluster { nodes };
         for node in &cluster.nodes {
@@ -82,7 +95,10 @@ impl TestRedisCluster {
         for node in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
-        create.args(["--cluster-replicas", "0", "--cluster-yes"]).stdin(Stdio::null()).kill_on_drop(true);
+        create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
         let out = tokio::time::timeout(READY_TIMEOUT, create.output())
             .await
             .expect("redis-cli --cluster create finished")
@@ -97,9 +113,9 @@ impl TestRedisCluster {
         cluster
     }
 
-    /// Waits until every node reports `cluster_state:ok`.
+    /// Waits until every live node reports `cluster_state:ok`.
     async fn wait_ok(&self) {
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             let url = format!("redis://127.0.0.1:{}", node.port);
             super::eventually_within("the cluster to agree on its slots", READY_TIMEOUT, async || {
                 let client = redis::Client::open(url.as_str()).ok()?;
@@ -113,22 +129,33 @@ impl TestRedisCluster {
 
     /// The index of the node that owns `key`'s slot, and the slot.
     pub async fn owner_of(&self, key: &str) -> (usize, u16) {
-        let slot: i64 = self.query_node(0, &["CLUSTER", "KEYSLOT", key]).await;
+        match self.try_owner_of(key).await {
+            (Some(owner), slot) => (owner, slot),
+            (None, slot) => panic!("no live node owns slot {slot}"),
+        }
+    }
+
+    /// [`Self::owner_of`], None while no node that is not failing owns the slot.
+    async fn try_owner_of(&self, key: &str) -> (Option<usize>, u16) {
+        let live = self.nodes.iter().position(|n| n.child.is_some()).expect("a live node");
+        let slot: i64 = self.query_node(live, &["CLUSTER", "KEYSLOT", key]).await;
         let slot = u16::try_from(slot).expect("a slot");
-        let nodes: String = self.query_node(0, &["CLUSTER", "NODES"]).await;
+        let nodes: String = self.query_node(live, &["CLUSTER", "NODES"]).await;
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields[2].contains("fail") {
+                continue;
+            }
             let port: u16 = fields[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).expect("ip:port@bus");
             for range in &fields[8..] {
                 let (lo, hi) = range.split_once('-').unwrap_or((range, range));
                 let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) else { continue };
                 if (lo..=hi).contains(&slot) {
-                    let index = self.nodes.iter().position(|n| n.port == port).expect("a node of ours");
-                    return (index, slot);
+                    return (self.nodes.iter().position(|n| n.port == port), slot);
                 }
             }
         }
-        panic!("no node owns slot {slot}:\n{nodes}");
+        (None, slot)
     }
 
     async fn node_id(&self, index: usize) -> String {
@@ -162,10 +189,33 @@ impl TestRedisCluster {
     /// until the cluster is whole again.
     pub async fn restart_node(&mut self, index: usize) {
         let node = &mut self.nodes[index];
-        let _ = node.child.kill();
-        let _ = node.child.wait();
-        node.child = spawn_node(node.port, &node.dir);
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        node.child = Some(spawn_node(node.port, &node.dir));
         self.wait_ok().await;
+    }
+
+    /// SIGKILLs node `index` for good (a lost machine); with replicas, one of its replicas is
+    /// promoted once the others notice.
+    pub fn kill_node(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until a live node owns `key`'s slot and the live nodes agree the cluster is ok;
+    /// returns that node.
+    pub async fn wait_owner(&self, key: &str) -> usize {
+        let owner = super::eventually_within("a live node to own the slot", READY_TIMEOUT, async || {
+            let (owner, _) = self.try_owner_of(key).await;
+            owner.filter(|o| self.nodes[*o].child.is_some())
+        })
+        .await;
+        self.wait_ok().await;
+        owner
     }
 
     /// `PUBSUB SHARDNUMSUB channel` on node `index`: its subscribers there.
@@ -203,8 +253,10 @@ impl TestRedisCluster {
 impl Drop for TestRedisCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            let _ = node.child.kill();
-            let _ = node.child.wait();
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }

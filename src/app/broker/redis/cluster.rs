@@ -8,7 +8,9 @@
 //! the shard channels it owns. What is left here: the subscription bookkeeping (`interest`,
 //! one `SSUBSCRIBE` per channel, since a multi-channel one must stay within a slot), a channel
 //! the server drops when its slot moves to another node (an unasked `sunsubscribe` push) is
-//! subscribed again (on its new owner), health from pinging every primary, and the publisher.
+//! subscribed again (on its new owner), a node connection the library remakes (its
+//! `Disconnection` push) counts as an interruption of every key, so sessions fill the gap from
+//! the records, health from pinging every primary, and the publisher.
 //!
 //! As in the single-Redis adapter, callers only ever enqueue, slow is not down, and nothing is
 //! sent twice.
@@ -393,6 +395,15 @@ impl Supervisor {
                     return;
                 };
                 (self.inbound)(Received::Channel { pattern, channel, payload: Bytes::from(payload) });
+            }
+            PushKind::Disconnection => {
+                // The library remakes the node's connection and its subscriptions, silently:
+                // what was published meanwhile must come from the records.
+                let keys = self.interest.lose_all_keys();
+                if !keys.is_empty() {
+                    tracing::info!(event = "redis_node_reconnecting", keys = keys.len());
+                    (self.inbound)(Received::Interrupted(keys));
+                }
             }
             PushKind::SUnsubscribe => {
                 // Unasked: the slot moved to another node, which now owns the channel.

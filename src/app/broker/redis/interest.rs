@@ -112,6 +112,24 @@ impl<W> Interest<W> {
         lost
     }
 
+    /// One of several connections dropped and was remade by the client library, which
+    /// subscribes it again on its own but says nothing of what it missed: every subscribed key
+    /// counts as dropped ([`Interest::lose`]) and is subscribed again by the next batch (a
+    /// repeated subscription is harmless). Returns those keys.
+    pub(super) fn lose_all_keys(&mut self) -> Vec<String> {
+        let keys: Vec<Target> = self.subscribed.iter().filter(|t| matches!(t, Target::Key(_))).cloned().collect();
+        let mut lost: Vec<String> = keys
+            .into_iter()
+            .filter(|t| self.lose(t))
+            .filter_map(|t| match t {
+                Target::Key(k) => Some(k),
+                Target::Pattern(_) => None,
+            })
+            .collect();
+        lost.sort();
+        lost
+    }
+
     /// The connection is gone: nothing is subscribed any more, and every waiter fails (the
     /// desired set stays, for the resubscription on reconnect). Returns the keys that were
     /// subscribed and are still wanted: they are interrupted until subscribed again.
@@ -234,6 +252,23 @@ mod tests {
         let again = i.next_batch().unwrap();
         assert_eq!(again.subscribe, vec![key("a"), key("b")]);
         assert_eq!(i.desired_count(), 2);
+    }
+
+    #[test]
+    fn a_remade_connection_counts_every_subscribed_key_as_dropped() {
+        let mut i = Interest::default();
+        for k in ["a", "b"] {
+            i.watch(key(k), 0);
+        }
+        i.watch(Target::Pattern("p:*".into()), 0);
+        i.next_batch();
+        i.batch_done();
+        i.unwatch(&key("b"));
+        assert_eq!(i.lose_all_keys(), ["a"], "not b, which is being given up, nor the pattern");
+        let batch = i.next_batch().unwrap();
+        assert_eq!(batch.subscribe, vec![key("a")]);
+        i.batch_done();
+        assert_eq!(i.take_restored(), ["a"]);
     }
 
     #[test]
