@@ -63,6 +63,34 @@ fn free_port_pair() -> u16 {
     panic!("no free port pair for a cluster node");
 }
 
+/// How many fresh port pairs a node start may try: a port found free can be taken (by another
+/// process's outgoing connection, say) before redis-server binds it.
+const START_ATTEMPTS: usize = 5;
+
+/// Starts one node on a free port pair and waits until it answers PING; tries another pair when
+/// redis-server exits at startup (its port was taken meanwhile).
+async fn start_node() -> Node {
+    for _ in 0..START_ATTEMPTS {
+        let dir = tempfile::Builder::new().prefix("tether-redis-cluster").tempdir().expect("temp dir");
+        let port = free_port_pair();
+        let mut child = spawn_node(port, &dir);
+        let url = format!("redis://127.0.0.1:{port}");
+        let up = super::eventually_within("a cluster node to answer PING or exit", READY_TIMEOUT, async || {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(false);
+            }
+            let client = redis::Client::open(url.as_str()).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await.ok().map(|_| true)
+        })
+        .await;
+        if up {
+            return Node { port, child: Some(child), dir };
+        }
+    }
+    panic!("no cluster node started in {START_ATTEMPTS} attempts");
+}
+
 impl TestRedisCluster {
     /// Starts three masters and creates the cluster over them; returns once every node
     /// reports `cluster_state:ok`.
@@ -73,22 +101,10 @@ impl TestRedisCluster {
     /// Three masters with `replicas` replicas each.
     pub async fn start_with_replicas(replicas: usize) -> TestRedisCluster {
         let count = MASTERS * (1 + replicas);
-        let mut nodes = Vec::with_capacity(count);
+        let mut cluster = TestRedisCluster { nodes: Vec::with_capacity(count) };
         for _ in 0..count {
-            let dir = tempfile::Builder::new().prefix("tether-redis-cluster").tempdir().expect("temp dir");
-            let port = free_port_pair();
-            let child = spawn_node(port, &dir);
-            nodes.push(Node { port, child: Some(child), dir });
-        }
-        let cluster = TestRedisCluster { nodes };
-        for node in &cluster.nodes {
-            let url = format!("redis://127.0.0.1:{}", node.port);
-            super::eventually_within("a cluster node to answer PING", READY_TIMEOUT, async || {
-                let client = redis::Client::open(url.as_str()).ok()?;
-                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
-            })
-            .await;
+            let node = start_node().await;
+            cluster.nodes.push(node);
         }
         let mut create = tokio::process::Command::new("redis-cli");
         create.arg("--cluster").arg("create");
