@@ -39,6 +39,8 @@ pub struct DemoArgs {
 
 /// Backend ids, in order.
 const INSTANCES: [&str; 2] = ["app-1", "app-2"];
+/// How long the demo's backends keep each room's messages for a page that reconnects.
+const DEMO_HISTORY: Duration = Duration::from_secs(300);
 /// The variable the proxy's verifier reads its HMAC key from (answered by the demo itself).
 const SECRET_VAR: &str = "TETHER_DEMO_TOKEN_SECRET";
 /// Random bytes of the per-run HMAC key (hex-encoded: twice as many characters).
@@ -142,6 +144,8 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> Result<(), DemoErro
         backend_args.id = Some(id.to_owned());
         backend_args.shutdown_delay = Duration::ZERO;
         backend_args.drain_spread = Duration::from_secs(1);
+        // The chat page resumes its room after a reconnect (a drain, say) from this record.
+        backend_args.history = Some(DEMO_HISTORY);
         let listeners = AppListeners { main: listener, internal: None };
         let token = backends_stop.clone();
         let options = crate::app::Options {

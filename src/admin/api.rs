@@ -82,6 +82,12 @@ fn upstream_json(upstream: &Upstream) -> Value {
     json!({ "name": &**upstream.name(), "backends": backends })
 }
 
+/// Which proxy replica answers. Replicas share nothing but their config (and the cookie key),
+/// so every figure this one reports, here and on `/metrics`, is its own.
+fn replica() -> Value {
+    json!({ "hostname": gethostname::gethostname().to_string_lossy(), "pid": std::process::id() })
+}
+
 pub(crate) fn upstreams(proxy: &Proxy) -> Value {
     let rt = proxy.snapshot();
     // Config order, not hash order.
@@ -92,7 +98,7 @@ pub(crate) fn upstreams(proxy: &Proxy) -> Value {
         .filter_map(|u| rt.upstreams.get(u.name.as_str()))
         .map(|u| upstream_json(u))
         .collect();
-    json!({ "generation": rt.generation, "upstreams": list })
+    json!({ "replica": replica(), "generation": rt.generation, "upstreams": list })
 }
 
 pub(crate) fn upstream(proxy: &Proxy, name: &str) -> Option<Value> {

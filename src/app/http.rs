@@ -207,6 +207,7 @@ async fn publish(inst: Arc<Instance>, req: Request<Incoming>) -> Response<Body> 
         headers: Vec::new(),
         body,
         published_at_ms: unix_ms(),
+        stream_id: None,
     };
     let ack = inst.publish(envelope, Source::Http);
     match tokio::time::timeout(inst.settings.confirm_timeout, ack).await {

@@ -1,12 +1,12 @@
-//! Local subscription bookkeeping: which session subscriptions listen on which destination key,
-//! plus the pure naming rules for user destinations.
+//! Local subscription bookkeeping, pure: one destination's subscribers ([`Subscribers`]: added
+//! and removed in O(1), iterated as a dense slice for delivery) and the naming rules for user
+//! destinations.
 //!
-//! The hub is a plain data structure over an opaque per-session handle `H`. It must not do I/O,
-//! send messages or talk to the broker: it reports when a key gains its first or loses its last
-//! subscriber, and the caller turns that into broker interest (dynamic subscription).
+//! It must not do I/O, lock, send messages or talk to the broker: `fanout` shards these sets
+//! behind locks and delivers; the caller turns "first subscriber" and "last one gone" into
+//! broker interest (dynamic subscription).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// Instance-local session number.
 pub(crate) type SessionId = u64;
@@ -17,132 +17,55 @@ pub(crate) const USER_PREFIX: &str = "/user/";
 /// Longest accepted user id; ids travel in headers and Redis channel names.
 pub(crate) const MAX_USER_ID_BYTES: usize = 128;
 
-/// One SUBSCRIBE, as the hub stores it.
-#[derive(Clone, Debug)]
-pub(crate) struct Subscriber<H> {
-    pub(crate) session: SessionId,
-    /// The STOMP `id` of the SUBSCRIBE (echoed as MESSAGE `subscription`).
-    pub(crate) id: Arc<str>,
-    /// The destination as the client subscribed to it (echoed as MESSAGE `destination`); for
-    /// user destinations this differs from the key (`/user/queue/x` vs `/user/alice/queue/x`).
-    pub(crate) destination: Arc<str>,
-    /// Instance-unique number of this SUBSCRIBE, so deliveries can tell it from an earlier
-    /// subscription that had the same id.
-    pub(crate) seq: u64,
-    pub(crate) handle: H,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum SubscribeError {
-    #[error("subscription id {0:?} is already in use on this connection")]
-    DuplicateId(String),
-    #[error("too many subscriptions on this connection (limit {0})")]
-    TooMany(usize),
-}
-
-/// Subscriptions by destination key and by session.
+/// The subscribers of one destination key, each under its instance-unique subscription number
+/// (`seq`): a dense list (delivery walks a slice) and where each one sits in it, so a removal
+/// is a swap with the last one, not a scan.
 #[derive(Debug)]
-pub(crate) struct Hub<H> {
-    by_key: HashMap<Arc<str>, Vec<Subscriber<H>>>,
-    by_session: HashMap<SessionId, HashMap<Arc<str>, Arc<str>>>,
-    subscriptions: usize,
+pub(crate) struct Subscribers<H> {
+    list: Vec<(u64, H)>,
+    at: HashMap<u64, usize>,
 }
 
-impl<H> Default for Hub<H> {
+impl<H> Default for Subscribers<H> {
     fn default() -> Self {
-        Hub { by_key: HashMap::new(), by_session: HashMap::new(), subscriptions: 0 }
+        Subscribers { list: Vec::new(), at: HashMap::new() }
     }
 }
 
-impl<H> Hub<H> {
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a subscription under `key`. Returns true when `key` had no subscriber before, i.e.
-    /// the instance must start listening for it on the broker.
-    pub(crate) fn subscribe(
-        &mut self,
-        key: &str,
-        sub: Subscriber<H>,
-        max_per_session: usize,
-    ) -> Result<bool, SubscribeError> {
-        let mine = self.by_session.entry(sub.session).or_default();
-        if mine.contains_key(&sub.id) {
-            return Err(SubscribeError::DuplicateId(sub.id.to_string()));
-        }
-        if mine.len() >= max_per_session {
-            return Err(SubscribeError::TooMany(max_per_session));
-        }
-        let key: Arc<str> = match self.by_key.get_key_value(key) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(key),
-        };
-        mine.insert(sub.id.clone(), key.clone());
-        let list = self.by_key.entry(key).or_default();
-        list.push(sub);
-        self.subscriptions += 1;
-        Ok(list.len() == 1)
-    }
-
-    /// Removes subscription `id` of `session`. Returns its key and whether that key now has no
-    /// subscriber (the instance must stop listening), or None if there was no such subscription.
-    pub(crate) fn unsubscribe(&mut self, session: SessionId, id: &str) -> Option<(Arc<str>, bool)> {
-        let mine = self.by_session.get_mut(&session)?;
-        let key = mine.remove(id)?;
-        if mine.is_empty() {
-            self.by_session.remove(&session);
-        }
-        let emptied = self.remove_from_key(&key, |s| s.session == session && &*s.id == id);
-        Some((key, emptied))
-    }
-
-    /// Removes every subscription of `session`; returns the keys left without any subscriber.
-    pub(crate) fn remove_session(&mut self, session: SessionId) -> Vec<Arc<str>> {
-        let Some(mine) = self.by_session.remove(&session) else {
-            return Vec::new();
-        };
-        let mut emptied = Vec::new();
-        for (id, key) in mine {
-            if self.remove_from_key(&key, |s| s.session == session && s.id == id) {
-                emptied.push(key);
-            }
-        }
-        emptied
-    }
-
-    fn remove_from_key(&mut self, key: &str, is_it: impl Fn(&Subscriber<H>) -> bool) -> bool {
-        let Some(list) = self.by_key.get_mut(key) else {
+impl<H> Subscribers<H> {
+    /// Adds subscription `seq`; returns true when the set was empty (the key's first
+    /// subscriber). A `seq` already present is replaced.
+    pub(crate) fn insert(&mut self, seq: u64, handle: H) -> bool {
+        if let Some(&i) = self.at.get(&seq) {
+            self.list[i].1 = handle;
             return false;
-        };
-        let before = list.len();
-        list.retain(|s| !is_it(s));
-        self.subscriptions -= before - list.len();
-        if list.is_empty() {
-            self.by_key.remove(key);
-            true
-        } else {
-            false
         }
+        self.at.insert(seq, self.list.len());
+        self.list.push((seq, handle));
+        self.list.len() == 1
     }
 
-    /// Everyone subscribed under `key`.
-    pub(crate) fn subscribers(&self, key: &str) -> &[Subscriber<H>] {
-        self.by_key.get(key).map(Vec::as_slice).unwrap_or(&[])
+    /// Removes subscription `seq`; returns its handle, or None if it was not here.
+    pub(crate) fn remove(&mut self, seq: u64) -> Option<H> {
+        let i = self.at.remove(&seq)?;
+        let (_, handle) = self.list.swap_remove(i);
+        if let Some((moved, _)) = self.list.get(i) {
+            self.at.insert(*moved, i);
+        }
+        Some(handle)
     }
 
-    /// Keys with at least one subscriber.
-    #[cfg(test)]
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
-        self.by_key.keys().map(|k| &**k)
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
     }
 
-    pub(crate) fn destination_count(&self) -> usize {
-        self.by_key.len()
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
     }
 
-    pub(crate) fn subscription_count(&self) -> usize {
-        self.subscriptions
+    /// Every subscriber, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &H)> {
+        self.list.iter().map(|(seq, h)| (*seq, h))
     }
 }
 
@@ -167,46 +90,61 @@ pub(crate) fn is_valid_user_id(id: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn sub(session: SessionId, id: &str, dest: &str) -> Subscriber<()> {
-        Subscriber { session, id: id.into(), destination: dest.into(), seq: 0, handle: () }
+    fn seqs(s: &Subscribers<char>) -> Vec<(u64, char)> {
+        let mut v: Vec<_> = s.iter().map(|(q, h)| (q, *h)).collect();
+        v.sort();
+        v
     }
 
     #[test]
-    fn first_and_last_subscriber_of_a_key_are_reported() {
-        let mut hub = Hub::new();
-        assert_eq!(hub.subscribe("/t", sub(1, "a", "/t"), 10), Ok(true));
-        assert_eq!(hub.subscribe("/t", sub(2, "a", "/t"), 10), Ok(false));
-        assert_eq!(hub.subscribers("/t").len(), 2);
-        assert_eq!(hub.unsubscribe(1, "a"), Some(("/t".into(), false)));
-        assert_eq!(hub.unsubscribe(1, "a"), None);
-        assert_eq!(hub.unsubscribe(2, "a"), Some(("/t".into(), true)));
-        assert_eq!(hub.destination_count(), 0);
-        assert_eq!(hub.subscription_count(), 0);
+    fn the_first_subscriber_is_reported_and_removal_keeps_the_others() {
+        let mut s = Subscribers::default();
+        assert!(s.insert(1, 'a'));
+        assert!(!s.insert(2, 'b'));
+        assert!(!s.insert(3, 'c'));
+        assert_eq!(s.remove(1), Some('a'));
+        assert_eq!(s.remove(1), None);
+        assert_eq!(seqs(&s), [(2, 'b'), (3, 'c')]);
+        assert_eq!(s.remove(3), Some('c'));
+        assert_eq!(s.remove(2), Some('b'));
+        assert!(s.is_empty());
+        assert!(s.insert(4, 'd'), "first again once emptied");
     }
 
     #[test]
-    fn duplicate_ids_and_the_per_session_limit_are_refused() {
-        let mut hub = Hub::new();
-        assert_eq!(hub.subscribe("/t", sub(1, "a", "/t"), 2), Ok(true));
-        assert_eq!(hub.subscribe("/u", sub(1, "a", "/u"), 2), Err(SubscribeError::DuplicateId("a".into())));
-        assert_eq!(hub.subscribe("/u", sub(1, "b", "/u"), 2), Ok(true));
-        assert_eq!(hub.subscribe("/v", sub(1, "c", "/v"), 2), Err(SubscribeError::TooMany(2)));
-        assert_eq!(hub.subscription_count(), 2);
+    fn a_repeated_seq_replaces_and_is_not_counted_twice() {
+        let mut s = Subscribers::default();
+        s.insert(1, 'a');
+        assert!(!s.insert(1, 'z'));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.remove(1), Some('z'));
     }
 
     #[test]
-    fn removing_a_session_reports_only_emptied_keys() {
-        let mut hub = Hub::new();
-        hub.subscribe("/t", sub(1, "a", "/t"), 10).unwrap();
-        hub.subscribe("/t", sub(1, "b", "/t"), 10).unwrap();
-        hub.subscribe("/u", sub(1, "c", "/u"), 10).unwrap();
-        hub.subscribe("/u", sub(2, "a", "/u"), 10).unwrap();
-        let mut emptied = hub.remove_session(1);
-        emptied.sort();
-        assert_eq!(emptied, vec![Arc::<str>::from("/t")]);
-        assert_eq!(hub.subscription_count(), 1);
-        assert_eq!(hub.keys().collect::<Vec<_>>(), vec!["/u"]);
-        assert!(hub.remove_session(1).is_empty());
+    fn any_order_of_inserts_and_removals_keeps_the_index_true() {
+        // Every permutation of removing 5 of 6 subscribers, then the last.
+        let order = [3u64, 0, 5, 1, 4, 2];
+        for rot in 0..order.len() {
+            let mut s = Subscribers::default();
+            for q in 0..6 {
+                s.insert(q, q as u32);
+            }
+            let mut left: Vec<u64> = (0..6).collect();
+            for k in 0..6 {
+                let q = order[(rot + k) % order.len()];
+                assert_eq!(s.remove(q), Some(q as u32));
+                left.retain(|&x| x != q);
+                let mut now: Vec<u64> = s
+                    .iter()
+                    .map(|(q, h)| {
+                        assert_eq!(*h as u64, q, "each seq keeps its own handle");
+                        q
+                    })
+                    .collect();
+                now.sort();
+                assert_eq!(now, left);
+            }
+        }
     }
 
     #[test]

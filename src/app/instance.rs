@@ -1,7 +1,7 @@
-//! One backend instance's shared state: identity, the hub, the broker handle, metrics, the
-//! session registry and the readiness flag, plus fan-out: publishing goes to the broker, and
-//! whatever the broker hands back (this instance's own messages included) is queued to the
-//! local subscribers.
+//! One backend instance's shared state: identity, the subscriber registry (`fanout`), the
+//! broker handle, metrics, the session registry and the readiness flag, plus fan-out:
+//! publishing goes to the broker, and whatever the broker hands back (this instance's own
+//! messages included) is encoded once and queued to the local subscribers.
 //!
 //! Everything here is synchronous and non-blocking: it is called from session tasks, HTTP
 //! handlers and the broker's receive task. Locks are held for bookkeeping only, never across an
@@ -11,15 +11,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
-
-use super::broker::{Ack, Broker, BrokerError, BrokerKind, Envelope, Health, Received, Target};
+use super::broker::{Ack, Broker, BrokerError, BrokerKind, Envelope, Health, Received, Replay, Target};
 use super::channel_map::ChannelMap;
-use super::hub::{Hub, SessionId, SubscribeError, Subscriber};
+use super::fanout::Registry;
+use super::history::Start;
+use super::hub::SessionId;
+use super::message::Prepared;
 use super::metrics::{Metrics, Source};
+use super::outbox::{self, Delivery, Queued, Refused};
 use super::stomp::Limits;
 
 /// Per-instance settings derived from the command line.
@@ -27,8 +29,10 @@ use super::stomp::Limits;
 pub(crate) struct Settings {
     /// Heart-beat interval offered in CONNECTED (both directions); zero disables heart-beats.
     pub(crate) heartbeat: Duration,
-    /// Capacity of each session's outbound queue (MESSAGE frames).
-    pub(crate) outbound_queue: usize,
+    /// Bound of each session's outbound queue, in bytes.
+    pub(crate) outbound_bytes: usize,
+    /// SEND frames a session may publish per second (`None`: no limit).
+    pub(crate) max_publish_rate: Option<u32>,
     pub(crate) limits: Limits,
     pub(crate) max_subscriptions: usize,
     /// Messages of `client`/`client-individual` subscriptions a session may leave unacknowledged.
@@ -82,26 +86,16 @@ impl SessionSignal {
     }
 }
 
-/// One MESSAGE to write: shared envelope plus the per-subscription headers.
+/// What the subscriber registry holds per subscription: where its deliveries go.
 #[derive(Clone, Debug)]
-pub(crate) struct Delivery {
-    pub(crate) envelope: Arc<Envelope>,
-    pub(crate) subscription: Arc<str>,
-    /// Which SUBSCRIBE this is for ([`Subscriber::seq`]): a delivery queued before an
-    /// UNSUBSCRIBE must not be written for a later SUBSCRIBE that reuses the id.
-    pub(crate) seq: u64,
-    pub(crate) destination: Arc<str>,
-}
-
-/// What the hub stores per subscription.
-#[derive(Clone, Debug)]
-pub(crate) struct SessionHandle {
-    pub(crate) outbox: mpsc::Sender<Delivery>,
+pub(crate) struct Member {
+    pub(crate) session: SessionId,
+    pub(crate) outbox: outbox::Sender,
     pub(crate) signal: Arc<SessionSignal>,
 }
 
 #[derive(Default)]
-struct Registry {
+struct Sessions {
     sessions: BTreeMap<SessionId, Arc<SessionSignal>>,
     draining: bool,
 }
@@ -112,15 +106,15 @@ pub(crate) struct Instance {
     pub(crate) nonce: u64,
     pub(crate) settings: Settings,
     pub(crate) metrics: Arc<Metrics>,
-    hub: RwLock<Hub<SessionHandle>>,
+    subscribers: Registry<Member>,
     /// Per `--channel-map` glob, how many hub keys with a subscriber it covers (PSUBSCRIBEd
-    /// while above zero). Changed under the hub's write lock.
+    /// while above zero). Changed under the key's shard lock.
     patterns: Mutex<HashMap<String, usize>>,
     broker: OnceLock<Box<dyn Broker>>,
     message_seq: AtomicU64,
     subscription_seq: AtomicU64,
     session_seq: AtomicU64,
-    registry: Mutex<Registry>,
+    registry: Mutex<Sessions>,
     /// Live SockJS sessions by id.
     pub(crate) sockjs: super::sockjs::session::Registry,
     shutting_down: AtomicBool,
@@ -136,13 +130,13 @@ impl Instance {
             nonce: rand::random(),
             settings,
             metrics,
-            hub: RwLock::new(Hub::new()),
+            subscribers: Registry::default(),
             patterns: Mutex::new(HashMap::new()),
             broker: OnceLock::new(),
             message_seq: AtomicU64::new(0),
             subscription_seq: AtomicU64::new(0),
             session_seq: AtomicU64::new(0),
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Sessions::default()),
             sockjs: super::sockjs::session::Registry::default(),
             shutting_down: AtomicBool::new(false),
             untrusted_identity_logged: AtomicBool::new(false),
@@ -182,7 +176,7 @@ impl Instance {
         }
     }
 
-    /// A fresh [`Subscriber::seq`].
+    /// A fresh subscription number (instance-unique, never reused).
     pub(crate) fn next_subscription_seq(&self) -> u64 {
         self.subscription_seq.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -201,58 +195,45 @@ impl Instance {
         format!("{:016x}-s{id}", self.nonce)
     }
 
-    fn read_hub(&self) -> RwLockReadGuard<'_, Hub<SessionHandle>> {
-        self.hub.read()
+    fn update_gauges(&self) {
+        self.metrics.subscriptions.set(self.subscribers.subscription_count() as i64);
+        self.metrics.destinations.set(self.subscribers.destination_count() as i64);
     }
 
-    fn write_hub(&self) -> RwLockWriteGuard<'_, Hub<SessionHandle>> {
-        self.hub.write()
-    }
-
-    fn update_hub_gauges(&self, hub: &Hub<SessionHandle>) {
-        self.metrics.subscriptions.set(hub.subscription_count() as i64);
-        self.metrics.destinations.set(hub.destination_count() as i64);
-    }
-
-    /// Registers a subscription under `key`. The returned [`Ack`] resolves once the broker
+    /// Registers subscription `seq` under `key`. The returned [`Ack`] resolves once the broker
     /// confirmed every target that delivers `key` (its channel, and the `--channel-map`
     /// patterns covering it): only then may the client be told it is subscribed. When it
     /// fails the caller must [`Instance::unsubscribe`] again, so nothing stays half-made.
-    /// Broker changes are issued under the hub lock so that a concurrent last-unsubscribe /
-    /// first-subscribe pair reaches the broker in hub order.
-    pub(crate) fn subscribe(&self, key: &str, sub: Subscriber<SessionHandle>) -> Result<Ack, SubscribeError> {
-        let mut hub = self.write_hub();
-        let first = hub.subscribe(key, sub, self.settings.max_subscriptions)?;
-        self.update_hub_gauges(&hub);
-        let Some(b) = self.broker() else {
-            return Ok(Ack::ready(Ok(())));
-        };
-        let mut acks = vec![b.watch(Target::Key(key.to_owned()))];
-        let mut patterns = self.patterns.lock();
-        for i in self.settings.channel_map.rules_covering(key) {
-            let glob = self.settings.channel_map.rule(i).glob().to_owned();
-            if first {
-                *patterns.entry(glob.clone()).or_default() += 1;
+    /// Broker changes are issued under the key's shard lock so that a concurrent
+    /// last-unsubscribe / first-subscribe pair reaches the broker in that order.
+    pub(crate) fn subscribe(&self, key: &str, seq: u64, member: Member) -> Ack {
+        let ack = self.subscribers.subscribe(key, seq, member, |first| {
+            let Some(b) = self.broker() else {
+                return Ack::ready(Ok(()));
+            };
+            let mut acks = vec![b.watch(Target::Key(key.to_owned()))];
+            let mut patterns = self.patterns.lock();
+            for i in self.settings.channel_map.rules_covering(key) {
+                let glob = self.settings.channel_map.rule(i).glob().to_owned();
+                if first {
+                    *patterns.entry(glob.clone()).or_default() += 1;
+                }
+                acks.push(b.watch(Target::Pattern(glob)));
             }
-            acks.push(b.watch(Target::Pattern(glob)));
-        }
-        Ok(Ack::from_future(Ack::all(acks)))
+            Ack::from_future(Ack::all(acks))
+        });
+        self.update_gauges();
+        ack
     }
 
-    /// Removes one subscription; false if it did not exist.
-    pub(crate) fn unsubscribe(&self, session: SessionId, id: &str) -> bool {
-        let mut hub = self.write_hub();
-        let Some((key, emptied)) = hub.unsubscribe(session, id) else {
-            return false;
-        };
-        if emptied {
-            self.forget_key(&key);
-        }
-        self.update_hub_gauges(&hub);
-        true
+    /// Removes subscription `seq` of `key`; false if it did not exist.
+    pub(crate) fn unsubscribe(&self, key: &str, seq: u64) -> bool {
+        let existed = self.subscribers.unsubscribe(key, seq, || self.forget_key(key));
+        self.update_gauges();
+        existed
     }
 
-    /// The broker side of a hub key losing its last subscriber. Called under the hub lock.
+    /// The broker side of a hub key losing its last subscriber. Called under the key's lock.
     fn forget_key(&self, key: &str) {
         let Some(b) = self.broker() else { return };
         b.unwatch(Target::Key(key.to_owned()));
@@ -266,6 +247,15 @@ impl Instance {
                     b.unwatch(Target::Pattern(glob.to_owned()));
                 }
             }
+        }
+    }
+
+    /// A page of `key`'s record from `start` (see [`Broker::replay`]).
+    pub(crate) fn replay(&self, key: &str, start: Start, limit: usize) -> Replay {
+        use futures_util::FutureExt as _;
+        match self.broker() {
+            Some(b) => b.replay(key, start, limit),
+            None => std::future::ready(Err(BrokerError::Down)).boxed(),
         }
     }
 
@@ -304,6 +294,8 @@ impl Instance {
                 let started = Instant::now().checked_sub(Duration::from_millis(age_ms)).unwrap_or_else(Instant::now);
                 self.deliver(&envelope, started);
             }
+            Received::Interrupted(keys) => self.tell_subscribers(&keys, Queued::Interrupted),
+            Received::Restored(keys) => self.tell_subscribers(&keys, Queued::Restored),
             Received::Channel { pattern, channel, payload } => {
                 let started = Instant::now();
                 for destination in self.settings.channel_map.destinations(&pattern, &channel) {
@@ -318,6 +310,7 @@ impl Instance {
                         headers: vec![("redis-channel".to_owned(), channel.clone())],
                         body: payload.clone(),
                         published_at_ms: unix_ms(),
+                        stream_id: None,
                     });
                     self.deliver(&envelope, started);
                 }
@@ -330,34 +323,42 @@ impl Instance {
         }
     }
 
-    /// Queues a MESSAGE to every local subscriber of the envelope's destination. Never waits: a
-    /// full queue marks that session a slow consumer and it is closed; others are unaffected.
-    fn deliver(&self, envelope: &Arc<Envelope>, started: Instant) {
-        let hub = self.read_hub();
-        let subs = hub.subscribers(&envelope.destination);
-        if subs.is_empty() {
-            return;
+    /// Queues news of their broker subscription to every local subscription of `keys`, behind
+    /// the messages already queued to them.
+    fn tell_subscribers(&self, keys: &[String], news: fn(u64) -> Queued) {
+        for key in keys {
+            let Some(destination) = self.subscribers.destination(key) else { continue };
+            for (seq, member) in destination.read().iter() {
+                // A session that is gone needs no news.
+                let _ = member.outbox.signal(news(seq));
+            }
         }
+    }
+
+    /// Queues a MESSAGE to every local subscriber of the envelope's destination, encoded once
+    /// for all of them. Never waits: a full queue marks that session a slow consumer and it is
+    /// closed; others are unaffected.
+    fn deliver(&self, envelope: &Arc<Envelope>, started: Instant) {
+        let Some(destination) = self.subscribers.destination(&envelope.destination) else {
+            return;
+        };
+        let message = Arc::new(Prepared::new(envelope.clone()));
         let mut sent = 0u64;
-        for sub in subs {
-            let delivery = Delivery {
-                envelope: envelope.clone(),
-                subscription: sub.id.clone(),
-                seq: sub.seq,
-                destination: sub.destination.clone(),
-            };
-            match sub.handle.outbox.try_send(delivery) {
+        let subscribers = destination.read();
+        for (seq, member) in subscribers.iter() {
+            match member.outbox.push(Delivery { message: message.clone(), seq }) {
                 Ok(()) => sent += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if sub.handle.signal.close(CloseReason::SlowConsumer) {
+                Err(Refused::Full) => {
+                    if member.signal.close(CloseReason::SlowConsumer) {
                         self.metrics.slow_consumer_disconnects.inc();
-                        tracing::warn!(event = "slow_consumer", session = sub.session, destination = %envelope.destination);
+                        tracing::warn!(event = "slow_consumer", session = member.session, destination = %envelope.destination);
                     }
                 }
                 // The session is ending; its subscriptions are about to be removed.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(Refused::Closed) => {}
             }
         }
+        drop(subscribers);
         self.metrics.messages_out.inc_by(sent);
         self.metrics.fanout_latency.observe(started.elapsed().as_secs_f64());
     }
@@ -374,15 +375,8 @@ impl Instance {
         true
     }
 
-    /// Forgets a session and all its subscriptions.
+    /// Forgets a session (its subscriptions are removed by the session itself).
     pub(crate) fn remove_session(&self, id: SessionId) {
-        {
-            let mut hub = self.write_hub();
-            for key in hub.remove_session(id) {
-                self.forget_key(&key);
-            }
-            self.update_hub_gauges(&hub);
-        }
         let mut reg = self.registry.lock();
         reg.sessions.remove(&id);
         self.metrics.sessions.set(reg.sessions.len() as i64);
@@ -393,7 +387,7 @@ impl Instance {
     }
 
     pub(crate) fn subscription_count(&self) -> usize {
-        self.read_hub().subscription_count()
+        self.subscribers.subscription_count()
     }
 
     /// Marks the instance draining and returns every live session, oldest first.

@@ -68,6 +68,7 @@ pub(crate) struct Metrics {
     pub(crate) app_forward_failures: Counter,
     pub(crate) untrusted_identity_headers: Counter,
     pub(crate) token_rejections: Family<ReasonLabels, Counter>,
+    pub(crate) publish_rate_limited: Counter,
     pub(crate) redis_up: Gauge,
     pub(crate) redis_reconnects: Counter,
 }
@@ -101,6 +102,7 @@ impl Metrics {
             app_forward_failures: Counter::default(),
             untrusted_identity_headers: Counter::default(),
             token_rejections: Family::default(),
+            publish_rate_limited: Counter::default(),
             redis_up: Gauge::default(),
             redis_reconnects: Counter::default(),
             registry: Registry::default(),
@@ -147,6 +149,11 @@ impl Metrics {
             "token_rejections",
             "CONNECT frames refused for their token (ERROR, then close), by reason",
             m.token_rejections.clone(),
+        );
+        registry.register(
+            "publish_rate_limited",
+            "Sessions closed with an ERROR for publishing faster than --max-publish-rate",
+            m.publish_rate_limited.clone(),
         );
         if with_redis {
             registry.register("redis_up", "1 while the Redis connections are established", m.redis_up.clone());

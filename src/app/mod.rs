@@ -1,9 +1,10 @@
 //! `tether backend`: the reference STOMP-over-WebSocket application tether is demonstrated,
 //! tested and load-tested against, and a drop-in for a Spring `addEndpoint("/ws").withSockJS()`
 //! STOMP endpoint. STOMP 1.2 at `/ws` over a plain WebSocket or SockJS, fan-out across
-//! instances through Redis Pub/Sub (or an in-process bus), foreign Redis channels mapped to
-//! destinations, application destinations forwarded over HTTP, heart-beats, probes, metrics
-//! and graceful shutdown.
+//! instances through Redis Pub/Sub, Redis Cluster sharded Pub/Sub, or an in-process bus,
+//! history for resuming subscriptions (Redis Streams or an in-memory record), foreign Redis
+//! channels mapped to destinations, application destinations forwarded over HTTP, heart-beats,
+//! probes, metrics and graceful shutdown.
 //!
 //! This module owns the command line ([`AppArgs`]) and the entry point ([`run`]): wiring,
 //! accept loops and the shutdown sequence. It must not bind sockets or install signal handlers
@@ -11,13 +12,19 @@
 //!
 //! # Layout
 //! - [`stomp`]: the frame codec (pure).
-//! - [`hub`]: local subscriptions by destination (pure bookkeeping) and user-destination naming.
-//! - [`broker`]: the fan-out port ([`broker::Broker`]) with the Redis and in-process adapters.
+//! - [`hub`]: one destination's subscribers (pure bookkeeping, O(1) add and remove) and
+//!   user-destination naming.
+//! - `fanout`: the subscriber sets sharded by destination behind their own locks.
+//! - `message`: MESSAGE frames encoded once per message, spliced per subscription (pure).
+//! - `outbox`: a session's outbound queue, bounded in bytes.
+//! - `history`: stream ids, retention, the in-memory record and the resume seam (pure).
+//! - [`broker`]: the fan-out port ([`broker::Broker`]) with the Redis, Redis Cluster and
+//!   in-process adapters.
 //! - `channel_map`: `--channel-map` rules, foreign channel <-> destination (pure).
 //! - `instance`: shared state of one instance and fan-out (publish through the broker, deliver
 //!   what it hands back).
 //! - `session`: one STOMP session over a WebSocket or a SockJS session (state machine, acks,
-//!   transactions, heart-beats, outbound queue).
+//!   transactions, heart-beats, resuming subscriptions, publish rate limit).
 //! - `sockjs`: the SockJS protocol under `/ws` (framing, sessions, transports).
 //! - `app_forward`: SENDs to `/app/...` POSTed to `--app-url`.
 //! - `http`: routes, probes, `/publish`, `/metrics`, demo page, WebSocket handshake.
@@ -34,12 +41,16 @@
 mod app_forward;
 pub mod broker;
 mod channel_map;
+mod fanout;
+mod history;
 mod http;
 pub(crate) mod hub;
 mod instance;
 mod jwt;
 pub mod login;
+mod message;
 pub(crate) mod metrics;
+mod outbox;
 mod session;
 mod sockjs;
 pub mod stomp;
@@ -64,14 +75,15 @@ use http::Surface;
 use instance::{CloseReason, Instance, Settings};
 pub use login::DemoLogin;
 
-/// Default outbound queue per session, in MESSAGE frames. Deep enough to absorb a burst to a
-/// busy room; a client this far behind is a slow consumer and is closed.
-pub(crate) const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default outbound queue per session, in bytes: about a thousand chat-sized messages, or
+/// thirty 32 KiB ones. Deep enough to absorb a burst to a busy room; a client this far behind
+/// is a slow consumer and is closed.
+pub(crate) const DEFAULT_OUTBOUND_BYTES: usize = 1 << 20;
 /// Default cap on subscriptions per session, bounding hub memory per connection.
 pub(crate) const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
-/// Default cap on a session's unacknowledged messages (`ack:client[-individual]`): as deep as
-/// the outbound queue, after which the client is a slow consumer.
-pub(crate) const DEFAULT_MAX_UNACKED: usize = DEFAULT_OUTBOUND_QUEUE;
+/// Default cap on a session's unacknowledged messages (`ack:client[-individual]`), after which
+/// the client is a slow consumer.
+pub(crate) const DEFAULT_MAX_UNACKED: usize = 1024;
 /// Default bound on waiting for a broker (or application) confirmation before a session
 /// answers ERROR: longer than the broker's own down threshold, so a slow Redis is waited for.
 pub(crate) const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(12);
@@ -92,8 +104,24 @@ pub struct AppArgs {
     pub id: Option<String>,
     /// Redis URL for cross-instance fan-out (redis://host:port, redis+unix:///path); without
     /// it, fan-out is an in-process bus (single instance).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "redis_cluster")]
     pub(crate) redis: Option<String>,
+    /// Redis Cluster seed nodes (`redis://h1:p,h2:p,...`; Redis 7+): fan-out through sharded
+    /// Pub/Sub (SSUBSCRIBE/SPUBLISH), each destination's channel and stream on its slot's node.
+    #[arg(long, value_name = "URL,...")]
+    pub(crate) redis_cluster: Option<String>,
+    /// Keep each destination's messages this long (`5m`), so a reconnecting client can resume
+    /// where it left off (SUBSCRIBE `x-resume-from`): Redis Streams `tether:stream:<destination>`,
+    /// or an in-memory record on the in-process bus. Off by default.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "history_len")]
+    pub history: Option<Duration>,
+    /// As --history, keeping about N messages per destination instead.
+    #[arg(long, value_name = "N")]
+    pub history_len: Option<usize>,
+    /// Most SEND frames one session may publish per second (a burst of as many is allowed);
+    /// past it the session gets an ERROR and is closed. No limit by default.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub max_publish_rate: Option<u32>,
     /// Request header carrying the user id, set by the proxy from a verified token. Believed
     /// only on connections from a --trust-proxy address.
     #[arg(long, value_name = "NAME", default_value = "X-User-Id")]
@@ -149,9 +177,10 @@ pub struct AppArgs {
     /// Without it those share the main listener (fine for the demo).
     #[arg(long, value_name = "ADDR")]
     pub internal_listen: Option<SocketAddr>,
-    /// Outbound queue per session, in frames; a session whose queue overflows is closed.
-    #[arg(long, value_name = "FRAMES", default_value_t = DEFAULT_OUTBOUND_QUEUE, hide = true)]
-    pub outbound_queue: usize,
+    /// Outbound queue per session, in bytes; a session whose queue overflows is closed as a
+    /// slow consumer.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_OUTBOUND_BYTES, hide = true)]
+    pub outbound_queue_bytes: usize,
     /// Largest accepted STOMP frame, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = stomp::DEFAULT_MAX_FRAME_BYTES, hide = true)]
     pub max_frame_bytes: usize,
@@ -199,6 +228,10 @@ impl AppArgs {
             listen,
             id: None,
             redis: None,
+            redis_cluster: None,
+            history: None,
+            history_len: None,
+            max_publish_rate: None,
             user_header: "X-User-Id".into(),
             trust_proxy: trust::DEFAULT_TRUSTED.iter().filter_map(|n| trust::parse_cidr(n).ok()).collect(),
             accept_login: false,
@@ -214,7 +247,7 @@ impl AppArgs {
             shutdown_delay: Duration::from_secs(5),
             drain_spread: Duration::from_secs(5),
             internal_listen: None,
-            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_BYTES,
             max_frame_bytes: stomp::DEFAULT_MAX_FRAME_BYTES,
             max_unacked: DEFAULT_MAX_UNACKED,
             channel_map: Vec::new(),
@@ -248,11 +281,24 @@ pub struct AppListeners {
     pub internal: Option<TcpListener>,
 }
 
+impl AppArgs {
+    /// What `--history` / `--history-len` ask to keep (`None`: history off).
+    fn retention(&self) -> Option<history::Retention> {
+        match (self.history, self.history_len) {
+            (Some(age), _) => Some(history::Retention::Age(age)),
+            (None, Some(n)) => Some(history::Retention::Len(n)),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Which fan-out adapter an instance uses.
 #[derive(Clone, Debug)]
 pub enum Fanout {
     /// Redis Pub/Sub at this URL.
     Redis(String),
+    /// Redis Cluster sharded Pub/Sub, from these seed nodes.
+    RedisCluster(Vec<String>),
     /// An in-process bus, shared with every instance given a clone of it.
     Local(LocalBus),
 }
@@ -283,9 +329,14 @@ pub enum AppError {
     /// `--user-header` is not a valid HTTP header name.
     #[error("invalid --user-header {0:?}: not an HTTP header name")]
     UserHeader(String),
-    /// A queue or frame limit of zero.
-    #[error("--outbound-queue, --max-frame-bytes, --max-unacked and --sockjs-stream-limit must be greater than zero")]
+    /// A queue, frame or history limit of zero.
+    #[error(
+        "--outbound-queue-bytes, --max-frame-bytes, --max-unacked, --sockjs-stream-limit, --history, --history-len and --max-publish-rate must be greater than zero"
+    )]
     ZeroLimit,
+    /// `--redis-cluster` names no usable node.
+    #[error("invalid --redis-cluster: {0}")]
+    RedisCluster(String),
     /// A `--channel-map` rule that cannot be used.
     #[error("invalid --channel-map {rule:?}: {reason}")]
     ChannelMap {
@@ -333,16 +384,27 @@ pub async fn run_with(
     options: Options,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
-    let fanout = match (options.fanout, &args.redis) {
-        (Some(fanout), _) => fanout,
-        (None, Some(url)) => Fanout::Redis(url.clone()),
-        (None, None) => Fanout::Local(LocalBus::new()),
+    let fanout = match (options.fanout, &args.redis, &args.redis_cluster) {
+        (Some(fanout), _, _) => fanout,
+        (None, Some(url), _) => Fanout::Redis(url.clone()),
+        (None, None, Some(list)) => {
+            Fanout::RedisCluster(broker::redis::cluster::seed_nodes(list).map_err(AppError::RedisCluster)?)
+        }
+        (None, None, None) => Fanout::Local(LocalBus::new()),
     };
     let user_header = ::http::HeaderName::from_bytes(args.user_header.as_bytes())
         .map_err(|_| AppError::UserHeader(args.user_header.clone()))?;
-    if args.outbound_queue == 0 || args.max_frame_bytes == 0 || args.max_unacked == 0 || args.sockjs_stream_limit == 0 {
+    let zero_history = args.history.is_some_and(|d| d.is_zero()) || args.history_len == Some(0);
+    if args.outbound_queue_bytes == 0
+        || args.max_frame_bytes == 0
+        || args.max_unacked == 0
+        || args.sockjs_stream_limit == 0
+        || zero_history
+        || args.max_publish_rate == Some(0)
+    {
         return Err(AppError::ZeroLimit);
     }
+    let retention = args.retention();
     let mut rules = Vec::new();
     for rule in &args.channel_map {
         let parsed = channel_map::Rule::parse(rule)
@@ -381,7 +443,8 @@ pub async fn run_with(
         args.id.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()).into();
     let settings = Settings {
         heartbeat: args.heartbeat,
-        outbound_queue: args.outbound_queue,
+        outbound_bytes: args.outbound_queue_bytes,
+        max_publish_rate: args.max_publish_rate,
         limits: stomp::Limits { max_frame_bytes: args.max_frame_bytes, ..stomp::Limits::default() },
         max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
         max_unacked: args.max_unacked,
@@ -398,7 +461,7 @@ pub async fn run_with(
         trust: Arc::new(trust),
     };
     let broker_kind = match fanout {
-        Fanout::Redis(_) => metrics::BrokerKind::Redis,
+        Fanout::Redis(_) | Fanout::RedisCluster(_) => metrics::BrokerKind::Redis,
         Fanout::Local(_) => metrics::BrokerKind::InProcess,
     };
     let metrics = Arc::new(metrics::Metrics::new(broker_kind));
@@ -415,10 +478,25 @@ pub async fn run_with(
     });
     let timeouts = broker::redis::RedisTimeouts { slow: args.redis_slow_after, down: args.redis_down_after };
     let broker: Box<dyn broker::Broker> = match fanout {
-        Fanout::Redis(url) => {
-            Box::new(broker::redis::RedisBroker::start(&url, timeouts, inbound, metrics, &tasks, broker_stop.clone())?)
-        }
-        Fanout::Local(bus) => Box::new(bus.attach(inbound)),
+        Fanout::Redis(url) => Box::new(broker::redis::RedisBroker::start(
+            &url,
+            timeouts,
+            retention,
+            inbound,
+            metrics,
+            &tasks,
+            broker_stop.clone(),
+        )?),
+        Fanout::RedisCluster(nodes) => Box::new(broker::redis::cluster::ClusterBroker::start(
+            &nodes,
+            timeouts,
+            retention,
+            inbound,
+            metrics,
+            &tasks,
+            broker_stop.clone(),
+        )?),
+        Fanout::Local(bus) => Box::new(bus.attach(inbound, retention)),
     };
     inst.set_broker(broker);
 

@@ -1,6 +1,9 @@
 // tether demo page: a tiny STOMP 1.2 client over the browser WebSocket (no libraries).
 // It joins /topic/room.{name}, sends JSON chat messages, shows which instance each message was
-// published on, and reconnects with exponential backoff when its instance drains.
+// published on, and reconnects with exponential backoff when its instance drains. It misses
+// nothing across a reconnect: it remembers the `x-stream-id` of the last message of its room and
+// subscribes again with `x-resume-from` (the backends keep history), so what was published
+// meanwhile arrives first, once.
 //
 // Who you are: with `?user=NAME` the page signs in before every (re)connect with
 // `/login?user=NAME` (served by `tether demo`), which sets a short-lived token in an HttpOnly
@@ -204,7 +207,10 @@ function onFrame(f) {
       break;
     case 'MESSAGE':
       // Only the current room's subscription: a late message of a room just left is dropped.
-      if (f.headers.subscription === subscriptionId) showMessage(f);
+      if (f.headers.subscription !== subscriptionId) break;
+      if (f.headers['x-resume-gap'] === 'true') log('some messages were older than the history');
+      if (f.headers['x-stream-id']) lastStreamId = f.headers['x-stream-id'];
+      showMessage(f);
       break;
     case 'ERROR':
       log(`ERROR ${f.headers.message || ''} ${f.body}`);
@@ -216,12 +222,20 @@ function onFrame(f) {
 // twice and leaving it always unsubscribes; a fresh id per join keeps rooms apart.
 let subscriptionId = null;
 let joins = 0;
+// The position reached in the current room's stream: a resubscription after a reconnect
+// resumes from it.
+let lastStreamId = null;
 
 function subscribe(name) {
   receipts += 1;
   joins += 1;
   subscriptionId = `room-${joins}`;
-  send(frame('SUBSCRIBE', { id: subscriptionId, destination: `/topic/room.${name}`, receipt: `join-${receipts}` }));
+  const headers = { id: subscriptionId, destination: `/topic/room.${name}`, receipt: `join-${receipts}` };
+  if (lastStreamId) {
+    headers['x-resume-from'] = lastStreamId;
+    log(`resuming room ${name} after ${lastStreamId}`);
+  }
+  send(frame('SUBSCRIBE', headers));
 }
 
 function join() {
@@ -232,6 +246,7 @@ function join() {
   joinedRoom = null;
   setComposer(false);
   ui.messages.textContent = '';
+  lastStreamId = null;
   room = name;
   if (connected) subscribe(name);
 }

@@ -492,15 +492,21 @@ pub(crate) fn encode_head<'a>(
     version: Version,
     out: &mut Vec<u8>,
 ) {
-    let escape = command.escapes_headers();
     out.extend_from_slice(command.as_str().as_bytes());
     out.push(b'\n');
     for (name, value) in headers {
-        push_escaped(out, name, version, escape);
-        out.push(b':');
-        push_escaped(out, value, version, escape);
-        out.push(b'\n');
+        encode_header(name, value, command, version, out);
     }
+    out.push(b'\n');
+}
+
+/// Writes one header line (`name:value` and EOL) of a `command` frame, escaped as `version`
+/// wants it.
+pub(crate) fn encode_header(name: &str, value: &str, command: Command, version: Version, out: &mut Vec<u8>) {
+    let escape = command.escapes_headers();
+    push_escaped(out, name, version, escape);
+    out.push(b':');
+    push_escaped(out, value, version, escape);
     out.push(b'\n');
 }
 

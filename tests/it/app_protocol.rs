@@ -332,7 +332,8 @@ async fn http_surface_answers_probes_whoami_and_refuses_plain_gets_on_ws() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_message_follows_the_receipt_of_its_unsubscribe_even_when_the_id_is_reused() {
     const FLOOD: usize = 4000;
-    let a = TestApp::builder().outbound_queue(2 * FLOOD).spawn().await;
+    // Room for twice the flood (each message well under 512 bytes): the queue never overflows.
+    let a = TestApp::builder().outbound_queue_bytes(2 * FLOOD * 512).spawn().await;
     let mut c = StompClient::connect(&a.ws_url()).await;
     c.subscribe("/topic/room.a", "room").await;
     let mut publisher = StompClient::connect(&a.ws_url()).await;

@@ -1,5 +1,5 @@
-//! A subscriber that stops reading overflows its bounded outbound queue: it is sent an ERROR
-//! and closed, and it never delays delivery to the others.
+//! A subscriber that stops reading overflows its outbound queue (bounded in bytes): it is sent
+//! an ERROR and closed, and it never delays delivery to the others.
 
 use std::sync::Arc;
 
@@ -15,17 +15,20 @@ const TOPIC: &str = "/topic/flood";
 /// never reads (its receive window stays small; the sender's buffer caps at 4 MiB here).
 const MESSAGES: usize = 400;
 const BODY_BYTES: usize = 32 * 1024;
+/// Eight messages' worth: the fast reader, at most four behind, never fills it.
+const QUEUE_BYTES: usize = 8 * BODY_BYTES;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_never_delays_the_others() {
-    let a = TestApp::builder().outbound_queue(8).spawn().await;
+    let a = TestApp::builder().outbound_queue_bytes(QUEUE_BYTES).spawn().await;
     let mut slow = StompClient::connect(&a.ws_url()).await;
     slow.subscribe(TOPIC, "s").await;
     let mut fast = StompClient::connect(&a.ws_url()).await;
     fast.subscribe(TOPIC, "f").await;
 
     // The publisher stays at most IN_FLIGHT messages ahead of the fast reader, so the fast
-    // reader's queue (8) can never fill: "fast" is then a fact, not a race.
+    // reader's queue (8 messages' worth of bytes) can never fill: "fast" is then a fact, not
+    // a race.
     const IN_FLIGHT: usize = 4;
     let credit = Arc::new(Semaphore::new(IN_FLIGHT));
     let reader_credit = credit.clone();

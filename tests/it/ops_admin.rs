@@ -162,3 +162,19 @@ async fn backend_json_carries_weight_health_totals_pins_and_drain_progress() {
     assert_eq!(admin.post("/admin/upstreams/app/backends/nope/drain").await.0, StatusCode::NOT_FOUND);
     assert_eq!(admin.post("/admin/upstreams/nope/backends/a/drain").await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_proxy_replica_names_itself_and_reports_its_own_figures() {
+    let a = EchoBackend::start("a").await;
+    let yaml = Yaml::app(|u| u.backend("a", a.addr)).set("access_log", "{ format: off }");
+    let one = TestProxy::builder().yaml(&yaml).spawn_process().await;
+    let two = TestProxy::builder().yaml(&yaml).spawn_process().await;
+    let (_tunnel, _) = ws::open(one.addr("public"), &[]).await;
+    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    for (replica, tunnels) in [(&one, 1), (&two, 0)] {
+        let listed = replica.admin().get_json("/admin/upstreams").await;
+        assert_eq!(listed["replica"]["hostname"], hostname.as_str(), "{listed}");
+        assert_eq!(listed["replica"]["pid"], replica.pid(), "{listed}");
+        assert_eq!(listed["upstreams"][0]["backends"][0]["tunnels"], tunnels, "{listed}");
+    }
+}

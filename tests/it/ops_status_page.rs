@@ -177,6 +177,10 @@ async fn headless_chromium_shows_the_backends_and_its_drain_button_drains() {
         assert_eq!(&cells[..4], [id, addr.to_string().as_str(), "active", "1"], "{rows}");
     }
     assert!(rows["summary"].as_str().expect("summary").contains("2 backends · 2 tunnels"), "{rows}");
+    // Which replica's figures these are.
+    let replica = admin.get_json("/admin/upstreams").await["replica"].clone();
+    let named = format!("replica {} (pid {})", replica["hostname"].as_str().expect("hostname"), replica["pid"]);
+    assert!(rows["summary"].as_str().expect("summary").starts_with(&named), "{named}: {rows}");
 
     let drained = driver.expect("drained").await;
     assert!(["draining", "drained"].contains(&drained["state"].as_str().expect("state")), "{drained}");

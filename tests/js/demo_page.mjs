@@ -7,8 +7,10 @@
 //   node demo_page.mjs URL            (URL like http://127.0.0.1:PORT/, the demo's proxy)
 //
 // Prints {"event":"joined",...}, waits for a line on stdin (the test published the odd
-// messages), then prints {"event":"done", "rows": [...], "names": [...], "anonymous": [...],
-// "errors": [...]}.
+// messages), drops the page's WebSocket as a network blip would and prints
+// {"event":"dropped"}, waits for another line (the test published while the page was away),
+// then prints {"event":"done", "rows": [...], "log": "...", "names": [...], "anonymous": [...],
+// "errors": [...]} once the page shows a fifth message.
 import { createInterface } from 'node:readline';
 import { launch } from './chromium.mjs';
 
@@ -31,7 +33,14 @@ try {
   emit({ event: 'joined', user, log });
   await stdinLines.next();
   await page.waitForFunction(() => document.querySelectorAll('#messages .msg').length >= 4);
+  // A network blip: the page reconnects (after its back-off) and resumes the room.
+  await page.evaluate(() => ws.close());
+  emit({ event: 'dropped' });
+  await stdinLines.next();
+  await page.waitForFunction(() => document.querySelectorAll('#messages .msg').length >= 5);
+  await page.waitForFunction(() => document.getElementById('text').disabled === false);
   const rows = await page.$$eval('#messages .msg', (els) => els.map((e) => e.textContent));
+  const pageLog = await page.textContent('#log');
   const names = [];
   const anonymous = [];
   for (let i = 0; i < 2; i++) {
@@ -43,7 +52,7 @@ try {
     anonymous.push(await p.textContent('#log'));
     await p.close();
   }
-  emit({ event: 'done', rows, names, anonymous, errors });
+  emit({ event: 'done', rows, log: pageLog, names, anonymous, errors });
 } catch (e) {
   emit({ event: 'error', message: String(e && e.message), errors });
 } finally {

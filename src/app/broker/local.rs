@@ -4,19 +4,29 @@
 //! confirms at once.
 //!
 //! It must not block: delivery into another instance goes through that instance's non-blocking
-//! [`Inbound`]. There is no per-key interest tracking here: the receiving hub drops envelopes
-//! nobody subscribed to, which costs one hash lookup and no network.
+//! [`Inbound`]. There is no per-key interest tracking here: the receiving instance drops
+//! envelopes nobody subscribed to, which costs one hash lookup and no network.
+//!
+//! With history (the first instance attached with `--history` or `--history-len` turns it on
+//! for the bus), every envelope is recorded in an in-memory [`Rings`] and given its stream id
+//! under one lock that is held until every member has it, so ids and deliveries are in the
+//! same order on every member: the contract a Redis Stream written by a script gives.
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use futures_util::FutureExt as _;
+use parking_lot::{Mutex, RwLock};
 
-use super::{Ack, Broker, BrokerKind, Envelope, Health, Inbound, Received, Target};
+use super::{Ack, Broker, BrokerKind, Envelope, Health, Inbound, Received, Replay, Target};
+use crate::app::history::ring::Rings;
+use crate::app::history::{Retention, Start};
+use crate::app::instance::unix_ms;
 
 /// A cloneable handle to one in-process bus.
 #[derive(Clone, Default)]
 pub struct LocalBus {
     members: Arc<RwLock<Vec<Member>>>,
+    history: Arc<Mutex<Option<Rings<Arc<Envelope>>>>>,
 }
 
 struct Member {
@@ -37,12 +47,37 @@ impl LocalBus {
         LocalBus::default()
     }
 
-    /// Joins the bus. The member leaves when the returned broker is dropped.
-    pub(crate) fn attach(&self, inbound: Inbound) -> LocalBroker {
+    /// Joins the bus, turning history on for it when `retention` is given and it has none yet.
+    /// The member leaves when the returned broker is dropped.
+    pub(crate) fn attach(&self, inbound: Inbound, retention: Option<Retention>) -> LocalBroker {
+        if let Some(retention) = retention {
+            self.history.lock().get_or_insert_with(|| Rings::new(retention));
+        }
         let token = rand::random();
         let mut members = self.members.write();
         members.push(Member { token, inbound });
         LocalBroker { bus: self.clone(), token }
+    }
+
+    /// Records `envelope` (with history) and hands it to every member.
+    fn publish(&self, publisher: u64, envelope: Arc<Envelope>) {
+        let mut history = self.history.lock();
+        match history.as_mut() {
+            None => {
+                drop(history);
+                self.deliver(publisher, &envelope);
+            }
+            Some(rings) => {
+                let recorded = rings.record(&envelope.destination, unix_ms(), |id| {
+                    let mut recorded = (*envelope).clone();
+                    recorded.stream_id = Some(id);
+                    Arc::new(recorded)
+                });
+                // Still under the history lock: the next id is not handed out before every
+                // member has this one.
+                self.deliver(publisher, &recorded);
+            }
+        }
     }
 
     /// Hands `envelope` to every member, the publisher first. The read lock is held for the
@@ -75,8 +110,16 @@ impl Broker for LocalBroker {
     }
 
     fn publish(&self, envelope: Arc<Envelope>) -> Ack {
-        self.bus.deliver(self.token, &envelope);
+        self.bus.publish(self.token, envelope);
         Ack::ready(Ok(()))
+    }
+
+    fn replay(&self, key: &str, start: Start, limit: usize) -> Replay {
+        let page = match self.bus.history.lock().as_mut() {
+            None => Vec::new(),
+            Some(rings) => rings.range(key, start, limit, unix_ms()).into_iter().map(|(_, e)| e).collect(),
+        };
+        std::future::ready(Ok(page)).boxed()
     }
 
     fn watch(&self, _target: Target) -> Ack {
@@ -106,6 +149,7 @@ mod tests {
             headers: Vec::new(),
             body: bytes::Bytes::from_static(b"x"),
             published_at_ms: 0,
+            stream_id: None,
         })
     }
 
@@ -125,8 +169,8 @@ mod tests {
         let bus = LocalBus::new();
         let (seen_a, in_a) = recorder();
         let (seen_b, in_b) = recorder();
-        let a = bus.attach(in_a);
-        let b = bus.attach(in_b);
+        let a = bus.attach(in_a, None);
+        let b = bus.attach(in_b, None);
         assert_eq!(a.publish(envelope(1)).await, Ok(()));
         assert_eq!(b.publish(envelope(2)).await, Ok(()));
         assert_eq!(*seen_a.lock().unwrap(), vec![1, 2]);

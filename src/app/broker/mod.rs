@@ -23,6 +23,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use futures_util::future::BoxFuture;
+
+use super::history::{Start, StreamId};
+
 /// A message on its way to every subscriber of `destination` (a hub key) on every instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Envelope {
@@ -43,6 +47,9 @@ pub(crate) struct Envelope {
     pub(crate) body: Bytes,
     /// Publish time, Unix epoch milliseconds, for the cross-instance fan-out latency metric.
     pub(crate) published_at_ms: u64,
+    /// Its position in the destination's record, when history is on: given by the broker as it
+    /// records the message, never by the publisher.
+    pub(crate) stream_id: Option<StreamId>,
 }
 
 impl Envelope {
@@ -72,6 +79,10 @@ impl Envelope {
 
     pub(crate) fn from_wire(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let wire: OwnedWire = serde_json::from_slice(bytes)?;
+        let stream_id = match &wire.sid {
+            None => None,
+            Some(sid) => Some(StreamId::parse(sid).ok_or_else(|| EnvelopeError::StreamId(sid.clone()))?),
+        };
         if wire.v != WIRE_VERSION {
             return Err(EnvelopeError::Version(wire.v));
         }
@@ -94,6 +105,7 @@ impl Envelope {
             headers: wire.headers,
             body,
             published_at_ms: wire.ts,
+            stream_id,
         })
     }
 }
@@ -122,6 +134,10 @@ struct Wire<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OwnedWire {
+    /// The stream id, spliced in by the Redis script that records and publishes in one step
+    /// (the publisher cannot know it); never written by [`Envelope::to_wire`].
+    #[serde(default)]
+    sid: Option<String>,
     v: u8,
     origin: String,
     instance: String,
@@ -147,6 +163,8 @@ pub(crate) enum EnvelopeError {
     Origin(String),
     #[error("invalid envelope body")]
     Body,
+    #[error("invalid stream id {0:?}")]
+    StreamId(String),
 }
 
 /// Why a publish or a subscription change was not confirmed.
@@ -182,6 +200,12 @@ pub(crate) enum Received {
     Envelope(Arc<Envelope>),
     /// A payload a foreign publisher sent on `channel`, matched by subscribed `pattern`.
     Channel { pattern: String, channel: String, payload: Bytes },
+    /// These hub keys' subscriptions were dropped (the connection went, or a key's slot moved
+    /// to another node): whatever is published to them is missed until [`Received::Restored`].
+    Interrupted(Vec<String>),
+    /// These hub keys are subscribed again after [`Received::Interrupted`]: what was missed is
+    /// in their record (with history on).
+    Restored(Vec<String>),
 }
 
 /// Which adapter an instance runs on.
@@ -221,8 +245,15 @@ pub(crate) trait Broker: Send + Sync {
     /// Stops listening to `target`.
     fn unwatch(&self, target: Target);
 
+    /// Up to `limit` recorded envelopes of hub key `key` from `start` on, oldest first, each
+    /// with its stream id (`XRANGE`). Empty when history is off.
+    fn replay(&self, key: &str, start: Start, limit: usize) -> Replay;
+
     fn health(&self) -> Health;
 }
+
+/// A pending page of a destination's record.
+pub(crate) type Replay = BoxFuture<'static, Result<Vec<Arc<Envelope>>, BrokerError>>;
 
 /// A pending broker confirmation.
 #[derive(Debug)]
@@ -280,13 +311,53 @@ impl Future for Ack {
     }
 }
 
-/// The broker channel for hub key `key`.
-pub(crate) fn channel_name(key: &str) -> String {
-    format!("{CHANNEL_PREFIX}{key}")
-}
-
 /// Prefix of every channel tether uses, so `PUBSUB CHANNELS tether:dest:*` lists them all.
 pub(crate) const CHANNEL_PREFIX: &str = "tether:dest:";
+/// Prefix of every stream tether writes (history).
+pub(crate) const STREAM_PREFIX: &str = "tether:stream:";
+
+/// How hub keys become Redis names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Naming {
+    /// One Redis: `tether:dest:<key>` and `tether:stream:<key>`.
+    Plain,
+    /// Redis Cluster: the key in a hash tag (`tether:dest:{<key>}`, `tether:stream:{<key>}`),
+    /// so a destination's channel and stream hash to the same slot and live on one node (a
+    /// script can then record and publish in one step). A key that starts with `}` would make
+    /// the tag empty (Redis then hashes the whole name, differently for the two): such keys
+    /// get the tag `{~}` instead, all on one slot.
+    Cluster,
+}
+
+impl Naming {
+    pub(crate) fn channel(self, key: &str) -> String {
+        self.name(CHANNEL_PREFIX, key)
+    }
+
+    pub(crate) fn stream(self, key: &str) -> String {
+        self.name(STREAM_PREFIX, key)
+    }
+
+    /// The hub key whose channel is `channel` (the inverse of [`Naming::channel`]).
+    pub(crate) fn key_of_channel(self, channel: &str) -> Option<&str> {
+        let rest = channel.strip_prefix(CHANNEL_PREFIX)?;
+        match self {
+            Naming::Plain => Some(rest),
+            Naming::Cluster => match rest.strip_prefix("{~}") {
+                Some(key) if key.starts_with('}') => Some(key),
+                _ => rest.strip_prefix('{')?.strip_suffix('}'),
+            },
+        }
+    }
+
+    fn name(self, prefix: &str, key: &str) -> String {
+        match self {
+            Naming::Plain => format!("{prefix}{key}"),
+            Naming::Cluster if key.starts_with('}') => format!("{prefix}{{~}}{key}"),
+            Naming::Cluster => format!("{prefix}{{{key}}}"),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -303,6 +374,7 @@ mod tests {
             headers: vec![("x-a".into(), "1:2\n".into())],
             body: Bytes::copy_from_slice(body),
             published_at_ms: 1_700_000_000_000,
+            stream_id: None,
         }
     }
 
@@ -314,6 +386,30 @@ mod tests {
         }
         let wire = String::from_utf8(envelope(&[255]).to_wire()).unwrap();
         assert!(wire.contains("\"body_b64\":\"/w==\""), "{wire}");
+    }
+
+    #[test]
+    fn a_destinations_channel_and_stream_share_a_cluster_slot() {
+        use ::redis::cluster_routing::Slot;
+        assert_eq!(Naming::Plain.channel("/topic/a"), "tether:dest:/topic/a");
+        assert_eq!(Naming::Plain.stream("/topic/a"), "tether:stream:/topic/a");
+        assert_eq!(Naming::Cluster.channel("/topic/a"), "tether:dest:{/topic/a}");
+        for key in ["/topic/a", "/topic/b", "}x", "}", "a}b", "{a}", "a{b}c", "/user/alice/queue/x", "{", "}}{{"] {
+            let (c, s) = (Naming::Cluster.channel(key), Naming::Cluster.stream(key));
+            assert_eq!(Slot::for_key(&c), Slot::for_key(&s), "{key:?}: {c} and {s}");
+        }
+        for naming in [Naming::Plain, Naming::Cluster] {
+            for key in ["/topic/a", "}x", "}", "~}a", "{~}}b", "/user/alice/queue/x"] {
+                assert_eq!(naming.key_of_channel(&naming.channel(key)), Some(key), "{naming:?} {key:?}");
+            }
+        }
+        assert_eq!(Naming::Cluster.key_of_channel("tether:dest:/topic/a"), None);
+        assert_eq!(Naming::Plain.key_of_channel("other:/topic/a"), None);
+        // Different destinations spread over slots.
+        assert_ne!(
+            Slot::for_key(Naming::Cluster.channel("/topic/a")),
+            Slot::for_key(Naming::Cluster.channel("/topic/b"))
+        );
     }
 
     #[test]

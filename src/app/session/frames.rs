@@ -1,38 +1,9 @@
-//! The frames a session writes that depend on its state (MESSAGE per subscription, ERROR), and
-//! heart-beat negotiation. Pure.
+//! The ERROR frames a session writes, and heart-beat negotiation. Pure. (MESSAGE frames are
+//! `message`'s.)
 
 use std::time::Duration;
 
-use crate::app::instance::Delivery;
-use crate::app::stomp::{self, Command, Frame, Version};
-
-/// Encodes one MESSAGE frame for a delivery; `ack` is the `ack` header of client-acknowledged
-/// subscriptions.
-pub(crate) fn message(d: &Delivery, version: Version, ack: Option<&str>) -> Vec<u8> {
-    let e = &d.envelope;
-    let len = e.body.len().to_string();
-    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(9 + e.headers.len());
-    headers.push(("subscription", &d.subscription));
-    headers.push(("message-id", &e.id));
-    headers.push(("destination", &d.destination));
-    if let Some(ack) = ack {
-        headers.push(("ack", ack));
-    }
-    if let Some(ct) = &e.content_type {
-        headers.push(("content-type", ct));
-    }
-    headers.push(("content-length", &len));
-    headers.push(("tether-instance", &e.instance));
-    if let Some(sender) = &e.sender {
-        headers.push(("tether-user", sender));
-    }
-    headers.extend(e.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    let mut out = Vec::with_capacity(128 + e.body.len());
-    stomp::encode_head(Command::Message, headers, version, &mut out);
-    out.extend_from_slice(&e.body);
-    out.push(0);
-    out
-}
+use crate::app::stomp::{Command, Frame};
 
 /// An ERROR frame: `message` names the problem, `detail` is the body.
 pub(crate) fn error(message: &str, receipt: Option<&str>, detail: &str) -> Frame {
@@ -62,10 +33,7 @@ pub(crate) fn negotiate_heart_beat(server_ms: u64, (cx, cy): (u64, u64)) -> (Opt
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::app::broker::Envelope;
 
     #[test]
     fn heart_beats_are_negotiated_per_spec() {
@@ -84,41 +52,5 @@ mod tests {
         assert_eq!(parse_heart_beat(Some("100, 200")), Some((100, 200)));
         assert_eq!(parse_heart_beat(Some("100")), None);
         assert_eq!(parse_heart_beat(Some("-1,5")), None);
-    }
-
-    fn delivery() -> Delivery {
-        Delivery {
-            envelope: Arc::new(Envelope {
-                origin: 1,
-                instance: "app-1".into(),
-                id: "0000000000000001-7".into(),
-                destination: "/user/alice/queue/x".into(),
-                sender: Some("bob".into()),
-                content_type: Some("text/plain".into()),
-                headers: vec![("x-k".into(), "a:b".into())],
-                body: bytes::Bytes::from_static(b"hi\0there"),
-                published_at_ms: 0,
-            }),
-            subscription: "sub-1".into(),
-            seq: 1,
-            destination: "/user/queue/x".into(),
-        }
-    }
-
-    #[test]
-    fn message_frames_carry_subscription_specific_headers_and_user_headers() {
-        let t = String::from_utf8(message(&delivery(), Version::V1_2, None)).unwrap();
-        assert_eq!(
-            t,
-            "MESSAGE\nsubscription:sub-1\nmessage-id:0000000000000001-7\ndestination:/user/queue/x\n\
-             content-type:text/plain\ncontent-length:8\ntether-instance:app-1\ntether-user:bob\n\
-             x-k:a\\cb\n\nhi\0there\0"
-        );
-    }
-
-    #[test]
-    fn client_acknowledged_messages_carry_an_ack_header() {
-        let t = String::from_utf8(message(&delivery(), Version::V1_2, Some("42"))).unwrap();
-        assert!(t.contains("\ndestination:/user/queue/x\nack:42\n"), "{t}");
     }
 }

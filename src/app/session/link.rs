@@ -11,8 +11,9 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
+use crate::app::message::OutFrame;
 use crate::app::sockjs::session::SockLink;
 
 /// A write (one batch of frames) that cannot complete this long means the peer is gone.
@@ -64,7 +65,7 @@ impl Link {
     }
 
     /// Writes encoded STOMP frames (or heart-beat EOLs), in order.
-    pub(crate) async fn send(&mut self, frames: Vec<Vec<u8>>) -> Result<(), ()> {
+    pub(crate) async fn send(&mut self, frames: Vec<OutFrame>) -> Result<(), ()> {
         match self {
             Link::WebSocket(ws) => {
                 let io = async move {
@@ -80,14 +81,14 @@ impl Link {
             }
             // SockJS carries text only: a body that is not UTF-8 cannot travel intact.
             Link::SockJs { link, .. } => {
-                let messages = frames.into_iter().map(|f| String::from_utf8_lossy(&f).into_owned()).collect();
+                let messages = frames.into_iter().map(text_or_lossy).collect();
                 link.session.push(messages, WRITE_TIMEOUT).await
             }
         }
     }
 
     /// Ends the session: a last frame, then the close (`None`: the peer closed first).
-    pub(crate) async fn close(&mut self, last: Option<Vec<u8>>, close: Option<(CloseCode, &str)>) {
+    pub(crate) async fn close(&mut self, last: Option<OutFrame>, close: Option<(CloseCode, &str)>) {
         match self {
             Link::WebSocket(ws) => {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
@@ -103,7 +104,7 @@ impl Link {
             }
             Link::SockJs { link, .. } => {
                 let (code, reason) = close.map_or((1000, "Normal closure"), |(c, r)| (u16::from(c), r));
-                let last = last.map(|f| String::from_utf8_lossy(&f).into_owned());
+                let last = last.map(text_or_lossy);
                 link.session.close(code, reason, last);
             }
         }
@@ -118,10 +119,27 @@ impl Link {
     }
 }
 
-/// A text message when `bytes` are UTF-8 (STOMP frames usually are), else a binary one.
-fn ws_message(bytes: Vec<u8>) -> Message {
-    match String::from_utf8(bytes) {
-        Ok(s) => Message::text(s),
-        Err(e) => Message::binary(e.into_bytes()),
+/// A text message when the frame is UTF-8 (STOMP frames usually are), else a binary one. The
+/// frame says which: nothing is validated again here, once per subscriber.
+fn ws_message(frame: OutFrame) -> Message {
+    let (bytes, utf8) = frame.into_parts();
+    let bytes = Bytes::from(bytes);
+    if utf8 {
+        // SAFETY: `OutFrame::utf8` is only set for bytes known to be UTF-8 (checked once, or
+        // assembled from strings and an already-checked body: `message::Prepared`).
+        Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(bytes) })
+    } else {
+        Message::Binary(bytes)
+    }
+}
+
+/// SockJS carries text only: a frame that is not UTF-8 cannot travel intact.
+fn text_or_lossy(frame: OutFrame) -> String {
+    let (bytes, utf8) = frame.into_parts();
+    if utf8 {
+        // SAFETY: as in `ws_message`.
+        unsafe { String::from_utf8_unchecked(bytes) }
+    } else {
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }

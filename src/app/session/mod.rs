@@ -1,7 +1,8 @@
 //! One STOMP session, from the first byte after the upgrade (or the SockJS open) to the close:
 //! CONNECT negotiation (version, heart-beats, identity), frame handling, subscriptions and
 //! their acknowledgements, transactions, receipts, heart-beats both ways, the bounded outbound
-//! queue, and closing (ERROR, drain, slow consumer).
+//! queue, resuming subscriptions (`x-resume-from`: replay from the record, then live), the
+//! publish rate limit, and closing (ERROR, drain, slow consumer).
 //!
 //! One task owns the transport ([`Link`]) and does all of it in one `select!` loop. Nothing in
 //! the loop waits on the broker: every answer that depends on it (a RECEIPT, or the ERROR for a
@@ -16,6 +17,7 @@ mod frames;
 mod identity;
 mod link;
 mod publish;
+mod rate;
 mod transaction;
 
 use std::collections::HashMap;
@@ -23,9 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::{FutureExt as _, StreamExt as _};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -34,10 +35,15 @@ pub(crate) use link::Link;
 use self::ack::{AckMode, Acks};
 use self::identity::Identity;
 use self::link::Incoming;
+use self::rate::RateLimit;
 use self::transaction::Transactions;
-use super::broker::BrokerError;
-use super::hub::{SessionId, Subscriber, USER_PREFIX, subscription_key};
-use super::instance::{CloseReason, Delivery, Instance, SessionHandle, SessionSignal};
+use super::broker::{BrokerError, Envelope};
+use super::history::seam::{Next, Out, Overflow, Seam};
+use super::history::{REPLAY_PAGE, Start, StreamId};
+use super::hub::{SessionId, USER_PREFIX, subscription_key};
+use super::instance::{CloseReason, Instance, Member, SessionSignal};
+use super::message::{OutFrame, Prepared, RESUME_FROM_HEADER, RESUME_GAP_HEADER, STREAM_ID_HEADER, SubLines};
+use super::outbox::{self, Queued};
 use super::stomp::{self, Command, DecodeError, Decoder, Frame, Item, Version};
 
 /// A client must send CONNECT this soon after the upgrade.
@@ -52,7 +58,7 @@ const MAX_PENDING_REPLIES: usize = 1024;
 /// MESSAGE frames written per flush.
 const WRITE_BATCH: usize = 64;
 /// SEND headers that are protocol or server-set, never passed through to MESSAGE.
-const RESERVED_HEADERS: [&str; 12] = [
+const RESERVED_HEADERS: [&str; 14] = [
     "destination",
     "receipt",
     "content-length",
@@ -65,6 +71,8 @@ const RESERVED_HEADERS: [&str; 12] = [
     "tether-instance",
     "tether-user",
     "redis-channel",
+    STREAM_ID_HEADER,
+    RESUME_GAP_HEADER,
 ];
 
 /// How the session ends.
@@ -100,11 +108,20 @@ enum Reply {
     Disconnect(Option<String>),
 }
 
-/// A live subscription of this session.
+/// A subscription of this session.
 struct Sub {
-    seq: u64,
+    /// The hub key it is registered under.
+    key: Arc<str>,
     mode: AckMode,
+    /// Its `subscription` and `destination` header lines, escaped for the session's version.
+    lines: SubLines,
+    /// Where it stands in its destination's stream (replaying, or live).
+    seam: Seam<Arc<Prepared>>,
 }
+
+/// A page of a resumed subscription's record: `None` when the live subscription was not
+/// confirmed (that is answered as the SUBSCRIBE's failure).
+type ReplayPage = (u64, Option<Result<Vec<Arc<Envelope>>, BrokerError>>);
 
 struct Session {
     inst: Arc<Instance>,
@@ -112,8 +129,9 @@ struct Session {
     id: SessionId,
     name: String,
     signal: Arc<SessionSignal>,
-    handle: SessionHandle,
-    outbox: mpsc::Receiver<Delivery>,
+    /// What the registry holds for each of this session's subscriptions.
+    member: Member,
+    outbox: outbox::Receiver,
     decoder: Decoder,
     state: State,
     version: Version,
@@ -122,7 +140,14 @@ struct Session {
     identity: Option<Identity>,
     /// The user others see (`None`: anonymous), from `identity`.
     user: Option<String>,
-    subs: HashMap<Arc<str>, Sub>,
+    /// Subscription numbers by STOMP id.
+    ids: HashMap<Arc<str>, u64>,
+    /// Subscriptions by number (what deliveries name).
+    subs: HashMap<u64, Sub>,
+    /// Pages being read for resuming subscriptions.
+    replays: FuturesUnordered<BoxFuture<'static, ReplayPage>>,
+    /// `--max-publish-rate`.
+    rate: Option<RateLimit>,
     acks: Acks,
     transactions: Transactions,
     send_every: Option<Duration>,
@@ -138,12 +163,13 @@ struct Session {
 pub(crate) async fn serve(inst: Arc<Instance>, link: Link, header_user: Option<String>) {
     let id = inst.next_session_id();
     let signal = Arc::new(SessionSignal::new(id));
-    let (tx, outbox) = mpsc::channel(inst.settings.outbound_queue.max(1));
+    let (tx, outbox) = outbox::channel(inst.settings.outbound_bytes);
     let now = Instant::now();
     let mut session = Session {
         name: inst.session_name(id),
         decoder: Decoder::new(inst.settings.limits),
-        handle: SessionHandle { outbox: tx, signal: signal.clone() },
+        member: Member { session: id, outbox: tx, signal: signal.clone() },
+        rate: inst.settings.max_publish_rate.map(|n| RateLimit::new(n, now.into_std())),
         acks: Acks::new(inst.settings.max_unacked),
         inst,
         link,
@@ -155,7 +181,9 @@ pub(crate) async fn serve(inst: Arc<Instance>, link: Link, header_user: Option<S
         header_user,
         identity: None,
         user: None,
+        ids: HashMap::new(),
         subs: HashMap::new(),
+        replays: FuturesUnordered::new(),
         transactions: Transactions::default(),
         send_every: None,
         expect_every: None,
@@ -170,6 +198,9 @@ pub(crate) async fn serve(inst: Arc<Instance>, link: Link, header_user: Option<S
         End::Close { code: CloseCode::Away, reason: "server shutting down", last: None }
     };
     // Stop fan-out to this session before spending time on the closing handshake.
+    for (seq, sub) in session.subs.drain() {
+        session.inst.unsubscribe(&sub.key, seq);
+    }
     session.inst.remove_session(session.id);
     session.finish(end).await;
 }
@@ -202,10 +233,11 @@ impl Session {
                 _ = self.signal.closed() => continue,
                 Some(reply) = self.pending.next(), if !self.pending.is_empty() => self.on_reply(reply).await,
                 Some(first) = self.outbox.recv() => self.write_deliveries(first).await,
+                Some((seq, page)) = self.replays.next(), if !self.replays.is_empty() => self.on_replay(seq, page).await,
                 msg = self.link.recv(), if reading => self.on_incoming(msg).await,
                 _ = tokio::time::sleep_until(read_deadline), if reading => self.on_read_deadline(),
                 _ = tokio::time::sleep_until(beat_due.unwrap_or_else(far_future)), if beat_due.is_some() => {
-                    self.write(vec![b"\n".to_vec()]).await
+                    self.write(vec![OutFrame::heart_beat()]).await
                 }
             };
             if let Err(end) = step {
@@ -342,7 +374,7 @@ impl Session {
         tracing::debug!(event = "stomp_connected", session = %self.name, version = version.as_str(), user = user.as_deref());
         self.user = user;
         self.identity = Some(identity);
-        self.write(vec![stomp::to_bytes(&connected, self.version)]).await
+        self.write(vec![OutFrame::checked(stomp::to_bytes(&connected, self.version))]).await
     }
 
     fn on_subscribe(&mut self, frame: &Frame) -> Result<(), End> {
@@ -358,31 +390,70 @@ impl Session {
         let Some(mode) = AckMode::parse(frame.get("ack")) else {
             return Err(protocol_error(frame, "ack must be auto, client or client-individual"));
         };
-        let key = if destination.starts_with(USER_PREFIX) {
+        let resume = match frame.get(RESUME_FROM_HEADER) {
+            None => None,
+            Some(v) => match StreamId::parse(v.trim()) {
+                Some(id) => Some(id),
+                None => {
+                    return Err(protocol_error(
+                        frame,
+                        "invalid x-resume-from: give the x-stream-id of the last MESSAGE received",
+                    ));
+                }
+            },
+        };
+        if self.ids.contains_key(id) {
+            return Err(protocol_error(frame, &format!("subscription id {id:?} is already in use on this connection")));
+        }
+        let limit = self.inst.settings.max_subscriptions;
+        if self.ids.len() >= limit {
+            return Err(protocol_error(frame, &format!("too many subscriptions on this connection (limit {limit})")));
+        }
+        let key: Arc<str> = if destination.starts_with(USER_PREFIX) {
             // Anonymous sessions have a random name that nobody else learns, so their user
             // destinations reach exactly them.
             let name = self.identity.as_ref().map_or(self.name.as_str(), Identity::routing_name);
-            subscription_key(destination, name)
+            subscription_key(destination, name).into()
         } else {
-            destination.to_owned()
+            destination.into()
         };
         let seq = self.inst.next_subscription_seq();
-        let sub = Subscriber {
-            session: self.id,
-            id: id.into(),
-            destination: destination.into(),
-            seq,
-            handle: self.handle.clone(),
+        let confirmed = self.inst.subscribe(&key, seq, self.member.clone());
+        let receipt = frame.get("receipt").map(str::to_owned);
+        let lines = SubLines::new(id, destination, self.version);
+        let (seam, start) = match resume {
+            None => (Seam::live(), None),
+            Some(cursor) => {
+                // Live messages wait while the record is read: as much as the outbound queue.
+                let (seam, start) = Seam::resume(cursor, self.inst.settings.outbound_bytes);
+                (seam, Some(start))
+            }
         };
-        let confirmed = match self.inst.subscribe(&key, sub) {
-            Ok(ack) => ack,
-            Err(e) => return Err(protocol_error(frame, &e.to_string())),
-        };
-        self.subs.insert(id.into(), Sub { seq, mode });
+        self.ids.insert(id.into(), seq);
+        self.subs.insert(seq, Sub { key: key.clone(), mode, lines, seam });
         // RECEIPT means "from now on you receive this destination on every instance"; when the
         // broker cannot confirm that, the answer is an ERROR (and the session ends, taking the
         // subscription with it).
-        self.answer_after(frame.get("receipt").map(str::to_owned), confirmed, "subscription not confirmed");
+        match start {
+            None => self.answer_after(receipt, confirmed, "subscription not confirmed"),
+            Some(start) => {
+                // The record is read only once the live subscription is confirmed: whatever is
+                // published later arrives live, so replay and live overlap instead of leaving
+                // a hole, and the seam drops the overlap.
+                let confirmed = confirmed.shared();
+                self.answer_after(receipt, confirmed.clone(), "subscription not confirmed");
+                let inst = self.inst.clone();
+                self.replays.push(
+                    async move {
+                        match confirmed.await {
+                            Ok(()) => (seq, Some(inst.replay(&key, start, REPLAY_PAGE).await)),
+                            Err(_) => (seq, None),
+                        }
+                    }
+                    .boxed(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -417,10 +488,12 @@ impl Session {
         };
         // Unknown ids are not an error: the subscription may already be gone. Deliveries
         // still queued for it are dropped when written (their seq no longer matches).
-        if let Some(sub) = self.subs.remove(id) {
-            self.acks.forget(sub.seq);
+        if let Some(seq) = self.ids.remove(id) {
+            self.acks.forget(seq);
+            if let Some(sub) = self.subs.remove(&seq) {
+                self.inst.unsubscribe(&sub.key, seq);
+            }
         }
-        self.inst.unsubscribe(self.id, id);
         self.reply_now(frame.get("receipt").map(str::to_owned));
         Ok(())
     }
@@ -479,7 +552,7 @@ impl Session {
             Reply::Done(None) => Ok(()),
             Reply::Done(Some(id)) => {
                 let receipt = Frame::new(Command::Receipt).header("receipt-id", id);
-                self.write(vec![stomp::to_bytes(&receipt, self.version)]).await
+                self.write(vec![OutFrame::checked(stomp::to_bytes(&receipt, self.version))]).await
             }
             // STOMP: a server that cannot process a frame answers ERROR and closes. A RECEIPT
             // here would claim something that did not happen.
@@ -494,32 +567,107 @@ impl Session {
         }
     }
 
-    async fn write_deliveries(&mut self, first: Delivery) -> Result<(), End> {
+    async fn write_deliveries(&mut self, first: Queued) -> Result<(), End> {
         let mut batch = Vec::with_capacity(8);
         let mut next = Some(first);
-        while let Some(d) = next.take() {
+        let mut ended = None;
+        while let Some(queued) = next.take() {
+            let d = match queued {
+                Queued::Message(d) => d,
+                Queued::Interrupted(seq) => {
+                    // Live messages wait while the record is read: as much as the outbound queue.
+                    let limit = self.inst.settings.outbound_bytes;
+                    if let Some(sub) = self.subs.get_mut(&seq) {
+                        sub.seam.hold(limit);
+                    }
+                    next = self.outbox.try_recv();
+                    continue;
+                }
+                Queued::Restored(seq) => {
+                    if let Some((key, start)) =
+                        self.subs.get_mut(&seq).and_then(|sub| Some((sub.key.clone(), sub.seam.resync()?)))
+                    {
+                        self.fetch_page(seq, key, start);
+                    }
+                    next = self.outbox.try_recv();
+                    continue;
+                }
+            };
             // Only for the SUBSCRIBE it was queued for: not after its UNSUBSCRIBE, not for a
             // later subscription that reuses the id.
-            if let Some(sub) = self.subs.get(&d.subscription).filter(|s| s.seq == d.seq) {
-                let ack = match self.acks.deliver(sub.seq, sub.mode) {
-                    Ok(ack) => ack,
-                    Err(ack::Overflow) => {
-                        return Err(slow_consumer("too many messages are waiting for an ACK on this connection"));
+            if let Some(sub) = self.subs.get_mut(&d.seq) {
+                let out = match sub.seam.on_live(d.message) {
+                    Ok(out) => out,
+                    Err(Overflow) => {
+                        ended =
+                            Some(slow_consumer("too many messages arrived while a subscription replayed its history"));
+                        break;
                     }
                 };
-                batch.push(frames::message(&d, self.version, ack.as_deref()));
+                if let Some(out) = out {
+                    match message_frame(&mut self.acks, self.version, d.seq, sub, out) {
+                        Ok(frame) => batch.push(frame),
+                        Err(end) => {
+                            ended = Some(end);
+                            break;
+                        }
+                    }
+                }
             }
             if batch.len() < WRITE_BATCH {
-                next = self.outbox.try_recv().ok();
+                next = self.outbox.try_recv();
             }
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.write(batch).await
+        self.write_then(batch, ended).await
     }
 
-    async fn write(&mut self, frames: Vec<Vec<u8>>) -> Result<(), End> {
+    /// Writes `batch` (what was due before a session-ending condition), then ends with
+    /// `ended` if set.
+    async fn write_then(&mut self, batch: Vec<OutFrame>, ended: Option<End>) -> Result<(), End> {
+        if !batch.is_empty() {
+            self.write(batch).await?;
+        }
+        ended.map_or(Ok(()), Err)
+    }
+
+    /// A page of a resumed subscription's record arrived: write what the seam hands out, read
+    /// on or go live.
+    async fn on_replay(&mut self, seq: u64, page: Option<Result<Vec<Arc<Envelope>>, BrokerError>>) -> Result<(), End> {
+        // Unsubscribed meanwhile, or not confirmed (answered as the SUBSCRIBE's failure).
+        let (Some(sub), Some(page)) = (self.subs.get_mut(&seq), page) else {
+            return Ok(());
+        };
+        let page = page.map_err(|e| End::Error {
+            frame: frames::error("history not available", None, &e.to_string()),
+            code: CloseCode::Again,
+        })?;
+        let prepared = page.into_iter().map(|e| Arc::new(Prepared::new(e))).collect();
+        let (outs, next) = sub.seam.on_page(prepared, REPLAY_PAGE);
+        if let Next::Fetch(start) = next {
+            let key = sub.key.clone();
+            self.fetch_page(seq, key, start);
+        }
+        let Some(sub) = self.subs.get_mut(&seq) else { return Ok(()) };
+        let mut batch = Vec::with_capacity(outs.len());
+        let mut ended = None;
+        for out in outs {
+            match message_frame(&mut self.acks, self.version, seq, sub, out) {
+                Ok(frame) => batch.push(frame),
+                Err(end) => {
+                    ended = Some(end);
+                    break;
+                }
+            }
+        }
+        self.write_then(batch, ended).await
+    }
+
+    fn fetch_page(&mut self, seq: u64, key: Arc<str>, start: Start) {
+        let inst = self.inst.clone();
+        self.replays.push(async move { (seq, Some(inst.replay(&key, start, REPLAY_PAGE).await)) }.boxed());
+    }
+
+    async fn write(&mut self, frames: Vec<OutFrame>) -> Result<(), End> {
         match self.link.send(frames).await {
             Ok(()) => {
                 self.last_write = Instant::now();
@@ -545,9 +693,27 @@ impl Session {
             }
             End::Close { code, reason, last } => (last, Some((code, reason))),
         };
-        let last = last.map(|f| stomp::to_bytes(&f, self.version));
+        let last = last.map(|f| OutFrame::checked(stomp::to_bytes(&f, self.version)));
         self.link.close(last, close).await;
     }
+}
+
+/// The MESSAGE for one delivery of subscription `seq`, with its `ack` header when the
+/// subscription is client-acknowledged.
+fn message_frame(
+    acks: &mut Acks,
+    version: Version,
+    seq: u64,
+    sub: &Sub,
+    out: Out<Arc<Prepared>>,
+) -> Result<OutFrame, End> {
+    let ack = match acks.deliver(seq, sub.mode) {
+        Ok(ack) => ack,
+        Err(ack::Overflow) => {
+            return Err(slow_consumer("too many messages are waiting for an ACK on this connection"));
+        }
+    };
+    Ok(out.message.frame(version, &sub.lines, ack.as_deref(), out.gap))
 }
 
 fn far_future() -> Instant {

@@ -3,6 +3,8 @@
 
 use futures_util::FutureExt as _;
 
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
 use super::{End, RESERVED_HEADERS, Reply, Session, protocol_error};
 use crate::app::app_forward::{self, is_app_destination};
 use crate::app::broker::{BrokerError, Envelope};
@@ -19,6 +21,17 @@ impl Session {
             return Err(protocol_error(&frame, "SEND without destination"));
         };
         let receipt = frame.get("receipt").map(str::to_owned);
+        if let Some(rate) = &mut self.rate
+            && !rate.allow(std::time::Instant::now())
+        {
+            self.inst.metrics.publish_rate_limited.inc();
+            let limit = self.inst.settings.max_publish_rate.unwrap_or_default();
+            let detail = format!("more than {limit} SEND frames per second on this connection (--max-publish-rate)");
+            return Err(End::Error {
+                frame: super::frames::error("publish rate exceeded", receipt.as_deref(), &detail),
+                code: CloseCode::Policy,
+            });
+        }
         if is_app_destination(destination) {
             return self.forward_to_app(frame, receipt);
         }
@@ -32,6 +45,7 @@ impl Session {
             headers: frame.headers.iter().filter(|(n, _)| !RESERVED_HEADERS.contains(&n.as_str())).cloned().collect(),
             body: frame.body.clone(),
             published_at_ms: unix_ms(),
+            stream_id: None,
         };
         let published = self.inst.publish(envelope, Source::Stomp);
         self.answer_after(receipt, published, NOT_PUBLISHED);
@@ -71,6 +85,7 @@ impl Session {
                     headers: Vec::new(),
                     body: publish.body,
                     published_at_ms: unix_ms(),
+                    stream_id: None,
                 };
                 match tokio::time::timeout(timeout, inst.publish(envelope, Source::App)).await {
                     Ok(Ok(())) => Reply::Done(receipt),

@@ -58,8 +58,33 @@ impl TestAppBuilder {
         self
     }
 
-    pub fn outbound_queue(mut self, n: usize) -> Self {
-        self.args.outbound_queue = n;
+    /// `--outbound-queue-bytes`.
+    pub fn outbound_queue_bytes(mut self, n: usize) -> Self {
+        self.args.outbound_queue_bytes = n;
+        self
+    }
+
+    /// `--history DURATION`.
+    pub fn history(mut self, d: Duration) -> Self {
+        self.args.history = Some(d);
+        self
+    }
+
+    /// `--history-len N`.
+    pub fn history_len(mut self, n: usize) -> Self {
+        self.args.history_len = Some(n);
+        self
+    }
+
+    /// `--max-publish-rate N`.
+    pub fn max_publish_rate(mut self, n: u32) -> Self {
+        self.args.max_publish_rate = Some(n);
+        self
+    }
+
+    /// `--redis-cluster` seed nodes.
+    pub fn redis_cluster(mut self, nodes: Vec<String>) -> Self {
+        self.fanout = Fanout::RedisCluster(nodes);
         self
     }
 
@@ -151,7 +176,10 @@ impl TestAppBuilder {
 
     /// [`Self::spawn`], then wait until the app's Redis connection is up.
     pub async fn spawn_with_redis_up(self) -> TestApp {
-        assert!(matches!(self.fanout, Fanout::Redis(_)), "spawn_with_redis_up needs .redis(url)");
+        assert!(
+            matches!(self.fanout, Fanout::Redis(_) | Fanout::RedisCluster(_)),
+            "spawn_with_redis_up needs .redis(url) or .redis_cluster(nodes)"
+        );
         let app = self.spawn().await;
         app.wait_redis("up").await;
         app
@@ -236,6 +264,32 @@ impl TestApp {
         let query: String =
             form_urlencoded::Serializer::new(String::new()).append_pair("destination", destination).finish();
         http_client::post(self.operator_addr(), &format!("/publish?{query}"), body.to_owned()).await
+    }
+
+    /// Publishes `{prefix}0`, `{prefix}1`, ... to `destination` every 5 ms (200 messages/s)
+    /// until `stop`; returns the numbers taken (202), in order. A publish refused with 503
+    /// (the broker reconnecting or following a change) is not counted; anything else fails.
+    pub async fn publish_numbered_until(
+        &self,
+        destination: &str,
+        prefix: &str,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Vec<u32> {
+        let mut taken = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for n in 0u32.. {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let r = self.publish(destination, &format!("{prefix}{n}")).await;
+            match r.status.as_u16() {
+                202 => taken.push(n),
+                503 => {}
+                other => panic!("publish {n}: {other} {}", r.body),
+            }
+        }
+        taken
     }
 
     /// Wait until `/healthz` reports redis `state`.

@@ -91,6 +91,15 @@ impl AppProcess {
     }
 }
 
+impl Drop for AppProcess {
+    /// A failing test shows what the backend logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- stderr of tether {} ---\n{}", self.args.join(" "), self.stderr());
+        }
+    }
+}
+
 /// `tether demo` as a child process (the proxy and two app instances), killed on drop.
 pub struct DemoProcess {
     tether: Tether,

@@ -29,6 +29,7 @@ pub mod prom;
 pub mod proxy;
 pub mod reconnecting_client;
 pub mod redis;
+pub mod redis_cluster;
 pub mod resolver;
 pub mod server_runtime;
 pub mod stomp_client;

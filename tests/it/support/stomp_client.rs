@@ -83,6 +83,12 @@ impl ConnectOptions {
 /// Opens a WebSocket to `url` without speaking STOMP yet; returns the socket and the
 /// negotiated subprotocol.
 pub async fn open_ws(url: &str, opts: &ConnectOptions) -> (Ws, Option<String>) {
+    let (ws, protocol, _) = open_ws_answered(url, opts).await;
+    (ws, protocol)
+}
+
+/// [`open_ws`], also returning the 101's `Set-Cookie` (a proxy's sticky pin).
+async fn open_ws_answered(url: &str, opts: &ConnectOptions) -> (Ws, Option<String>, Option<String>) {
     let mut req = url.into_client_request().expect("valid ws url");
     if let Some(p) = &opts.subprotocols {
         req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(p).expect("header value"));
@@ -97,8 +103,8 @@ pub async fn open_ws(url: &str, opts: &ConnectOptions) -> (Ws, Option<String>) {
         .await
         .unwrap_or_else(|_| panic!("WebSocket connect to {url} timed out"))
         .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"));
-    let protocol = resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    (ws, protocol)
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (ws, header("sec-websocket-protocol"), header("set-cookie"))
 }
 
 /// The status of a WebSocket upgrade to `url` with `headers`: 101 when accepted (the socket is
@@ -137,6 +143,8 @@ pub struct StompClient {
     backlog: VecDeque<Frame>,
     pub connected: Frame,
     pub protocol: Option<String>,
+    /// The `Set-Cookie` of the upgrade's answer, if any.
+    pub set_cookie: Option<String>,
     /// Server heart-beats (EOLs) seen so far.
     pub heartbeats_received: usize,
     receipts: u32,
@@ -167,9 +175,10 @@ impl StompClient {
     }
 
     async fn send_connect(url: &str, opts: ConnectOptions) -> (StompClient, Frame) {
-        let (ws, protocol) = open_ws(url, &opts).await;
+        let (ws, protocol, set_cookie) = open_ws_answered(url, &opts).await;
         let mut client = StompClient {
             ws,
+            set_cookie,
             decoder: Decoder::new(Limits { max_frame_bytes: 1 << 20, max_headers: 64 }),
             backlog: VecDeque::new(),
             connected: Frame::new(Command::Connected),
@@ -210,12 +219,18 @@ impl StompClient {
 
     /// SUBSCRIBE with a receipt, waiting for the RECEIPT.
     pub async fn subscribe(&mut self, destination: &str, id: &str) {
+        self.subscribe_with(destination, id, &[]).await;
+    }
+
+    /// SUBSCRIBE with extra headers (`x-resume-from`, say) and a receipt, waiting for the
+    /// RECEIPT.
+    pub async fn subscribe_with(&mut self, destination: &str, id: &str, headers: &[(&str, &str)]) {
         let receipt = self.next_receipt_id();
-        let frame = Frame::new(Command::Subscribe)
-            .header("destination", destination)
-            .header("id", id)
-            .header("receipt", receipt.clone());
-        self.send_frame(&frame).await;
+        let mut frame = Frame::new(Command::Subscribe).header("destination", destination).header("id", id);
+        for (k, v) in headers {
+            frame = frame.header(*k, *v);
+        }
+        self.send_frame(&frame.header("receipt", receipt.clone())).await;
         self.expect_receipt(&receipt).await;
     }
 
@@ -269,6 +284,11 @@ impl StompClient {
         }
     }
 
+    /// Frames read while waiting for something else and not taken yet.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
     /// The next frame (backlog first). Panics on close or timeout.
     pub async fn next_frame(&mut self) -> Frame {
         if let Some(f) = self.backlog.pop_front() {
@@ -282,6 +302,22 @@ impl StompClient {
         let f = self.next_frame().await;
         assert_eq!(f.command, Command::Message, "expected MESSAGE, got {f:?}");
         f
+    }
+
+    /// Reads MESSAGE bodies into `got` until it holds `expected.len()` of them, then asserts
+    /// it equals `expected`; when they stop coming (for [`WAIT`]) the failure says which are
+    /// missing.
+    pub async fn expect_bodies(&mut self, got: &mut Vec<String>, expected: &[String]) {
+        while got.len() < expected.len() {
+            match tokio::time::timeout(WAIT, self.next_body()).await {
+                Ok(body) => got.push(body),
+                Err(_) => {
+                    let missing: Vec<&String> = expected.iter().filter(|e| !got.contains(e)).collect();
+                    panic!("{} of {} messages arrived; missing {missing:?}", got.len(), expected.len());
+                }
+            }
+        }
+        assert_eq!(got, expected);
     }
 
     /// The body of the next MESSAGE, as text.

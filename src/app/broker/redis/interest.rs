@@ -23,11 +23,20 @@ pub(super) struct Interest<W> {
     subscribed: HashSet<Target>,
     in_flight: Option<Batch>,
     waiters: Vec<(Target, W)>,
+    /// Keys whose subscription the server or the connection dropped while they were wanted:
+    /// messages may have been missed until they are subscribed again.
+    interrupted: HashSet<Target>,
 }
 
 impl<W> Default for Interest<W> {
     fn default() -> Self {
-        Interest { desired: HashSet::new(), subscribed: HashSet::new(), in_flight: None, waiters: Vec::new() }
+        Interest {
+            desired: HashSet::new(),
+            subscribed: HashSet::new(),
+            in_flight: None,
+            waiters: Vec::new(),
+            interrupted: HashSet::new(),
+        }
     }
 }
 
@@ -88,12 +97,71 @@ impl<W> Interest<W> {
         done.into_iter().map(|(_, w)| w).collect()
     }
 
+    /// The server dropped `target` on its own (its slot moved to another node): it is no longer
+    /// subscribed, and the next batch subscribes it again if it is still wanted. Returns
+    /// whether that is the case (false when it was not subscribed, or is being unsubscribed).
+    pub(super) fn lose(&mut self, target: &Target) -> bool {
+        let leaving = self.in_flight.as_ref().is_some_and(|b| b.unsubscribe.contains(target));
+        if leaving || !self.desired.contains(target) {
+            return false;
+        }
+        let lost = self.subscribed.remove(target);
+        if lost && matches!(target, Target::Key(_)) {
+            self.interrupted.insert(target.clone());
+        }
+        lost
+    }
+
+    /// One of several connections dropped and was remade by the client library, which
+    /// subscribes it again on its own but says nothing of what it missed: every subscribed key
+    /// counts as dropped ([`Interest::lose`]) and is subscribed again by the next batch (a
+    /// repeated subscription is harmless). Returns those keys.
+    pub(super) fn lose_all_keys(&mut self) -> Vec<String> {
+        let keys: Vec<Target> = self.subscribed.iter().filter(|t| matches!(t, Target::Key(_))).cloned().collect();
+        let mut lost: Vec<String> = keys
+            .into_iter()
+            .filter(|t| self.lose(t))
+            .filter_map(|t| match t {
+                Target::Key(k) => Some(k),
+                Target::Pattern(_) => None,
+            })
+            .collect();
+        lost.sort();
+        lost
+    }
+
     /// The connection is gone: nothing is subscribed any more, and every waiter fails (the
-    /// desired set stays, for the resubscription on reconnect).
-    pub(super) fn connection_lost(&mut self) -> Vec<W> {
-        self.subscribed.clear();
+    /// desired set stays, for the resubscription on reconnect). Returns the keys that were
+    /// subscribed and are still wanted: they are interrupted until subscribed again.
+    pub(super) fn connection_lost(&mut self) -> (Vec<W>, Vec<String>) {
+        let mut keys = Vec::new();
+        for t in self.subscribed.drain() {
+            if let (Target::Key(k), true) = (&t, self.desired.contains(&t)) {
+                keys.push(k.clone());
+                self.interrupted.insert(t);
+            }
+        }
+        keys.sort();
         self.in_flight = None;
-        std::mem::take(&mut self.waiters).into_iter().map(|(_, w)| w).collect()
+        (std::mem::take(&mut self.waiters).into_iter().map(|(_, w)| w).collect(), keys)
+    }
+
+    /// Interrupted keys that are subscribed again (or no longer wanted, which are just
+    /// forgotten): what was published to the subscribed ones meanwhile is in their record.
+    pub(super) fn take_restored(&mut self) -> Vec<String> {
+        let mut restored = Vec::new();
+        let (subscribed, desired) = (&self.subscribed, &self.desired);
+        self.interrupted.retain(|t| {
+            if subscribed.contains(t) {
+                if let Target::Key(k) = t {
+                    restored.push(k.clone());
+                }
+                return false;
+            }
+            desired.contains(t)
+        });
+        restored.sort();
+        restored
     }
 
     /// How many targets are desired (for the `redis_connected` log line).
@@ -156,6 +224,23 @@ mod tests {
     }
 
     #[test]
+    fn a_target_the_server_dropped_is_subscribed_again_unless_it_was_leaving() {
+        let mut i: Interest<u8> = Interest::default();
+        i.watch(key("a"), 1);
+        i.watch(key("b"), 2);
+        i.next_batch();
+        i.batch_done();
+        assert!(i.lose(&key("a")));
+        assert!(!i.lose(&key("a")), "already lost");
+        assert_eq!(i.next_batch(), Some(Batch { subscribe: vec![key("a")], unsubscribe: vec![] }));
+        i.batch_done();
+        i.unwatch(&key("b"));
+        i.next_batch();
+        assert!(!i.lose(&key("b")), "being unsubscribed: the drop is the answer");
+        assert!(!i.lose(&key("zzz")));
+    }
+
+    #[test]
     fn a_lost_connection_fails_every_waiter_and_resubscribes_everything_desired() {
         let mut i = Interest::default();
         i.watch(key("a"), 1);
@@ -163,9 +248,59 @@ mod tests {
         i.batch_done();
         i.watch(key("b"), 2);
         i.next_batch();
-        assert_eq!(i.connection_lost(), vec![2]);
+        assert_eq!(i.connection_lost().0, vec![2]);
         let again = i.next_batch().unwrap();
         assert_eq!(again.subscribe, vec![key("a"), key("b")]);
         assert_eq!(i.desired_count(), 2);
+    }
+
+    #[test]
+    fn a_remade_connection_counts_every_subscribed_key_as_dropped() {
+        let mut i = Interest::default();
+        for k in ["a", "b"] {
+            i.watch(key(k), 0);
+        }
+        i.watch(Target::Pattern("p:*".into()), 0);
+        i.next_batch();
+        i.batch_done();
+        i.unwatch(&key("b"));
+        assert_eq!(i.lose_all_keys(), ["a"], "not b, which is being given up, nor the pattern");
+        let batch = i.next_batch().unwrap();
+        assert_eq!(batch.subscribe, vec![key("a")]);
+        i.batch_done();
+        assert_eq!(i.take_restored(), ["a"]);
+    }
+
+    #[test]
+    fn keys_dropped_while_wanted_are_reported_once_subscribed_again() {
+        let mut i = Interest::default();
+        for k in ["a", "b", "c"] {
+            i.watch(key(k), 0);
+        }
+        i.watch(Target::Pattern("p:*".into()), 0);
+        i.next_batch();
+        i.batch_done();
+        assert!(i.take_restored().is_empty(), "nothing was interrupted");
+        // The server drops "a" (its slot moved); the next batch brings it back.
+        assert!(i.lose(&key("a")));
+        assert!(i.take_restored().is_empty(), "not subscribed again yet");
+        assert_eq!(i.next_batch().unwrap().subscribe, vec![key("a")]);
+        i.batch_done();
+        assert_eq!(i.take_restored(), ["a"]);
+        assert!(i.take_restored().is_empty(), "reported once");
+        // The connection goes: every wanted key is interrupted; one is given up meanwhile.
+        let (_, keys) = i.connection_lost();
+        assert_eq!(keys, ["a", "b", "c"], "patterns are not keys");
+        i.unwatch(&key("c"));
+        i.next_batch();
+        i.batch_done();
+        assert_eq!(i.take_restored(), ["a", "b"]);
+        let (_, keys) = i.connection_lost();
+        assert_eq!(keys, ["a", "b"]);
+        i.unwatch(&key("a"));
+        i.unwatch(&key("b"));
+        i.next_batch();
+        i.batch_done();
+        assert!(i.take_restored().is_empty(), "keys nobody wants any more are forgotten");
     }
 }

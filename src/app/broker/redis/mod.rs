@@ -12,8 +12,10 @@
 //! answer. Nothing is ever sent twice, so a slow Redis delays messages but never drops or
 //! duplicates them.
 
-mod interest;
+pub(crate) mod cluster;
+pub(crate) mod interest;
 mod publish;
+pub(crate) mod stream;
 mod supervisor;
 
 use std::sync::Arc;
@@ -26,7 +28,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Ack, Broker, BrokerError, BrokerKind, Envelope, Health, Inbound, Target, channel_name};
+use futures_util::FutureExt as _;
+
+use super::{Ack, Broker, BrokerError, BrokerKind, Envelope, Health, Inbound, Naming, Replay, Target};
+use crate::app::history::{Retention, Start};
 use crate::app::metrics::Metrics;
 
 /// Default for [`RedisTimeouts::slow`]: a round trip this long is reported, not acted on.
@@ -63,9 +68,9 @@ impl Default for RedisTimeouts {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid Redis URL {url:?}: {source}")]
 pub struct RedisUrlError {
-    url: String,
+    pub(super) url: String,
     #[source]
-    source: redis::RedisError,
+    pub(super) source: redis::RedisError,
 }
 
 /// A request to the supervisor.
@@ -76,6 +81,8 @@ enum Command {
 
 struct Outgoing {
     channel: String,
+    /// The stream to record it in first, with history.
+    stream: Option<String>,
     payload: Vec<u8>,
     ack: oneshot::Sender<Result<(), BrokerError>>,
 }
@@ -99,6 +106,10 @@ pub(crate) struct RedisBroker {
     state: Arc<State>,
     commands: mpsc::UnboundedSender<Command>,
     publish: mpsc::Sender<Outgoing>,
+    history: Option<Retention>,
+    /// The publish connection, also used to read history.
+    live: Arc<ArcSwapOption<Live>>,
+    timeouts: RedisTimeouts,
 }
 
 impl RedisBroker {
@@ -107,6 +118,7 @@ impl RedisBroker {
     pub(crate) fn start(
         url: &str,
         timeouts: RedisTimeouts,
+        history: Option<Retention>,
         inbound: Inbound,
         metrics: Arc<Metrics>,
         tracker: &TaskTracker,
@@ -131,9 +143,16 @@ impl RedisBroker {
             shutdown: shutdown.clone(),
         });
         tracker.spawn(supervisor.run());
-        let publisher = publish::Publisher { rx: publish_rx, live, failed: failed_tx, state: state.clone(), timeouts };
+        let publisher = publish::Publisher {
+            rx: publish_rx,
+            live: live.clone(),
+            failed: failed_tx,
+            state: state.clone(),
+            timeouts,
+            history,
+        };
         tracker.spawn(publisher.run(shutdown));
-        Ok(RedisBroker { state, commands: command_tx, publish: publish_tx })
+        Ok(RedisBroker { state, commands: command_tx, publish: publish_tx, history, live, timeouts })
     }
 }
 
@@ -147,7 +166,9 @@ impl Broker for RedisBroker {
             return Ack::ready(Err(BrokerError::Down));
         }
         let (ack, pending) = Ack::channel();
-        let out = Outgoing { channel: channel_name(&envelope.destination), payload: envelope.to_wire(), ack };
+        let key = &envelope.destination;
+        let stream = self.history.map(|_| Naming::Plain.stream(key));
+        let out = Outgoing { channel: Naming::Plain.channel(key), stream, payload: envelope.to_wire(), ack };
         match self.publish.try_send(out) {
             Ok(()) => pending,
             Err(mpsc::error::TrySendError::Full(_)) => Ack::ready(Err(BrokerError::Overloaded)),
@@ -163,6 +184,33 @@ impl Broker for RedisBroker {
 
     fn unwatch(&self, target: Target) {
         let _ = self.commands.send(Command::Unwatch(target));
+    }
+
+    fn replay(&self, key: &str, start: Start, limit: usize) -> Replay {
+        if self.history.is_none() {
+            return std::future::ready(Ok(Vec::new())).boxed();
+        }
+        let Some(live) = self.live.load_full() else {
+            return std::future::ready(Err(BrokerError::Down)).boxed();
+        };
+        let (key, timeout) = (key.to_owned(), self.timeouts.down);
+        async move {
+            let mut conn = live.conn.clone();
+            let cmd = stream::xrange_cmd(&Naming::Plain.stream(&key), start, limit);
+            let reply = match tokio::time::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn)).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    tracing::warn!(event = "redis_replay_failed", destination = %key, error = %e);
+                    return Err(BrokerError::Lost);
+                }
+                Err(_) => return Err(BrokerError::Timeout),
+            };
+            stream::parse_xrange(&key, reply).map_err(|e| {
+                tracing::warn!(event = "redis_replay_invalid", destination = %key, error = %e);
+                BrokerError::Lost
+            })
+        }
+        .boxed()
     }
 
     fn health(&self) -> Health {
@@ -184,7 +232,13 @@ async fn connect(
 ) -> Result<(redis::aio::PubSub, MultiplexedConnection), String> {
     // No response timeout on the connection itself: the publisher tells slow from down.
     let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(None);
-    let conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
+    // The history script is called by hash in publish pipelines: load it on every connection
+    // (a restarted Redis has an empty script cache).
+    tokio::time::timeout(timeout, stream::load_cmd().query_async::<String>(&mut conn))
+        .await
+        .map_err(|_| "loading the history script timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
     let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
         .await
         .map_err(|_| "subscription connection timed out".to_owned())?

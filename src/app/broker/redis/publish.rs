@@ -8,8 +8,10 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::stream::{self, PublishCommand};
 use super::{Live, MAX_BATCH, Outgoing, RedisTimeouts, State};
 use crate::app::broker::BrokerError;
+use crate::app::history::Retention;
 
 pub(super) struct Publisher {
     pub(super) rx: mpsc::Receiver<Outgoing>,
@@ -18,6 +20,7 @@ pub(super) struct Publisher {
     pub(super) failed: watch::Sender<u64>,
     pub(super) state: Arc<State>,
     pub(super) timeouts: RedisTimeouts,
+    pub(super) history: Option<Retention>,
 }
 
 impl Publisher {
@@ -51,7 +54,21 @@ impl Publisher {
     async fn round_trip(&self, live: &Live, batch: &[Outgoing]) -> Result<(), BrokerError> {
         let mut pipe = redis::pipe();
         for m in batch {
-            pipe.publish(&m.channel, &m.payload).ignore();
+            match (&m.stream, self.history) {
+                (Some(stream), Some(retention)) => {
+                    pipe.add_command(stream::record_cmd(
+                        stream,
+                        &m.channel,
+                        retention,
+                        &m.payload,
+                        PublishCommand::Publish,
+                    ))
+                    .ignore();
+                }
+                _ => {
+                    pipe.publish(&m.channel, &m.payload).ignore();
+                }
+            }
         }
         let mut conn = live.conn.clone();
         let query = pipe.query_async::<()>(&mut conn);

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::interest::{Batch, Interest};
 use super::{BACKOFF_MAX, BACKOFF_MIN, Command, Live, PING_INTERVAL, RedisTimeouts, State, connect, jitter};
-use crate::app::broker::{BrokerError, CHANNEL_PREFIX, Envelope, Inbound, Received, Target, channel_name};
+use crate::app::broker::{BrokerError, Envelope, Inbound, Naming, Received, Target};
 use crate::app::metrics::Metrics;
 
 type Waiter = oneshot::Sender<Result<(), BrokerError>>;
@@ -201,6 +201,10 @@ impl Supervisor {
         for w in self.interest.batch_done() {
             let _ = w.send(result.clone());
         }
+        let restored = self.interest.take_restored();
+        if !restored.is_empty() {
+            (self.p.inbound)(Received::Restored(restored));
+        }
     }
 
     fn clear_slow(&self, batch: &Option<Pending>, ping: &Option<Pending>) {
@@ -231,7 +235,7 @@ impl Supervisor {
         };
         // Only deliver what was published for this channel: a subscriber of `a` must never get
         // an envelope whose header claims `b` because someone published it on `a`.
-        if channel.strip_prefix(CHANNEL_PREFIX) != Some(envelope.destination.as_str()) {
+        if Naming::Plain.channel(&envelope.destination) != channel {
             tracing::warn!(event = "redis_envelope_misrouted", channel, destination = %envelope.destination);
             return;
         }
@@ -243,8 +247,12 @@ impl Supervisor {
         self.p.state.up.store(false, Ordering::Release);
         self.p.state.subscriber_slow.store(false, Ordering::Release);
         self.p.metrics.redis_up.set(0);
-        for w in self.interest.connection_lost() {
+        let (waiters, interrupted) = self.interest.connection_lost();
+        for w in waiters {
             let _ = w.send(Err(BrokerError::Down));
+        }
+        if !interrupted.is_empty() {
+            (self.p.inbound)(Received::Interrupted(interrupted));
         }
     }
 
@@ -277,7 +285,7 @@ async fn apply(sink: PubSubSink, batch: Batch) -> redis::RedisResult<()> {
         let mut patterns = Vec::new();
         for t in targets {
             match t {
-                Target::Key(k) => channels.push(channel_name(&k)),
+                Target::Key(k) => channels.push(Naming::Plain.channel(&k)),
                 Target::Pattern(p) => patterns.push(p),
             }
         }
