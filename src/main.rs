@@ -8,11 +8,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tether::config::{self, AccessLogFormat, RuntimeConfig};
 
-/// mimalloc: per-thread free lists make the many small, short-lived allocations of a request
-/// (header maps, URIs, futures) cheaper than glibc's malloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "tether", version, about = "Sticky-session L7 proxy for WebSocket services")]
 struct Cli {
