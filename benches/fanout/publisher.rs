@@ -1,4 +1,4 @@
-//! The publishers: `POST /publish?destination=...` (the seeds' `EventPublisher` over HTTP) on
+//! The publishers: `POST /publish?destination=...` (what a service's event publisher calls over HTTP) on
 //! keep-alive HTTP/1.1 connections straight to the backends, alternating between them, paced by
 //! a timer. The body carries the destination, a per-destination sequence number and the
 //! `CLOCK_REALTIME` instant read just before the request is written. A publish counts as

@@ -106,7 +106,7 @@ pub struct AppArgs {
     /// it, fan-out is an in-process bus (single instance).
     #[arg(long, value_name = "URL", conflicts_with = "redis_cluster")]
     pub(crate) redis: Option<String>,
-    /// Redis Cluster seed nodes (`redis://h1:p,h2:p,...`; Redis 7+): fan-out through sharded
+    /// Redis Cluster nodes to start from (`redis://h1:p,h2:p,...`; Redis 7+): fan-out through sharded
     /// Pub/Sub (SSUBSCRIBE/SPUBLISH), each destination's channel and stream on its slot's node.
     #[arg(long, value_name = "URL,...")]
     pub(crate) redis_cluster: Option<String>,
@@ -388,7 +388,7 @@ pub async fn run_with(
         (Some(fanout), _, _) => fanout,
         (None, Some(url), _) => Fanout::Redis(url.clone()),
         (None, None, Some(list)) => {
-            Fanout::RedisCluster(broker::redis::cluster::seed_nodes(list).map_err(AppError::RedisCluster)?)
+            Fanout::RedisCluster(broker::redis::cluster::initial_nodes(list).map_err(AppError::RedisCluster)?)
         }
         (None, None, None) => Fanout::Local(LocalBus::new()),
     };

@@ -84,13 +84,13 @@ impl SplitMix {
     }
 }
 
-/// `data` cut into consecutive chunks (empty ones included) whose lengths come from `seed`:
-/// the low bits pick the largest chunk (1, 2, 3, 7, 16, 64 or 512 bytes), so a fuzzer that
-/// changes the seed explores both tiny and coarse splits.
-pub(super) fn chunks(data: &[u8], seed: u64) -> Vec<&[u8]> {
+/// `data` cut into consecutive chunks (empty ones included) whose lengths are drawn from
+/// `split`: its low bits pick the largest chunk (1, 2, 3, 7, 16, 64, 512 or 4,096 bytes), so
+/// varying `split` covers tiny and coarse splits alike.
+pub(super) fn chunks(data: &[u8], split: u64) -> Vec<&[u8]> {
     const LARGEST: [usize; 8] = [1, 2, 3, 7, 16, 64, 512, 4096];
-    let largest = LARGEST[(seed & 7) as usize];
-    let mut rng = SplitMix::new(seed);
+    let largest = LARGEST[(split & 7) as usize];
+    let mut rng = SplitMix::new(split);
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {

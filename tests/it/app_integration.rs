@@ -1,4 +1,4 @@
-//! The seeds' publishers and application, unchanged: services PUBLISH JSON to their own Redis
+//! Existing publishers and applications, unchanged: services PUBLISH JSON to their own Redis
 //! channels (`--channel-map` delivers them to STOMP destinations, PSUBSCRIBEd only while a
 //! mapped destination has a local subscriber), and SENDs to `/app/...` go to the application
 //! over HTTP (`--app-url`), whose answer is published.
@@ -49,7 +49,7 @@ async fn mapped_redis_channels_reach_stomp_subscribers_on_every_instance() {
     on_b.subscribe("/user/queue/notifications", "n").await;
     assert_eq!(numpat().await, 2, "auction:* and notification:*");
 
-    // What the seeds' services do: PUBLISH JSON on their own channel.
+    // A service publishing JSON on its own channel, as it did before the app existed.
     let _: i64 = redis.query(&["PUBLISH", "auction:42", r#"{"bid":100}"#]).await;
     let _: i64 = redis.query(&["PUBLISH", "auction:43", r#"{"bid":1}"#]).await;
     let _: i64 = redis.query(&["PUBLISH", "auction:42:extra", r#"{"bid":2}"#]).await;
@@ -80,7 +80,7 @@ async fn mapped_redis_channels_reach_stomp_subscribers_on_every_instance() {
 /// What the application was sent: path, user header, one forwarded STOMP header, body.
 type Seen = Mutex<Vec<(String, Option<String>, Option<String>, String)>>;
 
-/// A stand-in for the seeds' Spring application: answers POST /app/bid with the message to
+/// A stand-in for a Spring application behind `--app-url`: answers POST /app/bid with the message to
 /// publish, and records what it was sent.
 struct Application {
     addr: SocketAddr,

@@ -1,4 +1,4 @@
-//! SockJS as the seeds' frontend uses it: the real `sockjs-client` carrying `@stomp/stompjs`,
+//! SockJS as a browser frontend uses it: the real `sockjs-client` carrying `@stomp/stompjs`,
 //! forced onto each transport in turn (Node for websocket, xhr-streaming, xhr-polling and
 //! eventsource; headless Chromium for htmlfile), through tether's proxy in front of two
 //! backend instances, sessions kept on one backend by the `path_segment` affinity key. Also:

@@ -238,16 +238,14 @@ async fn a_backend_that_dies_inside_a_frame_ends_the_client_connection_without_a
     assert_eq!(report.close_code, None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_the_backend_gets_1011() {
-    let timeouts = Timeouts { idle: Duration::from_secs(60), send: Duration::from_millis(300) };
-    let Relay { client_tcp, backend_tcp, task: relay_task, .. } = Relay::start_with(timeouts).await;
-    // The client never reads a byte.
-    let _stalled_client = client_tcp;
-    let backend = WebSocketStream::from_raw_socket(backend_tcp, Role::Server, None).await;
-    let (mut sink, mut stream) = backend.split();
-    // The backend streams 64 KiB messages (bounded: 64 MiB) until it sees a Close.
-    let close = within("the backend to receive a Close", async {
+/// Send 64 KiB messages on `ws` (at most 1,024 of them: 64 MiB) until a Close arrives, within
+/// the suite's wait for `what`. Returns the Close's code and reason, and the sending half.
+async fn flood_until_close(
+    ws: WebSocketStream<TcpStream>,
+    what: &str,
+) -> (Option<(u16, String)>, futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>) {
+    let (mut sink, mut stream) = ws.split();
+    let close = within(what, async {
         let mut sent = 0;
         loop {
             tokio::select! {
@@ -264,6 +262,17 @@ async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_the_b
         }
     })
     .await;
+    (close, sink)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout_and_the_backend_gets_1011() {
+    let timeouts = Timeouts { idle: Duration::from_secs(60), send: Duration::from_millis(300) };
+    let Relay { client_tcp, backend_tcp, task: relay_task, .. } = Relay::start_with(timeouts).await;
+    // The client never reads a byte.
+    let _stalled_client = client_tcp;
+    let backend = WebSocketStream::from_raw_socket(backend_tcp, Role::Server, None).await;
+    let (close, mut sink) = flood_until_close(backend, "the backend to receive a Close").await;
     assert_eq!(close, Some((1011, "tether: client stopped reading".to_owned())));
     let _ = sink.close().await;
     let report = within("relay end", relay_task).await.unwrap();
@@ -278,24 +287,7 @@ async fn a_backend_that_stops_reading_is_dropped_after_the_send_timeout_and_the_
     // The backend never reads a byte.
     let _stalled_backend = backend_tcp;
     let client = WebSocketStream::from_raw_socket(client_tcp, Role::Client, None).await;
-    let (mut sink, mut stream) = client.split();
-    let close = within("the client to receive a Close", async {
-        let mut sent = 0;
-        loop {
-            tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(Ok(Message::Close(frame))) => return frame.map(|f| (u16::from(f.code), f.reason.to_string())),
-                    Some(Ok(_)) => {}
-                    other => panic!("expected a Close, got {other:?}"),
-                },
-                r = sink.send(Message::binary(vec![1u8; 64 * 1024])), if sent < 1024 => {
-                    r.expect("send");
-                    sent += 1;
-                }
-            }
-        }
-    })
-    .await;
+    let (close, mut sink) = flood_until_close(client, "the client to receive a Close").await;
     assert_eq!(close, Some((1011, "tether: backend stopped reading".to_owned())));
     let _ = sink.close().await;
     let report = within("relay end", relay_task).await.unwrap();

@@ -1,4 +1,4 @@
-//! `ReconnectingClient`: a user's STOMP session through the proxy that behaves like the seeds'
+//! `ReconnectingClient`: a user's STOMP session through the proxy that behaves like a browser's
 //! `@stomp/stompjs` client: on a close it reconnects (same credentials) and subscribes again,
 //! up to a fixed number of connections. Everything it sees goes into a [`ClientLog`] the test
 //! reads while it runs and asserts on at the end.

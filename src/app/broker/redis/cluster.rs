@@ -30,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::interest::{Batch, Interest};
+use super::publish::next_batch;
 use super::stream::{self, PublishCommand};
 use super::{BACKOFF_MAX, BACKOFF_MIN, Command, MAX_BATCH, Outgoing, PING_INTERVAL, PUBLISH_QUEUE, RedisTimeouts};
-use super::{RedisUrlError, State, jitter};
+use super::{RedisUrlError, State, enqueue, jitter, read_history};
 use crate::app::broker::{
     Ack, Broker, BrokerError, BrokerKind, Envelope, Health, Inbound, Naming, Received, Replay, Target,
 };
@@ -51,9 +52,9 @@ pub(crate) struct ClusterBroker {
     timeouts: RedisTimeouts,
 }
 
-/// The seed nodes of `--redis-cluster redis://h1:p,h2:p,...`: the scheme (and anything before
+/// The nodes named by `--redis-cluster redis://h1:p,h2:p,...`: the scheme (and anything before
 /// the first host) of the first entry applies to the others when they have none.
-pub(crate) fn seed_nodes(list: &str) -> Result<Vec<String>, String> {
+pub(crate) fn initial_nodes(list: &str) -> Result<Vec<String>, String> {
     let mut nodes = Vec::new();
     let mut scheme = String::from("redis://");
     for (i, item) in list.split(',').map(str::trim).enumerate() {
@@ -74,7 +75,7 @@ pub(crate) fn seed_nodes(list: &str) -> Result<Vec<String>, String> {
 }
 
 impl ClusterBroker {
-    /// Validates the seed nodes and spawns the supervisor and the publisher on `tracker`.
+    /// Validates the initial nodes and spawns the supervisor and the publisher on `tracker`.
     /// Connecting happens in the background: the instance starts (degraded) while the cluster
     /// is unreachable.
     pub(crate) fn start(
@@ -123,18 +124,7 @@ impl Broker for ClusterBroker {
     }
 
     fn publish(&self, envelope: Arc<Envelope>) -> Ack {
-        if !self.state.up.load(Ordering::Acquire) {
-            return Ack::ready(Err(BrokerError::Down));
-        }
-        let (ack, pending) = Ack::channel();
-        let key = &envelope.destination;
-        let stream = self.history.map(|_| Naming::Cluster.stream(key));
-        let out = Outgoing { channel: Naming::Cluster.channel(key), stream, payload: envelope.to_wire(), ack };
-        match self.publish.try_send(out) {
-            Ok(()) => pending,
-            Err(mpsc::error::TrySendError::Full(_)) => Ack::ready(Err(BrokerError::Overloaded)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Ack::ready(Err(BrokerError::Closed)),
-        }
+        enqueue(&self.state, &self.publish, self.history, Naming::Cluster, &envelope)
     }
 
     fn watch(&self, target: Target) -> Ack {
@@ -154,36 +144,11 @@ impl Broker for ClusterBroker {
         let Some(conn) = self.conn.load_full() else {
             return std::future::ready(Err(BrokerError::Down)).boxed();
         };
-        let (key, timeout) = (key.to_owned(), self.timeouts.down);
-        async move {
-            let mut conn = (*conn).clone();
-            let cmd = stream::xrange_cmd(&Naming::Cluster.stream(&key), start, limit);
-            let reply = match tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => {
-                    tracing::warn!(event = "redis_replay_failed", destination = %key, error = %e);
-                    return Err(BrokerError::Lost);
-                }
-                Err(_) => return Err(BrokerError::Timeout),
-            };
-            stream::parse_xrange(&key, reply).map_err(|e| {
-                tracing::warn!(event = "redis_replay_invalid", destination = %key, error = %e);
-                BrokerError::Lost
-            })
-        }
-        .boxed()
+        read_history((*conn).clone(), Naming::Cluster, key.to_owned(), start, limit, self.timeouts.down).boxed()
     }
 
     fn health(&self) -> Health {
-        if !self.state.up.load(Ordering::Acquire) {
-            Health::Down
-        } else if self.state.subscriber_slow.load(Ordering::Acquire)
-            || self.state.publisher_slow.load(Ordering::Acquire)
-        {
-            Health::Slow
-        } else {
-            Health::Up
-        }
+        self.state.health()
     }
 }
 
@@ -476,16 +441,8 @@ impl Publisher {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let first = tokio::select! {
-                m = self.rx.recv() => match m { Some(m) => m, None => return },
-                _ = shutdown.cancelled() => return,
-            };
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
+            if !next_batch(&mut self.rx, &mut batch, &shutdown).await {
+                return;
             }
             let outcomes = match self.conn.load_full() {
                 None => vec![Err(BrokerError::Down); batch.len()],
@@ -560,14 +517,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_nodes_share_the_first_ones_scheme() {
+    fn initial_nodes_share_the_first_ones_scheme() {
         assert_eq!(
-            seed_nodes("redis://10.0.0.1:7000,10.0.0.2:7001, 10.0.0.3:7002").unwrap(),
+            initial_nodes("redis://10.0.0.1:7000,10.0.0.2:7001, 10.0.0.3:7002").unwrap(),
             ["redis://10.0.0.1:7000", "redis://10.0.0.2:7001", "redis://10.0.0.3:7002"]
         );
-        assert_eq!(seed_nodes("rediss://a:1,b:2").unwrap(), ["rediss://a:1", "rediss://b:2"]);
-        assert_eq!(seed_nodes("a:1,redis://b:2").unwrap(), ["redis://a:1", "redis://b:2"]);
-        assert!(seed_nodes("redis://a:1,,b:2").is_err());
-        assert!(seed_nodes("").is_err());
+        assert_eq!(initial_nodes("rediss://a:1,b:2").unwrap(), ["rediss://a:1", "rediss://b:2"]);
+        assert_eq!(initial_nodes("a:1,redis://b:2").unwrap(), ["redis://a:1", "redis://b:2"]);
+        assert!(initial_nodes("redis://a:1,,b:2").is_err());
+        assert!(initial_nodes("").is_err());
     }
 }

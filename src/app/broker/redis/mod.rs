@@ -101,6 +101,64 @@ struct State {
     publisher_slow: AtomicBool,
 }
 
+impl State {
+    fn health(&self) -> Health {
+        if !self.up.load(Ordering::Acquire) {
+            Health::Down
+        } else if self.subscriber_slow.load(Ordering::Acquire) || self.publisher_slow.load(Ordering::Acquire) {
+            Health::Slow
+        } else {
+            Health::Up
+        }
+    }
+}
+
+/// Hand `envelope` to the publisher task, named as `naming` names its channel and stream.
+fn enqueue(
+    state: &State,
+    publish: &mpsc::Sender<Outgoing>,
+    history: Option<Retention>,
+    naming: Naming,
+    envelope: &Envelope,
+) -> Ack {
+    if !state.up.load(Ordering::Acquire) {
+        return Ack::ready(Err(BrokerError::Down));
+    }
+    let (ack, pending) = Ack::channel();
+    let key = &envelope.destination;
+    let stream = history.map(|_| naming.stream(key));
+    let out = Outgoing { channel: naming.channel(key), stream, payload: envelope.to_wire(), ack };
+    match publish.try_send(out) {
+        Ok(()) => pending,
+        Err(mpsc::error::TrySendError::Full(_)) => Ack::ready(Err(BrokerError::Overloaded)),
+        Err(mpsc::error::TrySendError::Closed(_)) => Ack::ready(Err(BrokerError::Closed)),
+    }
+}
+
+/// Up to `limit` recorded messages of destination `key` from `start`, over `conn`.
+async fn read_history(
+    mut conn: impl redis::aio::ConnectionLike,
+    naming: Naming,
+    key: String,
+    start: Start,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<Arc<Envelope>>, BrokerError> {
+    let cmd = stream::xrange_cmd(&naming.stream(&key), start, limit);
+    let reply = match tokio::time::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn)).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => {
+            tracing::warn!(event = "redis_replay_failed", destination = %key, error = %e);
+            return Err(BrokerError::Lost);
+        }
+        Err(_) => return Err(BrokerError::Timeout),
+    };
+    stream::parse_xrange(&key, reply).map_err(|e| {
+        tracing::warn!(event = "redis_replay_invalid", destination = %key, error = %e);
+        BrokerError::Lost
+    })
+}
+
 /// Handle to the running adapter; its tasks stop on the shutdown token.
 pub(crate) struct RedisBroker {
     state: Arc<State>,
@@ -162,18 +220,7 @@ impl Broker for RedisBroker {
     }
 
     fn publish(&self, envelope: Arc<Envelope>) -> Ack {
-        if !self.state.up.load(Ordering::Acquire) {
-            return Ack::ready(Err(BrokerError::Down));
-        }
-        let (ack, pending) = Ack::channel();
-        let key = &envelope.destination;
-        let stream = self.history.map(|_| Naming::Plain.stream(key));
-        let out = Outgoing { channel: Naming::Plain.channel(key), stream, payload: envelope.to_wire(), ack };
-        match self.publish.try_send(out) {
-            Ok(()) => pending,
-            Err(mpsc::error::TrySendError::Full(_)) => Ack::ready(Err(BrokerError::Overloaded)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Ack::ready(Err(BrokerError::Closed)),
-        }
+        enqueue(&self.state, &self.publish, self.history, Naming::Plain, &envelope)
     }
 
     fn watch(&self, target: Target) -> Ack {
@@ -193,36 +240,11 @@ impl Broker for RedisBroker {
         let Some(live) = self.live.load_full() else {
             return std::future::ready(Err(BrokerError::Down)).boxed();
         };
-        let (key, timeout) = (key.to_owned(), self.timeouts.down);
-        async move {
-            let mut conn = live.conn.clone();
-            let cmd = stream::xrange_cmd(&Naming::Plain.stream(&key), start, limit);
-            let reply = match tokio::time::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => {
-                    tracing::warn!(event = "redis_replay_failed", destination = %key, error = %e);
-                    return Err(BrokerError::Lost);
-                }
-                Err(_) => return Err(BrokerError::Timeout),
-            };
-            stream::parse_xrange(&key, reply).map_err(|e| {
-                tracing::warn!(event = "redis_replay_invalid", destination = %key, error = %e);
-                BrokerError::Lost
-            })
-        }
-        .boxed()
+        read_history(live.conn.clone(), Naming::Plain, key.to_owned(), start, limit, self.timeouts.down).boxed()
     }
 
     fn health(&self) -> Health {
-        if !self.state.up.load(Ordering::Acquire) {
-            Health::Down
-        } else if self.state.subscriber_slow.load(Ordering::Acquire)
-            || self.state.publisher_slow.load(Ordering::Acquire)
-        {
-            Health::Slow
-        } else {
-            Health::Up
-        }
+        self.state.health()
     }
 }
 

@@ -23,20 +23,33 @@ pub(super) struct Publisher {
     pub(super) history: Option<Retention>,
 }
 
+/// Wait for the next message and take up to [`MAX_BATCH`] queued behind it into `batch`; false
+/// once the queue is closed or shutdown began.
+pub(super) async fn next_batch(
+    rx: &mut mpsc::Receiver<Outgoing>,
+    batch: &mut Vec<Outgoing>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let first = tokio::select! {
+        m = rx.recv() => match m { Some(m) => m, None => return false },
+        _ = shutdown.cancelled() => return false,
+    };
+    batch.push(first);
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 impl Publisher {
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let first = tokio::select! {
-                m = self.rx.recv() => match m { Some(m) => m, None => return },
-                _ = shutdown.cancelled() => return,
-            };
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
+            if !next_batch(&mut self.rx, &mut batch, &shutdown).await {
+                return;
             }
             let outcome = match self.live.load_full() {
                 None => Err(BrokerError::Down),
