@@ -178,6 +178,8 @@ fn rotated<T: Clone>(items: &[T], by: usize) -> Vec<T> {
 struct Sample {
     at: Instant,
     proxy: u64,
+    /// The kernel's share of `proxy` (system calls, and loopback TCP work charged to the proxy).
+    proxy_kernel: u64,
     backend: u64,
     /// Reaped children (wrk, h2load) + this process (the WebSocket client).
     children: u64,
@@ -192,6 +194,7 @@ impl Sample {
         Self {
             at: Instant::now(),
             proxy: common::cpu_ticks(proxy),
+            proxy_kernel: common::kernel_ticks(proxy),
             backend: common::cpu_ticks(&[backend]),
             children: common::children_cpu_ticks(),
             this: common::cpu_ticks(&[std::process::id()]),
@@ -207,6 +210,7 @@ fn cpu_fields(before: &Sample, after: &Sample, ops: u64, external: bool, has_pro
     let tps = common::ticks_per_second();
     let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
     let proxy = after.proxy.saturating_sub(before.proxy) as f64;
+    let proxy_kernel = after.proxy_kernel.saturating_sub(before.proxy_kernel) as f64;
     let backend = after.backend.saturating_sub(before.backend) as f64;
     let client = if external {
         after.children.saturating_sub(before.children) as f64
@@ -218,9 +222,11 @@ fn cpu_fields(before: &Sample, after: &Sample, ops: u64, external: bool, has_pro
     let per_op = |ticks: f64| if ops > 0 { ticks / tps * 1e6 / ops as f64 } else { f64::NAN };
     let cores = |ticks: f64| ticks / tps / wall;
     // Straight to the backend there is no proxy (serde_json writes NaN as null).
-    let proxy_us = if has_proxy { per_op(proxy) } else { f64::NAN };
+    let (proxy_us, proxy_kernel_us) =
+        if has_proxy { (per_op(proxy), per_op(proxy_kernel)) } else { (f64::NAN, f64::NAN) };
     json!({
         "proxy_cpu_us": proxy_us,
+        "proxy_kernel_us": proxy_kernel_us,
         "backend_cpu_us": per_op(backend),
         "client_cpu_us": per_op(client),
         "proxy_cores": cores(proxy),
@@ -514,8 +520,9 @@ fn report(label: &str, r: &Value) {
         return;
     }
     let cpu = format!(
-        "proxy {:.1} us/op ({:.2} cores), backend {:.1} us/op, client {:.1} us/op, other load {:.2} cores",
+        "proxy {:.1} us/op ({:.1} kernel, {:.2} cores), backend {:.1} us/op, client {:.1} us/op, other load {:.2} cores",
         f("proxy_cpu_us"),
+        f("proxy_kernel_us"),
         f("proxy_cores"),
         f("backend_cpu_us"),
         f("client_cpu_us"),

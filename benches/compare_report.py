@@ -350,8 +350,8 @@ def load_table(runs, reps_rows):
 
 def cost_table(tp):
     """Where the CPU went in each best configuration: proxy, backend and load generator, per op."""
-    out = ["| workload | system (best workers) | proxy µs/op | backend µs/op | load generator µs/op | proxy cores | load generator cores |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+    out = ["| workload | system (best workers) | proxy µs/op | of which kernel | backend µs/op | load generator µs/op | proxy cores | load generator cores |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
     for test in ("http", "ws", "h2"):
         for system in ["direct"] + PROXIES:
             w = tp.best(system, test)
@@ -361,6 +361,7 @@ def cost_table(tp):
             label = NAMES[system] + ("" if system == "direct" else f" ({w}w)")
             out.append(
                 f"| {TESTS[test]} | {label} | {'—' if system == 'direct' else fmt_1(g('proxy_cpu_us'))} | "
+                f"{'—' if system == 'direct' else fmt_1(g('proxy_kernel_us'))} | "
                 f"{fmt_1(g('backend_cpu_us'))} | {fmt_1(g('client_cpu_us'))} | "
                 f"{'—' if system == 'direct' else fmt_2(g('proxy_cores'))} | {fmt_2(g('client_cores'))} |"
             )
@@ -456,7 +457,9 @@ def render_results(meta, run_meta, tp, mem, runs, reps_rows, logs):
         "### Where the CPU went (best configurations, medians)",
         "",
         "The load generator (wrk, h2load, or the WebSocket client) and the backend share the same 2 cores "
-        "with the proxy; *direct* shows what the load generator and backend reach without a proxy.",
+        "with the proxy; *direct* shows what the load generator and backend reach without a proxy. "
+        "*of which kernel* is the proxy's system time (stime): its system calls and the loopback TCP work "
+        "the kernel charges to it, which every proxy pays for the same bytes moved.",
         "",
         cost_table(tp),
         "",

@@ -284,6 +284,12 @@ pub fn cpu_ticks(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// System CPU time of `pids` (all their threads), in clock ticks (stime of `/proc/PID/stat`,
+/// field 15): the kernel's share of [`cpu_ticks`].
+pub fn kernel_ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&pid| stat_fields(pid)).map(|f| *f.get(STAT_STIME).unwrap_or(&0)).sum()
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`).
 pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
