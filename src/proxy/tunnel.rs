@@ -1,6 +1,7 @@
 //! A WebSocket tunnel from the moment both sides answered the upgrade to its end: taking the
 //! sockets back from hyper, relaying, and the bookkeeping when it ends (counters, access log).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,57 +41,74 @@ pub(super) struct Tunnel {
 }
 
 impl Tunnel {
-    pub(super) async fn run<S: ClientStream>(self, client: OnUpgrade, backend: OnUpgrade) {
-        let started = Instant::now();
-        // Boxed: the handover's futures are large and done with once the relay starts, and an
-        // idle tunnel costs what its task holds.
-        let handover = Box::pin(tokio::time::timeout(UPGRADE_HANDOVER, async { tokio::join!(client, backend) })).await;
-        let Ok((Ok(client), Ok(backend))) = handover else {
-            tracing::debug!(backend = %self.backend.id(), "upgrade was not completed on both sides");
-            return;
-        };
-        let (client, client_early) = match client.downcast::<TokioIo<ConnIo<S>>>() {
-            Ok(parts) => (parts.io.into_inner().into_inner().into_side(), parts.read_buf),
-            Err(_) => {
-                tracing::error!("upgraded client connection has an unexpected type");
-                return;
+    /// The tunnel's task. A block rather than an `async fn`: its captures are stored once, where
+    /// an async fn's arguments take room twice, and an idle tunnel costs what its task holds.
+    pub(super) fn run<S: ClientStream>(self, client: OnUpgrade, backend: OnUpgrade) -> impl Future<Output = ()> + Send {
+        async move {
+            let started = Instant::now();
+            // Boxed: the handover's futures are large and done with once the relay starts, and an
+            // idle tunnel costs what its task holds.
+            let metrics = self.backend.metrics();
+            // The sockets are taken back inside a block, so that nothing of the handover
+            // (moved-from locals keep their room until their scope ends) stays in the task
+            // while it relays.
+            let relaying = {
+                let handover =
+                    Box::pin(tokio::time::timeout(UPGRADE_HANDOVER, async { tokio::join!(client, backend) })).await;
+                let Ok((Ok(client), Ok(backend))) = handover else {
+                    tracing::debug!(backend = %self.backend.id(), "upgrade was not completed on both sides");
+                    return;
+                };
+                let (client, client_early) = match client.downcast::<TokioIo<ConnIo<S>>>() {
+                    Ok(parts) => (parts.io.into_inner().into_inner().into_side(), parts.read_buf),
+                    Err(_) => {
+                        tracing::error!("upgraded client connection has an unexpected type");
+                        return;
+                    }
+                };
+                let (backend_io, backend_early) = match backend.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                    Ok(parts) => (Side::Plain(parts.io.into_inner()), parts.read_buf),
+                    Err(_) => {
+                        tracing::error!("upgraded backend connection has an unexpected type");
+                        return;
+                    }
+                };
+                metrics.tunnels_open.inc();
+                metrics.tunnels_total.inc();
+                relay::relay(
+                    client,
+                    backend_io,
+                    client_early,
+                    backend_early,
+                    self.registration.control(),
+                    &self.timeouts,
+                )
+            };
+            let report = relaying.await;
+            metrics.tunnels_open.dec();
+            metrics.bytes_in.inc_by(report.bytes_up);
+            metrics.bytes_out.inc_by(report.bytes_down);
+            let lifetime = started.elapsed();
+            metrics.tunnel_lifetime.observe(lifetime.as_secs_f64());
+            if report.end == relay::End::SendTimeout {
+                self.metrics.timeout(TimeoutKind::Send);
             }
-        };
-        let (backend_io, backend_early) = match backend.downcast::<TokioIo<tokio::net::TcpStream>>() {
-            Ok(parts) => (Side::Plain(parts.io.into_inner()), parts.read_buf),
-            Err(_) => {
-                tracing::error!("upgraded backend connection has an unexpected type");
-                return;
+            if let Some(code) = report.close_code {
+                self.metrics.close_sent(self.upstream.name(), code);
             }
-        };
-        let metrics = self.backend.metrics();
-        metrics.tunnels_open.inc();
-        metrics.tunnels_total.inc();
-        let control = self.registration.control();
-        let report = relay::relay(client, backend_io, client_early, backend_early, control, self.timeouts).await;
-        metrics.tunnels_open.dec();
-        metrics.bytes_in.inc_by(report.bytes_up);
-        metrics.bytes_out.inc_by(report.bytes_down);
-        let lifetime = started.elapsed();
-        metrics.tunnel_lifetime.observe(lifetime.as_secs_f64());
-        if report.end == relay::End::SendTimeout {
-            self.metrics.timeout(TimeoutKind::Send);
+            self.log.tunnel(&TunnelRecord {
+                client: self.client,
+                listener: &self.listener,
+                host: self.host.as_deref(),
+                path_and_query: &self.path_and_query,
+                upstream: self.upstream.name(),
+                backend: self.backend.id(),
+                bytes_in: report.bytes_up,
+                bytes_out: report.bytes_down,
+                lifetime,
+                end: report.end.as_str(),
+            });
+            drop((self.load, self.permit, self.slot, self.registration));
         }
-        if let Some(code) = report.close_code {
-            self.metrics.close_sent(self.upstream.name(), code);
-        }
-        self.log.tunnel(&TunnelRecord {
-            client: self.client,
-            listener: &self.listener,
-            host: self.host.as_deref(),
-            path_and_query: &self.path_and_query,
-            upstream: self.upstream.name(),
-            backend: self.backend.id(),
-            bytes_in: report.bytes_up,
-            bytes_out: report.bytes_down,
-            lifetime,
-            end: report.end.as_str(),
-        });
-        drop((self.load, self.permit, self.slot, self.registration));
     }
 }

@@ -161,10 +161,10 @@ enum Fault {
 
 /// One direction of a tunnel.
 struct Flow {
-    /// Bytes read but not yet accepted by the destination. Empty, and unallocated, except
-    /// under backpressure.
-    pending: Vec<u8>,
-    written: usize,
+    /// Bytes read but not yet accepted by the destination: `None` except under backpressure
+    /// (boxed, so a tunnel that never meets backpressure carries one pointer, not a buffer's
+    /// bookkeeping).
+    pending: Option<Box<Backlog>>,
     /// The destination (TLS) may hold ciphertext not yet on the wire.
     needs_flush: bool,
     /// The source may have bytes without a new readiness event: at the start, after we stopped
@@ -185,6 +185,19 @@ struct Flow {
     direction: Direction,
     /// The source sent a Close after ours went out (or ended its stream).
     answered: bool,
+}
+
+/// Bytes a destination has not taken yet.
+struct Backlog {
+    bytes: Vec<u8>,
+    /// How many of `bytes` went out already.
+    written: usize,
+}
+
+impl Backlog {
+    fn new(bytes: &[u8]) -> Box<Self> {
+        Box::new(Self { bytes: bytes.to_vec(), written: 0 })
+    }
 }
 
 /// Which way a flow carries bytes.
@@ -213,8 +226,7 @@ enum Step {
 impl Flow {
     fn new(already_read: &[u8], direction: Direction) -> Self {
         Self {
-            pending: Vec::new(),
-            written: 0,
+            pending: None,
             needs_flush: false,
             may_read: true,
             eof: false,
@@ -233,7 +245,7 @@ impl Flow {
         if !already_read.is_empty() {
             self.frames.advance(already_read, |_| {});
             self.bytes = already_read.len() as u64;
-            self.pending = already_read.to_vec();
+            self.pending = Some(Backlog::new(already_read));
         }
         self
     }
@@ -283,8 +295,7 @@ impl Flow {
     /// The destination is gone: what was waiting for it is dropped, and the source is read
     /// only to see its answer to the Close it was sent (or its end).
     fn lose_destination(&mut self) {
-        self.pending = Vec::new();
-        self.written = 0;
+        self.pending = None;
         self.needs_flush = false;
         self.blocked_since = None;
         self.closing = Closing::Sent;
@@ -382,9 +393,9 @@ impl Flow {
 
     /// Write what the destination takes now; keep the rest in `pending`.
     fn write_or_keep(&mut self, dst: &mut Side, mut data: &[u8]) -> Result<(), Fault> {
-        if !self.pending.is_empty() {
+        if let Some(backlog) = &mut self.pending {
             // Order matters: never overtake bytes still waiting.
-            self.pending.extend_from_slice(data);
+            backlog.bytes.extend_from_slice(data);
             return Ok(());
         }
         while !data.is_empty() {
@@ -400,7 +411,7 @@ impl Flow {
             self.needs_flush = true;
         }
         if !data.is_empty() {
-            self.pending.extend_from_slice(data);
+            self.pending = Some(Backlog::new(data));
             self.blocked_since.get_or_insert_with(Instant::now);
         }
         Ok(())
@@ -408,26 +419,25 @@ impl Flow {
 
     /// Returns true once nothing is left to deliver.
     fn flush_pending(&mut self, dst: &mut Side) -> Result<bool, Fault> {
-        while self.written < self.pending.len() {
-            match dst.try_write(&self.pending[self.written..]) {
-                Ok(0) => return Err(Fault::Destination),
-                Ok(n) => {
-                    self.written += n;
-                    // Progress: the destination's clock starts again.
-                    self.blocked_since = Some(Instant::now());
+        if let Some(backlog) = &mut self.pending {
+            while backlog.written < backlog.bytes.len() {
+                match dst.try_write(&backlog.bytes[backlog.written..]) {
+                    Ok(0) => return Err(Fault::Destination),
+                    Ok(n) => {
+                        backlog.written += n;
+                        // Progress: the destination's clock starts again.
+                        self.blocked_since = Some(Instant::now());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.blocked_since.get_or_insert_with(Instant::now);
+                        return Ok(false);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Err(Fault::Destination),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.blocked_since.get_or_insert_with(Instant::now);
-                    return Ok(false);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(Fault::Destination),
             }
-        }
-        if !self.pending.is_empty() {
             // Give the memory back: idle tunnels must hold no buffers.
-            self.pending = Vec::new();
-            self.written = 0;
+            self.pending = None;
             if dst.is_tls() {
                 self.needs_flush = true;
             }
@@ -448,7 +458,7 @@ impl Flow {
 
     /// Our Close is out and the source answered with its own (or hung up).
     fn is_closed(&self) -> bool {
-        self.closing == Closing::Sent && self.answered && self.pending.is_empty() && !self.needs_flush
+        self.closing == Closing::Sent && self.answered && self.pending.is_none() && !self.needs_flush
     }
 }
 
@@ -527,205 +537,213 @@ enum Wake {
 /// connection fails or ends without a Close frame, or a peer takes no bytes for
 /// `timeouts.send`, the other peer gets a Close 1011 if its stream is between frames (else its
 /// connection just ends), and the tunnel waits up to [`CLOSE_GRACE`] for its answer.
-pub async fn relay(
+pub fn relay<'a>(
     mut client: Side,
     mut backend: Side,
     client_early: bytes::Bytes,
     backend_early: bytes::Bytes,
-    control: &TunnelControl,
-    timeouts: Timeouts,
-) -> Report {
+    control: &'a TunnelControl,
+    timeouts: &'a Timeouts,
+) -> impl Future<Output = Report> + Send + 'a {
     let mut up = Flow::new(&client_early, Direction::Up);
     let mut down = Flow::new(&backend_early, Direction::Down);
     drop((client_early, backend_early));
-    let mut last_activity = Instant::now();
-    let timer = tokio::time::sleep(timeouts.idle);
-    tokio::pin!(timer);
-    let mut first_eof: Option<End> = None;
-    let mut close_deadline: Option<Instant> = None;
-    let mut close_code = None;
-    // Why the tunnel is ending, when a peer was lost rather than closed.
-    let mut lost: Option<End> = None;
-    // A peer that is gone is neither read nor written again.
-    let (mut client_gone, mut backend_gone) = (false, false);
-    // Once one side ended its stream, the other has CLOSE_GRACE to end its own: a WebSocket
-    // has nothing to say after the other side hung up, and a peer that keeps the connection
-    // half open must not hold the tunnel until the idle timeout.
-    let mut linger_deadline: Option<Instant> = None;
+    // A block rather than an `async fn`: its captures are stored once, where an async fn's
+    // arguments take room both as arguments and as the locals they are moved into, and an
+    // idle tunnel costs what its task holds.
+    async move {
+        let mut last_activity = Instant::now();
+        let timer = tokio::time::sleep(timeouts.idle);
+        tokio::pin!(timer);
+        let mut first_eof: Option<End> = None;
+        let mut close_deadline: Option<Instant> = None;
+        let mut close_code = None;
+        // Why the tunnel is ending, when a peer was lost rather than closed.
+        let mut lost: Option<End> = None;
+        // A peer that is gone is neither read nor written again.
+        let (mut client_gone, mut backend_gone) = (false, false);
+        // Once one side ended its stream, the other has CLOSE_GRACE to end its own: a WebSocket
+        // has nothing to say after the other side hung up, and a peer that keeps the connection
+        // half open must not hold the tunnel until the idle timeout.
+        let mut linger_deadline: Option<Instant> = None;
 
-    let end = loop {
-        let (s_up, moved_up) = match up.pump(&mut client, &mut backend) {
-            Ok(r) => r,
-            Err(Fault::Destination) if !backend_gone => {
-                // The backend failed under a write: the client is told like for any lost backend.
-                (Step::Lost, false)
-            }
-            Err(_) => break End::Error,
-        };
-        let (s_down, moved_down) = match down.pump(&mut backend, &mut client) {
-            Ok(r) => r,
-            Err(_) => break End::Error,
-        };
-        if moved_up || moved_down {
-            last_activity = Instant::now();
-        }
-        if s_up == Step::Lost || s_down == Step::Lost {
-            // The backend is gone: tell the client (between frames), stop writing to the backend.
-            backend_gone = true;
-            up.lose_destination();
-            match down.lose_source(&mut client, BACKEND_LOST) {
-                Ok(true) => close_code = Some(LOST_CODE),
-                Ok(false) => {}
+        let end = loop {
+            let (s_up, moved_up) = match up.pump(&mut client, &mut backend) {
+                Ok(r) => r,
+                Err(Fault::Destination) if !backend_gone => {
+                    // The backend failed under a write: the client is told like for any lost backend.
+                    (Step::Lost, false)
+                }
                 Err(_) => break End::Error,
-            }
-            lost.get_or_insert(End::BackendLost);
-            let deadline = Instant::now() + CLOSE_GRACE;
-            close_deadline = Some(deadline);
-            timer.as_mut().reset(deadline.into());
-            continue;
-        }
-        if close_deadline.is_some() && up.is_closed() && down.is_closed() {
-            break lost.unwrap_or(End::ClosedByProxy);
-        }
-        if s_up == Step::Done && first_eof.is_none() {
-            first_eof = Some(End::ClientClosed);
-        }
-        if s_down == Step::Done && first_eof.is_none() {
-            first_eof = Some(End::BackendClosed);
-        }
-        if s_up == Step::Done && s_down == Step::Done {
-            break match (lost, close_deadline) {
-                (Some(end), _) => end,
-                (None, Some(_)) => End::ClosedByProxy,
-                (None, None) => first_eof.unwrap_or(End::ClientClosed),
             };
-        }
-        if first_eof.is_some() && close_deadline.is_none() && linger_deadline.is_none() {
-            let deadline = Instant::now() + CLOSE_GRACE;
-            linger_deadline = Some(deadline);
-            if deadline < timer.deadline().into_std() {
-                timer.as_mut().reset(deadline.into());
+            let (s_down, moved_down) = match down.pump(&mut backend, &mut client) {
+                Ok(r) => r,
+                Err(_) => break End::Error,
+            };
+            if moved_up || moved_down {
+                last_activity = Instant::now();
             }
-        }
-        if s_up == Step::Again || s_down == Step::Again {
-            tokio::task::yield_now().await;
-            continue;
-        }
-        // A destination that just started refusing bytes brings the timer forward.
-        if close_deadline.is_none()
-            && let Some(since) = blocked_since(&up, &down)
-            && since + timeouts.send < timer.deadline().into_std()
-        {
-            timer.as_mut().reset((since + timeouts.send).into());
-        }
-
-        // One poll function over everything the tunnel waits for: it keeps no waiter nodes of
-        // its own (readiness wakers live in the sockets' registrations), which keeps the task,
-        // i.e. the memory of an idle tunnel, small.
-        let closing = close_deadline.is_some();
-        let wake = std::future::poll_fn(|cx| {
-            if !closing && control.poll_close_requested(cx).is_ready() {
-                return Poll::Ready(Wake::Close);
-            }
-            if s_up == Step::WaitRead
-                && !client_gone
-                && let Poll::Ready(r) = client.tcp().poll_read_ready(cx)
-            {
-                return Poll::Ready(Wake::Readable(r, Direction::Up));
-            }
-            if s_down == Step::WaitRead
-                && !backend_gone
-                && let Poll::Ready(r) = backend.tcp().poll_read_ready(cx)
-            {
-                return Poll::Ready(Wake::Readable(r, Direction::Down));
-            }
-            if s_up == Step::WaitWrite
-                && let Poll::Ready(r) = backend.tcp().poll_write_ready(cx)
-            {
-                return Poll::Ready(Wake::Writable(r));
-            }
-            if s_down == Step::WaitWrite
-                && let Poll::Ready(r) = client.tcp().poll_write_ready(cx)
-            {
-                return Poll::Ready(Wake::Writable(r));
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::Timer);
-            }
-            Poll::Pending
-        })
-        .await;
-        match wake {
-            Wake::Readable(Ok(()), Direction::Up) => up.may_read = true,
-            Wake::Readable(Ok(()), Direction::Down) => down.may_read = true,
-            // Writability needs no flag: the next pump retries the pending bytes.
-            Wake::Writable(Ok(())) => {}
-            Wake::Readable(Err(_), _) | Wake::Writable(Err(_)) => break End::Error,
-            Wake::Close => {
-                let code = control.close_requested().unwrap_or(1001);
-                close_code = Some(code);
-                let deadline = Instant::now() + CLOSE_GRACE;
-                close_deadline = Some(deadline);
-                timer.as_mut().reset(deadline.into());
-                if down.begin_close(&mut client, code).is_err() || up.begin_close(&mut backend, code).is_err() {
-                    break End::Error;
-                }
-            }
-            Wake::Timer => {
-                let now = Instant::now();
-                if let (Some(deadline), None) = (linger_deadline, close_deadline)
-                    && now >= deadline
-                {
-                    break first_eof.unwrap_or(End::ClientClosed);
-                }
-                if let Some(deadline) = close_deadline {
-                    if now >= deadline {
-                        break lost.unwrap_or(End::CloseTimedOut);
-                    }
-                    timer.as_mut().reset(deadline.into());
-                    continue;
-                }
-                let stalled = |flow: &Flow| flow.blocked_since.is_some_and(|at| now >= at + timeouts.send);
-                let told = if stalled(&down) {
-                    // The client stopped reading: drop what waits for it, tell the backend.
-                    client_gone = true;
-                    down.lose_destination();
-                    up.lose_source(&mut backend, CLIENT_STALLED)
-                } else if stalled(&up) {
-                    backend_gone = true;
-                    up.lose_destination();
-                    down.lose_source(&mut client, BACKEND_STALLED)
-                } else {
-                    if now >= last_activity + timeouts.idle {
-                        break End::IdleTimeout;
-                    }
-                    let mut next = last_activity + timeouts.idle;
-                    if let Some(since) = blocked_since(&up, &down) {
-                        next = next.min(since + timeouts.send);
-                    }
-                    if let Some(deadline) = linger_deadline {
-                        next = next.min(deadline);
-                    }
-                    timer.as_mut().reset(next.into());
-                    continue;
-                };
-                match told {
+            if s_up == Step::Lost || s_down == Step::Lost {
+                // The backend is gone: tell the client (between frames), stop writing to the backend.
+                backend_gone = true;
+                up.lose_destination();
+                match down.lose_source(&mut client, BACKEND_LOST) {
                     Ok(true) => close_code = Some(LOST_CODE),
                     Ok(false) => {}
                     Err(_) => break End::Error,
                 }
-                lost = Some(End::SendTimeout);
-                let deadline = now + CLOSE_GRACE;
+                lost.get_or_insert(End::BackendLost);
+                let deadline = Instant::now() + CLOSE_GRACE;
                 close_deadline = Some(deadline);
                 timer.as_mut().reset(deadline.into());
+                continue;
             }
+            if close_deadline.is_some() && up.is_closed() && down.is_closed() {
+                break lost.unwrap_or(End::ClosedByProxy);
+            }
+            if s_up == Step::Done && first_eof.is_none() {
+                first_eof = Some(End::ClientClosed);
+            }
+            if s_down == Step::Done && first_eof.is_none() {
+                first_eof = Some(End::BackendClosed);
+            }
+            if s_up == Step::Done && s_down == Step::Done {
+                break match (lost, close_deadline) {
+                    (Some(end), _) => end,
+                    (None, Some(_)) => End::ClosedByProxy,
+                    (None, None) => first_eof.unwrap_or(End::ClientClosed),
+                };
+            }
+            if first_eof.is_some() && close_deadline.is_none() && linger_deadline.is_none() {
+                let deadline = Instant::now() + CLOSE_GRACE;
+                linger_deadline = Some(deadline);
+                if deadline < timer.deadline().into_std() {
+                    timer.as_mut().reset(deadline.into());
+                }
+            }
+            if s_up == Step::Again || s_down == Step::Again {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            // A destination that just started refusing bytes brings the timer forward.
+            if close_deadline.is_none()
+                && let Some(since) = blocked_since(&up, &down)
+                && since + timeouts.send < timer.deadline().into_std()
+            {
+                timer.as_mut().reset((since + timeouts.send).into());
+            }
+
+            // One poll function over everything the tunnel waits for: it keeps no waiter nodes of
+            // its own (readiness wakers live in the sockets' registrations), which keeps the task,
+            // i.e. the memory of an idle tunnel, small.
+            let closing = close_deadline.is_some();
+            // Moved in: the waiting closure is part of every idle tunnel's state, and a copy of
+            // a flag is smaller than a reference to it.
+            let (client_ref, backend_ref, mut idle_timer) = (&client, &backend, timer.as_mut());
+            let wake = std::future::poll_fn(move |cx| {
+                if !closing && control.poll_close_requested(cx).is_ready() {
+                    return Poll::Ready(Wake::Close);
+                }
+                if s_up == Step::WaitRead
+                    && !client_gone
+                    && let Poll::Ready(r) = client_ref.tcp().poll_read_ready(cx)
+                {
+                    return Poll::Ready(Wake::Readable(r, Direction::Up));
+                }
+                if s_down == Step::WaitRead
+                    && !backend_gone
+                    && let Poll::Ready(r) = backend_ref.tcp().poll_read_ready(cx)
+                {
+                    return Poll::Ready(Wake::Readable(r, Direction::Down));
+                }
+                if s_up == Step::WaitWrite
+                    && let Poll::Ready(r) = backend_ref.tcp().poll_write_ready(cx)
+                {
+                    return Poll::Ready(Wake::Writable(r));
+                }
+                if s_down == Step::WaitWrite
+                    && let Poll::Ready(r) = client_ref.tcp().poll_write_ready(cx)
+                {
+                    return Poll::Ready(Wake::Writable(r));
+                }
+                if idle_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Readable(Ok(()), Direction::Up) => up.may_read = true,
+                Wake::Readable(Ok(()), Direction::Down) => down.may_read = true,
+                // Writability needs no flag: the next pump retries the pending bytes.
+                Wake::Writable(Ok(())) => {}
+                Wake::Readable(Err(_), _) | Wake::Writable(Err(_)) => break End::Error,
+                Wake::Close => {
+                    let code = control.close_requested().unwrap_or(1001);
+                    close_code = Some(code);
+                    let deadline = Instant::now() + CLOSE_GRACE;
+                    close_deadline = Some(deadline);
+                    timer.as_mut().reset(deadline.into());
+                    if down.begin_close(&mut client, code).is_err() || up.begin_close(&mut backend, code).is_err() {
+                        break End::Error;
+                    }
+                }
+                Wake::Timer => {
+                    let now = Instant::now();
+                    if let (Some(deadline), None) = (linger_deadline, close_deadline)
+                        && now >= deadline
+                    {
+                        break first_eof.unwrap_or(End::ClientClosed);
+                    }
+                    if let Some(deadline) = close_deadline {
+                        if now >= deadline {
+                            break lost.unwrap_or(End::CloseTimedOut);
+                        }
+                        timer.as_mut().reset(deadline.into());
+                        continue;
+                    }
+                    let stalled = |flow: &Flow| flow.blocked_since.is_some_and(|at| now >= at + timeouts.send);
+                    let told = if stalled(&down) {
+                        // The client stopped reading: drop what waits for it, tell the backend.
+                        client_gone = true;
+                        down.lose_destination();
+                        up.lose_source(&mut backend, CLIENT_STALLED)
+                    } else if stalled(&up) {
+                        backend_gone = true;
+                        up.lose_destination();
+                        down.lose_source(&mut client, BACKEND_STALLED)
+                    } else {
+                        if now >= last_activity + timeouts.idle {
+                            break End::IdleTimeout;
+                        }
+                        let mut next = last_activity + timeouts.idle;
+                        if let Some(since) = blocked_since(&up, &down) {
+                            next = next.min(since + timeouts.send);
+                        }
+                        if let Some(deadline) = linger_deadline {
+                            next = next.min(deadline);
+                        }
+                        timer.as_mut().reset(next.into());
+                        continue;
+                    };
+                    match told {
+                        Ok(true) => close_code = Some(LOST_CODE),
+                        Ok(false) => {}
+                        Err(_) => break End::Error,
+                    }
+                    lost = Some(End::SendTimeout);
+                    let deadline = now + CLOSE_GRACE;
+                    close_deadline = Some(deadline);
+                    timer.as_mut().reset(deadline.into());
+                }
+            }
+        };
+        if matches!(end, End::ClosedByProxy | End::CloseTimedOut) {
+            client.shutdown_write();
+            backend.shutdown_write();
         }
-    };
-    if matches!(end, End::ClosedByProxy | End::CloseTimedOut) {
-        client.shutdown_write();
-        backend.shutdown_write();
+        Report { end, bytes_up: up.bytes, bytes_down: down.bytes, close_code }
     }
-    Report { end, bytes_up: up.bytes, bytes_down: down.bytes, close_code }
 }
 
 /// The earliest moment a destination started refusing bytes that still wait for it.

@@ -63,7 +63,7 @@ impl Relay {
                 bytes::Bytes::new(),
                 bytes::Bytes::new(),
                 registration.control(),
-                timeouts,
+                &timeouts,
             )
             .await;
             drop(registration);
@@ -76,6 +76,27 @@ impl Relay {
 fn raw_frame(opcode: OpCode, fin: bool, data: Vec<u8>) -> Message {
     let header = FrameHeader { is_final: fin, opcode, ..FrameHeader::default() };
     Message::Frame(Frame::from_payload(header, data.into()))
+}
+
+/// An idle tunnel's memory is mostly its task's state, and the relay is most of that: it must
+/// stay small (two flows, the idle timer, both sockets), with no buffer in it.
+#[tokio::test]
+async fn an_idle_relay_holds_at_most_512_bytes_of_state() {
+    let (client, proxy_client) = pair().await;
+    let (proxy_backend, backend) = pair().await;
+    let registry = Arc::new(TunnelRegistry::new(Arc::default()));
+    let registration = registry.register(None);
+    let relaying = relay::relay(
+        Side::Plain(proxy_client),
+        Side::Plain(proxy_backend),
+        bytes::Bytes::new(),
+        bytes::Bytes::new(),
+        registration.control(),
+        &PATIENT,
+    );
+    let size = std::mem::size_of_val(&relaying);
+    assert!(size <= 512, "the relay future takes {size} bytes");
+    drop((relaying, client, backend));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
