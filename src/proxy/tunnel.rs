@@ -43,6 +43,7 @@ pub(super) struct Tunnel {
 impl Tunnel {
     /// The tunnel's task. A block rather than an `async fn`: its captures are stored once, where
     /// an async fn's arguments take room twice, and an idle tunnel costs what its task holds.
+    #[allow(clippy::manual_async_fn)]
     pub(super) fn run<S: ClientStream>(self, client: OnUpgrade, backend: OnUpgrade) -> impl Future<Output = ()> + Send {
         async move {
             let started = Instant::now();
