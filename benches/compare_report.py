@@ -150,6 +150,20 @@ class Memory:
             out[(a["n"], b["n"])] = (b["rss_kib"] - a["rss_kib"]) * 1024 / (b["n"] - a["n"])
         return out
 
+    @staticmethod
+    def span_slope(m):
+        """Bytes per tunnel between the smallest and the largest N: what one more tunnel costs,
+        without the fixed growth (allocator arenas, tables) that the first tunnels bring."""
+        pts = m.get("points") or []
+        if len(pts) < 2:
+            return None
+        a, b = pts[0], pts[-1]
+        return (b["rss_kib"] - a["rss_kib"]) * 1024 / (b["n"] - a["n"])
+
+    def headline_slope(self, system, scheme):
+        """Median over repetitions of the slope from the smallest to the largest N."""
+        return median([self.span_slope(m) for m in self.runs(system, scheme)])
+
     def runs(self, system, scheme):
         return sorted(self.by.get((system, scheme), []), key=lambda m: m["rep"])
 
@@ -235,19 +249,19 @@ def summary_table(tp, mem, meta):
     for scheme in ("ws", "wss"):
         cells = []
         vals = {}
-        n_max = max(meta.get("tunnels") or [0])
+        ns = sorted(meta.get("tunnels") or [0])
         for s in PROXIES:
             if s == "tether-log":
                 cells.append("—")
                 continue
-            v = mem.headline(s, scheme, n_max)
+            v = mem.headline_slope(s, scheme)
             vals[s] = v
             cells.append(fmt_int(v) if v is not None else "failed" if mem.runs(s, scheme) else "not run")
         others = [vals.get(s) for s in ("nginx", "haproxy") if vals.get(s) is not None]
         r = ratio(vals.get("tether"), min(others)) if others else None
         t = vals.get("tether")
         met = "" if t is None else (" (met)" if t <= limits[scheme] else " (not met)")
-        label = f"bytes per idle {scheme} tunnel" + (f" (N = {n_max:,})" if n_max else "")
+        label = f"bytes per idle {scheme} tunnel" + (f" (slope {ns[0]:,} → {ns[-1]:,})" if len(ns) > 1 else "")
         rows.append(f"| {label} | — | " + " | ".join(cells) + f" | {fmt_ratio(r)} | ≤ {limits[scheme]:,} B{met} |")
     return "\n".join(rows)
 
@@ -401,7 +415,9 @@ divided by the requests (or echoed messages) completed in it; on this kernel sof
 charged to the task that was running, so loopback TCP work done by the proxy counts as its CPU.
 A WebSocket "message" is one 16-byte message sent and echoed back (two relays through the proxy).
 Memory: growth of the proxy's resident set (all its processes) over its baseline with N tunnels
-open and idle, divided by N; the slopes between N values are in the detail table.
+open and idle, divided by N. The summary row is the slope between the smallest and the largest N
+(what one more tunnel costs); bytes per tunnel at each N and the slopes between neighbouring N
+values are in the detail table.
 
 Equivalent work: every proxy balances round-robin over the same 3 backends, keeps idle upstream
 connections, supports the WebSocket upgrade, logs nothing (except the *log on* column: tether's

@@ -285,3 +285,11 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
         }
     })
 }
+
+/// jemalloc rather than the system allocator: tokio allocates every task and every socket's
+/// readiness state 128-byte aligned, which glibc serves by over-allocating and splitting, while
+/// jemalloc's size classes hold them without padding or a per-chunk header. Measured: an idle
+/// WebSocket tunnel costs about a quarter less resident memory, and a proxied request about 6 %
+/// fewer instructions (benches/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
