@@ -51,19 +51,33 @@ pub(crate) fn set_forwarding(
         remove_all(headers, &ALL);
     }
     let proto = if client.is_tls { "https" } else { "http" };
-    if matches!(mode, ForwardedHeaders::XForwarded | ForwardedHeaders::Both) {
-        append_list(headers, X_FORWARDED_FOR, client.peer_text);
-        set_unless_present(headers, X_FORWARDED_PROTO, || Some(HeaderValue::from_static(proto)));
-        if let Some(host) = client.host {
-            set_unless_present(headers, X_FORWARDED_HOST, || HeaderValue::from_str(host).ok());
+    // From an untrusted peer none of these headers is left, so each is added without looking
+    // for an earlier copy; from a trusted one, lists are extended and single values kept.
+    let list = |headers: &mut HeaderMap, name: HeaderName, item: HeaderValue| {
+        if is_trusted {
+            append_list(headers, name, &item);
+        } else {
+            headers.append(name, item);
         }
-        set_unless_present(headers, X_FORWARDED_PORT, || Some(client.port.clone()));
-        set_unless_present(headers, X_REAL_IP, || Some(client.peer_text.clone()));
+    };
+    let single = |headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>| match value {
+        Some(value) if is_trusted => set_unless_present(headers, name, value),
+        Some(value) => {
+            headers.append(name, value);
+        }
+        None => {}
+    };
+    if matches!(mode, ForwardedHeaders::XForwarded | ForwardedHeaders::Both) {
+        list(headers, X_FORWARDED_FOR, client.peer_text.clone());
+        single(headers, X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto)));
+        single(headers, X_FORWARDED_HOST, client.host.and_then(|host| HeaderValue::from_str(host).ok()));
+        single(headers, X_FORWARDED_PORT, Some(client.port.clone()));
+        single(headers, X_REAL_IP, Some(client.peer_text.clone()));
     }
     if matches!(mode, ForwardedHeaders::Rfc7239 | ForwardedHeaders::Both)
         && let Ok(element) = HeaderValue::from_str(&forwarded_element(peer, client.peer_text, proto, client.host))
     {
-        append_list(headers, FORWARDED, &element);
+        list(headers, FORWARDED, element);
     }
 }
 
@@ -141,10 +155,8 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &HeaderValue) {
     }
 }
 
-fn set_unless_present(headers: &mut HeaderMap, name: HeaderName, value: impl FnOnce() -> Option<HeaderValue>) {
-    if let Entry::Vacant(vacant) = headers.entry(name)
-        && let Some(value) = value()
-    {
+fn set_unless_present(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    if let Entry::Vacant(vacant) = headers.entry(name) {
         vacant.insert(value);
     }
 }

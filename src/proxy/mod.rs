@@ -392,7 +392,10 @@ impl Proxy {
                         None => break,
                     },
                 };
-                if !matches!(tokio::time::timeout(timeouts.connect, sender.ready()).await, Ok(Ok(()))) {
+                // A pooled connection is usually ready at once; only one that is not needs a clock.
+                if !sender.is_ready()
+                    && !matches!(tokio::time::timeout(timeouts.connect, sender.ready()).await, Ok(Ok(())))
+                {
                     continue;
                 }
                 let Some(req) = request.take() else { break };
