@@ -47,13 +47,12 @@ impl Tunnel {
     pub(super) fn run<S: ClientStream>(self, client: OnUpgrade, backend: OnUpgrade) -> impl Future<Output = ()> + Send {
         async move {
             let started = Instant::now();
-            // Boxed: the handover's futures are large and done with once the relay starts, and an
-            // idle tunnel costs what its task holds.
             let metrics = self.backend.metrics();
             // The sockets are taken back inside a block, so that nothing of the handover
             // (moved-from locals keep their room until their scope ends) stays in the task
             // while it relays.
             let relaying = {
+                // Boxed: the handover's futures are large and done with once the relay starts.
                 let handover =
                     Box::pin(tokio::time::timeout(UPGRADE_HANDOVER, async { tokio::join!(client, backend) })).await;
                 let Ok((Ok(client), Ok(backend))) = handover else {
