@@ -234,74 +234,84 @@ impl Proxy {
         self.in_flight.clone().try_acquire_owned().ok()
     }
 
-    async fn handle<S: ClientStream>(
+    /// One request, from its head to the response head. This and the steps it awaits are
+    /// functions returning `async` blocks rather than `async fn`s: an `async fn` keeps its
+    /// arguments twice in its future, and these futures are built and moved for every request.
+    #[allow(clippy::manual_async_fn)]
+    fn handle<S: ClientStream>(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         conn: Arc<ClientConn>,
         slot: Option<OwnedSemaphorePermit>,
-    ) -> Response<ClientBody> {
-        conn.state.request_started();
-        let snapshot = self.snapshot();
-        let raw_host = raw_host(&req);
-        let path_and_query: Box<str> = req.uri().path_and_query().map_or("/", |p| p.as_str()).into();
-        let ex = Exchange::new(
-            conn.clone(),
-            req.method().clone(),
-            raw_host.as_deref().map(Into::into),
-            path_and_query,
-            snapshot.access_log.clone(),
-            slot,
-        );
-        if ex.slot.is_none() {
-            self.deps
-                .metrics
-                .in_flight_refused
-                .get_or_create(&ListenerLabels { listener: conn.listener.clone() })
-                .inc();
-            return ProxyError::Overloaded.into_response(ex);
-        }
-        let framing =
-            if conn.state.take_length_conflict() { headers::Framing::LengthConflict } else { headers::Framing::Clean };
-        let host = match headers::check_request(&req, framing) {
-            Ok(host) => host,
-            Err(e) => return ProxyError::from(e).into_response(ex),
-        };
-        if let (Some(sni), Some(host)) = (&conn.sni, &host)
-            && **sni != **host
-        {
-            return ProxyError::Misdirected.into_response(ex);
-        }
-        let normal = match path::normalize(req.uri().path()) {
-            Ok(normal) => normal,
-            Err(e) => return ProxyError::from(headers::Malformed::from(e)).into_response(ex),
-        };
-        let Some(route) = snapshot.routes.find(host.as_deref(), &normal.path) else {
-            return ProxyError::NoRoute.into_response(ex);
-        };
-        if normal.has_encoded_slash && !route.config.allow_encoded_slash {
-            let e = headers::Malformed::from(path::PathError::EncodedSlash);
-            let mut resp = ProxyError::from(e).into_response(ex);
-            headers::apply_rules(resp.headers_mut(), &route.config.response_headers);
-            return resp;
-        }
-        // The backend gets the path its route was chosen by.
-        if let std::borrow::Cow::Owned(normalised) = normal.path {
-            let target = match req.uri().query() {
-                Some(query) => format!("{normalised}?{query}"),
-                None => normalised,
-            };
-            if let Ok(uri) = target.parse::<Uri>() {
-                *req.uri_mut() = uri;
+    ) -> impl Future<Output = Response<ClientBody>> {
+        async move {
+            conn.state.request_started();
+            let snapshot = self.snapshot();
+            let raw_host = raw_host(&req);
+            let path_and_query: Box<str> = req.uri().path_and_query().map_or("/", |p| p.as_str()).into();
+            let ex = Exchange::new(
+                conn.clone(),
+                req.method().clone(),
+                raw_host.as_deref().map(Into::into),
+                path_and_query,
+                snapshot.access_log.clone(),
+                slot,
+            );
+            if ex.slot.is_none() {
+                self.deps
+                    .metrics
+                    .in_flight_refused
+                    .get_or_create(&ListenerLabels { listener: conn.listener.clone() })
+                    .inc();
+                return ProxyError::Overloaded.into_response(ex);
             }
+            let framing = if conn.state.take_length_conflict() {
+                headers::Framing::LengthConflict
+            } else {
+                headers::Framing::Clean
+            };
+            let host = match headers::check_request(&req, framing) {
+                Ok(host) => host,
+                Err(e) => return ProxyError::from(e).into_response(ex),
+            };
+            if let (Some(sni), Some(host)) = (&conn.sni, &host)
+                && **sni != **host
+            {
+                return ProxyError::Misdirected.into_response(ex);
+            }
+            let normal = match path::normalize(req.uri().path()) {
+                Ok(normal) => normal,
+                Err(e) => return ProxyError::from(headers::Malformed::from(e)).into_response(ex),
+            };
+            let Some(route) = snapshot.routes.find(host.as_deref(), &normal.path) else {
+                return ProxyError::NoRoute.into_response(ex);
+            };
+            if normal.has_encoded_slash && !route.config.allow_encoded_slash {
+                let e = headers::Malformed::from(path::PathError::EncodedSlash);
+                let mut resp = ProxyError::from(e).into_response(ex);
+                headers::apply_rules(resp.headers_mut(), &route.config.response_headers);
+                return resp;
+            }
+            // The backend gets the path its route was chosen by.
+            if let std::borrow::Cow::Owned(normalised) = normal.path {
+                let target = match req.uri().query() {
+                    Some(query) => format!("{normalised}?{query}"),
+                    None => normalised,
+                };
+                if let Ok(uri) = target.parse::<Uri>() {
+                    *req.uri_mut() = uri;
+                }
+            }
+            let mut resp = self.on_route::<S>(req, &conn, &snapshot, route, raw_host, ex).await;
+            headers::apply_rules(resp.headers_mut(), &route.config.response_headers);
+            resp
         }
-        let mut resp = self.on_route::<S>(req, &conn, &snapshot, route, raw_host, ex).await;
-        headers::apply_rules(resp.headers_mut(), &route.config.response_headers);
-        resp
     }
 
     /// A request that matched `route`: check what the route demands, then forward it or open
     /// its tunnel.
-    async fn on_route<S: ClientStream>(
+    #[allow(clippy::manual_async_fn)]
+    fn on_route<S: ClientStream>(
         &self,
         mut req: Request<Incoming>,
         conn: &Arc<ClientConn>,
@@ -309,65 +319,69 @@ impl Proxy {
         route: &Route,
         raw_host: Option<String>,
         mut ex: Exchange,
-    ) -> Response<ClientBody> {
-        let Some(upstream) = snapshot.upstreams.get(route.config.upstream.as_str()) else {
-            return ProxyError::NoRoute.into_response(ex);
-        };
-        ex.set_upstream(upstream);
-        let websocket = headers::wants_websocket(&req);
-        if websocket && let Some(page) = req.headers().get(header::ORIGIN) {
-            let own = raw_host.as_deref().and_then(|host| origin::Origin::of_request(conn.is_tls, host));
-            if !origin::is_allowed(page, own.as_ref(), &route.config.websocket.allowed_origins) {
-                return ProxyError::Origin.into_response(ex);
-            }
-        }
-        let verified = match &route.verifier {
-            Some(verifier) => match verifier.verify_request(req.headers(), req.uri().query()) {
-                Ok(verified) => verified,
-                Err(e) => {
-                    self.deps.metrics.auth_rejected(verifier.name(), e.label());
-                    return ProxyError::Unauthorized(e).into_response(ex);
+    ) -> impl Future<Output = Response<ClientBody>> {
+        async move {
+            let Some(upstream) = snapshot.upstreams.get(route.config.upstream.as_str()) else {
+                return ProxyError::NoRoute.into_response(ex);
+            };
+            ex.set_upstream(upstream);
+            let websocket = headers::wants_websocket(&req);
+            if websocket && let Some(page) = req.headers().get(header::ORIGIN) {
+                let own = raw_host.as_deref().and_then(|host| origin::Origin::of_request(conn.is_tls, host));
+                if !origin::is_allowed(page, own.as_ref(), &route.config.websocket.allowed_origins) {
+                    return ProxyError::Origin.into_response(ex);
                 }
-            },
-            None => None,
-        };
-        let facts = balance::RequestFacts {
-            headers: req.headers(),
-            query: req.uri().query(),
-            path: req.uri().path(),
-            verified: verified.as_ref().map(|v| &v.claims),
-        };
-        let selection = upstream.select(&facts);
-        let headers = req.headers_mut();
-        selection.strip_cookie(headers);
-        // Identity headers are written by verifiers only: a client-sent copy never passes.
-        headers::remove_all(headers, snapshot.verifiers.identity_headers());
-        if let (Some(verified), Some(verifier)) = (&verified, &route.verifier) {
-            headers.insert(verifier.identity_header().clone(), verified.identity.clone());
-            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            if let TokenSource::Query(name) = &verified.from
-                && let Some(stripped) = query::without(target, name)
-                && let Ok(uri) = stripped.parse::<Uri>()
-            {
-                // The token stays at the edge: the backend and the access log see the URL without it.
-                *req.uri_mut() = uri;
-                ex.path_and_query = stripped.into();
             }
-        }
-        let rules = &route.config.request_headers;
-        let result = if websocket {
-            self.open_tunnel::<S>(req, conn, selection, &mut ex, snapshot, raw_host, rules).await
-        } else {
-            self.forward(req, conn, selection, &mut ex, snapshot, raw_host, rules).await
-        };
-        match result {
-            Ok((answer, reusable)) => respond(answer, reusable, ex, snapshot),
-            Err(e) => e.into_response(ex),
+            let verified = match &route.verifier {
+                Some(verifier) => match verifier.verify_request(req.headers(), req.uri().query()) {
+                    Ok(verified) => verified,
+                    Err(e) => {
+                        self.deps.metrics.auth_rejected(verifier.name(), e.label());
+                        return ProxyError::Unauthorized(e).into_response(ex);
+                    }
+                },
+                None => None,
+            };
+            let facts = balance::RequestFacts {
+                headers: req.headers(),
+                query: req.uri().query(),
+                path: req.uri().path(),
+                verified: verified.as_ref().map(|v| &v.claims),
+            };
+            let selection = upstream.select(&facts);
+            let headers = req.headers_mut();
+            selection.strip_cookie(headers);
+            // Identity headers are written by verifiers only: a client-sent copy never passes.
+            headers::remove_all(headers, snapshot.verifiers.identity_headers());
+            if let (Some(verified), Some(verifier)) = (&verified, &route.verifier) {
+                headers.insert(verifier.identity_header().clone(), verified.identity.clone());
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                if let TokenSource::Query(name) = &verified.from
+                    && let Some(stripped) = query::without(target, name)
+                    && let Ok(uri) = stripped.parse::<Uri>()
+                {
+                    // The token stays at the edge: the backend and the access log see the URL without it.
+                    *req.uri_mut() = uri;
+                    ex.path_and_query = stripped.into();
+                }
+            }
+            let rules = &route.config.request_headers;
+            let result = if websocket {
+                // Boxed, like a new connection below: the rarely taken branches would otherwise make
+                // every request's future (built, then moved, per request) as large as the largest.
+                Box::pin(self.open_tunnel::<S>(req, conn, selection, &mut ex, snapshot, raw_host, rules)).await
+            } else {
+                self.forward(req, conn, selection, &mut ex, snapshot, raw_host, rules).await
+            };
+            match result {
+                Ok((answer, reusable)) => respond(answer, reusable, ex, snapshot),
+                Err(e) => e.into_response(ex),
+            }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn forward(
+    #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+    fn forward(
         &self,
         req: Request<Incoming>,
         conn: &ClientConn,
@@ -376,67 +390,79 @@ impl Proxy {
         snapshot: &Snapshot,
         raw_host: Option<String>,
         rules: &HeaderRules,
-    ) -> Result<(Answer, Option<Sender>), ProxyError> {
-        let timeouts = &snapshot.config.timeouts;
-        let counted = ex.bytes_in.clone();
-        let patience = timeouts.body_read;
-        let mut request = Some(upstream_request(req, conn, snapshot, raw_host.as_deref(), rules, |b| {
-            UpstreamBody::new(b, counted, patience)
-        }));
-        while let Some(candidate) = selection.next() {
-            for _ in 0..ATTEMPTS_PER_BACKEND {
-                let mut sender = match candidate.backend.pool().take() {
-                    Some(sender) => sender,
-                    None => match self.connect(&selection, &candidate.backend, timeouts, Purpose::Requests, ex).await {
+    ) -> impl Future<Output = Result<(Answer, Option<Sender>), ProxyError>> {
+        async move {
+            let timeouts = &snapshot.config.timeouts;
+            let counted = ex.bytes_in.clone();
+            let patience = timeouts.body_read;
+            let mut request = Some(upstream_request(req, conn, snapshot, raw_host.as_deref(), rules, |b| {
+                UpstreamBody::new(b, counted, patience)
+            }));
+            while let Some(candidate) = selection.next() {
+                for _ in 0..ATTEMPTS_PER_BACKEND {
+                    let mut sender = match candidate.backend.pool().take() {
                         Some(sender) => sender,
-                        None => break,
-                    },
-                };
-                // A pooled connection is usually ready at once; only one that is not needs a clock.
-                if !sender.is_ready()
-                    && !matches!(tokio::time::timeout(timeouts.connect, sender.ready()).await, Ok(Ok(())))
-                {
-                    continue;
-                }
-                let Some(req) = request.take() else { break };
-                match tokio::time::timeout(timeouts.request, sender.try_send_request(req)).await {
-                    Ok(Ok(resp)) => {
-                        selection.upstream().on_answer(&candidate.backend);
-                        selection.report();
-                        let answer = Answer::new(resp, &selection, candidate, conn.is_tls, ex);
-                        return Ok((answer, Some(sender)));
-                    }
-                    Ok(Err(mut e)) => match e.take_message() {
-                        // Nothing reached the backend: safe to try again.
-                        Some(req) => request = Some(req),
                         None => {
-                            let e = e.into_error();
-                            let failed = match body_error(&e) {
-                                // The client's body failed, not the backend.
-                                Some(BodyError::Stalled(waited)) => {
-                                    self.deps.metrics.timeout(TimeoutKind::BodyRead);
-                                    ProxyError::BodyStalled(*waited)
-                                }
-                                Some(BodyError::Client(_)) => ProxyError::BodyFailed,
-                                None => {
-                                    selection.upstream().on_failure(&candidate.backend, Failure::BadResponse);
-                                    ProxyError::BackendFailed(e)
-                                }
-                            };
-                            ex.backend = Some(candidate.backend);
-                            return Err(failed);
+                            match Box::pin(self.connect(
+                                &selection,
+                                &candidate.backend,
+                                timeouts,
+                                Purpose::Requests,
+                                ex,
+                            ))
+                            .await
+                            {
+                                Some(sender) => sender,
+                                None => break,
+                            }
                         }
-                    },
-                    Err(_) => {
-                        selection.upstream().on_failure(&candidate.backend, Failure::Timeout);
-                        ex.backend = Some(candidate.backend);
-                        return Err(ProxyError::BackendTimeout(timeouts.request));
+                    };
+                    // A pooled connection is usually ready at once; only one that is not needs a clock.
+                    if !sender.is_ready()
+                        && !matches!(tokio::time::timeout(timeouts.connect, sender.ready()).await, Ok(Ok(())))
+                    {
+                        continue;
+                    }
+                    let Some(req) = request.take() else { break };
+                    match tokio::time::timeout(timeouts.request, sender.try_send_request(req)).await {
+                        Ok(Ok(resp)) => {
+                            selection.upstream().on_answer(&candidate.backend);
+                            selection.report();
+                            let answer = Answer::new(resp, &selection, candidate, conn.is_tls, ex);
+                            return Ok((answer, Some(sender)));
+                        }
+                        Ok(Err(mut e)) => match e.take_message() {
+                            // Nothing reached the backend: safe to try again.
+                            Some(req) => request = Some(req),
+                            None => {
+                                let e = e.into_error();
+                                let failed = match body_error(&e) {
+                                    // The client's body failed, not the backend.
+                                    Some(BodyError::Stalled(waited)) => {
+                                        self.deps.metrics.timeout(TimeoutKind::BodyRead);
+                                        ProxyError::BodyStalled(*waited)
+                                    }
+                                    Some(BodyError::Client(_)) => ProxyError::BodyFailed,
+                                    None => {
+                                        selection.upstream().on_failure(&candidate.backend, Failure::BadResponse);
+                                        ProxyError::BackendFailed(e)
+                                    }
+                                };
+                                ex.backend = Some(candidate.backend);
+                                return Err(failed);
+                            }
+                        },
+                        Err(_) => {
+                            selection.upstream().on_failure(&candidate.backend, Failure::Timeout);
+                            ex.backend = Some(candidate.backend);
+                            return Err(ProxyError::BackendTimeout(timeouts.request));
+                        }
                     }
                 }
             }
+            selection.report();
+            Err(no_backend(ex))
         }
-        selection.report();
-        Err(no_backend(ex))
     }
 
     /// A new connection to `backend`, its outcome counted for passive health. A failure (nothing
