@@ -645,7 +645,12 @@ fn upstream_request(
         &snapshot.config.trusted_proxies,
         snapshot.config.forwarded_headers,
     );
-    if let Some(host) = raw_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    // Usually the Host header is already the host asked for; only an authority-form request
+    // (HTTP/2, absolute-form) needs it written.
+    if let Some(raw) = raw_host
+        && parts.headers.get(header::HOST).is_none_or(|h| h.as_bytes() != raw.as_bytes())
+        && let Ok(host) = HeaderValue::from_str(raw)
+    {
         parts.headers.insert(header::HOST, host);
     }
     headers::apply_rules(&mut parts.headers, rules);
