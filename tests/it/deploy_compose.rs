@@ -150,6 +150,9 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
     let app1_args = local_args(&compose, "app1", "127.0.0.1:0", &redis.url());
     let mut app1 = AppProcess::spawn(&app1_args).await;
     let app2 = AppProcess::spawn(&local_args(&compose, "app2", "127.0.0.1:0", &redis.url())).await;
+    // The apps listen before their broker connects; subscriptions in between are refused.
+    app1.wait_redis_up().await;
+    app2.wait_redis_up().await;
 
     let (app1_addr, app2_addr) = (app1.addr.to_string(), app2.addr.to_string());
     let env = [
@@ -270,6 +273,7 @@ async fn compose_topology_rolling_restart_costs_each_client_one_clean_reconnect(
     let restarted_args = with_flags(&app1_args, &[("--listen", &app1_addr)]);
     let app1 = AppProcess::spawn(&restarted_args).await;
     assert_eq!(app1.addr.to_string(), app1_addr);
+    app1.wait_redis_up().await;
     assert!(healthcheck_passes(&app_check, app_port, app1.addr.port()).await, "restarted app1 healthcheck");
     admin_api.wait_state("app", "app1", &["active"]).await;
     // New sessions of app1's users go home again; the reconnected ones stay where they are.

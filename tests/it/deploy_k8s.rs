@@ -282,6 +282,9 @@ async fn rolling_update(removal: RecordRemoval) {
     let redis = TestRedis::start().await;
     let mut old = AppProcess::spawn(&pod_args(&template, "pod-old", &redis.url())).await;
     let stays = AppProcess::spawn(&pod_args(&template, "pod-stays", &redis.url())).await;
+    // A pod listens before its broker connects; subscriptions in between are refused.
+    old.wait_redis_up().await;
+    stays.wait_redis_up().await;
     let records = Arc::new(ScriptedResolver::new(vec![old.addr, stays.addr]));
     let proxy = start_proxy(records.clone()).await;
     let public = proxy.addr("public");
@@ -333,6 +336,7 @@ async fn rolling_update(removal: RecordRemoval) {
     // headless Service's records; tether adds it after its own healthy check.
     let new = AppProcess::spawn(&pod_args(&template, "pod-new", &redis.url())).await;
     assert_eq!(http_client::get(new.addr, "/readyz").await.status, 200, "new pod ready");
+    new.wait_redis_up().await;
     records.set(Answer::Addrs(vec![old.addr, stays.addr, new.addr]));
     let new_id = new.addr.to_string();
     wait_backends(admin, "the new pod active", |s| s.get(&new_id).is_some_and(|st| st == "active")).await;

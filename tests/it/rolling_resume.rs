@@ -83,7 +83,10 @@ async fn spawn_backend(id: &str, fanout: &Fanout<'_>) -> AppProcess {
     .map(String::from)
     .to_vec();
     args.extend(fanout.flags());
-    AppProcess::spawn(&args).await
+    let app = AppProcess::spawn(&args).await;
+    // Clients arrive through the proxy at once: the broker must be connected before then.
+    app.wait_redis_up().await;
+    app
 }
 
 /// Publishes message `n` (body `n`) to destination `n % DESTINATIONS`, one at a time, each

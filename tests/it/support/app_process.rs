@@ -59,6 +59,16 @@ impl AppProcess {
         self.internal.unwrap_or(self.addr)
     }
 
+    /// Waits until `/healthz` reports the Redis broker up: the backend listens before its
+    /// first broker connection is made, and a subscription asked for in between is refused.
+    pub async fn wait_redis_up(&self) {
+        let addr = self.addr;
+        super::eventually("redis to be up on the backend's /healthz", async || {
+            (super::http_client::get(addr, "/healthz").await.json()["redis"] == "up").then_some(())
+        })
+        .await;
+    }
+
     /// SIGTERM, as `docker stop` or the kubelet sends it.
     pub fn sigterm(&self) {
         let pid = self.pid().expect("backend still running") as libc::pid_t;
