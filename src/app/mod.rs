@@ -297,7 +297,7 @@ impl AppArgs {
 pub enum Fanout {
     /// Redis Pub/Sub at this URL.
     Redis(String),
-    /// Redis Cluster sharded Pub/Sub, from these seed nodes.
+    /// Redis Cluster sharded Pub/Sub, from these initial nodes.
     RedisCluster(Vec<String>),
     /// An in-process bus, shared with every instance given a clone of it.
     Local(LocalBus),

@@ -15,7 +15,7 @@ const CHANNEL: &str = "tether:dest:{/topic/sharded}";
 const STREAM: &str = "tether:stream:{/topic/sharded}";
 
 async fn spawn(cluster: &TestRedisCluster, id: &str) -> TestApp {
-    TestApp::builder().id(id).redis_cluster(cluster.seed_list()).history_len(1000).spawn_with_redis_up().await
+    TestApp::builder().id(id).redis_cluster(cluster.node_urls()).history_len(1000).spawn_with_redis_up().await
 }
 
 async fn publish(app: &TestApp, body: &str) {

@@ -59,7 +59,7 @@ impl Fanout<'_> {
     fn flags(&self) -> Vec<String> {
         match self {
             Fanout::Redis(r) => vec!["--redis".into(), r.url()],
-            Fanout::Cluster(c) => vec!["--redis-cluster".into(), c.seeds()],
+            Fanout::Cluster(c) => vec!["--redis-cluster".into(), c.node_list()],
         }
     }
 }

@@ -1,4 +1,4 @@
-// SockJS interop: the real sockjs-client carrying @stomp/stompjs, as the seeds' frontend runs
+// SockJS interop: the real sockjs-client carrying @stomp/stompjs, as a browser frontend runs
 // it against a Spring `addEndpoint("/ws").withSockJS()` endpoint, forced onto one transport at
 // a time, against tether's proxy in front of two `tether backend` instances.
 //

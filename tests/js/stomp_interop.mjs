@@ -1,4 +1,4 @@
-// Interop client: @stomp/stompjs (as the seeds' browser clients use it) against tether.
+// Interop client: @stomp/stompjs (as browser clients use it) against tether.
 //
 //   node stomp_interop.mjs basic URL
 //   node stomp_interop.mjs token TOKEN URL

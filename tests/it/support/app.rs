@@ -82,7 +82,7 @@ impl TestAppBuilder {
         self
     }
 
-    /// `--redis-cluster` seed nodes.
+    /// `--redis-cluster` initial nodes.
     pub fn redis_cluster(mut self, nodes: Vec<String>) -> Self {
         self.fanout = Fanout::RedisCluster(nodes);
         self

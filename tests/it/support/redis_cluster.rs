@@ -243,13 +243,13 @@ impl TestRedisCluster {
         }
     }
 
-    /// The seed list `--redis-cluster` takes: `redis://127.0.0.1:p1,redis://127.0.0.1:p2,...`.
-    pub fn seeds(&self) -> String {
-        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    /// The node list `--redis-cluster` takes: `redis://127.0.0.1:p1,redis://127.0.0.1:p2,...`.
+    pub fn node_list(&self) -> String {
+        self.node_urls().join(",")
     }
 
-    /// The seed nodes as separate URLs.
-    pub fn seed_list(&self) -> Vec<String> {
+    /// Every node's URL, the nodes a client first connects to.
+    pub fn node_urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect()
     }
 
