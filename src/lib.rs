@@ -10,6 +10,8 @@
 //! - [`report`]: errors in log lines (one line, every cause).
 //! - [`log_writer`]: the bounded, batching writer every log line goes through to stderr.
 //! - [`accept`]: the one accept loop every listener runs, and the `listening` line.
+//! - [`tls`]: TLS termination: server settings, certificates by SNI, and the connection type
+//!   that holds no buffer while idle.
 //! - [`balance`]: the pure routing decision: backend set and hash ring, affinity keys, signed
 //!   sticky cookie, bounded loads, fallbacks ([`balance::route`]).
 //! - [`auth`]: verified identity: JWT verifiers, where tokens are found, why one is refused.
@@ -72,5 +74,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod report;
 pub mod server;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -18,7 +18,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -109,21 +108,22 @@ async fn serve_conn(
     match &state.tls {
         Some(tls) => {
             let settings = tls.load_full();
-            let acceptor = TlsAcceptor::from(settings.config.clone());
-            let tls = match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let session = tls.get_ref().1;
-            let protocol = if session.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
-            let sni = session
+            let tls =
+                match tokio::time::timeout(timeouts.header_read, crate::tls::accept(stream, settings.config.clone()))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let protocol = if tls.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
+            let sni = tls
                 .server_name()
                 .filter(|_| settings.several_certificates)
                 .map(|name| name.trim_end_matches('.').to_ascii_lowercase().into());

@@ -25,7 +25,6 @@ use crate::upstream::{Resolve, SystemResolver};
 
 mod listener;
 mod reload;
-mod tls;
 mod watch;
 
 pub(crate) use watch::WatchError;
@@ -208,8 +207,8 @@ fn bind_listener(config: &ListenerConfig, metrics: &Metrics) -> Result<(TcpListe
 }
 
 fn tls_settings(listener: &str, tls: &TlsConfig) -> Result<listener::TlsSettings, ListenerError> {
-    let config =
-        tls::server_config(tls).map_err(|source| ListenerError::Tls { listener: listener.to_owned(), source })?;
+    let config = crate::tls::server_config(tls)
+        .map_err(|source| ListenerError::Tls { listener: listener.to_owned(), source })?;
     Ok(listener::TlsSettings { config, several_certificates: tls.certificates.len() > 1 })
 }
 

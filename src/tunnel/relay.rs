@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use super::frames::{self, FrameTracker};
 use super::registry::TunnelControl;
+use crate::tls::TlsStream;
 
 /// Bytes per read: one TLS record's worth of plaintext.
 const READ_CHUNK: usize = 16 * 1024;
@@ -57,7 +57,7 @@ pub enum Side {
     /// Plain TCP.
     Plain(TcpStream),
     /// Boxed: a rustls connection is large and most tunnels are plain.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream>),
 }
 
 /// Streams a client connection may be, recovered from hyper after an upgrade.
@@ -71,7 +71,7 @@ impl ClientStream for TcpStream {
     }
 }
 
-impl ClientStream for TlsStream<TcpStream> {
+impl ClientStream for TlsStream {
     fn into_side(self) -> Side {
         Side::Tls(Box::new(self))
     }
@@ -91,7 +91,7 @@ impl Side {
     fn tcp(&self) -> &TcpStream {
         match self {
             Side::Plain(s) => s,
-            Side::Tls(s) => s.get_ref().0,
+            Side::Tls(s) => s.tcp(),
         }
     }
 

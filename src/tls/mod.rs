@@ -1,6 +1,8 @@
-//! TLS termination settings: rustls with the ring provider, TLS 1.2 and 1.3 only, ALPN `h2` and
-//! `http/1.1`, and certificates chosen by SNI.
+//! TLS termination: rustls with the ring provider, TLS 1.2 and 1.3 only, ALPN `h2` and
+//! `http/1.1`, certificates chosen by SNI, and the connection type ([`TlsStream`]) that holds
+//! no buffer while nothing is in flight.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -8,6 +10,23 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::TlsConfig;
+
+mod stream;
+
+pub use stream::{TlsStream, accept};
+
+thread_local! {
+    /// The SNI name of the ClientHello the certificate resolver last saw on this thread.
+    /// rustls's unbuffered server connection does not expose the name, and the resolver runs
+    /// inside the handshake step [`TlsStream`] drives on this thread, which takes the name
+    /// right after that step returns.
+    static HELLO_NAME: Cell<Option<Box<str>>> = const { Cell::new(None) };
+}
+
+/// The SNI name recorded by the resolver since the last call, if any.
+fn take_hello_name() -> Option<Box<str>> {
+    HELLO_NAME.take()
+}
 
 /// Picks a certificate by the client's SNI name: an exact name first, then a wildcard
 /// (`*.example.com` covers one label), then the first configured certificate.
@@ -54,6 +73,7 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        HELLO_NAME.set(hello.server_name().map(Into::into));
         Some(self.pick(hello.server_name()))
     }
 }
