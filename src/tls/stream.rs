@@ -196,13 +196,7 @@ impl TlsStream {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.outgoing, 0, |buf| match encode.encode(buf) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                            Err(Some(required_size))
-                        }
-                        Err(EncodeError::AlreadyEncoded) => Err(None),
-                    })?;
+                    append(&mut self.outgoing, 0, |buf| encode.encode(buf).map_err(encode_room))?;
                     None
                 }
                 // Ours to send: everything in `outgoing` leaves in order, before anything
@@ -215,23 +209,11 @@ impl TlsStream {
                 ConnectionState::WriteTraffic(mut write) => {
                     if let Some(data) = data.take() {
                         let room = data.len() + 64 * (data.len() / 16_384 + 1);
-                        append(&mut self.outgoing, room, |buf| match write.encrypt(data, buf) {
-                            Ok(n) => Ok(n),
-                            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                                Err(Some(required_size))
-                            }
-                            Err(EncryptError::EncryptExhausted) => Err(None),
-                        })?;
+                        append(&mut self.outgoing, room, |buf| write.encrypt(data, buf).map_err(encrypt_room))?;
                     }
                     if close {
                         close = false;
-                        append(&mut self.outgoing, 64, |buf| match write.queue_close_notify(buf) {
-                            Ok(n) => Ok(n),
-                            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                                Err(Some(required_size))
-                            }
-                            Err(EncryptError::EncryptExhausted) => Err(None),
-                        })?;
+                        append(&mut self.outgoing, 64, |buf| write.queue_close_notify(buf).map_err(encrypt_room))?;
                         // One more round: it reports `Closed` if the client had closed too.
                         None
                     } else {
@@ -267,13 +249,7 @@ impl TlsStream {
             let state = self.conn.process_tls_records(&mut []).state;
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let sent = append(&mut self.outgoing, 0, |buf| match encode.encode(buf) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                            Err(Some(required_size))
-                        }
-                        Err(EncodeError::AlreadyEncoded) => Err(None),
-                    });
+                    let sent = append(&mut self.outgoing, 0, |buf| encode.encode(buf).map_err(encode_room));
                     if sent.is_err() {
                         break;
                     }
@@ -356,6 +332,22 @@ fn append(
                 return Err(io::Error::other("TLS record could not be written"));
             }
         }
+    }
+}
+
+/// The room an encoding needs, if more room is what it needs.
+fn encode_room(e: EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => Some(required_size),
+        EncodeError::AlreadyEncoded => None,
+    }
+}
+
+/// The room an encryption needs, if more room is what it needs.
+fn encrypt_room(e: EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => Some(required_size),
+        EncryptError::EncryptExhausted => None,
     }
 }
 
