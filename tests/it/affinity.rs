@@ -777,11 +777,12 @@ async fn a_malformed_jwt_is_answered_normally_by_the_fallback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_to_the_first_candidate_is_retried_on_the_next() {
-    let dead = dead_address().await;
+    let dead = dead_address();
     let two = EchoBackend::start("app-2").await;
     let three = EchoBackend::start("app-3").await;
     let proxy =
-        TestProxy::start(yaml(&[("app-1", dead), ("app-2", two.addr), ("app-3", three.addr)], KEY_BY_HEADER)).await;
+        TestProxy::start(yaml(&[("app-1", dead.addr), ("app-2", two.addr), ("app-3", three.addr)], KEY_BY_HEADER))
+            .await;
     let (addr, admin) = (proxy.addr("public"), proxy.admin());
 
     // A key whose first candidate is the dead backend, as the admin helper reports it.

@@ -138,8 +138,8 @@ const FAMILIES: [(&str, &str); 18] = [
 async fn counters_move_by_exactly_what_scripted_traffic_did() {
     let a = EchoBackend::start("a").await;
     let s = EchoBackend::start("s").await;
-    let dead = dead_address().await;
-    let yaml = config(a.addr, dead, s.addr).build();
+    let dead = dead_address();
+    let yaml = config(a.addr, dead.addr, s.addr).build();
     let proxy = TestProxy::start(&yaml).await;
     let public = proxy.addr("public");
     let admin = proxy.admin();

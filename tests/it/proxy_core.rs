@@ -115,20 +115,20 @@ async fn trusted_proxies_keep_their_forwarded_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backend_gets_502_and_a_slow_one_504() {
-    let dead = dead_address().await;
+    let dead = dead_address();
     let slow = EchoBackend::start("slow").await;
     let yaml = Yaml::new()
         .listener("public")
         .route_when("path_prefix: /dead", "dead")
         .route("slow")
-        .upstream("dead", |u| u.backend("d", dead))
+        .upstream("dead", |u| u.backend("d", dead.addr))
         .upstream("slow", |u| u.backend("s", slow.addr))
         .set("timeouts", "{ connect: 1s, request: 300ms }");
     let proxy = TestProxy::start(yaml).await;
     let addr = proxy.addr("public");
     let reply = client::get(addr, "/dead", &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    assert!(!reply.text().contains(&dead.to_string()), "no backend address in client-visible bodies");
+    assert!(!reply.text().contains(&dead.addr.to_string()), "no backend address in client-visible bodies");
     let started = Instant::now();
     let reply = client::get(addr, "/slow?ms=5000", &[]).await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);

@@ -84,10 +84,18 @@ impl Drop for EchoBackend {
     }
 }
 
-/// An address on which nothing listens (connections are refused).
-pub async fn dead_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr")
+/// An address that refuses connections for as long as this lives: a socket bound to it that
+/// never listens, so no other test's server can be given the port meanwhile.
+pub struct DeadAddress {
+    pub addr: SocketAddr,
+    _bound: tokio::net::TcpSocket,
+}
+
+/// An address on which nothing listens (connections are refused) while the result lives.
+pub fn dead_address() -> DeadAddress {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    DeadAddress { addr: socket.local_addr().expect("addr"), _bound: socket }
 }
 
 struct Ctx {
